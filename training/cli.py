@@ -1,0 +1,172 @@
+"""``dicomnode-train``: phantoms -> import -> train -> evaluate -> export, offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from training.phantoms import Grid, Phase
+
+
+def _set_nnunet_paths(work: Path) -> None:
+    for name, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+        os.environ[name] = str(work / sub)
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 8)))
+    os.environ.setdefault("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 8)))
+    os.environ["nnUNet_extTrainer"] = str(Path(__file__).parent / "nnunet_trainers")
+
+
+def _dataset_name(work: Path, dataset_id: int) -> str:
+    matches = sorted((work / "raw").glob(f"Dataset{dataset_id:03d}_*"))
+    if not matches:
+        sys.exit(f"no dataset {dataset_id} under {work / 'raw'}: run 'dicomnode-train import' first")
+    return matches[0].name
+
+
+def cmd_phantoms(args: argparse.Namespace) -> None:
+    from training.cases import phantom_cases
+
+    seeds = list(range(args.seed, args.seed + args.count))
+    grid = Grid.centred(args.matrix, args.pixel_mm, args.slices, args.slice_mm)
+    cases = phantom_cases(args.out, seeds, Phase(args.phase), grid)
+    print(f"wrote {len(cases)} phantom cases and {args.out / 'manifest.csv'}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from training.cases import read_manifest
+    from training.dataset_import import import_cases
+
+    _set_nnunet_paths(args.work)
+    dataset = import_cases(read_manifest(args.manifest), args.work / "raw", args.dataset_id, args.name)
+    print(f"imported {len(dataset.groups)} cases into {dataset.folder}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.plans import plan_and_preprocess
+    from training.train import select_best, train_fold, write_splits
+
+    _set_nnunet_paths(args.work)
+    if args.epochs:
+        os.environ["DICOMNODE_TRAIN_EPOCHS"] = str(args.epochs)
+    if args.iterations:
+        os.environ["DICOMNODE_TRAIN_ITERATIONS"] = str(args.iterations)
+    name = _dataset_name(args.work, args.dataset_id)
+    preprocessed = args.work / "preprocessed" / name
+    plan_and_preprocess(args.dataset_id, args.work / "preprocessed", name, args.configuration, int(os.environ["nnUNet_def_n_proc"]))
+    groups = json.loads((args.work / "raw" / name / "groups.json").read_text())
+    write_splits(preprocessed, groups, args.n_folds)
+    results = [train_fold(preprocessed, args.configuration, fold, args.device) for fold in args.folds]
+    for result in results:
+        print(f"fold {result.fold}: " + ", ".join(f"{k} Dice {v:.4f}" for k, v in result.dice.items()))
+    best = select_best(results)
+    (best.folder.parent / "best_fold.json").write_text(json.dumps({"fold": best.fold, "dice": best.dice}, indent=2))
+    print(f"best fold: {best.fold} (mean Dice {best.mean_dice:.4f})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.cases import read_manifest
+    from training.evaluate import evaluate_model, write_report
+
+    evaluation = evaluate_model(args.model, read_manifest(args.manifest), args.device, args.mirroring)
+    report = write_report(evaluation, args.out)
+    print(report.read_text())
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import yaml
+
+    from training.export import ModelCard, export_model
+    from training.train import TRAINER
+
+    _set_nnunet_paths(args.work)
+    name = _dataset_name(args.work, args.dataset_id)
+    result_folder = args.work / "results" / name / f"{TRAINER}__nnUNetPlans__{args.configuration}"
+    fold = args.fold if args.fold is not None else json.loads((result_folder / "best_fold.json").read_text())["fold"]
+    plans = json.loads((result_folder / "plans.json").read_text())
+    dataset = json.loads((result_folder / "dataset.json").read_text())
+    described = yaml.safe_load(args.card.read_text()) if args.card else {}
+    card = ModelCard(
+        name=args.name,
+        trainer=TRAINER,
+        configuration=args.configuration,
+        fold=fold,
+        labels=dataset["labels"],
+        spacing_mm=plans["configurations"][args.configuration]["spacing"],
+        training_data=described.get("training_data", f"{dataset['numTraining']} cases of {name}"),
+        training=described.get("training", {}),
+        intended_use=described.get("intended_use", ""),
+        not_fit_for=described.get("not_fit_for", []),
+    )
+    print(f"exported {export_model(result_folder, fold, args.models, card)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomnode-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantoms", help="write synthetic annotated cases and their manifest")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="first seed; cases use seed, seed+1, ...")
+    p.add_argument("--phase", choices=[ph.value for ph in Phase], default=Phase.ARTERIAL.value)
+    p.add_argument("--matrix", type=int, default=224)
+    p.add_argument("--pixel-mm", type=float, default=1.6)
+    p.add_argument("--slices", type=int, default=36)
+    p.add_argument("--slice-mm", type=float, default=5.0)
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("import", help="manifest of annotated cases -> nnU-Net raw dataset")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True, help="folder for nnU-Net raw/preprocessed/results")
+    p.add_argument("--dataset-id", type=int, default=501)
+    p.add_argument("--name", default="RenalCortex")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="plan, preprocess and train folds with the paper's recipe")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--dataset-id", type=int, default=501)
+    p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu or 3d_tiny")
+    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="default: the paper's 200")
+    p.add_argument("--iterations", type=int, help="iterations per epoch; default nnU-Net's 250")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Dice, Jaccard, volume error per case and group; ANOVA; Bland-Altman")
+    p.add_argument("--model", type=Path, required=True, help="an exported model folder (models/NAME)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--mirroring", action="store_true", help="test-time mirroring (8x slower)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="copy a trained fold into models/NAME with model.yaml")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--dataset-id", type=int, default=501)
+    p.add_argument("--configuration", default="3d_fullres")
+    p.add_argument("--fold", type=int, help="default: the best fold of the last training")
+    p.add_argument("--name", required=True)
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--card", type=Path, help="YAML with training_data, training, intended_use, not_fit_for")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""nnU-Net experiment planning and preprocessing, plus small plans that train on a CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The configuration nnU-Net plans by default (the paper's 3D U-Net).
+FULLRES = "3d_fullres"
+
+
+@dataclass(frozen=True)
+class SmallPlan:
+    """A reduced 3D U-Net: fewer stages and features on smaller patches (z, y, x)."""
+
+    name: str
+    patch_size: tuple[int, int, int]
+    features: tuple[int, ...]
+    strides: tuple[tuple[int, int, int], ...]
+
+
+#: Small plans selectable by name. "3d_tiny" is for tests; "3d_cpu" trains the shipped model on 2 cores.
+SMALL_PLANS = {
+    "3d_tiny": SmallPlan("3d_tiny", (16, 32, 32), (4, 8, 16), ((1, 1, 1), (2, 2, 2), (2, 2, 2))),
+    "3d_cpu": SmallPlan("3d_cpu", (16, 64, 64), (8, 16, 32, 64), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2))),
+}
+
+
+def plans_path(preprocessed: Path, dataset_name: str) -> Path:
+    return preprocessed / dataset_name / "nnUNetPlans.json"
+
+
+def add_small_plan(path: Path, plan: SmallPlan, batch_size: int = 2) -> None:
+    """Add ``plan`` as a configuration derived from 3d_fullres, sharing its preprocessed data."""
+    plans = json.loads(path.read_text())
+    config = copy.deepcopy(plans["configurations"][FULLRES])
+    arch = config["architecture"]["arch_kwargs"]
+    stages = len(plan.features)
+    arch.update(
+        n_stages=stages,
+        features_per_stage=list(plan.features),
+        kernel_sizes=[[3, 3, 3]] * stages,
+        strides=[list(s) for s in plan.strides],
+        n_conv_per_stage=[2] * stages,
+        n_conv_per_stage_decoder=[2] * (stages - 1),
+    )
+    config.update(patch_size=list(plan.patch_size), batch_size=batch_size)
+    plans["configurations"][plan.name] = config
+    plans["configurations"][FULLRES]["batch_size"] = batch_size
+    path.write_text(json.dumps(plans, indent=2))
+
+
+def plan_and_preprocess(dataset_id: int, preprocessed: Path, dataset_name: str, configuration: str, processes: int) -> None:
+    """Fingerprint, plan and preprocess once; add the small plan when one is asked for."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+
+    path = plans_path(preprocessed, dataset_name)
+    if not path.exists():
+        extract_fingerprints([dataset_id], num_processes=processes, check_dataset_integrity=True)
+        plan_experiments([dataset_id])
+    if configuration in SMALL_PLANS:
+        add_small_plan(path, SMALL_PLANS[configuration])
+    data_identifier = json.loads(path.read_text())["configurations"][configuration]["data_identifier"]
+    if not (preprocessed / dataset_name / data_identifier).exists():
+        preprocess([dataset_id], configurations=(configuration,), num_processes=(processes,))

@@ -1,0 +1,73 @@
+"""Train nnU-Net folds with the paper's recipe, 5-fold CV stratified by group, and pick the best fold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TRAINER = "nnUNetTrainerPaper"
+TRAINERS_DIR = Path(__file__).parent / "nnunet_trainers"
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """Validation result of one trained fold."""
+
+    fold: int
+    dice: dict[str, float]  # region name -> mean validation Dice
+    folder: Path
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.mean(list(self.dice.values())))
+
+
+def stratified_folds(groups: dict[str, str], n_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+    """nnU-Net splits in which each group is spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    offset = 0
+    for group in sorted(set(groups.values())):
+        members = sorted(case for case, g in groups.items() if g == group)
+        rng.shuffle(members)
+        for i, case in enumerate(members):
+            fold_of[case] = (i + offset) % n_folds
+        offset += len(members)
+    cases = sorted(groups)
+    return [
+        {"train": [c for c in cases if fold_of[c] != k], "val": [c for c in cases if fold_of[c] == k]}
+        for k in range(n_folds)
+    ]
+
+
+def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: int = 5) -> None:
+    (preprocessed_dataset / "splits_final.json").write_text(json.dumps(stratified_folds(groups, n_folds), indent=2))
+
+
+def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device: str) -> FoldResult:
+    """Train and validate one fold; returns its validation Dice per region."""
+    import torch
+    from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
+
+    plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
+    trainer = nnUNetTrainerPaper(plans, configuration, fold, dataset_json, torch.device(device))
+    trainer.run_training()
+    trainer.perform_actual_validation()
+    return read_fold(Path(trainer.output_folder), fold)
+
+
+def read_fold(folder: Path, fold: int) -> FoldResult:
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    names = {"(1, 2)": "parenchyma", "(2,)": "cortex", "2": "cortex"}
+    dice = {names.get(key, key): float(value["Dice"]) for key, value in summary["mean"].items()}
+    return FoldResult(fold, dice, folder)
+
+
+def select_best(results: list[FoldResult]) -> FoldResult:
+    """The fold with the highest mean validation Dice over the regions."""
+    return max(results, key=lambda r: r.mean_dice)
