@@ -1,0 +1,153 @@
+"""``dicomnode``: serve, status, retry, and run a folder offline."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.config import NodeConfig, load_config
+from dicomnode.store import Instance, Store
+
+log = logging.getLogger("dicomnode")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
+    from dicomnode.service import Node
+
+    node = Node(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    log.info("node running; results go to %s", ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in config.destinations) or "nowhere")
+    stop.wait()
+    log.info("stopping")
+    node.stop()
+    return 0
+
+
+def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
+    store = Store(config.path(config.database))
+    jobs = store.jobs()
+    if args.json:
+        print(json.dumps([{**job.__dict__, "deliveries": [{**d.__dict__, "path": str(d.path)} for d in store.deliveries(job.id)]} for job in jobs], indent=2))
+        return 0
+    if not jobs:
+        print("no jobs yet")
+    for job in jobs:
+        when = dt.datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state:<15} {when}  {job.verdict or ''}")
+        if job.error:
+            print(f"    error: {job.error}")
+        if job.measurements:
+            figures = {k: v for k, v in job.measurements.items() if k != "flags"}
+            print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+            for flag in job.measurements.get("flags", []):
+                print(f"    flag: {flag}")
+        for delivery in store.deliveries(job.id):
+            detail = f" ({delivery.last_error})" if delivery.last_error else ""
+            print(f"    -> {delivery.destination}: {delivery.path.name} {delivery.state}, {delivery.attempts} tries{detail}")
+    refusals = store.refusals()
+    if refusals:
+        print(f"{len(refusals)} instances refused:")
+        for row in refusals[-20:]:
+            print(f"    from {row['calling_ae']}: {row['reason']}")
+    return 0
+
+
+def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
+    store = Store(config.path(config.database))
+    count = store.requeue_dead(args.job)
+    print(f"{count} parked deliveries queued again; a running node sends them at its next tick")
+    return 0
+
+
+def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
+    """Process a folder of DICOM files offline, one study at a time; results and a summary go to --out."""
+    from dicomnode.pipeline import failed, process_study, save_results
+    from dicomnode.service import load_segmenter
+
+    studies: dict[str, list[Instance]] = defaultdict(list)
+    for seq, path in enumerate(sorted(p for p in args.folder.rglob("*") if p.is_file())):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            log.warning("skipping %s: not readable DICOM (%s)", path, exc)
+            continue
+        study_uid, series_uid = str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
+        if not study_uid or not series_uid:
+            log.warning("skipping %s: no Study/Series Instance UID in the data set", path)
+            continue
+        studies[study_uid].append(Instance(seq, str(ds.get("SOPInstanceUID", "")), study_uid, series_uid, str(ds.get("SOPClassUID", "")), path))
+    if not studies:
+        print(f"no processable DICOM study in {args.folder}", file=sys.stderr)
+        return 2
+    segmenter = load_segmenter(config)
+    summary = {}
+    for study_uid, instances in studies.items():
+        try:
+            outcome = process_study(instances, config, segmenter)
+        except Exception as exc:
+            log.exception("study %s failed", study_uid)
+            outcome = failed(exc)
+        saved = save_results(outcome.results, args.out / study_uid) if outcome.results else []
+        summary[study_uid] = {
+            "state": outcome.state, "verdict": outcome.verdict, "reasons": outcome.reasons, "error": outcome.error,
+            "series_uid": outcome.series_uid, "timings": outcome.timings,
+            "measurements": outcome.measurements.summary() if outcome.measurements else None,
+            "results": [str(path) for _, path in saved],
+        }
+        print(f"study {study_uid}: {outcome.state} ({outcome.verdict})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0 if all(s["state"] != "failed" for s in summary.values()) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML configuration (default: ./config.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the DICOM node").set_defaults(func=cmd_serve)
+    p = sub.add_parser("status", help="list studies and jobs with their state, verdict and deliveries")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("retry", help="queue parked (dead-letter) deliveries again")
+    p.add_argument("--job", type=int, help="only this job's deliveries")
+    p.set_defaults(func=cmd_retry)
+    p = sub.add_parser("run", help="process a folder of DICOM files offline")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    if not args.config.exists():
+        sys.exit(f"configuration {args.config} not found")
+    sys.exit(args.func(load_config(args.config), args))
+
+
+if __name__ == "__main__":
+    main()

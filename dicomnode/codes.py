@@ -1,0 +1,41 @@
+"""Coded concepts used in the SEG and SR, each with its source.
+
+Checked against pydicom's copy of the DICOM PS3.16 concept dictionary (pydicom 3.0) unless noted:
+Kidney SCT 64033007, Left SCT 7771000, Right SCT 24028007, Laterality SCT 272741003, Volume SCT 118565006,
+Anatomical Structure SCT 91723000, Tissue SCT 85756007, Organ parenchyma SCT 91772007, UCUM cm3.
+
+Renal cortex appears in no DICOM context group; SCT 50403003 "Structure of cortex of kidney" is the code HL7's
+TG263 mapping uses for it. Renal medulla has no code in the DICOM dictionary and no SNOMED CT browser was
+reachable to verify one, so it is sent under this node's private coding scheme (DICOM PS3.3 8.2: a "99" prefix
+marks a private scheme) rather than under an unverified SNOMED code. Renal parenchyma is post-coordinated as
+Organ parenchyma within the Kidney (anatomic region), which needs no extra code.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+
+KIDNEY = Code("64033007", "SCT", "Kidney")
+LEFT = Code("7771000", "SCT", "Left")
+RIGHT = Code("24028007", "SCT", "Right")
+LATERALITY = Code("272741003", "SCT", "Laterality")
+VOLUME = Code("118565006", "SCT", "Volume")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+TISSUE = Code("85756007", "SCT", "Tissue")
+RENAL_CORTEX = Code("50403003", "SCT", "Renal cortex")
+ORGAN_PARENCHYMA = Code("91772007", "SCT", "Organ parenchyma")
+PRIVATE_SCHEME = "99RENALNODE"
+RENAL_MEDULLA = Code("RM001", PRIVATE_SCHEME, "Renal medulla")
+CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")
+
+SIDE_CODES = {"left": LEFT, "right": RIGHT}
+STRUCTURE_CODES = {"parenchyma": ORGAN_PARENCHYMA, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}
+#: Recommended display colours (CIELab L*, a*, b*): cortex warm red, medulla yellow, parenchyma orange.
+DISPLAY_LAB = {
+    ("cortex", "left"): (50.0, 60.0, 40.0),
+    ("cortex", "right"): (45.0, 55.0, 30.0),
+    ("medulla", "left"): (85.0, 0.0, 80.0),
+    ("medulla", "right"): (80.0, 5.0, 70.0),
+    ("parenchyma", "left"): (70.0, 30.0, 65.0),
+    ("parenchyma", "right"): (65.0, 35.0, 60.0),
+}

@@ -1,0 +1,123 @@
+"""Node configuration: typed dataclasses read from YAML (``config.yaml`` is the embedded default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Optional DICOM TLS; both receive and send use it where ``enabled``."""
+
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""  # peers must present a certificate signed by these
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer that results are sent to by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Retry policy for sending results."""
+
+    max_attempts: int = 8
+    backoff_s: float = 5.0
+    max_backoff_s: float = 600.0
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model segments and how."""
+
+    folder: str = "models"
+    name: str = "renal-phantom-cpu"
+    device: str = "auto"  # auto (cuda if present), cuda or cpu
+    mirroring: bool = False  # test-time mirroring: better, 8x slower
+    tile_step_size: float = 0.5
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Series selection rules; keywords match SeriesDescription / ProtocolName, case-insensitively."""
+
+    arterial_keywords: tuple[str, ...] = (
+        "arterial", "arteriell", "art", "corticomedullary", "cortical", "cm phase", "angio",
+        "动脉期", "动脉", "皮质期", "皮髓质期",
+    )
+    other_phase_keywords: tuple[str, ...] = (
+        "native", "plain", "non-contrast", "noncontrast", "nativ", "unenhanced", "pre",
+        "venous", "portal", "nephrographic", "delayed", "excretory", "urographic", "late",
+        "平扫", "静脉期", "门脉期", "实质期", "排泄期", "延迟期",
+    )
+    arterial_window_s: tuple[float, float] = (15.0, 50.0)
+    min_slices: int = 20
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``dicomnode serve`` needs."""
+
+    ae_title: str = "RENALNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    storage: str = "var/storage"
+    database: str = "var/dicomnode.sqlite"
+    results: str = "var/results"
+    quiet_period_s: float = 10.0
+    tick_s: float = 1.0
+    allowed_callers: tuple[str, ...] = ()  # calling AE titles; empty: any
+    allowed_addresses: tuple[str, ...] = ()  # peer IP addresses; empty: any
+    min_free_disk_mb: int = 500
+    log_patient_data: bool = False
+    send_text_sr_without_result: bool = False
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selection: Selection = field(default_factory=Selection)
+    delivery: Delivery = field(default_factory=Delivery)
+    destinations: tuple[Destination, ...] = ()
+    base_dir: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        """A configured path, relative to the configuration file's folder."""
+        return Path(value) if Path(value).is_absolute() else self.base_dir / value
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            values[name] = _build(hint, value or {})
+        elif name == "destinations":
+            values[name] = tuple(_build(Destination, d) for d in value or ())
+        elif isinstance(value, list):
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read a YAML configuration; relative paths in it are taken from its folder."""
+    data = yaml.safe_load(path.read_text()) or {}
+    return replace(_build(NodeConfig, data), base_dir=path.resolve().parent)

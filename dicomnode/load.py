@@ -1,0 +1,98 @@
+"""Load stage: a CT series -> HU volume in patient space, refused with a clear reason where geometry is broken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+
+class GeometryError(ValueError):
+    """The series cannot be placed in patient space as one regular volume."""
+
+
+@dataclass
+class LoadedSeries:
+    """A series sorted along its slice normal, with its pixels in HU.
+
+    ``hu`` is indexed ``[slice, row, column]`` in that order; ``direction`` holds the column (row-direction),
+    row (column-direction) and slice-normal unit vectors as its columns, as in SimpleITK.
+    """
+
+    datasets: list[pydicom.Dataset]  # sorted along the normal; pixel data dropped after decoding
+    hu: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray  # (column, row, slice) in mm
+    direction: np.ndarray  # 3x3
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing) / 1000.0)
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.hu)
+        image.SetOrigin(tuple(float(v) for v in self.origin))
+        image.SetSpacing(tuple(float(v) for v in self.spacing))
+        image.SetDirection(tuple(float(v) for v in self.direction.flatten()))
+        return image
+
+    def patient_x(self) -> np.ndarray:
+        """Patient x (mm, LPS: +x is the patient's left) of every voxel centre, shaped like ``hu``."""
+        k, j, i = np.indices(self.hu.shape, sparse=True)
+        return self.origin[0] + self.direction[0, 0] * i * self.spacing[0] + self.direction[0, 1] * j * self.spacing[1] + self.direction[0, 2] * k * self.spacing[2]
+
+
+def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
+    """Read, check and stack one series; raise :class:`GeometryError` with the reason where it fails."""
+    datasets = [pydicom.dcmread(path) for path in files]
+    if len(datasets) < 2:
+        raise GeometryError("fewer than two slices")
+    orientations = {tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", [])) for ds in datasets}
+    if len(orientations) != 1 or len(next(iter(orientations))) != 6:
+        raise GeometryError(f"{len(orientations)} different image orientations in one series")
+    row_dir, col_dir = np.array(next(iter(orientations))[:3]), np.array(next(iter(orientations))[3:])
+    normal = np.cross(row_dir, col_dir)
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    pixel_spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in datasets}
+    if len(shapes) != 1 or len(pixel_spacings) != 1:
+        raise GeometryError("slices differ in matrix size or pixel spacing")
+    try:
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise GeometryError(f"missing or invalid ImagePositionPatient: {exc}") from exc
+    order = np.argsort(positions @ normal)
+    datasets = [datasets[i] for i in order]
+    positions = positions[order]
+    distances = positions @ normal
+    steps = np.diff(distances)
+    if np.any(steps < tolerance_mm):
+        raise GeometryError("two slices share one position (duplicates or a mixed series)")
+    step = float(np.median(steps))
+    if np.any(steps > 1.5 * step):
+        gaps = int(np.sum(np.round(steps / step) - 1))
+        raise GeometryError(f"missing slices: about {gaps} gaps in a {step:.2f} mm series")
+    if np.max(np.abs(steps - step)) > max(tolerance_mm, 0.01 * step):
+        raise GeometryError(f"uneven slice spacing ({steps.min():.2f}-{steps.max():.2f} mm)")
+    drift = positions[-1] - positions[0]
+    cosine = abs(float(drift @ normal)) / float(np.linalg.norm(drift))
+    if cosine < 0.9999:
+        raise GeometryError(f"gantry tilt or sheared stack: slices advance {np.degrees(np.arccos(cosine)):.1f} deg off the normal")
+    hu = np.stack([_hu(ds) for ds in datasets])
+    for ds in datasets:
+        del ds.PixelData
+    row_spacing, col_spacing = (float(v) for v in next(iter(pixel_spacings)))
+    return LoadedSeries(
+        datasets=datasets,
+        hu=hu,
+        origin=positions[0],
+        spacing=np.array([col_spacing, row_spacing, step]),
+        direction=np.stack([row_dir, col_dir, normal], axis=1),
+    )
+
+
+def _hu(ds: pydicom.Dataset) -> np.ndarray:
+    pixels = ds.pixel_array.astype(np.float32)
+    return pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)

@@ -1,0 +1,86 @@
+"""One study through select -> load -> segment -> measure -> write, with the verdict and stage timings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from dicomnode.config import NodeConfig
+from dicomnode.load import GeometryError, load_series
+from dicomnode.measure import Measurements, measure
+from dicomnode.receive import write_atomically
+from dicomnode.segment import Segmenter
+from dicomnode.select import NO_ARTERIAL, Selection, select_series, summarise
+from dicomnode.store import DONE, FAILED, NO_RESULT, Instance
+from dicomnode.write import Results, write_results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What processing a study gave: a state, a verdict with reasons, and results where there are any."""
+
+    state: str
+    verdict: str
+    reasons: list[str]
+    series_uid: str | None = None
+    measurements: Measurements | None = None
+    results: Results | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
+    """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash."""
+    timings: dict[str, float] = {}
+    with _timed(timings, "select"):
+        selection: Selection = select_series(summarise(instances), config.selection)
+    if selection.series is None:
+        return Outcome(NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
+    series_uid = selection.series.series_uid
+    try:
+        with _timed(timings, "load"):
+            series = load_series(list(selection.series.files))
+    except GeometryError as exc:
+        return Outcome(NO_RESULT, f"arterial series refused: {exc}", selection.reasons, series_uid, timings=timings)
+    with _timed(timings, "segment"):
+        segmentation = segmenter.segment(series)
+    with _timed(timings, "measure"):
+        measurements = measure(series, segmentation)
+    if not measurements.kidneys:
+        return Outcome(NO_RESULT, "no kidney found in the arterial series", selection.reasons + measurements.flags, series_uid, measurements, timings=timings)
+    with _timed(timings, "write"):
+        results = write_results(series, measurements, segmenter.model)
+    return Outcome(DONE, selection.verdict, selection.reasons + measurements.flags, series_uid, measurements, results, timings=timings)
+
+
+def failed(exc: BaseException) -> Outcome:
+    """The outcome of a stage that raised unexpectedly."""
+    return Outcome(FAILED, "processing failed", [], error=f"{type(exc).__name__}: {exc}")
+
+
+def save_results(results: Results, folder: Path) -> list[tuple[str, Path]]:
+    """Write SEG and SR atomically into ``folder``; returns (SOP Instance UID, path) of each."""
+    saved = []
+    for prefix, ds in (("SEG", results.seg), ("SR", results.sr)):
+        path = folder / f"{prefix}_{ds.SOPInstanceUID}.dcm"
+        buffer = pydicom.filebase.DicomBytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        write_atomically(path, buffer.getvalue())
+        saved.append((str(ds.SOPInstanceUID), path))
+    return saved

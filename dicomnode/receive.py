@@ -1,0 +1,175 @@
+"""Receive stage: a pynetdicom SCP for C-ECHO and C-STORE that stores instances atomically and indexes them."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+    XRayRadiationDoseSRStorage,
+)
+
+from dicomnode.config import NodeConfig
+from dicomnode.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Storage SOP classes accepted: CT to process; SEG, SR and SC so a PACS can echo results back; dose reports
+#: so that a PACS routing whole studies sees no failures.
+ACCEPTED_SOP_CLASSES = (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    SegmentationStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    SecondaryCaptureImageStorage,
+    BasicTextSRStorage,
+    XRayRadiationDoseSRStorage,
+)
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class OpenAssociations:
+    """Which studies have instances arriving on a still-open association."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._studies: dict[int, set[str]] = {}
+
+    def opened(self, assoc_id: int) -> None:
+        with self._lock:
+            self._studies[assoc_id] = set()
+
+    def touched(self, assoc_id: int, study_uid: str) -> None:
+        with self._lock:
+            self._studies.setdefault(assoc_id, set()).add(study_uid)
+
+    def closed(self, assoc_id: int) -> None:
+        with self._lock:
+            self._studies.pop(assoc_id, None)
+
+    def studies(self) -> set[str]:
+        with self._lock:
+            return set().union(*self._studies.values()) if self._studies else set()
+
+
+class Receiver:
+    """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
+
+    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations) -> None:
+        self.config = config
+        self.store = store
+        self.open = open_associations
+        self.storage = config.path(config.storage)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self._server = None
+
+    def start(self) -> None:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_pdu_size = 0
+        ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        if self.config.allowed_callers:
+            ae.require_calling_aet = list(self.config.allowed_callers)
+        handlers = [
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+        ]
+        self._server = ae.start_server(
+            (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
+        )
+        log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def _ssl_context(self):
+        tls = self.config.tls
+        if not tls.enabled:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.path(tls.ca_certificates) if tls.ca_certificates else None)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.ca_certificates else ssl.CERT_NONE
+        context.load_cert_chain(self.config.path(tls.certificate), self.config.path(tls.private_key))
+        return context
+
+    def on_accepted(self, event: evt.Event) -> None:
+        self.open.opened(id(event.assoc))
+
+    def on_closed(self, event: evt.Event) -> None:
+        self.open.closed(id(event.assoc))
+
+    def on_store(self, event: evt.Event) -> int:
+        calling_ae = event.assoc.requestor.ae_title
+        raw = event.encoded_dataset()
+        try:
+            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
+            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}")
+        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or event.request.AffectedSOPInstanceUID or "")
+        study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")
+        series_uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        sop_class = str(getattr(ds, "SOPClassUID", "") or event.request.AffectedSOPClassUID or "")
+        missing = [name for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)) if not _UID.match(uid)]
+        if missing:
+            return self._refuse(calling_ae, study_uid, sop_uid, f"missing or invalid {', '.join(missing)} in the data set")
+        self.open.touched(id(event.assoc), study_uid)
+        if self.store.has_instance(sop_uid):
+            log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
+            return SUCCESS
+        free_mb = shutil.disk_usage(self.storage).free / 2**20
+        if free_mb < self.config.min_free_disk_mb:
+            log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free_mb, self.config.min_free_disk_mb)
+            self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free_mb:.0f} MB free)")
+            return OUT_OF_RESOURCES
+        path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
+        try:
+            write_atomically(path, raw)
+        except OSError as exc:
+            log.error("cannot write %s: %s", path, exc)
+            self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
+            return OUT_OF_RESOURCES
+        self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae)
+        return SUCCESS
+
+    def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> int:
+        log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
+        self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
+        return CANNOT_UNDERSTAND
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,190 @@
+"""Select stage: pick the arterial (corticomedullary) phase series of a study, with the reasons for the verdict."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage
+
+from dicomnode.config import Selection as SelectionRules
+from dicomnode.store import Instance
+
+log = logging.getLogger(__name__)
+
+SELECTED, NO_ARTERIAL = "arterial series selected", "no arterial series"
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What the headers of one series say."""
+
+    series_uid: str
+    series_number: int | None
+    modality: str
+    sop_classes: frozenset[str]
+    description: str
+    protocol: str
+    image_type: tuple[str, ...]
+    contrast_agent: str
+    bolus_start: dt.time | None
+    acquisition_time: dt.time | None
+    normal_z: float  # |z component| of the slice normal: 1 for axial
+    slices: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A series weighed by the rules: eligible or not, its score and why."""
+
+    series_uid: str
+    description: str
+    eligible: bool
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The verdict for a study: the chosen series (or none), and the evidence."""
+
+    series: SeriesSummary | None
+    verdict: str
+    reasons: list[str]
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+def summarise(instances: list[Instance]) -> list[SeriesSummary]:
+    """Read the headers of a study's instances, grouped by series; unreadable files are skipped with a log line."""
+    by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for instance in instances:
+        try:
+            ds = pydicom.dcmread(instance.path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            log.warning("skipping unreadable %s: %s", instance.path, exc)
+            continue
+        by_series[instance.series_uid].append((instance.path, ds))
+    return [_summary(uid, members) for uid, members in by_series.items()]
+
+
+def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> SeriesSummary:
+    first = members[0][1]
+    orientation = [float(v) for v in getattr(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]) or [1, 0, 0, 0, 1, 0]]
+    normal = np.cross(orientation[:3], orientation[3:])
+    number = getattr(first, "SeriesNumber", None)
+    return SeriesSummary(
+        series_uid=series_uid,
+        series_number=int(number) if number not in (None, "") else None,
+        modality=str(getattr(first, "Modality", "")),
+        sop_classes=frozenset(str(ds.SOPClassUID) for _, ds in members if "SOPClassUID" in ds),
+        description=str(getattr(first, "SeriesDescription", "")),
+        protocol=str(getattr(first, "ProtocolName", "")),
+        image_type=tuple(str(v).upper() for v in (getattr(first, "ImageType", None) or ())),
+        contrast_agent=str(getattr(first, "ContrastBolusAgent", "") or ""),
+        bolus_start=_time(getattr(first, "ContrastBolusStartTime", None)),
+        acquisition_time=_time(getattr(first, "AcquisitionTime", None) or getattr(first, "SeriesTime", None)),
+        normal_z=float(abs(normal[2]) / (np.linalg.norm(normal) or 1.0)),
+        slices=len(members),
+        files=tuple(path for path, _ in members),
+    )
+
+
+def _time(value: object) -> dt.time | None:
+    text = str(value or "").strip()
+    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?", text.replace(":", ""))
+    if not match:
+        return None
+    h, m, s = (int(g) if g else 0 for g in match.groups())
+    return dt.time(h, m, s) if h < 24 and m < 60 and s < 60 else None
+
+
+def _seconds(t: dt.time) -> float:
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
+    """Keywords found in ``text``: whole words for Latin keywords, substrings for CJK ones."""
+    lowered = text.lower()
+    found = []
+    for keyword in keywords:
+        key = keyword.lower()
+        if key.isascii():
+            if re.search(rf"(?<![a-z]){re.escape(key)}(?![a-z])", lowered):
+                found.append(keyword)
+        elif key in lowered:
+            found.append(keyword)
+    return found
+
+
+def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str | None) -> Candidate:
+    """Score one series: exclusions first, then tag evidence for the arterial phase."""
+    reasons: list[str] = []
+    excluded = []
+    if series.modality != "CT":
+        excluded.append(f"modality {series.modality or 'missing'}, not CT")
+    if series.sop_classes and series.sop_classes != {CTImageStorage}:
+        excluded.append("not (only) CT Image Storage instances")
+    if series.image_type and series.image_type[0] != "ORIGINAL":
+        excluded.append(f"image type {'/'.join(series.image_type)} is not ORIGINAL")
+    if "LOCALIZER" in series.image_type:
+        excluded.append("localizer (scout)")
+    if series.normal_z < 0.9:
+        excluded.append("not axial")
+    if series.slices < rules.min_slices:
+        excluded.append(f"{series.slices} slices, fewer than {rules.min_slices}")
+    text = f"{series.description} {series.protocol}"
+    arterial_words = _matches(text, rules.arterial_keywords)
+    other_words = _matches(text, rules.other_phase_keywords)
+    score = 0.0
+    if arterial_words:
+        score += 3
+        reasons.append(f"description names the arterial phase ({', '.join(arterial_words)})")
+    if other_words:
+        score -= 3
+        reasons.append(f"description names another phase ({', '.join(other_words)})")
+    if series.contrast_agent:
+        reasons.append(f"contrast agent {series.contrast_agent!r}")
+    elif not arterial_words:
+        score -= 2
+        reasons.append("no contrast agent recorded")
+    if series.bolus_start and series.acquisition_time:
+        delay = (_seconds(series.acquisition_time) - _seconds(series.bolus_start)) % 86400
+        low, high = rules.arterial_window_s
+        if low <= delay <= high:
+            score += 2
+            reasons.append(f"acquired {delay:.0f} s after bolus start, inside the arterial window {low:.0f}-{high:.0f} s")
+        else:
+            score -= 2
+            reasons.append(f"acquired {delay:.0f} s after bolus start, outside the arterial window {low:.0f}-{high:.0f} s")
+    if earliest_contrast == series.series_uid:
+        score += 1
+        reasons.append("first contrast series acquired in the study")
+    eligible = not excluded
+    return Candidate(series.series_uid, series.description, eligible, score, tuple(excluded + reasons))
+
+
+def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Selection:
+    """Choose the best-scoring eligible series with positive evidence for the arterial phase."""
+    if not summaries:
+        return Selection(None, NO_ARTERIAL, ["the study holds no readable series"])
+    contrast = [s for s in summaries if s.contrast_agent and s.acquisition_time and s.modality == "CT"]
+    earliest = min(contrast, key=lambda s: _seconds(s.acquisition_time)).series_uid if len(contrast) > 1 else None
+    candidates = [weigh(s, rules, earliest) for s in summaries]
+    ranked = sorted(
+        (c for c in candidates if c.eligible and c.score > 0),
+        key=lambda c: (c.score, next(s.slices for s in summaries if s.series_uid == c.series_uid)),
+        reverse=True,
+    )
+    lines = [f"series {c.description or c.series_uid}: score {c.score:+.0f}; " + "; ".join(c.reasons) for c in candidates]
+    if not ranked:
+        return Selection(None, NO_ARTERIAL, lines, candidates)
+    chosen = next(s for s in summaries if s.series_uid == ranked[0].series_uid)
+    return Selection(chosen, SELECTED, [f"selected {chosen.description or chosen.series_uid}"] + lines, candidates)

@@ -1,0 +1,112 @@
+"""Send stage: C-STORE results to each destination, with retries and backoff; parked (dead) after the last try."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pydicom
+from pynetdicom import AE
+
+from dicomnode.config import Delivery, Destination, NodeConfig
+from dicomnode.store import DEAD, DONE, DELIVERY_FAILED, QUEUED, SENDING, SENT, DeliveryRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one attempt to send one file to one destination gave."""
+
+    ok: bool
+    detail: str
+
+
+def store_scu(config: NodeConfig, destination: Destination, datasets: list[pydicom.Dataset]) -> list[SendOutcome]:
+    """Send datasets over one association; one outcome per dataset."""
+    ae = AE(ae_title=config.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.delivery.timeout_s
+    for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
+        ae.add_requested_context(sop_class, [syntax])
+    tls_args = None
+    if destination.tls:
+        import ssl
+
+        tls = config.tls
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.path(tls.ca_certificates) if tls.ca_certificates else None)
+        context.check_hostname = False
+        if tls.certificate:
+            context.load_cert_chain(config.path(tls.certificate), config.path(tls.private_key))
+        tls_args = (context, "")
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+    if not assoc.is_established:
+        reason = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"
+        return [SendOutcome(False, reason)] * len(datasets)
+    outcomes = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = getattr(status, "Status", None)
+            if code is None:
+                outcomes.append(SendOutcome(False, "no C-STORE response (timeout or abort)"))
+            elif code in (0x0000, 0xB000, 0xB007, 0xB006):
+                outcomes.append(SendOutcome(True, f"status 0x{code:04X}"))
+            else:
+                outcomes.append(SendOutcome(False, f"C-STORE failed with status 0x{code:04X}"))
+    finally:
+        assoc.release()
+    return outcomes
+
+
+def backoff(policy: Delivery, attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failed tries: exponential, capped."""
+    return min(policy.backoff_s * 2 ** max(attempts - 1, 0), policy.max_backoff_s)
+
+
+def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
+    """Try every queued delivery that is due, grouped per destination; returns how many were sent."""
+    now = time.time() if now is None else now
+    due = store.due_deliveries(now)
+    destinations = {d.name: d for d in config.destinations}
+    sent = 0
+    for name in sorted({d.destination for d in due}):
+        batch = [d for d in due if d.destination == name]
+        destination = destinations.get(name)
+        if destination is None:
+            for record in batch:
+                _failed(config, store, record, f"destination {name!r} is no longer configured", final=True)
+            continue
+        datasets = [pydicom.dcmread(record.path) for record in batch]
+        for record, outcome in zip(batch, store_scu(config, destination, datasets)):
+            if outcome.ok:
+                store.update_delivery(record.id, SENT, record.attempts + 1, record.next_attempt_at, None)
+                log.info("sent %s of job %d to %s (%s)", record.sop_uid, record.job_id, name, outcome.detail)
+                sent += 1
+            else:
+                _failed(config, store, record, outcome.detail)
+        for job_id in {r.job_id for r in batch}:
+            settle_job(store, job_id)
+    return sent
+
+
+def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, detail: str, final: bool = False) -> None:
+    attempts = record.attempts + 1
+    if final or attempts >= config.delivery.max_attempts:
+        log.error("parking %s of job %d for %s after %d tries: %s", record.sop_uid, record.job_id, record.destination, attempts, detail)
+        store.update_delivery(record.id, DEAD, attempts, record.next_attempt_at, detail)
+        return
+    wait = backoff(config.delivery, attempts)
+    log.warning("sending %s to %s failed (%s); try %d again in %.0f s", record.sop_uid, record.destination, detail, attempts + 1, wait)
+    store.update_delivery(record.id, QUEUED, attempts, time.time() + wait, detail)
+
+
+def settle_job(store: Store, job_id: int) -> None:
+    """A job whose deliveries are all sent is done; one with a parked delivery and none queued is delivery_failed."""
+    states = {d.state for d in store.deliveries(job_id)}
+    if states == {SENT}:
+        store.update_job(job_id, state=DONE)
+    elif DEAD in states and QUEUED not in states:
+        store.update_job(job_id, state=DELIVERY_FAILED)
+    elif QUEUED in states:
+        store.update_job(job_id, state=SENDING)

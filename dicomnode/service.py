@@ -1,0 +1,87 @@
+"""The running node: receiver, completion ticks, one worker for jobs and one for deliveries (APScheduler)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode.complete import open_jobs, ready_studies
+from dicomnode.config import NodeConfig
+from dicomnode.pipeline import failed, process_study, save_results
+from dicomnode.receive import OpenAssociations, Receiver
+from dicomnode.segment import Model, Segmenter
+from dicomnode.send import send_due, settle_job
+from dicomnode.store import PENDING, RUNNING, SENDING, Job, Store
+
+log = logging.getLogger(__name__)
+
+
+def load_segmenter(config: NodeConfig) -> Segmenter:
+    model = Model.from_folder(config.path(config.model.folder) / config.model.name)
+    return Segmenter(model, config.model.device, config.model.mirroring, config.model.tile_step_size)
+
+
+class Node:
+    """Owns the store, the SCP, the warm model and the scheduler."""
+
+    def __init__(self, config: NodeConfig, segmenter: Segmenter | None = None) -> None:
+        self.config = config
+        self.store = Store(config.path(config.database))
+        self.open = OpenAssociations()
+        self.receiver = Receiver(config, self.store, self.open)
+        self.segmenter = segmenter or load_segmenter(config)
+        self.scheduler = BackgroundScheduler()
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        for job in self.store.requeue_interrupted():
+            log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
+        for job in self.store.jobs(SENDING):
+            settle_job(self.store, job.id)
+        self.receiver.start()
+        tick = self.config.tick_s
+        self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.receiver.stop()
+        self.scheduler.shutdown(wait=True)
+        self.store.close()
+
+    def complete_studies(self) -> None:
+        open_jobs(self.store, ready_studies(self.store, self.open.studies(), self.config.quiet_period_s))
+
+    def run_pending_jobs(self) -> None:
+        for job in self.store.jobs(PENDING):
+            if self._stopped.is_set():
+                return
+            self.run_job(job)
+
+    def run_job(self, job: Job) -> None:
+        """Process one job and queue its results for every destination."""
+        self.store.update_job(job.id, state=RUNNING)
+        log.info("job %d: processing study %s version %d", job.id, job.study_uid, job.version)
+        try:
+            outcome = process_study(self.store.study_instances(job.study_uid, job.upto_seq), self.config, self.segmenter)
+            saved = []
+            if outcome.results is not None:
+                folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
+                saved = save_results(outcome.results, folder)
+        except Exception as exc:  # a job must never take the node down
+            log.exception("job %d failed", job.id)
+            outcome, saved = failed(exc), []
+        figures = outcome.measurements.summary() if outcome.measurements else None
+        destinations = [d.name for d in self.config.destinations]
+        self.store.finish_job_with_results(
+            job.id, saved, destinations, state=outcome.state, verdict=outcome.verdict, reasons=outcome.reasons,
+            series_uid=outcome.series_uid, measurements=figures, error=outcome.error, timings=outcome.timings,
+        )
+        log.info("job %d: %s (%s); %s", job.id, outcome.state, outcome.verdict, "; ".join(outcome.reasons[:1]))
+
+    def deliver(self) -> None:
+        send_due(self.config, self.store)

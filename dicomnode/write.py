@@ -1,0 +1,148 @@
+"""Write stage: a DICOM-SEG of the renal masks and a Comprehensive 3D SR (TID 1500) of their volumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.sr.coding import CodedConcept
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicomnode import __version__
+from dicomnode.codes import DISPLAY_LAB, KIDNEY, SIDE_CODES, STRUCTURE_CODES, VOLUME, ANATOMICAL_STRUCTURE, CUBIC_CENTIMETRE
+from dicomnode.load import LoadedSeries
+from dicomnode.measure import Measurements
+from dicomnode.segment import Model
+
+MANUFACTURER = "dicomnode"
+#: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.
+SEGMENT_ORDER = [(s, side) for s in ("cortex", "medulla", "parenchyma") for side in ("left", "right")]
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9701, 9702
+
+
+@dataclass(frozen=True)
+class Results:
+    """The result objects of one job."""
+
+    seg: pydicom.Dataset
+    sr: pydicom.Dataset
+
+
+def _algorithm(model: Model) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name, family=codes.cid7162.ArtificialIntelligence, version=str(model.card.get("version", __version__)),
+        source=MANUFACTURER,
+    )
+
+
+def _equipment(model: Model) -> hd.ContributingEquipment:
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name,
+        software_versions=__version__,
+        contribution_description="Renal parenchyma and cortex segmented by nnU-Net v2",
+    )
+
+
+def write_seg(series: LoadedSeries, measurements: Measurements, model: Model) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
+    """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
+    descriptions, masks, numbers = [], [], {}
+    for structure, side in SEGMENT_ORDER:
+        kidney = measurements.kidneys.get(side)
+        if kidney is None:
+            continue
+        number = len(descriptions) + 1
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"{side.capitalize()} renal {structure}",
+            segmented_property_category=ANATOMICAL_STRUCTURE,
+            segmented_property_type=STRUCTURE_CODES[structure],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=_algorithm(model),
+            tracking_uid=generate_uid(),
+            tracking_id=f"{side} renal {structure}",
+            anatomic_regions=[KIDNEY],
+            display_color=hd.color.CIELabColor(*DISPLAY_LAB[(structure, side)]),
+        )
+        modifier = [CodedConcept.from_code(SIDE_CODES[side])]
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = modifier
+        description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = modifier
+        descriptions.append(description)
+        masks.append(kidney.mask(structure))
+        numbers[(structure, side)] = number
+    seg = hd.seg.Segmentation(
+        source_images=series.datasets,
+        pixel_array=np.stack(masks, axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name,
+        software_versions=__version__,
+        device_serial_number="1",
+        content_label="KIDNEYS",
+        content_description="Renal cortex, medulla and parenchyma",
+        series_description="Renal segmentation (research)",
+        contributing_equipment=[_equipment(model)],
+    )
+    return seg, numbers
+
+
+def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Dataset, numbers: dict[tuple[str, str], int], model: Model) -> pydicom.Dataset:
+    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3."""
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=str(model.card.get("version", __version__)))
+    groups = []
+    for (structure, side), number in numbers.items():
+        kidney = measurements.kidneys[side]
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{side} renal {structure}"),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
+                ),
+                finding_type=STRUCTURE_CODES[structure],
+                finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)
+                ],
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[MANUFACTURER, model.name]), name=MANUFACTURER, model_name=model.name
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*series.datasets, seg],
+        content=report[0],
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description="Renal volumes (research)",
+        contributing_equipment=[_equipment(model)],
+    )
+
+
+def write_results(series: LoadedSeries, measurements: Measurements, model: Model) -> Results:
+    seg, numbers = write_seg(series, measurements, model)
+    return Results(seg, write_sr(series, measurements, seg, numbers, model))

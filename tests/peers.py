@@ -1,0 +1,192 @@
+"""Real DICOM peers for tests: Orthanc (Debian package), dcmtk tools, dciodvfy, and the node as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def echoscu(port: int, called: str, calling: str = "ECHOSCU") -> bool:
+    result = subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)], capture_output=True)
+    return result.returncode == 0
+
+
+def storescu(port: int, called: str, files: list[Path], calling: str = "STORESCU", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Send files with dcmtk storescu (one association); ``-R`` offers only the needed contexts."""
+    return subprocess.run(
+        ["storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """Error lines dciodvfy reports for a file (warnings are not errors)."""
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+@dataclass
+class Orthanc:
+    """An Orthanc server on loopback ports with its own storage folder."""
+
+    folder: Path
+    aet: str = "ORTHANC"
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    modalities: dict[str, list] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            "DicomModalities": self.modalities,
+            "Plugins": [],
+            "StableAge": 1,
+        }
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        log = open(self.folder / "orthanc.log", "ab")
+        self.process = subprocess.Popen(["Orthanc", str(self.folder / "orthanc.json")], stdout=log, stderr=log)
+        wait_for(self._alive, 60, what="Orthanc to start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, data: bytes | dict):
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read() or b"null")
+
+    def upload(self, files: list[Path]) -> None:
+        for path in files:
+            self.post("/instances", path.read_bytes())
+
+    def instances_of_modality(self, modality: str) -> list[str]:
+        return self.post("/tools/find", {"Level": "Instance", "Query": {"Modality": modality}})
+
+    def download(self, instance_id: str, target: Path) -> Path:
+        target.write_bytes(self.get(f"/instances/{instance_id}/file"))
+        return target
+
+
+@dataclass
+class NodeProcess:
+    """``dicomnode serve`` as a separate process with a test configuration."""
+
+    folder: Path
+    destinations: list[dict]
+    model_folder: Path = REPO / "models"
+    model_name: str = field(default_factory=lambda: yaml.safe_load((REPO / "config.yaml").read_text())["model"]["name"])
+    port: int = field(default_factory=free_port)
+    ae_title: str = "RENALNODE"
+    extra: dict = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.yaml"
+
+    def write_config(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "ae_title": self.ae_title,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "storage": "storage",
+            "database": "node.sqlite",
+            "results": "results",
+            "quiet_period_s": 2,
+            "tick_s": 0.5,
+            "min_free_disk_mb": 50,
+            "model": {"folder": str(self.model_folder), "name": self.model_name, "device": "cpu"},
+            "delivery": {"max_attempts": 50, "backoff_s": 1, "max_backoff_s": 2, "timeout_s": 10},
+            "destinations": self.destinations,
+            **self.extra,
+        }
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        self.write_config()
+        log = open(self.folder / "node.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env
+        )
+        wait_for(lambda: self.process.poll() is not None or echoscu(self.port, self.ae_title), 180, what="the node to answer C-ECHO")
+        assert self.process.poll() is None, f"node exited: {self.log()[-3000:]}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=60)
+            self.process = None
+
+    def log(self) -> str:
+        path = self.folder / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def status(self) -> list[dict]:
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "status", "--json"],
+            capture_output=True, text=True, check=True,
+        )
+        return json.loads(result.stdout)
+
+
+def tools_missing() -> list[str]:
+    return [tool for tool in ("Orthanc", "storescu", "echoscu", "dciodvfy") if shutil.which(tool) is None]

@@ -1,0 +1,67 @@
+"""Read results back the way a viewer would: SEG frames onto the source grid, SR measurement groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+
+@dataclass(frozen=True)
+class SrGroup:
+    """One TID 1411 group: its tracking identifier, referenced segment and volume."""
+
+    identifier: str
+    segment_number: int
+    seg_uid: str
+    volume_ml: float
+    unit: str
+
+
+def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
+    """Volumetric measurement groups of a TID 1500 report."""
+    groups = []
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for group in item.ContentSequence:
+            identifier, segment, seg_uid, volume, unit = "", 0, "", float("nan"), ""
+            for child in group.ContentSequence:
+                code = child.ConceptNameCodeSequence[0].CodeValue
+                if code == "112039":  # Tracking Identifier
+                    identifier = child.TextValue
+                elif child.ValueType == "IMAGE" and "ReferencedSegmentNumber" in child.ReferencedSOPSequence[0]:
+                    segment = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                    seg_uid = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                elif child.ValueType == "NUM" and code == "118565006":
+                    volume = float(child.MeasuredValueSequence[0].NumericValue)
+                    unit = child.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue
+            groups.append(SrGroup(identifier, segment, seg_uid, volume, unit))
+    return groups
+
+
+def seg_masks(path, source_sop_uids: list[str]) -> dict[int, np.ndarray]:
+    """Each segment of a SEG as a boolean volume stacked in the order of ``source_sop_uids``."""
+    seg = hd.seg.segread(path)
+    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+    volumes = {}
+    for number in numbers:
+        stack = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=source_sop_uids, segment_numbers=[number], assert_missing_frames_are_empty=True
+        )
+        volumes[number] = stack[..., 0].astype(bool)
+    return volumes
+
+
+def voxel_ml(seg: pydicom.Dataset) -> float:
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    spacing = [float(v) for v in measures.PixelSpacing]
+    thickness = float(getattr(measures, "SpacingBetweenSlices", measures.SliceThickness))
+    return spacing[0] * spacing[1] * thickness / 1000.0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
