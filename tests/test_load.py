@@ -1,0 +1,66 @@
+"""Loading a series into patient space, and refusing broken geometry with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicomnode.load import GeometryError, load_series
+from training.phantom_dicom import SeriesFiles, write_study
+from training.phantoms import Grid, Phase
+
+
+@pytest.fixture()
+def arterial(tmp_path: Path) -> SeriesFiles:
+    return write_study(11, tmp_path, phases=(Phase.ARTERIAL,), grid=Grid.centred(48, 7.0, 12, 5.0)).series[0]
+
+
+def _edit(path: Path, **values) -> None:
+    ds = pydicom.dcmread(path)
+    for key, value in values.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+def test_loads_hu_in_patient_space(arterial: SeriesFiles) -> None:
+    files = list(reversed(arterial.files))  # order on disk must not matter
+    series = load_series(files)
+    assert np.array_equal(series.hu, arterial.phantom.image.astype(np.float32))
+    assert np.allclose(series.spacing, arterial.phantom.grid.spacing)
+    assert np.allclose(series.origin, arterial.phantom.grid.origin, atol=1e-3)
+    assert np.allclose(series.direction, np.eye(3))
+
+
+def test_missing_slice(arterial: SeriesFiles) -> None:
+    with pytest.raises(GeometryError, match="missing slices"):
+        load_series(arterial.files[:5] + arterial.files[6:])
+
+
+def test_uneven_spacing(arterial: SeriesFiles) -> None:
+    ds = pydicom.dcmread(arterial.files[4])
+    position = [float(v) for v in ds.ImagePositionPatient]
+    _edit(arterial.files[4], ImagePositionPatient=[position[0], position[1], position[2] + 1.0])
+    with pytest.raises(GeometryError, match="uneven slice spacing"):
+        load_series(arterial.files)
+
+
+def test_gantry_tilt(arterial: SeriesFiles) -> None:
+    for k, path in enumerate(arterial.files):
+        position = [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
+        _edit(path, ImagePositionPatient=[position[0], position[1] + 1.5 * k, position[2]])
+    with pytest.raises(GeometryError, match="gantry tilt"):
+        load_series(arterial.files)
+
+
+def test_mixed_orientations(arterial: SeriesFiles) -> None:
+    _edit(arterial.files[3], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.raises(GeometryError, match="orientations"):
+        load_series(arterial.files)
+
+
+def test_duplicate_positions(arterial: SeriesFiles) -> None:
+    with pytest.raises(GeometryError, match="share one position"):
+        load_series(arterial.files + [arterial.files[2]])

@@ -1,0 +1,79 @@
+"""Series selection: rules on tags in several languages, timing, exclusions, and the no-arterial verdict."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+
+from pydicom.uid import CTImageStorage
+
+from dicomnode.config import Selection as Rules
+from dicomnode.select import NO_ARTERIAL, SELECTED, SeriesSummary, select_series, summarise
+from dicomnode.store import Instance
+from training.phantom_dicom import write_study
+from training.phantoms import Grid
+
+BOLUS = dt.time(10, 15, 0)
+
+
+def series(uid: str, description: str, delay_s: float | None, **changes) -> SeriesSummary:
+    acquired = (dt.datetime.combine(dt.date.today(), BOLUS) + dt.timedelta(seconds=delay_s if delay_s is not None else -120)).time()
+    base = SeriesSummary(
+        series_uid=uid, series_number=1, modality="CT", sop_classes=frozenset({CTImageStorage}), description=description,
+        protocol="", image_type=("ORIGINAL", "PRIMARY", "AXIAL"), contrast_agent="Iohexol" if delay_s is not None else "",
+        bolus_start=BOLUS if delay_s is not None else None, acquisition_time=acquired, normal_z=1.0, slices=60, files=(),
+    )
+    return replace(base, **changes)
+
+
+def test_phantom_study_selects_the_arterial_series(tmp_path: Path) -> None:
+    study = write_study(3, tmp_path, grid=Grid.centred(32, 10.0, 24, 8.0))
+    instances = [Instance(i, f.name, study.study_uid, s.series_uid, CTImageStorage, f) for s in study.series for i, f in enumerate(s.files)]
+    selection = select_series(summarise(instances), Rules())
+    assert selection.verdict == SELECTED
+    assert selection.series.series_uid == study.series[1].series_uid
+    assert selection.series.slices == 24
+
+
+def test_chinese_descriptions_without_timing_tags() -> None:
+    plain = series("1", "腹部平扫", None)
+    arterial = series("2", "腹部 皮质期 5mm", None, contrast_agent="碘海醇")
+    venous = series("3", "腹部 实质期 5mm", None, contrast_agent="碘海醇")
+    selection = select_series([plain, arterial, venous], Rules())
+    assert selection.series.series_uid == "2"
+
+
+def test_timing_decides_when_descriptions_say_nothing() -> None:
+    candidates = [series("1", "Abdomen 5.0", 95.0), series("2", "Abdomen 5.0", 33.0), series("3", "Abdomen 5.0", 300.0)]
+    selection = select_series(candidates, Rules())
+    assert selection.series.series_uid == "2"
+    assert any("33 s after bolus start" in reason for reason in selection.reasons)
+
+
+def test_no_arterial_series_is_a_verdict_with_reasons() -> None:
+    selection = select_series([series("1", "Abdomen native", None), series("2", "Abdomen portal venous", 80.0)], Rules())
+    assert selection.series is None and selection.verdict == NO_ARTERIAL
+    assert len(selection.reasons) == 2 and "native" in selection.reasons[0]
+
+
+def test_exclusions_scout_derived_reformat_short_and_non_ct() -> None:
+    excluded = [
+        series("scout", "Topogram arterial", 30.0, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), slices=1),
+        series("mpr", "Arterial COR 3mm", 30.0, image_type=("DERIVED", "SECONDARY", "MPR"), normal_z=0.0),
+        series("thin-few", "Arterial", 30.0, slices=5),
+        series("sc", "Arterial summary", 30.0, modality="OT", sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.7"})),
+    ]
+    selection = select_series(excluded, Rules())
+    assert selection.series is None
+    reasons = " ".join(selection.reasons)
+    for expected in ("localizer", "not ORIGINAL", "not axial", "fewer than 20", "not CT"):
+        assert expected in reasons
+    chosen = select_series(excluded + [series("ok", "Arterial 5mm", 30.0)], Rules())
+    assert chosen.series.series_uid == "ok"
+
+
+def test_keywords_match_whole_words_only() -> None:
+    # "art" must not match inside "partial" or "start"
+    selection = select_series([series("1", "Partial start", None)], Rules())
+    assert selection.series is None
