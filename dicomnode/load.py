@@ -8,10 +8,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
 
 
-class GeometryError(ValueError):
+class SeriesError(ValueError):
+    """The series cannot be used; the message says why."""
+
+
+class GeometryError(SeriesError):
     """The series cannot be placed in patient space as one regular volume."""
+
+
+class PixelDataError(SeriesError):
+    """A slice's pixel data cannot be read or decoded."""
 
 
 @dataclass
@@ -46,8 +55,13 @@ class LoadedSeries:
 
 
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
-    """Read, check and stack one series; raise :class:`GeometryError` with the reason where it fails."""
-    datasets = [pydicom.dcmread(path) for path in files]
+    """Read, check and stack one series; raise a :class:`SeriesError` with the reason where it fails."""
+    datasets = []
+    for path in files:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            raise PixelDataError(f"{path.name} cannot be read: {exc}") from exc
     if len(datasets) < 2:
         raise GeometryError("fewer than two slices")
     orientations = {tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", [])) for ds in datasets}
@@ -56,6 +70,7 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     row_dir, col_dir = np.array(next(iter(orientations))[:3]), np.array(next(iter(orientations))[3:])
     normal = np.cross(row_dir, col_dir)
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    shape = next(iter(shapes))
     pixel_spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in datasets}
     if len(shapes) != 1 or len(pixel_spacings) != 1:
         raise GeometryError("slices differ in matrix size or pixel spacing")
@@ -80,7 +95,7 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     cosine = abs(float(drift @ normal)) / float(np.linalg.norm(drift))
     if cosine < 0.9999:
         raise GeometryError(f"gantry tilt or sheared stack: slices advance {np.degrees(np.arccos(cosine)):.1f} deg off the normal")
-    hu = np.stack([_hu(ds) for ds in datasets])
+    hu = np.stack([_hu(ds, shape) for ds in datasets])
     for ds in datasets:
         del ds.PixelData
     row_spacing, col_spacing = (float(v) for v in next(iter(pixel_spacings)))
@@ -93,6 +108,11 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     )
 
 
-def _hu(ds: pydicom.Dataset) -> np.ndarray:
-    pixels = ds.pixel_array.astype(np.float32)
+def _hu(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # decoders raise many types for truncated or unsupported data
+        raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data cannot be decoded: {exc}") from exc
+    if pixels.shape != shape:
+        raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data is {pixels.shape}, expected {shape}")
     return pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)

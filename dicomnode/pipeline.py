@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 
 from dicomnode.config import NodeConfig
-from dicomnode.load import GeometryError, load_series
+from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
 from dicomnode.receive import write_atomically
 from dicomnode.segment import Segmenter
@@ -52,21 +52,28 @@ def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segm
         selection: Selection = select_series(summarise(instances), config.selection)
     if selection.series is None:
         return Outcome(NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
-    series_uid = selection.series.series_uid
-    try:
-        with _timed(timings, "load"):
-            series = load_series(list(selection.series.files))
-    except GeometryError as exc:
-        return Outcome(NO_RESULT, f"arterial series refused: {exc}", selection.reasons, series_uid, timings=timings)
+    reasons = list(selection.reasons)
+    series = None
+    with _timed(timings, "load"):
+        for candidate in [selection.series, *selection.fallbacks]:
+            try:
+                series = load_series(list(candidate.files))
+                series_uid = candidate.series_uid
+                break
+            except SeriesError as exc:
+                log.warning("series %s refused: %s", candidate.series_uid, exc)
+                reasons.append(f"series {candidate.description or candidate.series_uid} refused: {exc}")
+    if series is None:
+        return Outcome(NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings)
     with _timed(timings, "segment"):
         segmentation = segmenter.segment(series)
     with _timed(timings, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:
-        return Outcome(NO_RESULT, "no kidney found in the arterial series", selection.reasons + measurements.flags, series_uid, measurements, timings=timings)
+        return Outcome(NO_RESULT, "no kidney found in the arterial series", reasons + measurements.flags, series_uid, measurements, timings=timings)
     with _timed(timings, "write"):
         results = write_results(series, measurements, segmenter.model)
-    return Outcome(DONE, selection.verdict, selection.reasons + measurements.flags, series_uid, measurements, results, timings=timings)
+    return Outcome(DONE, selection.verdict, reasons + measurements.flags, series_uid, measurements, results, timings=timings)
 
 
 def failed(exc: BaseException) -> Outcome:

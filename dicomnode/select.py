@@ -14,6 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
+from dicomnode.aorta import ARTERIAL_HU, UNENHANCED_HU, aorta_hu
 from dicomnode.config import Selection as SelectionRules
 from dicomnode.store import Instance
 
@@ -38,7 +39,11 @@ class SeriesSummary:
     acquisition_time: dt.time | None
     normal_z: float  # |z component| of the slice normal: 1 for axial
     slices: int
-    files: tuple[Path, ...]
+    files: tuple[Path, ...]  # in the order of InstanceNumber where present
+
+    @property
+    def middle(self) -> Path | None:
+        return self.files[len(self.files) // 2] if self.files else None
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Selection:
     verdict: str
     reasons: list[str]
     candidates: list[Candidate] = field(default_factory=list)
+    fallbacks: list[SeriesSummary] = field(default_factory=list)  # next-best arterial candidates, best first
 
 
 def summarise(instances: list[Instance]) -> list[SeriesSummary]:
@@ -80,6 +86,7 @@ def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Se
     orientation = [float(v) for v in getattr(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]) or [1, 0, 0, 0, 1, 0]]
     normal = np.cross(orientation[:3], orientation[3:])
     number = getattr(first, "SeriesNumber", None)
+    members = sorted(members, key=lambda m: int(m[1].get("InstanceNumber", 0) or 0))
     return SeriesSummary(
         series_uid=series_uid,
         series_number=int(number) if number not in (None, "") else None,
@@ -124,8 +131,8 @@ def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
     return found
 
 
-def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str | None) -> Candidate:
-    """Score one series: exclusions first, then tag evidence for the arterial phase."""
+def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str | None, aorta: float | None) -> Candidate:
+    """Score one series: exclusions first, then tag evidence, then image evidence (aorta HU) for the arterial phase."""
     reasons: list[str] = []
     excluded = []
     if series.modality != "CT":
@@ -167,6 +174,18 @@ def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str |
     if earliest_contrast == series.series_uid:
         score += 1
         reasons.append("first contrast series acquired in the study")
+    if aorta is not None:
+        if aorta >= ARTERIAL_HU:
+            score += 3
+            reasons.append(f"aorta {aorta:.0f} HU: arterial enhancement")
+        elif aorta >= UNENHANCED_HU:
+            score -= 1
+            reasons.append(f"aorta {aorta:.0f} HU: enhanced, below arterial level")
+        else:
+            score -= 3
+            reasons.append(f"aorta {aorta:.0f} HU: no contrast enhancement")
+        if arterial_words and aorta < UNENHANCED_HU:
+            reasons.append("tags and image disagree: the description says arterial, the aorta is unenhanced")
     eligible = not excluded
     return Candidate(series.series_uid, series.description, eligible, score, tuple(excluded + reasons))
 
@@ -177,7 +196,11 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
         return Selection(None, NO_ARTERIAL, ["the study holds no readable series"])
     contrast = [s for s in summaries if s.contrast_agent and s.acquisition_time and s.modality == "CT"]
     earliest = min(contrast, key=lambda s: _seconds(s.acquisition_time)).series_uid if len(contrast) > 1 else None
-    candidates = [weigh(s, rules, earliest) for s in summaries]
+    candidates = []
+    for summary in summaries:
+        eligible_ct = summary.modality == "CT" and summary.normal_z >= 0.9 and summary.slices >= rules.min_slices
+        aorta = aorta_hu(summary.middle) if eligible_ct and summary.middle else None
+        candidates.append(weigh(summary, rules, earliest, aorta))
     ranked = sorted(
         (c for c in candidates if c.eligible and c.score > 0),
         key=lambda c: (c.score, next(s.slices for s in summaries if s.series_uid == c.series_uid)),
@@ -186,5 +209,7 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
     lines = [f"series {c.description or c.series_uid}: score {c.score:+.0f}; " + "; ".join(c.reasons) for c in candidates]
     if not ranked:
         return Selection(None, NO_ARTERIAL, lines, candidates)
-    chosen = next(s for s in summaries if s.series_uid == ranked[0].series_uid)
-    return Selection(chosen, SELECTED, [f"selected {chosen.description or chosen.series_uid}"] + lines, candidates)
+    by_uid = {s.series_uid: s for s in summaries}
+    chosen = by_uid[ranked[0].series_uid]
+    fallbacks = [by_uid[c.series_uid] for c in ranked[1:]]
+    return Selection(chosen, SELECTED, [f"selected {chosen.description or chosen.series_uid}"] + lines, candidates, fallbacks)

@@ -77,3 +77,38 @@ def test_keywords_match_whole_words_only() -> None:
     # "art" must not match inside "partial" or "start"
     selection = select_series([series("1", "Partial start", None)], Rules())
     assert selection.series is None
+
+
+def _blank_tags(files, description: str, keep_contrast: bool) -> None:
+    import pydicom
+
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription, ds.ProtocolName = description, ""
+        if not keep_contrast:
+            for keyword in ("ContrastBolusAgent", "ContrastBolusStartTime"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+        ds.save_as(path)
+
+
+def _instances(study):
+    return [Instance(i, f.name, study.study_uid, s.series_uid, CTImageStorage, f) for s in study.series for i, f in enumerate(s.files)]
+
+
+def test_image_check_decides_when_tags_are_missing(tmp_path: Path) -> None:
+    study = write_study(31, tmp_path, grid=Grid.centred(128, 2.8, 24, 8.0))
+    for s in study.series:
+        _blank_tags(s.files, "Abdomen 5.0", keep_contrast=False)
+    selection = select_series(summarise(_instances(study)), Rules())
+    assert selection.series.series_uid == study.series[1].series_uid
+    assert any("arterial enhancement" in reason for reason in selection.reasons)
+
+
+def test_image_check_overrules_a_mislabelled_series(tmp_path: Path) -> None:
+    study = write_study(32, tmp_path, grid=Grid.centred(128, 2.8, 24, 8.0))
+    _blank_tags(study.series[0].files, "Abdomen arterial", keep_contrast=False)  # the unenhanced series, mislabelled
+    _blank_tags(study.series[1].files, "Abdomen 5.0", keep_contrast=True)
+    selection = select_series(summarise(_instances(study)), Rules())
+    assert selection.series.series_uid == study.series[1].series_uid
+    assert any("tags and image disagree" in reason for reason in selection.reasons)
