@@ -81,6 +81,8 @@ class Receiver:
         self.open = open_associations
         self.storage = config.path(config.storage)
         self.storage.mkdir(parents=True, exist_ok=True)
+        for partial in remove_partial_writes(self.storage):
+            log.warning("removed %s, left by a write that was cut off", partial)
         self._server = None
 
     def start(self) -> None:
@@ -90,7 +92,7 @@ class Receiver:
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         if self.config.allowed_callers:
-            ae.require_calling_aet = list(self.config.allowed_callers)
+            ae.require_calling_aet = list(self.config.allowed_callers)  # others get A-ASSOCIATE-RJ (calling AE not recognised)
         handlers = [
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
@@ -102,6 +104,7 @@ class Receiver:
         self._server = ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
         )
+        self._server.verify_request = self._verify_address  # socketserver's hook, before any DICOM is read
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
     def stop(self) -> None:
@@ -118,6 +121,13 @@ class Receiver:
         context.verify_mode = ssl.CERT_REQUIRED if tls.ca_certificates else ssl.CERT_NONE
         context.load_cert_chain(self.config.path(tls.certificate), self.config.path(tls.private_key))
         return context
+
+    def _verify_address(self, request, client_address: tuple) -> bool:
+        allowed = self.config.allowed_addresses
+        if allowed and client_address[0] not in allowed:
+            log.warning("refused a connection from %s: address not in allowed_addresses", client_address[0])
+            return False
+        return True
 
     def on_accepted(self, event: evt.Event) -> None:
         self.open.opened(id(event.assoc))
@@ -162,6 +172,14 @@ class Receiver:
         log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
         self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
         return CANNOT_UNDERSTAND
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete temporary files of writes a crash interrupted (never indexed, so nothing is lost)."""
+    partial = list(folder.rglob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def write_atomically(path: Path, data: bytes) -> None:

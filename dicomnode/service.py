@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.complete import open_jobs, ready_studies
@@ -66,8 +67,12 @@ class Node:
         """Process one job and queue its results for every destination."""
         self.store.update_job(job.id, state=RUNNING)
         log.info("job %d: processing study %s version %d", job.id, job.study_uid, job.version)
+        instances = self.store.study_instances(job.study_uid, job.upto_seq)
+        if self.config.log_patient_data and instances:
+            header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+            log.info("job %d: patient %s, ID %s", job.id, header.get("PatientName", ""), header.get("PatientID", ""))
         try:
-            outcome = process_study(self.store.study_instances(job.study_uid, job.upto_seq), self.config, self.segmenter)
+            outcome = process_study(instances, self.config, self.segmenter)
             saved = []
             if outcome.results is not None:
                 folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"

@@ -167,7 +167,7 @@ class NodeProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env
         )
-        wait_for(lambda: self.process.poll() is not None or echoscu(self.port, self.ae_title), 180, what="the node to answer C-ECHO")
+        wait_for(lambda: self.process.poll() is not None or f"listening as {self.ae_title}" in self.log(), 180, 0.2, what="the node to listen")
         assert self.process.poll() is None, f"node exited: {self.log()[-3000:]}"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -177,8 +177,25 @@ class NodeProcess:
             self.process = None
 
     def log(self) -> str:
+        """This node's log since its last start."""
         path = self.folder / "node.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def jobs(self) -> list[dict]:
+        """The job table, read directly (fast enough to poll while the node works)."""
+        import sqlite3
+
+        db = self.folder / "node.sqlite"
+        if not db.exists():
+            return []
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), *args], capture_output=True, text=True
+        )
 
     def status(self) -> list[dict]:
         result = subprocess.run(
