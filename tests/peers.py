@@ -162,7 +162,9 @@ class NodeProcess:
 
     def start(self) -> None:
         self.write_config()
-        log = open(self.folder / "node.log", "ab")
+        path = self.folder / "node.log"
+        self._log_offset = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env
@@ -179,7 +181,11 @@ class NodeProcess:
     def log(self) -> str:
         """This node's log since its last start."""
         path = self.folder / "node.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        if not path.exists():
+            return ""
+        with open(path, "rb") as handle:
+            handle.seek(getattr(self, "_log_offset", 0))
+            return handle.read().decode(errors="replace")
 
     def jobs(self) -> list[dict]:
         """The job table, read directly (fast enough to poll while the node works)."""
