@@ -64,3 +64,33 @@ def test_mixed_orientations(arterial: SeriesFiles) -> None:
 def test_duplicate_positions(arterial: SeriesFiles) -> None:
     with pytest.raises(GeometryError, match="share one position"):
         load_series(arterial.files + [arterial.files[2]])
+
+
+@pytest.mark.parametrize("encoder", ["dcmcjpeg +e1", "dcmcjpls", "dcmcrle", "j2k"])
+def test_compressed_transfer_syntaxes_decode_losslessly(arterial: SeriesFiles, tmp_path: Path, encoder: str) -> None:
+    import subprocess
+
+    from pydicom.uid import JPEG2000Lossless
+
+    compressed = []
+    for path in arterial.files:
+        target = tmp_path / path.name
+        if encoder == "j2k":
+            ds = pydicom.dcmread(path)
+            ds.compress(JPEG2000Lossless)
+            ds.save_as(target)
+        else:
+            subprocess.run([*encoder.split(), str(path), str(target)], check=True)
+        compressed.append(target)
+    assert pydicom.dcmread(compressed[0]).file_meta.TransferSyntaxUID.is_compressed
+    series = load_series(compressed)
+    assert np.array_equal(series.hu, arterial.phantom.image.astype(np.float32))
+
+
+def test_truncated_pixel_data_is_refused_with_a_reason(arterial: SeriesFiles) -> None:
+    from dicomnode.load import PixelDataError
+
+    data = arterial.files[3].read_bytes()
+    arterial.files[3].write_bytes(data[: len(data) - 2000])
+    with pytest.raises(PixelDataError, match="instance 4"):
+        load_series(arterial.files)
