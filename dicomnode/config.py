@@ -66,6 +66,7 @@ class Selection:
     )
     arterial_window_s: tuple[float, float] = (15.0, 50.0)
     min_slices: int = 20
+    preferred_slice_mm: float = 5.0  # between thin and thick reconstructions of one phase (the paper's model: 5 mm)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class SeriesSummary:
     bolus_start: dt.time | None
     acquisition_time: dt.time | None
     normal_z: float  # |z component| of the slice normal: 1 for axial
+    slice_mm: float | None  # SliceThickness
     slices: int
     files: tuple[Path, ...]  # in the order of InstanceNumber where present
 
@@ -99,6 +100,7 @@ def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Se
         bolus_start=_time(getattr(first, "ContrastBolusStartTime", None)),
         acquisition_time=_time(getattr(first, "AcquisitionTime", None) or getattr(first, "SeriesTime", None)),
         normal_z=float(abs(normal[2]) / (np.linalg.norm(normal) or 1.0)),
+        slice_mm=float(first.SliceThickness) if str(first.get("SliceThickness", "") or "").strip() else None,
         slices=len(members),
         files=tuple(path for path, _ in members),
     )
@@ -131,7 +133,7 @@ def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
     return found
 
 
-def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str | None, aorta: float | None) -> Candidate:
+def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: set[str], aorta: float | None) -> Candidate:
     """Score one series: exclusions first, then tag evidence, then image evidence (aorta HU) for the arterial phase."""
     reasons: list[str] = []
     excluded = []
@@ -171,9 +173,9 @@ def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: str |
         else:
             score -= 2
             reasons.append(f"acquired {delay:.0f} s after bolus start, outside the arterial window {low:.0f}-{high:.0f} s")
-    if earliest_contrast == series.series_uid:
+    if series.series_uid in earliest_contrast:
         score += 1
-        reasons.append("first contrast series acquired in the study")
+        reasons.append("from the first contrast acquisition of the study")
     if aorta is not None:
         if aorta >= ARTERIAL_HU:
             score += 3
@@ -195,21 +197,27 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
     if not summaries:
         return Selection(None, NO_ARTERIAL, ["the study holds no readable series"])
     contrast = [s for s in summaries if s.contrast_agent and s.acquisition_time and s.modality == "CT"]
-    earliest = min(contrast, key=lambda s: _seconds(s.acquisition_time)).series_uid if len(contrast) > 1 else None
+    first_time = min((_seconds(s.acquisition_time) for s in contrast), default=None)
+    earliest = {s.series_uid for s in contrast if _seconds(s.acquisition_time) == first_time}
+    if len(earliest) == len(contrast):  # one acquisition only: order says nothing
+        earliest = set()
     candidates = []
     for summary in summaries:
         eligible_ct = summary.modality == "CT" and summary.normal_z >= 0.9 and summary.slices >= rules.min_slices
         aorta = aorta_hu(summary.middle) if eligible_ct and summary.middle else None
         candidates.append(weigh(summary, rules, earliest, aorta))
-    ranked = sorted(
-        (c for c in candidates if c.eligible and c.score > 0),
-        key=lambda c: (c.score, next(s.slices for s in summaries if s.series_uid == c.series_uid)),
-        reverse=True,
-    )
+    by_uid = {s.series_uid: s for s in summaries}
+
+    def preference(c: Candidate) -> tuple[float, float, int]:
+        """Best evidence first; among equals, the reconstruction closest to the preferred slice thickness."""
+        thickness = by_uid[c.series_uid].slice_mm
+        closeness = -abs(thickness - rules.preferred_slice_mm) if thickness else -99.0
+        return (c.score, closeness, by_uid[c.series_uid].slices)
+
+    ranked = sorted((c for c in candidates if c.eligible and c.score > 0), key=preference, reverse=True)
     lines = [f"series {c.description or c.series_uid}: score {c.score:+.0f}; " + "; ".join(c.reasons) for c in candidates]
     if not ranked:
         return Selection(None, NO_ARTERIAL, lines, candidates)
-    by_uid = {s.series_uid: s for s in summaries}
     chosen = by_uid[ranked[0].series_uid]
     fallbacks = [by_uid[c.series_uid] for c in ranked[1:]]
     return Selection(chosen, SELECTED, [f"selected {chosen.description or chosen.series_uid}"] + lines, candidates, fallbacks)

@@ -22,7 +22,7 @@ def series(uid: str, description: str, delay_s: float | None, **changes) -> Seri
     base = SeriesSummary(
         series_uid=uid, series_number=1, modality="CT", sop_classes=frozenset({CTImageStorage}), description=description,
         protocol="", image_type=("ORIGINAL", "PRIMARY", "AXIAL"), contrast_agent="Iohexol" if delay_s is not None else "",
-        bolus_start=BOLUS if delay_s is not None else None, acquisition_time=acquired, normal_z=1.0, slices=60, files=(),
+        bolus_start=BOLUS if delay_s is not None else None, acquisition_time=acquired, normal_z=1.0, slice_mm=5.0, slices=60, files=(),
     )
     return replace(base, **changes)
 
@@ -112,3 +112,19 @@ def test_image_check_overrules_a_mislabelled_series(tmp_path: Path) -> None:
     selection = select_series(summarise(_instances(study)), Rules())
     assert selection.series.series_uid == study.series[1].series_uid
     assert any("tags and image disagree" in reason for reason in selection.reasons)
+
+
+def test_six_series_study_picks_the_thick_axial_arterial_reconstruction() -> None:
+    study = [
+        series("scout", "Topogram 0.6 T20f", None, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), slices=2),
+        series("native", "Abdomen nativ 5.0", None),
+        series("art-thin", "Abdomen arteriell 1.0 B30f", 30.0, slice_mm=1.0, slices=300),
+        series("art-thick", "Abdomen arteriell 5.0 B30f", 30.0, slice_mm=5.0, slices=60),
+        series("art-cor", "Abdomen arteriell COR 3.0", 30.0, image_type=("DERIVED", "SECONDARY", "MPR"), normal_z=0.0),
+        series("venous", "Abdomen venös 5.0", 70.0),
+        series("dose", "Dose Report", None, modality="SR", sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.88.67"}), slices=1),
+    ]
+    selection = select_series(study, Rules())
+    assert selection.series.series_uid == "art-thick"
+    assert [s.series_uid for s in selection.fallbacks] == ["art-thin"]
+    assert any("modality SR, not CT" in reason for reason in selection.reasons)
