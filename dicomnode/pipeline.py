@@ -17,7 +17,7 @@ from dicomnode.receive import write_atomically
 from dicomnode.segment import Segmenter
 from dicomnode.select import NO_ARTERIAL, Selection, select_series, summarise
 from dicomnode.store import DONE, FAILED, NO_RESULT, Instance
-from dicomnode.write import Results, write_results
+from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,18 @@ def _timed(timings: dict[str, float], stage: str):
 
 
 def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
-    """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash."""
+    """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
+
+    Where configured, a study without result gets a text SR that says why.
+    """
+    outcome = _run_stages(instances, config, segmenter)
+    if outcome.state == NO_RESULT and config.send_text_sr_without_result and instances:
+        source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
+        outcome.results = Results(None, write_no_result_sr(source, outcome.verdict, outcome.reasons))
+    return outcome
+
+
+def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
     timings: dict[str, float] = {}
     with _timed(timings, "select"):
         selection: Selection = select_series(summarise(instances), config.selection)
@@ -85,6 +96,8 @@ def save_results(results: Results, folder: Path) -> list[tuple[str, Path]]:
     """Write SEG and SR atomically into ``folder``; returns (SOP Instance UID, path) of each."""
     saved = []
     for prefix, ds in (("SEG", results.seg), ("SR", results.sr)):
+        if ds is None:
+            continue
         path = folder / f"{prefix}_{ds.SOPInstanceUID}.dcm"
         buffer = pydicom.filebase.DicomBytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)

@@ -25,9 +25,9 @@ SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9701, 9702
 
 @dataclass(frozen=True)
 class Results:
-    """The result objects of one job."""
+    """The result objects of one job: SEG and TID 1500 SR, or a text SR alone when there is no result."""
 
-    seg: pydicom.Dataset
+    seg: pydicom.Dataset | None
     sr: pydicom.Dataset
 
 
@@ -146,3 +146,23 @@ def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Data
 def write_results(series: LoadedSeries, measurements: Measurements, model: Model) -> Results:
     seg, numbers = write_seg(series, measurements, model)
     return Results(seg, write_sr(series, measurements, seg, numbers, model))
+
+
+def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]) -> pydicom.Dataset:
+    """A Comprehensive SR telling the reader why the study gave no renal volumes (verdict and reasons as text)."""
+    container = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id=None)
+    container.ContentSequence = [
+        hd.sr.TextContentItem(name=codes.DCM.Finding, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in [f"No renal volumetry: {verdict}.", *reasons]
+    ]
+    return hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=container,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description="Renal volumes: no result (research)",
+    )

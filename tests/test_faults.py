@@ -8,9 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
-from tests.peers import NodeProcess, Orthanc, echoscu, storescu, tools_missing, wait_for
+from tests.peers import NodeProcess, Orthanc, dciodvfy, echoscu, storescu, tools_missing, wait_for
 from training.phantom_dicom import StudyFiles, write_study
 from training.phantoms import Grid, Phase
 
@@ -138,5 +139,23 @@ def test_only_allowed_callers_and_addresses(tmp_path: Path, study: StudyFiles) -
         node.start()
         assert not echoscu(node.port, node.ae_title)
         assert "refused a connection from 127.0.0.1" in node.log()
+    finally:
+        node.stop()
+
+
+def test_no_arterial_series_sends_a_text_sr_when_configured(tmp_path: Path, study: StudyFiles, orthanc: Orthanc) -> None:
+    orthanc.start()
+    node = NodeProcess(tmp_path / "node", _destination(orthanc), extra={"send_text_sr_without_result": True})
+    try:
+        node.start()
+        assert storescu(node.port, node.ae_title, study.by_phase(Phase.NONCONTRAST).files).returncode == 0
+        wait_for(lambda: _result_counts(orthanc) == (0, 1), 120, 0.5, "a text SR in Orthanc")
+        assert [(j["state"], j["verdict"]) for j in node.jobs()] == [("done", "no arterial series")]
+        sr = pydicom.dcmread(orthanc.download(orthanc.instances_of_modality("SR")[0], tmp_path / "sr.dcm"))
+        texts = [item.TextValue for item in sr.ContentSequence]
+        assert texts[0] == "No renal volumetry: no arterial series."
+        assert any("native" in text for text in texts[1:])
+        assert dciodvfy(tmp_path / "sr.dcm") == []
+        assert "no arterial series" in node.log()
     finally:
         node.stop()
