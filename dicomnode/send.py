@@ -38,7 +38,7 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: list[pydic
         context.check_hostname = False
         if tls.certificate:
             context.load_cert_chain(config.path(tls.certificate), config.path(tls.private_key))
-        tls_args = (context, "")
+        tls_args = (context, None)  # peers are identified by the CA, not by host name
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"

@@ -213,3 +213,19 @@ class NodeProcess:
 
 def tools_missing() -> list[str]:
     return [tool for tool in ("Orthanc", "storescu", "echoscu", "dciodvfy") if shutil.which(tool) is None]
+
+
+def make_certificates(folder: Path, names: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
+    """A throwaway CA (``ca``) and a key and certificate signed by it for each name: {name: (key, cert)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca")
+    paths = {"ca": (folder / "ca.key", folder / "ca.pem")}
+    for name in names:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+        paths[name] = (folder / f"{name}.key", folder / f"{name}.pem")
+    return paths
