@@ -1,0 +1,65 @@
+"""End to end: seconds from the last instance sent (dcmtk storescu) to SEG and SR stored in Orthanc, for a
+100-slice 5 mm study and a 500-slice 1 mm study (512 x 512), split into stages from the node's job record.
+
+    .venv/bin/python -m benchmarks.end_to_end [--studies 100x5 500x1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.series import big_study, machine
+from tests.peers import NodeProcess, Orthanc, storescu, wait_for
+
+STAGES = ("select", "load", "segment", "measure", "write")
+
+
+def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[str, float]:
+    files = big_study(work / "study", slices, slice_mm).series[0].files
+    orthanc = Orthanc(work / "orthanc")
+    orthanc.start()
+    node = NodeProcess(work / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+                       extra={"quiet_period_s": 2})
+    node.start()
+    try:
+        if mirroring:
+            node.stop()
+            node.extra["model"] = {"folder": str(node.model_folder), "name": node.model_name, "device": "auto", "mirroring": True}
+            node.start()
+        result = storescu(node.port, node.ae_title, files)
+        assert result.returncode == 0, result.stderr
+        last_sent = time.time()
+        wait_for(lambda: orthanc.instances_of_modality("SEG") and orthanc.instances_of_modality("SR"), 3600, 0.5, "results")
+        stored = time.time()
+        job = node.status()[0]
+    finally:
+        node.stop()
+        orthanc.stop()
+    figures = {"total": stored - last_sent, "wait": job["created_at"] - last_sent}
+    figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
+    figures["send"] = max(d["updated_at"] for d in job["deliveries"]) - (job["created_at"] + sum(job["timings"].values()))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--studies", nargs="+", default=["100x5", "500x1"], help="SLICESxMM")
+    parser.add_argument("--mirroring", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record")
+    print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in ("total", "wait", *STAGES, "send")))
+    for spec in args.studies:
+        slices, mm = spec.split("x")
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = run_one(Path(tmp), int(slices), float(mm), args.mirroring)
+        print(f"{spec + ' mm':>12} " + " ".join(f"{figures[name]:8.1f}" for name in ("total", "wait", *STAGES, "send")))
+        slowest = max(("wait", *STAGES, "send"), key=lambda name: figures[name])
+        print(f"{'':>12} slowest stage: {slowest}")
+
+
+if __name__ == "__main__":
+    main()

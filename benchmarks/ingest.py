@@ -1,0 +1,72 @@
+"""Ingest: images per second received over C-STORE from dcmtk storescu on loopback, for a 500-slice 512 x 512
+series, into the node, dcmtk storescp and Orthanc in one run; prints the node's ratio to each.
+
+    .venv/bin/python -m benchmarks.ingest [--slices 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.series import big_study, machine
+from tests.peers import NodeProcess, Orthanc, free_port, storescu, wait_for
+
+
+def timed_send(port: int, called: str, files: list[Path]) -> float:
+    start = time.perf_counter()
+    result = storescu(port, called, files)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = big_study(work / "study", args.slices, 1.0).series[0].files
+        size_mb = sum(f.stat().st_size for f in files) / 2**20
+        rates: dict[str, list[float]] = {"node": [], "storescp": [], "orthanc": []}
+        for repeat in range(args.repeats):
+            node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600})
+            node.start()
+            try:
+                rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
+            finally:
+                node.stop()
+            out = work / f"storescp{repeat}"
+            out.mkdir()
+            port = free_port()
+            scp = subprocess.Popen(["storescp", "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)
+                rates["storescp"].append(len(files) / timed_send(port, "STORESCP", files))
+            finally:
+                scp.terminate()
+                scp.wait()
+            orthanc = Orthanc(work / f"orthanc{repeat}")
+            orthanc.start()
+            try:
+                rates["orthanc"].append(len(files) / timed_send(orthanc.dicom_port, orthanc.aet, files))
+                wait_for(lambda: orthanc.get("/statistics")["CountInstances"] == len(files), 60, what="Orthanc to index")
+            finally:
+                orthanc.stop()
+    print(f"machine: {machine()}")
+    print(f"series: {len(files)} slices 512x512, {size_mb:.0f} MiB, explicit VR little endian; storescu on loopback; best of {args.repeats}")
+    best = {name: max(values) for name, values in rates.items()}
+    for name, rate in best.items():
+        print(f"{name:>9}: {rate:7.1f} images/s  ({rate * size_mb / len(files):6.1f} MiB/s)")
+    print(f"node / storescp: {best['node'] / best['storescp']:.2f}")
+    print(f"node / orthanc:  {best['node'] / best['orthanc']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
