@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +154,9 @@ class Store:
                 (time.time(), calling_ae, study_uid, sop_uid, reason),
             )
 
-    def refusals(self, study_uid: str | None = None) -> list[sqlite3.Row]:
+    def refusals(self) -> list[sqlite3.Row]:
         with self._lock:
-            if study_uid is None:
-                return self._db.execute("SELECT * FROM refusals ORDER BY id").fetchall()
-            return self._db.execute("SELECT * FROM refusals WHERE study_uid = ? ORDER BY id", (study_uid,)).fetchall()
+            return self._db.execute("SELECT * FROM refusals ORDER BY id").fetchall()
 
     def study_instances(self, study_uid: str, upto_seq: int) -> list[Instance]:
         with self._lock:
@@ -176,23 +175,26 @@ class Store:
             ).fetchall()
 
     # -- jobs ----------------------------------------------------------------------------------------------------
-    def create_job(self, study_uid: str, upto_seq: int) -> Job:
-        now = time.time()
+    @contextmanager
+    def _transaction(self):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                version = self._db.execute(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid = ?", (study_uid,)
-                ).fetchone()[0]
-                cursor = self._db.execute(
-                    "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (study_uid, version, upto_seq, PENDING, now, now),
-                )
-                self._db.execute("COMMIT")
+                yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return self.job(cursor.lastrowid)
+            self._db.execute("COMMIT")
+
+    def create_job(self, study_uid: str, upto_seq: int) -> Job:
+        now = time.time()
+        with self._transaction():
+            version = self._db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()[0]
+            cursor = self._db.execute(
+                "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (study_uid, version, upto_seq, PENDING, now, now),
+            )
+        return self.job(cursor.lastrowid)
 
     def job(self, job_id: int) -> Job:
         with self._lock:
@@ -208,11 +210,14 @@ class Store:
 
     def update_job(self, job_id: int, **values: object) -> None:
         """Set columns of a job; lists and dicts are stored as JSON."""
+        with self._lock:
+            self._set_job(job_id, values)
+
+    def _set_job(self, job_id: int, values: dict[str, object]) -> None:
         encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
         encoded["updated_at"] = time.time()
         columns = ", ".join(f"{k} = ?" for k in encoded)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*encoded.values(), job_id))
+        self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*encoded.values(), job_id))
 
     def requeue_interrupted(self) -> list[Job]:
         """Jobs left running by a crash go back to pending; returns them."""
@@ -225,25 +230,17 @@ class Store:
     def finish_job_with_results(self, job_id: int, results: list[tuple[str, Path]], destinations: list[str], **values: object) -> None:
         """Record the job's outcome and queue each result for each destination, in one transaction."""
         now = time.time()
-        encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sop_uid, path in results:
-                    for destination in destinations:
-                        self._db.execute(
-                            "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (job_id, destination, str(path), sop_uid, QUEUED, now, now),
-                        )
-                encoded["state"] = SENDING if results and destinations else encoded.get("state", DONE)
-                encoded["updated_at"] = now
-                columns = ", ".join(f"{k} = ?" for k in encoded)
-                self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*encoded.values(), job_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            for sop_uid, path in results:
+                for destination in destinations:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (job_id, destination, str(path), sop_uid, QUEUED, now, now),
+                    )
+            if results and destinations:
+                values["state"] = SENDING
+            self._set_job(job_id, values)
 
     def due_deliveries(self, now: float) -> list[DeliveryRecord]:
         with self._lock:

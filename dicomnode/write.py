@@ -132,14 +132,9 @@ def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Data
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
         content=report[0],
-        series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
         series_description="Renal volumes (research)",
         contributing_equipment=[_equipment(model)],
+        **_new_sr_instance(),
     )
 
 
@@ -156,13 +151,13 @@ def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]
         for text in [f"No renal volumetry: {verdict}.", *reasons]
     ]
     return hd.sr.ComprehensiveSR(
-        evidence=[source],
-        content=container,
-        series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description="Renal volumes: no result (research)",
+        evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance()
+    )
+
+
+def _new_sr_instance() -> dict[str, object]:
+    """Identity of a new, complete SR instance in a new series of the node's."""
+    return dict(
+        series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
     )

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from dicomnode.segment import TRAINERS_DIR
 from training.phantoms import Grid, Phase
 
 
@@ -17,7 +18,7 @@ def _set_nnunet_paths(work: Path) -> None:
         (work / sub).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 8)))
     os.environ.setdefault("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 8)))
-    os.environ["nnUNet_extTrainer"] = str(Path(__file__).parent / "nnunet_trainers")
+    os.environ["nnUNet_extTrainer"] = str(TRAINERS_DIR)
 
 
 def _dataset_name(work: Path, dataset_id: int) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 TRAINER = "nnUNetTrainerPaper"
-TRAINERS_DIR = Path(__file__).parent / "nnunet_trainers"
 
 
 @dataclass(frozen=True)
