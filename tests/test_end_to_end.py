@@ -80,8 +80,8 @@ def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles) ->
             number = next(n for n, label in labels.items() if label == f"{side} renal parenchyma")
             assert dice(masks[number], arterial.phantom.kidney_mask(side, "parenchyma")) > 0.85
 
+        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
         jobs = node.status()
-        assert [j["state"] for j in jobs] == ["done"]
         assert jobs[0]["series_uid"] == arterial.series_uid
         assert any("ARTERIAL" in reason for reason in jobs[0]["reasons"])
     finally:

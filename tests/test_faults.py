@@ -55,7 +55,7 @@ def test_killed_mid_inference_resumes_and_resending_makes_no_duplicates(tmp_path
         node.stop(signal.SIGKILL)
         node.start()
         wait_for(lambda: _result_counts(orthanc) == (1, 1), 300, 1.0, "SEG and SR after the restart")
-        assert [(j["version"], j["state"]) for j in node.jobs()] == [(1, "done")]
+        wait_for(lambda: [(j["version"], j["state"]) for j in node.jobs()] == [(1, "done")], 30, 0.5, "one job, done")
         assert "was interrupted; it runs again" in node.log()
 
         # The same study again: acknowledged, not stored twice, no new version, no new results.
@@ -85,7 +85,7 @@ def test_killed_mid_receive_loses_nothing(tmp_path: Path, study: StudyFiles, ort
         wait_for(lambda: _result_counts(orthanc) == (1, 1), 300, 1.0, "SEG and SR after re-sending")
         assert len(list(storage.rglob("*.dcm"))) == len(_files(study))
         assert not list(storage.rglob("*.tmp"))
-        assert [j["state"] for j in node.jobs()] == ["done"]
+        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
     finally:
         node.stop()
 
@@ -150,7 +150,7 @@ def test_no_arterial_series_sends_a_text_sr_when_configured(tmp_path: Path, stud
         node.start()
         assert storescu(node.port, node.ae_title, study.by_phase(Phase.NONCONTRAST).files).returncode == 0
         wait_for(lambda: _result_counts(orthanc) == (0, 1), 120, 0.5, "a text SR in Orthanc")
-        assert [(j["state"], j["verdict"]) for j in node.jobs()] == [("done", "no arterial series")]
+        wait_for(lambda: [(j["state"], j["verdict"]) for j in node.jobs()] == [("done", "no arterial series")], 30, 0.5, "the job to be done")
         sr = pydicom.dcmread(orthanc.download(orthanc.instances_of_modality("SR")[0], tmp_path / "sr.dcm"))
         texts = [item.TextValue for item in sr.ContentSequence]
         assert texts[0] == "No renal volumetry: no arterial series."
