@@ -13,6 +13,8 @@ from dicomnode.segment import CORTEX, MEDULLA, Segmentation
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
 MIN_KIDNEY_ML = 10.0
+#: Cortex minus medulla (HU) below which a kidney shows no corticomedullary differentiation.
+MIN_CORTICOMEDULLARY_HU = 25.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class KidneyMeasurement:
     medulla_ml: float
     cortex: np.ndarray
     medulla: np.ndarray
+    cortex_hu: float
+    medulla_hu: float
 
     @property
     def parenchyma(self) -> np.ndarray:
@@ -64,6 +68,8 @@ class Measurements:
         figures: dict[str, float | None | list[str]] = {
             f"{structure}_{side}_ml": round(k.volume(structure), 2) for side, k in self.kidneys.items() for structure in STRUCTURES
         }
+        for side, k in self.kidneys.items():
+            figures.update({f"cortex_{side}_hu": round(k.cortex_hu, 1), f"medulla_{side}_hu": round(k.medulla_hu, 1)})
         figures.update(
             total_parenchyma_ml=round(self.total_parenchyma_ml, 2),
             cortex_ratio=None if self.cortex_ratio is None else round(self.cortex_ratio, 4),
@@ -93,6 +99,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
             flags.append(f"two kidney-sized components on the {side} side; the smaller one was ignored")
             continue
         cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
+        cortex_hu = float(series.hu[cortex].mean()) if cortex.any() else float("nan")
+        medulla_hu = float(series.hu[medulla].mean()) if medulla.any() else float("nan")
         kidneys[side] = KidneyMeasurement(
             side,
             float(mask.sum() * series.voxel_ml),
@@ -100,7 +108,14 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
             float(medulla.sum() * series.voxel_ml),
             cortex,
             medulla,
+            cortex_hu,
+            medulla_hu,
         )
+        if not cortex_hu - medulla_hu >= MIN_CORTICOMEDULLARY_HU:
+            flags.append(
+                f"{side} kidney: cortex {cortex_hu:.0f} HU, medulla {medulla_hu:.0f} HU: no corticomedullary "
+                "differentiation, the series may not be arterial phase"
+            )
         if _touches_edge(mask):
             flags.append(f"{side} kidney touches the edge of the field of view: it may be cut off")
         share = cortex.sum() / mask.sum()

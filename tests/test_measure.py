@@ -8,7 +8,7 @@ import pytest
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import measure
 from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
-from training.phantoms import Grid, Label, make_phantom
+from training.phantoms import Grid, Label, Phase, make_phantom
 
 MODEL = Model("truth", None, {}, "0")
 
@@ -32,6 +32,17 @@ def test_volumes_and_sides_match_ground_truth() -> None:
             assert result.kidneys[side].volume(structure) == pytest.approx(phantom.volumes_ml[f"{structure}_{side}"], rel=1e-6)
     assert result.left_split == pytest.approx(phantom.volumes_ml["parenchyma_left"] / (phantom.volumes_ml["parenchyma_left"] + phantom.volumes_ml["parenchyma_right"]))
     assert result.flags == []
+
+
+def test_kidneys_without_corticomedullary_differentiation_are_flagged() -> None:
+    phantom = make_phantom(24, Phase.NEPHROGRAPHIC, grid=Grid.centred(96, 3.6, 30, 6.0))
+    grid = phantom.grid
+    series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
+    labels = np.zeros_like(phantom.labels)
+    labels[phantom.labels == Label.MEDULLA] = MEDULLA
+    labels[phantom.labels == Label.CORTEX] = CORTEX
+    result = measure(series, Segmentation(labels, MODEL, "cpu"))
+    assert sum("no corticomedullary differentiation" in flag for flag in result.flags) == 2
 
 
 def test_missing_kidney_and_specks_are_flagged_and_ignored() -> None:
