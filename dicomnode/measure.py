@@ -14,7 +14,7 @@ STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
 MIN_KIDNEY_ML = 10.0
 #: Cortex minus medulla (HU) below which a kidney shows no corticomedullary differentiation.
-MIN_CORTICOMEDULLARY_HU = 25.0
+MIN_CORTICOMEDULLARY_HU = 15.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from training.phantom_dicom import write_study
@@ -49,11 +50,13 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert (models / "tiny" / "fold_0" / "checkpoint_final.pth").stat().st_size < 5_000_000
 
     report = _cli("evaluate", "--model", str(models / "tiny"), "--manifest", str(tmp_path / "test" / "manifest.csv"),
-                  "--out", str(tmp_path / "eval"), "--device", "cpu", env=env)
+                  "--out", str(tmp_path / "eval"), "--device", "cpu", "--update-card", env=env)
     assert "| parenchyma |" in report and "ANOVA" in report
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert len(metrics["per_case"]) == 4 and 0.0 <= metrics["mean"]["parenchyma"]["dice"] <= 1.0
     assert (tmp_path / "eval" / "bland_altman.png").stat().st_size > 10_000
+    recorded = yaml.safe_load((models / "tiny" / "model.yaml").read_text())["metrics"]["evaluation"]
+    assert recorded["cases"] == 4 and recorded["parenchyma_dice"] == pytest.approx(metrics["mean"]["parenchyma"]["dice"], abs=1e-4)
 
     # The node loads the exported model by name from its configuration and runs a study with it.
     config = tmp_path / "node.yaml"

@@ -70,10 +70,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.cases import read_manifest
-    from training.evaluate import evaluate_model, write_report
+    from training.evaluate import evaluate_model, record_in_card, write_report
 
     evaluation = evaluate_model(args.model, read_manifest(args.manifest), args.device, args.mirroring)
     report = write_report(evaluation, args.out)
+    if args.update_card:
+        record_in_card(args.model / "model.yaml", evaluation, report, args.manifest)
     print(report.read_text())
 
 
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (8x slower)")
+    p.add_argument("--update-card", action="store_true", help="record the mean figures in the model's model.yaml")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="copy a trained fold into models/NAME with model.yaml")

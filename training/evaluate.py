@@ -173,3 +173,17 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
     report = folder / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def record_in_card(card_path: Path, evaluation: Evaluation, report: Path, manifest: Path) -> None:
+    """Add this evaluation's mean figures to a model card under ``metrics.evaluation``."""
+    import yaml
+
+    card = yaml.safe_load(card_path.read_text())
+    card.setdefault("metrics", {})["evaluation"] = {
+        "cases": len(evaluation.cases),
+        "manifest": manifest.name,
+        "report": str(report.relative_to(card_path.parent)) if report.is_relative_to(card_path.parent) else str(report),
+        **{f"{r}_{m}": round(evaluation.mean(r, m), 4) for r in REGIONS for m in ("dice", "jaccard", "volume_error_pct")},
+    }
+    card_path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
