@@ -1,6 +1,10 @@
 """Ingest: images per second received over C-STORE from dcmtk storescu on loopback, for a 500-slice 512 x 512
 series, into the node, dcmtk storescp and Orthanc in one run; prints the node's ratio to each.
 
+The node announces an unlimited maximum PDU; storescp and Orthanc announce 16 KiB by default, which splits each
+512 KiB slice into 32 PDUs. Both are measured as installed and with their largest PDU (128 KiB), so the ratio
+can be read with and without that setting.
+
     .venv/bin/python -m benchmarks.ingest [--slices 500]
 """
 
@@ -34,7 +38,7 @@ def main() -> None:
         work = Path(tmp)
         files = big_study(work / "study", args.slices, 1.0).series[0].files
         size_mb = sum(f.stat().st_size for f in files) / 2**20
-        rates: dict[str, list[float]] = {"node": [], "storescp": [], "orthanc": []}
+        rates: dict[str, list[float]] = {"node": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
         for repeat in range(args.repeats):
             node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600})
             node.start()
@@ -42,30 +46,33 @@ def main() -> None:
                 rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
             finally:
                 node.stop()
-            out = work / f"storescp{repeat}"
-            out.mkdir()
-            port = free_port()
-            scp = subprocess.Popen(["storescp", "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(0.5)
-                rates["storescp"].append(len(files) / timed_send(port, "STORESCP", files))
-            finally:
-                scp.terminate()
-                scp.wait()
-            orthanc = Orthanc(work / f"orthanc{repeat}")
-            orthanc.start()
-            try:
-                rates["orthanc"].append(len(files) / timed_send(orthanc.dicom_port, orthanc.aet, files))
-                wait_for(lambda: orthanc.get("/statistics")["CountInstances"] == len(files), 60, what="Orthanc to index")
-            finally:
-                orthanc.stop()
+            for name, pdu in (("storescp", []), ("storescp pdu128k", ["--max-pdu", "131072"])):
+                out = work / f"{name.replace(' ', '-')}{repeat}"
+                out.mkdir()
+                port = free_port()
+                scp = subprocess.Popen(["storescp", *pdu, "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    time.sleep(0.5)
+                    rates[name].append(len(files) / timed_send(port, "STORESCP", files))
+                finally:
+                    scp.terminate()
+                    scp.wait()
+            for name, settings in (("orthanc", {}), ("orthanc pdu128k", {"MaximumPduLength": 131072})):
+                orthanc = Orthanc(work / f"{name.replace(' ', '-')}{repeat}", settings=settings)
+                orthanc.start()
+                try:
+                    rates[name].append(len(files) / timed_send(orthanc.dicom_port, orthanc.aet, files))
+                    wait_for(lambda: orthanc.get("/statistics")["CountInstances"] == len(files), 60, what="Orthanc to index")
+                finally:
+                    orthanc.stop()
     print(f"machine: {machine()}")
     print(f"series: {len(files)} slices 512x512, {size_mb:.0f} MiB, explicit VR little endian; storescu on loopback; best of {args.repeats}")
     best = {name: max(values) for name, values in rates.items()}
     for name, rate in best.items():
-        print(f"{name:>9}: {rate:7.1f} images/s  ({rate * size_mb / len(files):6.1f} MiB/s)")
-    print(f"node / storescp: {best['node'] / best['storescp']:.2f}")
-    print(f"node / orthanc:  {best['node'] / best['orthanc']:.2f}")
+        print(f"{name:>16}: {rate:7.1f} images/s  ({rate * size_mb / len(files):6.1f} MiB/s)")
+    for name in best:
+        if name != "node":
+            print(f"node / {name}: {best['node'] / best[name]:.2f}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     modalities: dict[str, list] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # extra Orthanc configuration
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -82,6 +83,7 @@ class Orthanc:
             "DicomModalities": self.modalities,
             "Plugins": [],
             "StableAge": 1,
+            **self.settings,
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = open(self.folder / "orthanc.log", "ab")
