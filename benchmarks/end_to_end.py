@@ -40,7 +40,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         orthanc.stop()
     figures = {"total": stored - last_sent, "wait": job["created_at"] - last_sent}
     figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
-    figures["send"] = max(d["updated_at"] for d in job["deliveries"]) - (job["created_at"] + sum(job["timings"].values()))
+    figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes 0.5 s polling
     return figures
 
 
@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--mirroring", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record")
+    print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record;")
+    print("'send' = processing finished -> both results found in Orthanc (polled every 0.5 s)")
     print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in ("total", "wait", *STAGES, "send")))
     for spec in args.studies:
         slices, mm = spec.split("x")
