@@ -74,3 +74,16 @@ def test_import_refuses_a_label_on_another_grid_and_cortex_outside_parenchyma(tm
 
     dataset = import_cases([case], tmp_path / "raw", 7, "One")
     assert (dataset.folder / "labelsTr" / f"{case.case_id}.nii.gz").exists() and dataset.groups == {case.case_id: case.group}
+
+
+def test_import_reads_a_dicom_series_folder_with_the_node_checks(tmp_path: Path) -> None:
+    from training.dataset_import import read_image
+    from training.phantom_dicom import write_study
+
+    series = write_study(14, tmp_path / "study", phases=(Phase.ARTERIAL,), grid=GRID).series[0]
+    image = read_image(series.files[0].parent)
+    assert np.array_equal(sitk.GetArrayFromImage(image), series.phantom.image.astype(np.float32))
+    assert np.allclose(image.GetOrigin(), GRID.origin, atol=1e-3) and np.allclose(image.GetSpacing(), GRID.spacing)
+    series.files[4].unlink()
+    with pytest.raises(CaseError, match="missing slices"):
+        read_image(series.files[0].parent)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from dicomnode.load import SeriesError, load_series
 from training.cases import CORTEX_VALUES, PARENCHYMA_VALUES, Case
 
 DATASET_LABELS = {"background": 0, "parenchyma": [1, 2], "cortex": 2}
@@ -33,14 +34,15 @@ class ImportedDataset:
 
 
 def read_image(path: Path) -> sitk.Image:
-    """Read a DICOM series folder, or a NIfTI/NRRD file."""
+    """Read a folder holding one DICOM series (with the node's geometry checks), or a NIfTI/NRRD file."""
     if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        files = reader.GetGDCMSeriesFileNames(str(path))
+        files = sorted(p for p in path.iterdir() if p.is_file())
         if not files:
-            raise CaseError(f"{path}: no DICOM series found")
-        reader.SetFileNames(files)
-        return reader.Execute()
+            raise CaseError(f"{path}: no DICOM files found")
+        try:
+            return load_series(files).to_sitk()
+        except SeriesError as exc:
+            raise CaseError(f"{path}: {exc}") from exc
     return sitk.ReadImage(str(path))
 
 
