@@ -55,10 +55,6 @@ class OpenAssociations:
         self._lock = threading.Lock()
         self._studies: dict[int, set[str]] = {}
 
-    def opened(self, assoc_id: int) -> None:
-        with self._lock:
-            self._studies[assoc_id] = set()
-
     def touched(self, assoc_id: int, study_uid: str) -> None:
         with self._lock:
             self._studies.setdefault(assoc_id, set()).add(study_uid)
@@ -96,7 +92,6 @@ class Receiver:
         handlers = [
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
-            (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
             (evt.EVT_CONN_CLOSE, self.on_closed),
@@ -128,9 +123,6 @@ class Receiver:
             log.warning("refused a connection from %s: address not in allowed_addresses", client_address[0])
             return False
         return True
-
-    def on_accepted(self, event: evt.Event) -> None:
-        self.open.opened(id(event.assoc))
 
     def on_closed(self, event: evt.Event) -> None:
         self.open.closed(id(event.assoc))

@@ -249,12 +249,9 @@ class Store:
             ).fetchall()
         return [_delivery(r) for r in rows]
 
-    def deliveries(self, job_id: int | None = None) -> list[DeliveryRecord]:
+    def deliveries(self, job_id: int) -> list[DeliveryRecord]:
         with self._lock:
-            if job_id is None:
-                rows = self._db.execute("SELECT * FROM deliveries ORDER BY id").fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+            rows = self._db.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
         return [_delivery(r) for r in rows]
 
     def update_delivery(self, delivery_id: int, state: str, attempts: int, next_attempt_at: float, last_error: str | None) -> None:
