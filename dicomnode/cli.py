@@ -59,10 +59,11 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
-            figures = {k: v for k, v in job.measurements.items() if k != "flags"}
+            lists = ("notes", "qc_findings")
+            figures = {k: v for k, v in job.measurements.items() if k not in lists}
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-            for flag in job.measurements.get("flags", []):
-                print(f"    flag: {flag}")
+            for line in [*job.measurements.get("notes", []), *job.measurements.get("qc_findings", [])]:
+                print(f"    {line}")
         for delivery in store.deliveries(job.id):
             detail = f" ({delivery.last_error})" if delivery.last_error else ""
             print(f"    -> {delivery.destination}: {delivery.path.name} {delivery.state}, {delivery.attempts} tries{detail}")
@@ -114,6 +115,7 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
             "state": outcome.state, "verdict": outcome.verdict, "reasons": outcome.reasons, "error": outcome.error,
             "series_uid": outcome.series_uid, "timings": outcome.timings,
             "measurements": outcome.measurements.summary() if outcome.measurements else None,
+            "qc": None if outcome.qc is None else {"verdict": outcome.qc.verdict, "findings": outcome.qc.lines()},
             "results": [str(path) for _, path in saved],
         }
         print(f"study {study_uid}: {outcome.state} ({outcome.verdict})")

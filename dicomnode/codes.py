@@ -27,6 +27,13 @@ ORGAN_PARENCHYMA = Code("91772007", "SCT", "Organ parenchyma")
 PRIVATE_SCHEME = "99RENALNODE"
 RENAL_MEDULLA = Code("RM001", PRIVATE_SCHEME, "Renal medulla")
 CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")
+#: DICOM PS3.16 CID 7464/DCM: "Finding" (121071), the concept name of the QC findings' text items.
+FINDING = Code("121071", "DCM", "Finding")
+#: The QC gate's verdict as a qualitative evaluation. No DICOM or SNOMED concept names an automated plausibility
+#: check of a segmentation's output, so these are private (PS3.3 8.2).
+QC_RESULT = Code("QC001", PRIVATE_SCHEME, "Automated quality control")
+QC_PASSED = Code("QC002", PRIVATE_SCHEME, "Passed")
+QC_REVIEW = Code("QC003", PRIVATE_SCHEME, "Review required")
 
 SIDE_CODES = {"left": LEFT, "right": RIGHT}
 STRUCTURE_CODES = {"parenchyma": ORGAN_PARENCHYMA, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -69,6 +70,44 @@ class Selection:
     preferred_slice_mm: float = 5.0  # between thin and thick reconstructions of one phase (the paper's model: 5 mm)
 
 
+class OnFail(str, enum.Enum):
+    """What the node does with a study that fails QC."""
+
+    WITHHOLD = "withhold"  # send no volumes; the job says why (and the text SR, where configured)
+    FLAG = "flag"  # send SEG and SR with the findings inside and "QC: review" in the series descriptions
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Plausibility limits of the QC gate (see ``dicomnode/qc.py``); each (low, high) pair is inclusive.
+
+    Volume and length limits come from the 416 hand-drawn kidneys of KiTS19 (``dicomnode-train priors``):
+    tumour excluded 43-430 ml; longest side up to 221 mm with tumour, 175 mm at the 99th percentile.
+    """
+
+    on_fail: OnFail = OnFail.WITHHOLD
+    kidney_ml: tuple[float, float] = (40.0, 450.0)  # parenchyma per kidney
+    max_extent_mm: float = 200.0  # longest side of a kidney's bounding box
+    max_stray_ml: float = 20.0  # predicted kidney outside the two kidneys kept
+    kidney_hu: tuple[float, float] = (0.0, 350.0)  # mean attenuation of the parenchyma
+    cortex_share: tuple[float, float] = (0.2, 0.9)  # cortex / parenchyma
+    min_corticomedullary_hu: float = 15.0  # cortex minus medulla, checked unless the image shows another phase
+    lateral_mm: tuple[float, float] = (20.0, 150.0)  # kidney centre to the side of the spine's centre
+    anteroposterior_mm: tuple[float, float] = (-90.0, 40.0)  # kidney centre from the spine's centre (+: behind)
+    min_spine_share: float = 0.3  # share of a kidney's slices on which the vertebral column must be found
+    max_height_difference_mm: float = 100.0  # between the two kidneys' centres
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "on_fail", OnFail(self.on_fail))
+        except ValueError:
+            raise ValueError(f"qc.on_fail: {self.on_fail!r} is not one of {', '.join(m.value for m in OnFail)}") from None
+        for name in ("kidney_ml", "kidney_hu", "cortex_share", "lateral_mm", "anteroposterior_mm"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or not pair[0] < pair[1]:
+                raise ValueError(f"qc.{name}: expected [low, high] with low < high, got {list(pair)}")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything ``dicomnode serve`` needs."""
@@ -89,6 +128,7 @@ class NodeConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     selection: Selection = field(default_factory=Selection)
+    qc: QCConfig = field(default_factory=QCConfig)
     delivery: Delivery = field(default_factory=Delivery)
     destinations: tuple[Destination, ...] = ()
     base_dir: Path = Path(".")

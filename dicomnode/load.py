@@ -10,6 +10,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
+from dicomnode.anatomy import canonical_flips
+
 
 class SeriesError(ValueError):
     """The series cannot be used; the message says why."""
@@ -48,10 +50,18 @@ class LoadedSeries:
         image.SetDirection(tuple(float(v) for v in self.direction.flatten()))
         return image
 
-    def patient_x(self) -> np.ndarray:
-        """Patient x (mm, LPS: +x is the patient's left) of every voxel centre, shaped like ``hu``."""
-        k, j, i = np.indices(self.hu.shape, sparse=True)
-        return self.origin[0] + self.direction[0, 0] * i * self.spacing[0] + self.direction[0, 1] * j * self.spacing[1] + self.direction[0, 2] * k * self.spacing[2]
+    def to_patient(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Patient position (x, y, z mm, LPS) of an array index ``(slice, row, column)`` (fractional allowed)."""
+        k, j, i = (float(v) for v in index_zyx)
+        return self.origin + self.direction @ (np.array([i, j, k]) * self.spacing)
+
+    def canonical(self, array: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``array`` (default ``hu``) flipped into patient axes (columns +x, rows +y, slices +z), as a view, and the
+        patient position of its voxel [0, 0, 0]."""
+        flips = canonical_flips(self.direction)
+        array = self.hu if array is None else array
+        corner = [self.hu.shape[axis] - 1 if axis in flips else 0 for axis in range(3)]
+        return (np.flip(array, flips) if flips else array), self.to_patient(np.array(corner))
 
 
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:

@@ -1,4 +1,4 @@
-"""Measure stage: clean the prediction, split left/right, and compute renal volumes and sanity flags."""
+"""Measure stage: keep the kidneys of the prediction, find their sides from the anatomy, and compute renal volumes."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from dicomnode.anatomy import Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, Segmentation
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
+#: Components smaller than this (ml) are specks, not kidneys.
 MIN_KIDNEY_ML = 10.0
-#: Cortex minus medulla (HU) below which a kidney shows no corticomedullary differentiation.
-MIN_CORTICOMEDULLARY_HU = 15.0
 
 
 @dataclass(frozen=True)
 class KidneyMeasurement:
-    """Volumes (ml) of one kidney and its masks on the series grid."""
+    """Volumes (ml) of one kidney, its masks on the series grid, and where and how it lies."""
 
     side: str
     parenchyma_ml: float
@@ -29,6 +29,11 @@ class KidneyMeasurement:
     medulla: np.ndarray
     cortex_hu: float
     medulla_hu: float
+    centre_mm: tuple[float, float, float]  # patient (x, y, z), LPS
+    extent_mm: float  # longest side of its bounding box
+    touches_edge: bool  # reaches the first or last row, column or slice
+    spine_offset_mm: tuple[float, float] | None  # (x, y) of its centre from the spine's centre on its slices
+    spine_slices: float  # share of its slices on which a vertebra was found
 
     @property
     def parenchyma(self) -> np.ndarray:
@@ -43,10 +48,13 @@ class KidneyMeasurement:
 
 @dataclass(frozen=True)
 class Measurements:
-    """Per-side volumes, totals, ratios and the flags a reader should see."""
+    """Per-side volumes, totals, ratios, the midline the sides came from, and notes on what was left out."""
 
     kidneys: dict[str, KidneyMeasurement]
-    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    midline_x: float = float("nan")  # patient x (mm) of the midline
+    midline_source: str = ""  # spine, body outline, the two kidneys, nothing
+    predicted_ml: float = 0.0  # everything the model called kidney, kept or not
 
     @property
     def total_parenchyma_ml(self) -> float:
@@ -74,57 +82,96 @@ class Measurements:
             total_parenchyma_ml=round(self.total_parenchyma_ml, 2),
             cortex_ratio=None if self.cortex_ratio is None else round(self.cortex_ratio, 4),
             left_split=None if self.left_split is None else round(self.left_split, 4),
-            flags=self.flags,
+            midline_x_mm=None if not np.isfinite(self.midline_x) else round(self.midline_x, 1),
+            midline_from=self.midline_source,
+            notes=self.notes,
         )
         return figures
 
 
 def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
-    """Keep the two largest kidney-sized components, assign sides by patient x, and measure."""
+    """Keep the two largest kidney-sized components, assign sides from the patient's midline, and measure.
+
+    The midline is the vertebral column's centre on the kidneys' slices; where no vertebra is found, the body
+    outline's centre; where neither is found, the point between the two kidneys. LPS: +x is the patient's left.
+    """
     labels = segmentation.labels
     parenchyma = labels > 0
     components, count = ndimage.label(parenchyma, structure=np.ones((3, 3, 3), bool))
-    flags: list[str] = []
     if count == 0:
-        return Measurements({}, ["no kidney found"])
-    sizes = ndimage.sum_labels(parenchyma, components, index=np.arange(1, count + 1))
+        return Measurements({}, midline_source="nothing", predicted_ml=0.0)
+    index = np.arange(1, count + 1)
+    sizes = ndimage.sum_labels(parenchyma, components, index=index)
     kept = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
-    patient_x = series.patient_x()
+    centres = {c: series.to_patient(np.array(ndimage.center_of_mass(components == c))) for c in kept}
+    kidney_slices = np.unique(np.nonzero(np.isin(components, kept))[0]) if kept else np.array([], int)
+    midline = _midline(series, kidney_slices)
+    midline_x, source = midline.x_at(_canonical_slices(series, kidney_slices))
+    if not np.isfinite(midline_x):
+        midline_x = float(np.mean([c[0] for c in centres.values()])) if len(kept) == 2 else float("nan")
+        source = "the two kidneys" if len(kept) == 2 else "nothing"
     kidneys: dict[str, KidneyMeasurement] = {}
+    notes: list[str] = []
     for component in kept:
-        mask = components == component
-        centre_x = float(np.broadcast_to(patient_x, mask.shape)[mask].mean())
-        side = "left" if centre_x > 0 else "right"  # LPS: +x is the patient's left
-        if side in kidneys:
-            flags.append(f"two kidney-sized components on the {side} side; the smaller one was ignored")
+        centre = centres[component]
+        if not np.isfinite(midline_x):
+            notes.append("one kidney-sized component and no landmark for the midline: its side is unknown")
             continue
-        cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
-        cortex_hu = float(series.hu[cortex].mean()) if cortex.any() else float("nan")
-        medulla_hu = float(series.hu[medulla].mean()) if medulla.any() else float("nan")
-        kidneys[side] = KidneyMeasurement(
-            side,
-            float(mask.sum() * series.voxel_ml),
-            float(cortex.sum() * series.voxel_ml),
-            float(medulla.sum() * series.voxel_ml),
-            cortex,
-            medulla,
-            cortex_hu,
-            medulla_hu,
-        )
-        if not cortex_hu - medulla_hu >= MIN_CORTICOMEDULLARY_HU:
-            flags.append(
-                f"{side} kidney: cortex {cortex_hu:.0f} HU, medulla {medulla_hu:.0f} HU: no corticomedullary "
-                "differentiation, the series may not be arterial phase"
-            )
-        if _touches_edge(mask):
-            flags.append(f"{side} kidney touches the edge of the field of view: it may be cut off")
-        share = cortex.sum() / mask.sum()
-        if not 0.2 <= share <= 0.9:
-            flags.append(f"{side} kidney cortex is {share:.0%} of parenchyma, outside the plausible 20-90 %")
-    for side in SIDES:
-        if side not in kidneys:
-            flags.append(f"no {side} kidney found")
-    return Measurements(kidneys, flags)
+        side = "left" if centre[0] > midline_x else "right"
+        if side in kidneys:
+            notes.append(f"two kidney-sized components on the {side} side of the midline; the smaller one was ignored")
+            continue
+        kidneys[side] = _kidney(series, labels, components == component, side, centre, midline)
+    return Measurements(
+        kidneys, notes, midline_x=midline_x, midline_source=source,
+        predicted_ml=float(parenchyma.sum() * series.voxel_ml),
+    )
+
+
+def _midline(series: LoadedSeries, slices: np.ndarray) -> Midline:
+    """Spine and body centre on the given slices (array order), found on the volume in patient axes."""
+    hu, corner = series.canonical()
+    wanted = _canonical_slices(series, slices)
+    subset = np.zeros(hu.shape[0], bool)
+    subset[wanted] = True
+    spacing = np.array(series.spacing)
+    full = find_midline(hu[subset], corner, spacing)
+    out = Midline(*(np.full(hu.shape[0], np.nan) for _ in range(3)))
+    for values, target in zip((full.spine_x, full.spine_y, full.body_x), (out.spine_x, out.spine_y, out.body_x)):
+        target[subset] = values
+    return out
+
+
+def _canonical_slices(series: LoadedSeries, slices: np.ndarray) -> np.ndarray:
+    """Slice indices of the series in the slice order of its canonical (patient-axes) view."""
+    flipped = canonical_flips(series.direction)
+    return (series.hu.shape[0] - 1 - slices) if 0 in flipped else slices
+
+
+def _kidney(series: LoadedSeries, labels: np.ndarray, mask: np.ndarray, side: str, centre: np.ndarray, midline: Midline) -> KidneyMeasurement:
+    cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    extent = max((s.stop - s.start) * d for s, d in zip(box, (series.spacing[2], series.spacing[1], series.spacing[0])))
+    slices = _canonical_slices(series, np.arange(box[0].start, box[0].stop))
+    found = np.isfinite(midline.spine_x[slices])
+    offset = None
+    if found.any():
+        offset = (float(centre[0] - np.median(midline.spine_x[slices][found])), float(centre[1] - np.median(midline.spine_y[slices][found])))
+    return KidneyMeasurement(
+        side,
+        float(mask.sum() * series.voxel_ml),
+        float(cortex.sum() * series.voxel_ml),
+        float(medulla.sum() * series.voxel_ml),
+        cortex,
+        medulla,
+        float(series.hu[cortex].mean()) if cortex.any() else float("nan"),
+        float(series.hu[medulla].mean()) if medulla.any() else float("nan"),
+        (float(centre[0]), float(centre[1]), float(centre[2])),
+        float(extent),
+        _touches_edge(mask),
+        offset,
+        float(found.mean()),
+    )
 
 
 def _touches_edge(mask: np.ndarray) -> bool:

@@ -1,4 +1,4 @@
-"""One study through select -> load -> segment -> measure -> write, with the verdict and stage timings."""
+"""One study through select -> load -> segment -> measure -> qc -> write, with the verdict and stage timings."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pydicom
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import NodeConfig, OnFail
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
+from dicomnode.qc import QCReport, check
 from dicomnode.receive import write_atomically
 from dicomnode.segment import Segmenter
 from dicomnode.select import NO_ARTERIAL, Selection, select_series, summarise
@@ -20,6 +21,8 @@ from dicomnode.store import DONE, FAILED, NO_RESULT, Instance
 from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
+
+WITHHELD = "QC failed: volumes withheld"
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Outcome:
     series_uid: str | None = None
     measurements: Measurements | None = None
     results: Results | None = None
+    qc: QCReport | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -81,10 +85,18 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmen
     with _timed(timings, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:
-        return Outcome(NO_RESULT, "no kidney found in the arterial series", reasons + measurements.flags, series_uid, measurements, timings=timings)
+        return Outcome(NO_RESULT, "no kidney found in the arterial series", reasons + measurements.notes, series_uid, measurements, timings=timings)
+    with _timed(timings, "qc"):
+        report = check(measurements, selection.image_phase(series_uid), config.qc)
+    reasons += report.lines()
+    if not report.passed:
+        log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
+        if config.qc.on_fail is OnFail.WITHHOLD:
+            return Outcome(NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
     with _timed(timings, "write"):
-        results = write_results(series, measurements, segmenter.model)
-    return Outcome(DONE, selection.verdict, reasons + measurements.flags, series_uid, measurements, results, timings=timings)
+        results = write_results(series, measurements, report, segmenter.model)
+    verdict = selection.verdict if report.passed else f"{selection.verdict}; {report.verdict}"
+    return Outcome(DONE, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
 
 
 def failed(exc: BaseException) -> Outcome:

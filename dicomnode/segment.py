@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dicomnode.anatomy import canonical_flips
 from dicomnode.load import LoadedSeries
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,3 @@ class Segmenter:
         labels = np.asarray(labels, dtype=np.uint8)
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device)
 
-
-def canonical_flips(direction: np.ndarray) -> tuple[int, ...]:
-    """Array axes (z, y, x order) to flip so columns run to +x, rows to +y and slices to +z."""
-    return tuple(axis for axis, column in ((2, 0), (1, 1), (0, 2)) if direction[column, column] < 0)

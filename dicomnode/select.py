@@ -14,7 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from dicomnode.aorta import ARTERIAL_HU, UNENHANCED_HU, aorta_hu
+from dicomnode.aorta import AortaEvidence, ImagePhase, aorta_evidence
 from dicomnode.config import Selection as SelectionRules
 from dicomnode.store import Instance
 
@@ -42,9 +42,6 @@ class SeriesSummary:
     slices: int
     files: tuple[Path, ...]  # in the order of InstanceNumber where present
 
-    @property
-    def middle(self) -> Path | None:
-        return self.files[len(self.files) // 2] if self.files else None
 
 
 @dataclass(frozen=True)
@@ -56,6 +53,7 @@ class Candidate:
     eligible: bool
     score: float
     reasons: tuple[str, ...]
+    image_phase: ImagePhase = ImagePhase.UNKNOWN  # what the aorta says, where it was checked
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,10 @@ class Selection:
     reasons: list[str]
     candidates: list[Candidate] = field(default_factory=list)
     fallbacks: list[SeriesSummary] = field(default_factory=list)  # next-best arterial candidates, best first
+
+    def image_phase(self, series_uid: str) -> ImagePhase:
+        """What the image check said of one series (UNKNOWN where it was not checked)."""
+        return next((c.image_phase for c in self.candidates if c.series_uid == series_uid), ImagePhase.UNKNOWN)
 
 
 def summarise(instances: list[Instance]) -> list[SeriesSummary]:
@@ -133,7 +135,7 @@ def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
     return found
 
 
-def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: set[str], aorta: float | None) -> Candidate:
+def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: set[str], aorta: AortaEvidence | None) -> Candidate:
     """Score one series: exclusions first, then tag evidence, then image evidence (aorta HU) for the arterial phase."""
     reasons: list[str] = []
     excluded = []
@@ -176,20 +178,14 @@ def weigh(series: SeriesSummary, rules: SelectionRules, earliest_contrast: set[s
     if series.series_uid in earliest_contrast:
         score += 1
         reasons.append("from the first contrast acquisition of the study")
+    phase = aorta.phase if aorta is not None else ImagePhase.UNKNOWN
     if aorta is not None:
-        if aorta >= ARTERIAL_HU:
-            score += 3
-            reasons.append(f"aorta {aorta:.0f} HU: arterial enhancement")
-        elif aorta >= UNENHANCED_HU:
-            score -= 1
-            reasons.append(f"aorta {aorta:.0f} HU: enhanced, below arterial level")
-        else:
-            score -= 3
-            reasons.append(f"aorta {aorta:.0f} HU: no contrast enhancement")
-        if arterial_words and aorta < UNENHANCED_HU:
+        score += {ImagePhase.ARTERIAL: 3, ImagePhase.ENHANCED: -1, ImagePhase.UNENHANCED: -3, ImagePhase.UNKNOWN: 0}[phase]
+        reasons.append(f"image: {aorta.reason}: {phase.value}")
+        if arterial_words and phase is ImagePhase.UNENHANCED:
             reasons.append("tags and image disagree: the description says arterial, the aorta is unenhanced")
     eligible = not excluded
-    return Candidate(series.series_uid, series.description, eligible, score, tuple(excluded + reasons))
+    return Candidate(series.series_uid, series.description, eligible, score, tuple(excluded + reasons), phase)
 
 
 def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Selection:
@@ -204,7 +200,7 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
     candidates = []
     for summary in summaries:
         eligible_ct = summary.modality == "CT" and summary.normal_z >= 0.9 and summary.slices >= rules.min_slices
-        aorta = aorta_hu(summary.middle) if eligible_ct and summary.middle else None
+        aorta = aorta_evidence(list(summary.files)) if eligible_ct else None
         candidates.append(weigh(summary, rules, earliest, aorta))
     by_uid = {s.series_uid: s for s in summaries}
 

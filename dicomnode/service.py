@@ -81,6 +81,8 @@ class Node:
             log.exception("job %d failed", job.id)
             outcome, saved = failed(exc), []
         figures = outcome.measurements.summary() if outcome.measurements else None
+        if figures is not None and outcome.qc is not None:
+            figures.update(qc=outcome.qc.verdict, qc_findings=outcome.qc.lines())
         destinations = [d.name for d in self.config.destinations]
         self.store.finish_job_with_results(
             job.id, saved, destinations, state=outcome.state, verdict=outcome.verdict, reasons=outcome.reasons,

@@ -12,15 +12,22 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomnode import __version__
-from dicomnode.codes import DISPLAY_LAB, KIDNEY, SIDE_CODES, STRUCTURE_CODES, VOLUME, ANATOMICAL_STRUCTURE, CUBIC_CENTIMETRE
+from dicomnode.codes import (
+    ANATOMICAL_STRUCTURE, CUBIC_CENTIMETRE, DISPLAY_LAB, FINDING, KIDNEY, QC_PASSED, QC_RESULT, QC_REVIEW, SIDE_CODES,
+    STRUCTURE_CODES, VOLUME,
+)
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements
+from dicomnode.qc import STUDY, QCReport
 from dicomnode.segment import Model
 
 MANUFACTURER = "dicomnode"
 #: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.
 SEGMENT_ORDER = [(s, side) for s in ("cortex", "medulla", "parenchyma") for side in ("left", "right")]
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9701, 9702
+SEG_DESCRIPTION, SR_DESCRIPTION = "Renal segmentation (research)", "Renal volumes (research)"
+#: Appended to the series descriptions of results that failed QC and were sent for review (``qc.on_fail: flag``).
+QC_REVIEW_SUFFIX = " QC: review"
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ def _equipment(model: Model) -> hd.ContributingEquipment:
     )
 
 
-def write_seg(series: LoadedSeries, measurements: Measurements, model: Model) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
+def write_seg(series: LoadedSeries, measurements: Measurements, model: Model, review: bool = False) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
     """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
     descriptions, masks, numbers = [], [], {}
     for structure, side in SEGMENT_ORDER:
@@ -89,14 +96,17 @@ def write_seg(series: LoadedSeries, measurements: Measurements, model: Model) ->
         device_serial_number="1",
         content_label="KIDNEYS",
         content_description="Renal cortex, medulla and parenchyma",
-        series_description="Renal segmentation (research)",
+        series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=[_equipment(model)],
     )
     return seg, numbers
 
 
-def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Dataset, numbers: dict[tuple[str, str], int], model: Model) -> pydicom.Dataset:
-    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3."""
+def write_sr(
+    series: LoadedSeries, measurements: Measurements, qc: QCReport, seg: pydicom.Dataset, numbers: dict[tuple[str, str], int], model: Model
+) -> pydicom.Dataset:
+    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
+    verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=str(model.card.get("version", __version__)))
     groups = []
     for (structure, side), number in numbers.items():
@@ -116,8 +126,17 @@ def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Data
                 measurements=[
                     hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)
                 ],
+                qualitative_evaluations=[_qc_evaluation(qc)],
             )
         )
+        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side)])
+    study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="renal volumetry QC"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[_qc_evaluation(qc)],
+    )
+    _add_findings(study_group, [qc.verdict, *(str(f) for f in qc.for_scope(STUDY))])
+    groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -132,15 +151,29 @@ def write_sr(series: LoadedSeries, measurements: Measurements, seg: pydicom.Data
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
         content=report[0],
-        series_description="Renal volumes (research)",
+        series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
         contributing_equipment=[_equipment(model)],
         **_new_sr_instance(),
     )
 
 
-def write_results(series: LoadedSeries, measurements: Measurements, model: Model) -> Results:
-    seg, numbers = write_seg(series, measurements, model)
-    return Results(seg, write_sr(series, measurements, seg, numbers, model))
+def write_results(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model) -> Results:
+    """SEG and SR of a measured study; where QC failed, both say "QC: review" and the SR lists every finding."""
+    seg, numbers = write_seg(series, measurements, model, review=not qc.passed)
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, model))
+
+
+def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(name=QC_RESULT, value=QC_PASSED if qc.passed else QC_REVIEW)
+
+
+def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
+    """Append the QC findings as TEXT items (concept "Finding") to a measurement group's content."""
+    container = group[0]
+    container.ContentSequence.extend(
+        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in texts
+    )
 
 
 def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]) -> pydicom.Dataset:

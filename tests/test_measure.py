@@ -1,9 +1,10 @@
-"""Volumes, sides and flags from a labelled volume (the phantom's ground truth as the prediction)."""
+"""Volumes and sides from a labelled volume (the phantom's ground truth as the prediction), in any patient position."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import measure
@@ -13,14 +14,30 @@ from training.phantoms import Grid, Label, Phase, make_phantom
 MODEL = Model("truth", None, {}, "0")
 
 
-def _series_and_truth(seed: int):
-    phantom = make_phantom(seed, grid=Grid.centred(96, 3.6, 30, 6.0))
+def _series_and_truth(seed: int, phase: Phase = Phase.ARTERIAL):
+    phantom = make_phantom(seed, phase, grid=Grid.centred(96, 3.6, 30, 6.0))
     grid = phantom.grid
     series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     labels = np.zeros_like(phantom.labels)
     labels[phantom.labels == Label.MEDULLA] = MEDULLA
     labels[phantom.labels == Label.CORTEX] = CORTEX
     return phantom, series, labels
+
+
+def _repositioned(series: LoadedSeries, labels: np.ndarray, flips: tuple[int, ...], shift_mm: tuple[float, float, float]):
+    """The same patient stored with the array axes in ``flips`` reversed (directions negated), shifted in space.
+
+    Reversing columns and rows is how a prone patient or a scanner with other row/column directions stores the
+    image; reversing slices is a feet-first acquisition. Patient coordinates of every voxel stay the same.
+    """
+    direction = np.eye(3)
+    origin = series.origin.astype(float).copy()
+    for axis in flips:
+        column = 2 - axis  # array axis (z, y, x) -> direction column (x, y, z)
+        origin[column] += (series.hu.shape[axis] - 1) * series.spacing[column]
+        direction[column, column] = -1.0
+    moved = LoadedSeries([], np.ascontiguousarray(np.flip(series.hu, flips)), origin + np.array(shift_mm), series.spacing, direction)
+    return moved, np.ascontiguousarray(np.flip(labels, flips))
 
 
 def test_volumes_and_sides_match_ground_truth() -> None:
@@ -31,32 +48,64 @@ def test_volumes_and_sides_match_ground_truth() -> None:
         for structure in ("parenchyma", "cortex", "medulla"):
             assert result.kidneys[side].volume(structure) == pytest.approx(phantom.volumes_ml[f"{structure}_{side}"], rel=1e-6)
     assert result.left_split == pytest.approx(phantom.volumes_ml["parenchyma_left"] / (phantom.volumes_ml["parenchyma_left"] + phantom.volumes_ml["parenchyma_right"]))
-    assert result.flags == []
+    assert result.notes == [] and result.midline_source == "spine"
 
 
-def test_kidneys_without_corticomedullary_differentiation_are_flagged() -> None:
-    phantom = make_phantom(24, Phase.NEPHROGRAPHIC, grid=Grid.centred(96, 3.6, 30, 6.0))
-    grid = phantom.grid
-    series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
-    labels = np.zeros_like(phantom.labels)
-    labels[phantom.labels == Label.MEDULLA] = MEDULLA
-    labels[phantom.labels == Label.CORTEX] = CORTEX
+@pytest.mark.parametrize(
+    "flips, shift_mm",
+    [
+        ((), (150.0, 0.0, 0.0)),  # patient far off the scanner's centre: x = 0 is not the midline
+        ((), (-150.0, 40.0, 300.0)),
+        ((1, 2), (120.0, 0.0, 0.0)),  # prone, or rows and columns stored the other way round
+        ((0, 2), (-130.0, 0.0, 0.0)),  # feet first
+        ((2,), (150.0, 0.0, 0.0)),  # columns reversed only
+        ((1,), (0.0, 0.0, 0.0)),  # rows reversed only
+    ],
+)
+def test_sides_come_from_the_anatomy_in_any_position(flips, shift_mm) -> None:
+    phantom, series, labels = _series_and_truth(25)
+    moved, moved_labels = _repositioned(series, labels, flips, shift_mm)
+    result = measure(moved, Segmentation(moved_labels, MODEL, "cpu"))
+    assert result.midline_source == "spine"
+    assert result.midline_x == pytest.approx(shift_mm[0], abs=6.0)
+    for side in ("left", "right"):
+        assert result.kidneys[side].parenchyma_ml == pytest.approx(phantom.volumes_ml[f"parenchyma_{side}"], rel=1e-6)
+        truth = np.flip(phantom.kidney_mask(side, "parenchyma"), flips)
+        assert np.array_equal(result.kidneys[side].parenchyma, truth), side
+
+
+def test_sides_from_the_body_outline_where_no_spine_is_found() -> None:
+    phantom, series, labels = _series_and_truth(26, Phase.NONCONTRAST)
+    series.hu[ndimage.binary_dilation(phantom.labels == Label.SPINE, iterations=2)] = 40.0  # no vertebra visible
+    moved, moved_labels = _repositioned(series, labels, (), (140.0, 0.0, 0.0))
+    result = measure(moved, Segmentation(moved_labels, MODEL, "cpu"))
+    assert result.midline_source == "body outline"
+    assert result.kidneys["left"].parenchyma_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"], rel=1e-6)
+    assert result.kidneys["left"].spine_offset_mm is None
+
+
+def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
+    _, series, labels = _series_and_truth(22)
+    x = np.broadcast_to(series.origin[0] + np.arange(labels.shape[2]) * series.spacing[0], labels.shape)
+    labels[x > 0] = 0  # the right kidney only ...
+    labels[:6, 40:46, 8:14] = CORTEX  # ... and a 17 ml block low down at the body's right side
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
-    assert sum("no corticomedullary differentiation" in flag for flag in result.flags) == 2
+    assert set(result.kidneys) == {"right"}
+    assert result.notes == ["two kidney-sized components on the right side of the midline; the smaller one was ignored"]
 
 
-def test_missing_kidney_and_specks_are_flagged_and_ignored() -> None:
+def test_specks_are_ignored_and_a_missing_kidney_is_absent() -> None:
     phantom, series, labels = _series_and_truth(22)
-    x = series.patient_x()
-    labels[np.broadcast_to(x <= 0, labels.shape)] = 0  # remove the right kidney
+    x = np.broadcast_to(series.origin[0] + np.arange(labels.shape[2]) * series.spacing[0], labels.shape)
+    labels[x <= 0] = 0  # remove the right kidney
     labels[0, 0, 0] = CORTEX  # a one-voxel speck
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"left"}
-    assert "no right kidney found" in result.flags
     assert result.kidneys["left"].parenchyma_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"], rel=1e-6)
+    assert result.predicted_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"] + series.voxel_ml, rel=1e-6)
 
 
 def test_no_kidney() -> None:
     _, series, labels = _series_and_truth(23)
     result = measure(series, Segmentation(np.zeros_like(labels), MODEL, "cpu"))
-    assert result.kidneys == {} and result.flags == ["no kidney found"]
+    assert result.kidneys == {} and result.predicted_ml == 0.0

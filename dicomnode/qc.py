@@ -1,0 +1,156 @@
+"""QC stage: judge whether measured kidneys are plausible before anything is sent, with a reason per finding.
+
+Each rule looks at one thing a reader would check by eye: size, shape, place beside the spine, the field of view,
+the cortex, the contrast phase, and the two sides. A study with any finding fails QC; what happens then is
+``qc.on_fail`` (withhold the volumes, or send them flagged for review).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicomnode.aorta import ImagePhase
+from dicomnode.config import QCConfig
+from dicomnode.measure import SIDES, KidneyMeasurement, Measurements
+
+
+class Rule(str, enum.Enum):
+    """What a QC finding is about."""
+
+    KIDNEY_MISSING = "kidney missing"
+    VOLUME = "implausible volume"
+    SHAPE = "not one compact kidney"
+    FIELD_OF_VIEW = "cut off by the field of view"
+    POSITION = "not beside the spine"
+    ATTENUATION = "implausible attenuation"
+    CORTEX_SHARE = "implausible cortex share"
+    CORTICOMEDULLARY = "no corticomedullary differentiation"
+    PHASE = "not arterial phase"
+    SIDES = "sides not established"
+
+
+STUDY = "study"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check: the rule, where (a side or the whole study) and why, in words for the reader."""
+
+    rule: Rule
+    scope: str  # "left", "right" or "study"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.scope} kidney" if self.scope in SIDES else "study"
+        return f"QC {where}: {self.rule.value}: {self.message}"
+
+
+@dataclass(frozen=True)
+class QCReport:
+    """All findings of one study; it passes when there are none."""
+
+    findings: list[Finding]
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    @property
+    def verdict(self) -> str:
+        return "QC passed" if self.passed else f"QC failed: {len(self.findings)} finding(s), review needed"
+
+    def for_scope(self, scope: str) -> list[Finding]:
+        return [f for f in self.findings if f.scope == scope]
+
+    def lines(self) -> list[str]:
+        return [str(f) for f in self.findings]
+
+
+def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QCReport:
+    """Apply every rule to the study's measurements; ``phase`` is what the image check said of the series."""
+    findings: list[Finding] = []
+    for side in SIDES:
+        kidney = measurements.kidneys.get(side)
+        if kidney is None:
+            findings.append(Finding(Rule.KIDNEY_MISSING, side, f"no {side} kidney found"))
+            continue
+        findings += _kidney_findings(kidney, phase, limits)
+    findings += _study_findings(measurements, phase, limits)
+    return QCReport(findings)
+
+
+def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCConfig) -> list[Finding]:
+    side, found = kidney.side, []
+    low, high = limits.kidney_ml
+    if not low <= kidney.parenchyma_ml <= high:
+        found.append(Finding(Rule.VOLUME, side, f"parenchyma {kidney.parenchyma_ml:.0f} ml, outside {low:.0f}-{high:.0f} ml"))
+    if kidney.extent_mm > limits.max_extent_mm:
+        found.append(Finding(Rule.SHAPE, side, f"{kidney.extent_mm:.0f} mm long, longer than {limits.max_extent_mm:.0f} mm"))
+    if kidney.touches_edge:
+        found.append(Finding(Rule.FIELD_OF_VIEW, side, "the kidney reaches the edge of the image and may be cut off"))
+    found += _position_findings(kidney, limits)
+    mean_hu = _mean_hu(kidney)
+    low, high = limits.kidney_hu
+    if not low <= mean_hu <= high:
+        found.append(Finding(Rule.ATTENUATION, side, f"mean {mean_hu:.0f} HU, outside {low:.0f}-{high:.0f} HU for renal parenchyma"))
+    share = kidney.cortex_ml / kidney.parenchyma_ml if kidney.parenchyma_ml else 0.0
+    low, high = limits.cortex_share
+    if not low <= share <= high:
+        found.append(Finding(Rule.CORTEX_SHARE, side, f"cortex is {share:.0%} of parenchyma, outside {low:.0%}-{high:.0%}"))
+    if phase in (ImagePhase.ARTERIAL, ImagePhase.UNKNOWN):
+        difference = kidney.cortex_hu - kidney.medulla_hu
+        if not difference >= limits.min_corticomedullary_hu:
+            found.append(Finding(
+                Rule.CORTICOMEDULLARY, side,
+                f"cortex {kidney.cortex_hu:.0f} HU, medulla {kidney.medulla_hu:.0f} HU: the difference is below "
+                f"{limits.min_corticomedullary_hu:.0f} HU, so cortex and medulla cannot be told apart",
+            ))
+    return found
+
+
+def _position_findings(kidney: KidneyMeasurement, limits: QCConfig) -> list[Finding]:
+    side = kidney.side
+    if kidney.spine_offset_mm is None or kidney.spine_slices < limits.min_spine_share:
+        share = kidney.spine_slices
+        return [Finding(Rule.POSITION, side, f"the vertebral column was found on {share:.0%} of the kidney's slices: its place cannot be checked")]
+    dx, dy = kidney.spine_offset_mm
+    lateral = dx if side == "left" else -dx  # LPS: the left kidney lies at larger x than the spine
+    found = []
+    low, high = limits.lateral_mm
+    if not low <= lateral <= high:
+        found.append(Finding(Rule.POSITION, side, f"centre {lateral:.0f} mm to the {side} of the spine, expected {low:.0f}-{high:.0f} mm"))
+    low, high = limits.anteroposterior_mm
+    if not low <= dy <= high:
+        where = "behind" if dy > 0 else "in front of"
+        found.append(Finding(Rule.POSITION, side, f"centre {abs(dy):.0f} mm {where} the spine's centre, expected {-high:.0f} mm behind to {-low:.0f} mm in front"))
+    return found
+
+
+def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> list[Finding]:
+    found = []
+    if phase in (ImagePhase.UNENHANCED, ImagePhase.ENHANCED):
+        found.append(Finding(Rule.PHASE, STUDY, f"the image check found {phase.value}: renal cortex and medulla are measured in the arterial phase only"))
+    if measurements.kidneys and measurements.midline_source not in ("spine", "body outline"):
+        found.append(Finding(Rule.SIDES, STUDY, f"no spine or body outline found; sides taken from {measurements.midline_source}"))
+    kept = sum(k.parenchyma_ml for k in measurements.kidneys.values())
+    stray = measurements.predicted_ml - kept
+    if stray > limits.max_stray_ml:
+        found.append(Finding(Rule.SHAPE, STUDY, f"{stray:.0f} ml predicted as kidney outside the kidneys kept (at most {limits.max_stray_ml:.0f} ml expected)"))
+    for note in measurements.notes:
+        found.append(Finding(Rule.SIDES, STUDY, note))
+    if len(measurements.kidneys) == 2:
+        heights = abs(measurements.kidneys["left"].centre_mm[2] - measurements.kidneys["right"].centre_mm[2])
+        if heights > limits.max_height_difference_mm:
+            found.append(Finding(Rule.POSITION, STUDY, f"the kidneys' centres are {heights:.0f} mm apart in height, more than {limits.max_height_difference_mm:.0f} mm"))
+    return found
+
+
+def _mean_hu(kidney: KidneyMeasurement) -> float:
+    total = kidney.cortex_ml + kidney.medulla_ml
+    if not total:
+        return float("nan")
+    parts = [(v, ml) for v, ml in ((kidney.cortex_hu, kidney.cortex_ml), (kidney.medulla_hu, kidney.medulla_ml)) if ml]
+    return float(np.sum([v * ml for v, ml in parts]) / total)
