@@ -48,8 +48,8 @@ def slice_landmarks(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceLandm
     """Body and vertebra of one axial slice (``hu`` in patient axes, ``pixel_mm`` = (x, y) spacing).
 
     The body is the largest region above -300 HU, holes filled; the vertebra is the most posterior bone region
-    (> 180 HU, closed by a 4 mm disc and filled, >= 1.5 cm2) whose centre lies behind the body's centre and within
-    60 mm of it left to right.
+    (> 180 HU, >= 1.5 cm2) whose centre lies behind the body's centre and within 60 mm of it left to right, closed
+    by a 4 mm disc and filled.
     Returns None where no body is found.
     """
     sx, sy = pixel_mm
@@ -60,11 +60,7 @@ def slice_landmarks(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceLandm
     body = ndimage.binary_fill_holes(body)
     rows, cols = np.nonzero(body)
     centre = (float(cols.mean() * sx), float(rows.mean() * sy))
-    # cancellous bone of an older patient's vertebra can be below 180 HU: close and fill the cortical ring
-    closing = disc(max(1, int(round(4.0 / min(sx, sy)))))
-    dense = ndimage.binary_closing(np.pad((hu > BONE_HU) & body, closing.shape[0]), structure=closing)
-    dense = ndimage.binary_fill_holes(dense)[tuple(slice(closing.shape[0], -closing.shape[0]) for _ in range(2))]
-    bone, count = ndimage.label(dense & body)
+    bone, count = ndimage.label((hu > BONE_HU) & body)
     best, best_area = None, 0.0
     if count:
         index = np.arange(1, count + 1)
@@ -78,7 +74,10 @@ def slice_landmarks(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceLandm
                 best, best_area, best_row = int(label), float(area), float(row)
     if best is None:
         return SliceLandmarks(body, centre, None, None, None)
-    spine = bone == best
+    # cancellous bone of an older patient's vertebra can be below 180 HU: close and fill the cortical ring
+    closing = disc(max(1, int(round(4.0 / min(sx, sy)))))
+    pad = closing.shape[0]
+    spine = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(bone == best, pad), structure=closing))[pad:-pad, pad:-pad]
     rows, cols = np.nonzero(spine)
     spine_x = float(np.median(cols) * sx)
     near = np.abs(cols * sx - spine_x) <= 6.0

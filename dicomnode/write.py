@@ -135,7 +135,9 @@ def write_sr(
         algorithm_id=algorithm,
         qualitative_evaluations=[_qc_evaluation(qc)],
     )
-    _add_findings(study_group, [qc.verdict, *(str(f) for f in qc.for_scope(STUDY))])
+    reported_sides = {side for _, side in numbers}
+    unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in reported_sides]  # e.g. a missing kidney
+    _add_findings(study_group, [qc.verdict, *(str(f) for f in unreported)])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

@@ -18,16 +18,18 @@ class SrGroup:
     seg_uid: str
     volume_ml: float
     unit: str
+    qc: str  # meaning of the QC qualitative evaluation
+    findings: list[str]  # TEXT "Finding" items
 
 
 def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
-    """Volumetric measurement groups of a TID 1500 report."""
+    """Measurement groups of a TID 1500 report (the study's QC group has no segment and no volume)."""
     groups = []
     for item in ds.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
             continue
         for group in item.ContentSequence:
-            identifier, segment, seg_uid, volume, unit = "", 0, "", float("nan"), ""
+            identifier, segment, seg_uid, volume, unit, qc, findings = "", 0, "", float("nan"), "", "", []
             for child in group.ContentSequence:
                 code = child.ConceptNameCodeSequence[0].CodeValue
                 if code == "112039":  # Tracking Identifier
@@ -38,7 +40,11 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
                 elif child.ValueType == "NUM" and code == "118565006":
                     volume = float(child.MeasuredValueSequence[0].NumericValue)
                     unit = child.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue
-            groups.append(SrGroup(identifier, segment, seg_uid, volume, unit))
+                elif child.ValueType == "CODE" and code == "QC001":
+                    qc = child.ConceptCodeSequence[0].CodeMeaning
+                elif child.ValueType == "TEXT" and code == "121071":
+                    findings.append(child.TextValue)
+            groups.append(SrGroup(identifier, segment, seg_uid, volume, unit, qc, findings))
     return groups
 
 
@@ -65,3 +71,23 @@ def voxel_ml(seg: pydicom.Dataset) -> float:
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
+
+
+def sr_texts(ds: pydicom.Dataset) -> list[str]:
+    """Every TEXT value anywhere in an SR's content tree."""
+    texts = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == "TEXT":
+            texts.append(str(item.TextValue))
+        texts += sr_texts(item)
+    return texts
+
+
+def sr_volumes(ds: pydicom.Dataset) -> list[float]:
+    """Every volume (NUM, SCT 118565006) anywhere in an SR's content tree."""
+    volumes = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "118565006":
+            volumes.append(float(item.MeasuredValueSequence[0].NumericValue))
+        volumes += sr_volumes(item)
+    return volumes

@@ -1,0 +1,138 @@
+"""Each QC rule fires on a case built to break it, and only there; phantoms measured from their truth pass."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dicomnode.aorta import ImagePhase
+from dicomnode.config import OnFail, QCConfig
+from dicomnode.load import LoadedSeries
+from dicomnode.measure import Measurements, measure
+from dicomnode.qc import Rule, check
+from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from training.phantoms import Grid, Label, make_phantom
+
+LIMITS = QCConfig()
+MODEL = Model("truth", None, {}, "0")
+
+
+def _measured(seed: int = 40, grid: Grid = Grid.centred(128, 2.6, 36, 5.0)) -> tuple[Measurements, LoadedSeries, np.ndarray]:
+    phantom = make_phantom(seed, grid=grid, ckd_stage=0)
+    series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
+    labels = np.zeros_like(phantom.labels)
+    labels[phantom.labels == Label.MEDULLA] = MEDULLA
+    labels[phantom.labels == Label.CORTEX] = CORTEX
+    return measure(series, Segmentation(labels, MODEL, "cpu")), series, labels
+
+
+@pytest.fixture(scope="module")
+def good() -> Measurements:
+    return _measured()[0]
+
+
+def _with_left(measurements: Measurements, **changes) -> Measurements:
+    kidneys = dict(measurements.kidneys)
+    kidneys["left"] = replace(kidneys["left"], **changes)
+    return replace(measurements, kidneys=kidneys)
+
+
+def _rules(measurements: Measurements, phase: ImagePhase = ImagePhase.ARTERIAL) -> set[tuple[Rule, str]]:
+    return {(f.rule, f.scope) for f in check(measurements, phase, LIMITS).findings}
+
+
+@pytest.mark.parametrize("seed", [40, 41, 42, 43])
+def test_fresh_phantoms_pass(seed: int) -> None:
+    report = check(_measured(seed)[0], ImagePhase.ARTERIAL, LIMITS)
+    assert report.passed, report.lines()
+    assert report.verdict == "QC passed"
+
+
+def test_missing_kidney(good: Measurements) -> None:
+    one = replace(good, kidneys={"left": good.kidneys["left"]}, predicted_ml=good.kidneys["left"].parenchyma_ml)
+    assert _rules(one) == {(Rule.KIDNEY_MISSING, "right")}
+
+
+@pytest.mark.parametrize("ml", [25.0, 1171.0])
+def test_implausible_volume(good: Measurements, ml: float) -> None:
+    assert (Rule.VOLUME, "left") in _rules(_with_left(good, parenchyma_ml=ml))
+
+
+def test_long_kidney_is_not_compact(good: Measurements) -> None:
+    assert _rules(_with_left(good, extent_mm=336.0)) == {(Rule.SHAPE, "left")}
+
+
+def test_prediction_outside_the_kidneys(good: Measurements) -> None:
+    stray = replace(good, predicted_ml=good.total_parenchyma_ml + 129.0)
+    assert _rules(stray) == {(Rule.SHAPE, "study")}
+
+
+def test_cut_off_by_the_field_of_view() -> None:
+    measurements, series, labels = _measured()
+    left_x = int(np.argmax(labels.any(axis=(0, 1))[::-1]))  # columns are +x: the left kidney's last column
+    cut = LoadedSeries([], series.hu[:, :, : labels.shape[2] - left_x - 3], series.origin, series.spacing, np.eye(3))
+    cut_measured = measure(cut, Segmentation(labels[:, :, : labels.shape[2] - left_x - 3], MODEL, "cpu"))
+    assert (Rule.FIELD_OF_VIEW, "left") in _rules(cut_measured)
+    assert (Rule.FIELD_OF_VIEW, "right") not in _rules(cut_measured)
+
+
+@pytest.mark.parametrize(
+    "offset, why",
+    [((3.0, -10.0), "on the spine"), ((75.0, -150.0), "far in front: bowel or liver"), ((-75.0, -10.0), "on the wrong side"), ((75.0, 60.0), "behind the spine")],
+)
+def test_not_beside_the_spine(good: Measurements, offset: tuple[float, float], why: str) -> None:
+    assert _rules(_with_left(good, spine_offset_mm=offset)) == {(Rule.POSITION, "left")}, why
+
+
+def test_no_spine_beside_the_kidney(good: Measurements) -> None:
+    assert _rules(_with_left(good, spine_offset_mm=None, spine_slices=0.0)) == {(Rule.POSITION, "left")}
+
+
+def test_kidneys_at_different_heights(good: Measurements) -> None:
+    x, y, z = good.kidneys["left"].centre_mm
+    assert _rules(_with_left(good, centre_mm=(x, y, z + 150.0))) == {(Rule.POSITION, "study")}
+
+
+@pytest.mark.parametrize("hu", [-60.0, 600.0])
+def test_attenuation_of_fat_or_bone(good: Measurements, hu: float) -> None:
+    assert (Rule.ATTENUATION, "left") in _rules(_with_left(good, cortex_hu=hu, medulla_hu=hu - 60.0))
+
+
+@pytest.mark.parametrize("cortex_ml", [5.0, 165.0])
+def test_implausible_cortex_share(good: Measurements, cortex_ml: float) -> None:
+    left = good.kidneys["left"]
+    changed = _with_left(good, cortex_ml=cortex_ml, medulla_ml=left.parenchyma_ml - cortex_ml)
+    assert (Rule.CORTEX_SHARE, "left") in _rules(changed)
+
+
+def test_no_corticomedullary_difference_in_the_arterial_phase(good: Measurements) -> None:
+    flat = _with_left(good, cortex_hu=120.0, medulla_hu=115.0)
+    assert _rules(flat, ImagePhase.ARTERIAL) == {(Rule.CORTICOMEDULLARY, "left")}
+    assert _rules(flat, ImagePhase.UNKNOWN) == {(Rule.CORTICOMEDULLARY, "left")}
+
+
+@pytest.mark.parametrize("phase", [ImagePhase.UNENHANCED, ImagePhase.ENHANCED])
+def test_series_that_is_not_arterial(good: Measurements, phase: ImagePhase) -> None:
+    assert _rules(good, phase) == {(Rule.PHASE, "study")}
+
+
+def test_sides_without_landmarks(good: Measurements) -> None:
+    assert _rules(replace(good, midline_source="the two kidneys")) == {(Rule.SIDES, "study")}
+    noted = replace(good, notes=["two kidney-sized components on the left side of the midline; the smaller one was ignored"])
+    assert _rules(noted) == {(Rule.SIDES, "study")}
+
+
+def test_findings_read_as_sentences(good: Measurements) -> None:
+    report = check(_with_left(good, parenchyma_ml=1171.0, cortex_ml=800.0, medulla_ml=371.0), ImagePhase.ARTERIAL, LIMITS)
+    assert report.lines() == ["QC left kidney: implausible volume: parenchyma 1171 ml, outside 40-450 ml"]
+    assert report.verdict == "QC failed: 1 finding(s), review needed"
+
+
+def test_configuration_is_validated() -> None:
+    assert QCConfig(on_fail="flag").on_fail is OnFail.FLAG
+    with pytest.raises(ValueError, match="qc.on_fail"):
+        QCConfig(on_fail="ignore")
+    with pytest.raises(ValueError, match="qc.kidney_ml"):
+        QCConfig(kidney_ml=(450.0, 40.0))

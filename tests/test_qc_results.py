@@ -1,0 +1,81 @@
+"""What leaves the node when QC fails: nothing but the reasons (withhold), or SEG and SR marked for review (flag).
+
+Real pixels (the shared real CT) with its reference kidney masks as the prediction, the right kidney left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import CTImageStorage
+from scipy import ndimage
+
+from dicomnode.config import NodeConfig, OnFail, QCConfig
+from dicomnode.load import LoadedSeries
+from dicomnode.pipeline import WITHHELD, process_study, save_results
+from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.store import DONE, NO_RESULT, Instance
+from tests.peers import dciodvfy, tools_missing
+from tests.readback import sr_groups, sr_texts, sr_volumes
+from training.volume_dicom import write_volume_series
+
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
+pytestmark = [
+    pytest.mark.skipif(not REAL.exists(), reason="shared real CT not present"),
+    pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),
+]
+
+
+class ReferenceLabels:
+    """Segments with the reference masks of the shared real CT (left kidney only): a prediction known in advance."""
+
+    model = Model("reference-labels", Path("."), {"version": "test"}, "0")
+
+    def segment(self, series: LoadedSeries) -> Segmentation:
+        left = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "example_ct_labels" / "kidney_left.nii.gz"))) > 0
+        labels = np.where(left, CORTEX, 0).astype(np.uint8)
+        labels[ndimage.binary_erosion(left, iterations=2)] = MEDULLA
+        return Segmentation(labels, self.model, "cpu")
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory) -> list[Instance]:
+    files = write_volume_series(sitk.ReadImage(str(REAL / "example_ct.nii.gz")), tmp_path_factory.mktemp("ct"))
+    return [Instance(i, f.name, "study", "series", CTImageStorage, f) for i, f in enumerate(files)]
+
+
+def test_withheld_study_sends_only_the_reasons(instances: list[Instance]) -> None:
+    config = replace(NodeConfig(), send_text_sr_without_result=True)
+    outcome = process_study(instances, config, ReferenceLabels())
+    assert outcome.state == NO_RESULT and outcome.verdict == WITHHELD
+    findings = outcome.qc.lines()
+    assert "QC right kidney: kidney missing: no right kidney found" in findings
+    assert any(line.startswith("QC study: not arterial phase") for line in findings)
+    assert outcome.results.seg is None
+    assert sr_volumes(outcome.results.sr) == []
+    assert set(findings) <= set(sr_texts(outcome.results.sr))
+
+
+def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instance], tmp_path: Path) -> None:
+    config = replace(NodeConfig(), qc=QCConfig(on_fail=OnFail.FLAG))
+    outcome = process_study(instances, config, ReferenceLabels())
+    assert outcome.state == DONE and "QC failed" in outcome.verdict
+    seg, sr = outcome.results.seg, outcome.results.sr
+    assert seg.SeriesDescription.endswith("QC: review") and sr.SeriesDescription.endswith("QC: review")
+    groups = sr_groups(sr)
+    volumes = [g for g in groups if g.segment_number]
+    assert {g.identifier for g in volumes} == {f"left renal {s}" for s in ("cortex", "medulla", "parenchyma")}
+    assert all(g.qc == "Review required" for g in groups)
+    study = next(g for g in groups if not g.segment_number)
+    assert "QC right kidney: kidney missing: no right kidney found" not in volumes[0].findings
+    assert any(text.startswith("QC study: not arterial phase") for text in study.findings)
+    assert "QC right kidney: kidney missing: no right kidney found" in study.findings  # no group of its own
+    reported = [text for g in groups for text in g.findings]
+    assert set(outcome.qc.lines()) <= set(reported)
+    assert study.findings[0] == outcome.qc.verdict
+    for _, path in save_results(outcome.results, tmp_path):
+        assert dciodvfy(path) == [], path.name
