@@ -46,15 +46,21 @@ def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: in
     (preprocessed_dataset / "splits_final.json").write_text(json.dumps(stratified_folds(groups, n_folds), indent=2))
 
 
-def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device: str) -> FoldResult:
-    """Train and validate one fold; returns its validation Dice per region."""
+def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device: str, resume: bool = False) -> FoldResult:
+    """Train and validate one fold; returns its validation Dice per region.
+
+    With ``resume``, training continues from the fold's latest checkpoint where there is one (nnU-Net saves it
+    every few epochs), so a long CPU run can be split over several sessions.
+    """
     import torch
     from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
 
     plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
     dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
     trainer = nnUNetTrainerPaper(plans, configuration, fold, dataset_json, torch.device(device))
+    checkpoint = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    if resume and checkpoint.exists():
+        trainer.load_checkpoint(str(checkpoint))
     trainer.run_training()
     trainer.perform_actual_validation()
     return read_fold(Path(trainer.output_folder), fold)

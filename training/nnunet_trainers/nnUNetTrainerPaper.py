@@ -21,4 +21,4 @@ class nnUNetTrainerPaper(nnUNetTrainer):
         self.num_epochs = int(os.environ.get("DICOMNODE_TRAIN_EPOCHS", 200))
         self.num_iterations_per_epoch = int(os.environ.get("DICOMNODE_TRAIN_ITERATIONS", 250))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
-        self.save_every = max(1, min(50, self.num_epochs // 4))
+        self.save_every = 1  # a checkpoint every epoch: CPU training resumes where a session stopped
