@@ -1,4 +1,4 @@
-"""``dicomnode-train``: phantoms -> import -> train -> evaluate -> export, offline."""
+"""``dicomnode-train``: phantoms or synth -> import -> train -> evaluate -> export, offline."""
 
 from __future__ import annotations
 
@@ -37,12 +37,26 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
     print(f"wrote {len(cases)} phantom cases and {args.out / 'manifest.csv'}")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from training.synth import DEFAULT_CACHE, DEFAULT_DATA, OutputGrid, load_sources, write_synth_cases
+
+    data = args.data or DEFAULT_DATA
+    kits = None
+    if args.kits_cases:
+        kits = tuple(sorted(p.name.removesuffix(".nii.gz") for p in (data / "kits19_labels").glob("case_*.nii.gz"))[: args.kits_cases])
+    sources = load_sources(data, args.cache or DEFAULT_CACHE, kits)
+    grid = OutputGrid((args.pixel_mm, args.pixel_mm, args.slice_mm), tuple(args.max_shape))
+    cases = write_synth_cases(args.out, list(range(args.seed, args.seed + args.count)), sources, grid)
+    print(f"wrote {len(cases)} synthetic cases ({len(sources.kidneys)} KiTS19 kidneys) and {args.out / 'manifest.csv'}")
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from training.cases import read_manifest
     from training.dataset_import import import_cases
 
     _set_nnunet_paths(args.work)
-    dataset = import_cases(read_manifest(args.manifest), args.work / "raw", args.dataset_id, args.name)
+    cases = [case for manifest in args.manifest for case in read_manifest(manifest)]
+    dataset = import_cases(cases, args.work / "raw", args.dataset_id, args.name)
     print(f"imported {len(dataset.groups)} cases into {dataset.folder}")
 
 
@@ -60,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     plan_and_preprocess(args.dataset_id, args.work / "preprocessed", name, args.configuration, int(os.environ["nnUNet_def_n_proc"]))
     groups = json.loads((args.work / "raw" / name / "groups.json").read_text())
     write_splits(preprocessed, groups, args.n_folds)
-    results = [train_fold(preprocessed, args.configuration, fold, args.device) for fold in args.folds]
+    results = [train_fold(preprocessed, args.configuration, fold, args.device, args.resume) for fold in args.folds]
     for result in results:
         print(f"fold {result.fold}: " + ", ".join(f"{k} Dice {v:.4f}" for k, v in result.dice.items()))
     best = select_best(results)
@@ -77,6 +91,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.update_card:
         record_in_card(args.model / "model.yaml", evaluation, report, args.manifest)
     print(report.read_text())
+
+
+def cmd_evaluate_real(args: argparse.Namespace) -> None:
+    from training.evaluate_real import RealCase, evaluate_real, write_real_report
+
+    case = RealCase(args.case_id, args.image, args.left, args.right, args.reference)
+    report = write_real_report(evaluate_real(args.model, [case], args.device), args.model.name, args.out)
+    print(report.read_text())
+
+
+def cmd_priors(args: argparse.Namespace) -> None:
+    from training.priors import write_priors
+
+    summary = write_priors(args.kits, args.out)
+    print(f"{summary['kidneys']} kidneys of {summary['cases']} cases; percentiles {summary['percentiles']}")
+    for field in ("kidney_ml", "with_tumour_ml", "longest_mm"):
+        print(f"  {field}: {summary[field]}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -122,8 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-mm", type=float, default=5.0)
     p.set_defaults(func=cmd_phantoms)
 
+    p = sub.add_parser("synth", help="write synthetic cases on real anatomy (KiTS19 kidneys in a real patient) and their manifest")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="first seed; cases use seed, seed+1, ...")
+    p.add_argument("--data", type=Path, help="folder holding real_ct/ and kits19_labels/ (default: shared/data next to the repository)")
+    p.add_argument("--cache", type=Path, help="folder for the parsed anatomy and kidneys (default: ~/.cache/dicomnode-train)")
+    p.add_argument("--kits-cases", type=int, help="use only the first N KiTS19 cases (a faster first run)")
+    p.add_argument("--pixel-mm", type=float, default=1.6)
+    p.add_argument("--slice-mm", type=float, default=5.0)
+    p.add_argument("--max-shape", type=int, nargs=3, default=[64, 192, 192], metavar=("Z", "Y", "X"))
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("import", help="manifest of annotated cases -> nnU-Net raw dataset")
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, nargs="+", required=True, help="one or more manifests; case ids must be unique")
     p.add_argument("--work", type=Path, required=True, help="folder for nnU-Net raw/preprocessed/results")
     p.add_argument("--dataset-id", type=int, default=501)
     p.add_argument("--name", default="RenalCortex")
@@ -138,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: the paper's 200")
     p.add_argument("--iterations", type=int, help="iterations per epoch; default nnU-Net's 250")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, volume error per case and group; ANOVA; Bland-Altman")
@@ -148,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (8x slower)")
     p.add_argument("--update-card", action="store_true", help="record the mean figures in the model's model.yaml")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluate-real", help="per-side parenchyma Dice and volume on a real CT, sides and QC as the node does them")
+    p.add_argument("--model", type=Path, required=True, help="an exported model folder (models/NAME)")
+    p.add_argument("--image", type=Path, required=True, help="CT volume (NIfTI, NRRD)")
+    p.add_argument("--left", type=Path, required=True, help="left kidney mask on the image's grid")
+    p.add_argument("--right", type=Path, required=True, help="right kidney mask on the image's grid")
+    p.add_argument("--reference", required=True, help="who drew the masks, e.g. 'TotalSegmentator v1 (a model)'")
+    p.add_argument("--case-id", default="real_ct")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.set_defaults(func=cmd_evaluate_real)
+
+    p = sub.add_parser("priors", help="kidney volume and length percentiles from KiTS19 label maps (the QC limits' source)")
+    p.add_argument("--kits", type=Path, required=True, help="folder of KiTS19 case_*.nii.gz label maps")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.set_defaults(func=cmd_priors)
 
     p = sub.add_parser("export", help="copy a trained fold into models/NAME with model.yaml")
     p.add_argument("--work", type=Path, required=True)

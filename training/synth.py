@@ -1,0 +1,642 @@
+"""Synthetic training cases on real anatomy (``dicomnode-train synth``), in the manner of SynthSeg.
+
+One real patient's label map (:mod:`training.synth_anatomy`) gets two real kidneys of other people
+(KiTS19 shapes, rescaled and placed at the patient's own kidney sites), a synthesized cortex, medulla,
+sinus and pelvis inside each, renal vessels, and a random affine + elastic deformation. The label map
+is then rendered as CT: per-structure HU drawn for a contrast phase (or fully at random), texture,
+partial-volume blur of a random acquisition, noise, a smooth offset field and occasional streaks.
+Each case is deterministic from its seed. Arrays are ``[z, y, x]`` in LPS; spacings are (x, y, z) mm.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from training.cases import Case, write_manifest
+from training.phantom_dicom import to_sitk
+from training.phantoms import Grid, Phase
+from training.synth_anatomy import (
+    ATLAS_MM, CREDITS, Atlas, KidneySite, KitsKidney, Tissue, load_atlas, load_kits_kidneys, principal_axis,
+)
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode-train"
+
+PHASE_WEIGHTS = {Phase.ARTERIAL: 0.6, Phase.NEPHROGRAPHIC: 0.2, Phase.NONCONTRAST: 0.12, Phase.DELAYED: 0.08}
+RANDOM_INTENSITY_SHARE = 0.2
+RANDOM_HU = (-200.0, 500.0)
+_PHASES = (Phase.NONCONTRAST, Phase.ARTERIAL, Phase.NEPHROGRAPHIC, Phase.DELAYED)
+
+_R, _L = ("right", "left")
+CORTEX = {_R: Tissue.CORTEX_RIGHT, _L: Tissue.CORTEX_LEFT}
+MEDULLA = {_R: Tissue.MEDULLA_RIGHT, _L: Tissue.MEDULLA_LEFT}
+KIDNEY_TISSUES = (*CORTEX.values(), *MEDULLA.values())
+BONES = (Tissue.BONE, Tissue.VERTEBRA, Tissue.RIB)
+BOWEL = (Tissue.STOMACH, Tissue.DUODENUM, Tissue.SMALL_BOWEL, Tissue.COLON)
+#: A new kidney never overwrites these; vessels are drawn only through these.
+_KIDNEY_PROOF = (*BONES, Tissue.AORTA, Tissue.IVC, Tissue.SPINAL_CANAL)
+_VESSEL_PATH = (Tissue.FAT, Tissue.VISCERA, Tissue.RENAL_SINUS)
+
+#: HU range (low, high) per tissue, one for all phases or one per phase (native, arterial, nephrographic, delayed).
+_HU: dict[Tissue, tuple] = {
+    Tissue.OUTSIDE: (-1010, -990),
+    Tissue.TABLE: (-150, 250),
+    Tissue.FAT: (-120, -75),
+    Tissue.MUSCLE: ((35, 60), (40, 65), (45, 75), (45, 70)),
+    Tissue.VISCERA: ((20, 50), (35, 90), (50, 110), (45, 95)),
+    Tissue.BONE: (250, 600),
+    Tissue.GAS: (-1000, -850),
+    Tissue.LUNG: (-900, -780),
+    Tissue.LIVER: ((45, 70), (55, 95), (90, 140), (75, 110)),
+    Tissue.SPLEEN: ((40, 60), (90, 170), (100, 150), (85, 120)),
+    Tissue.STOMACH: ((10, 45), (20, 70), (30, 90), (25, 80)),
+    Tissue.PANCREAS: ((30, 55), (80, 140), (70, 120), (55, 95)),
+    Tissue.GALLBLADDER: (0, 25),
+    Tissue.ADRENAL: ((20, 45), (45, 90), (50, 95), (40, 80)),
+    Tissue.SMALL_BOWEL: ((15, 45), (30, 90), (40, 100), (35, 90)),
+    Tissue.DUODENUM: ((15, 45), (30, 90), (40, 100), (35, 90)),
+    Tissue.COLON: ((-60, 40), (-40, 60), (-30, 70), (-30, 60)),
+    Tissue.VERTEBRA: (150, 300),
+    Tissue.AORTA: ((30, 55), (200, 450), (130, 220), (100, 160)),
+    Tissue.IVC: ((30, 55), (60, 140), (120, 190), (90, 150)),
+    Tissue.PORTAL_VEIN: ((30, 55), (80, 170), (140, 220), (100, 160)),
+    Tissue.SPINAL_CANAL: (10, 40),
+    Tissue.AUTOCHTHON: ((35, 60), (40, 65), (45, 75), (45, 70)),
+    Tissue.PSOAS: ((35, 60), (40, 65), (45, 75), (45, 70)),
+    Tissue.RIB: (300, 800),
+    Tissue.COSTAL_CARTILAGE: (70, 160),
+    Tissue.RENAL_SINUS: (-110, -60),
+    Tissue.RENAL_PELVIS: ((0, 20), (0, 25), (0, 30), (300, 1200)),
+    Tissue.RENAL_MASS: ((20, 45), (40, 200), (60, 150), (50, 120)),
+    Tissue.RENAL_ARTERY: ((30, 55), (200, 450), (130, 220), (100, 160)),
+    Tissue.RENAL_VEIN: ((30, 55), (100, 200), (120, 200), (90, 150)),
+    Tissue.CORTEX_RIGHT: ((25, 45), (150, 250), (130, 210), (100, 170)),
+    Tissue.CORTEX_LEFT: ((25, 45), (150, 250), (130, 210), (100, 170)),
+}
+#: Medulla HU relative to the cortex of the same case, per phase; arterial medulla is drawn on its own.
+_MEDULLA_OFFSET = {Phase.NONCONTRAST: (-10, 5), Phase.NEPHROGRAPHIC: (-15, 20), Phase.DELAYED: (-5, 30)}
+_ARTERIAL_MEDULLA, _MIN_CORTICOMEDULLARY = (60.0, 120.0), 90.0
+#: Texture (HU standard deviation) range per tissue; others get _TEXTURE_DEFAULT.
+_TEXTURE = {Tissue.OUTSIDE: (0, 2), Tissue.COLON: (20, 60), Tissue.VISCERA: (10, 30), Tissue.SMALL_BOWEL: (10, 30),
+            Tissue.BONE: (30, 100), Tissue.VERTEBRA: (20, 60), Tissue.RIB: (30, 100), Tissue.RENAL_MASS: (15, 40),
+            Tissue.GAS: (20, 60), Tissue.LUNG: (20, 50), Tissue.TABLE: (20, 80)}
+_TEXTURE_DEFAULT = (3.0, 12.0)
+_ORAL_CONTRAST_SHARE, _ORAL_CONTRAST_HU = 0.3, (150.0, 600.0)
+_CYST_SHARE, _CYST_HU = 0.4, (0.0, 20.0)  # a dropped tumour is sometimes rendered as a cyst
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """Spacing (x, y, z mm) and largest shape (z, y, x) of the written cases."""
+
+    spacing: tuple[float, float, float] = (1.6, 1.6, 5.0)
+    max_shape: tuple[int, int, int] = (64, 192, 192)
+    max_work_mm: tuple[float, float, float] = (1.7, 1.7, 2.0)  # finer grid the anatomy is rendered on
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The atlas patient and the pool of KiTS19 kidneys."""
+
+    atlas: Atlas
+    kidneys: tuple[KitsKidney, ...]
+
+
+@dataclass(frozen=True)
+class SynthCase:
+    """A rendered case: HU image, ITK-SNAP labels (1 medulla, 2 cortex), full anatomy, grid and metadata."""
+
+    image: np.ndarray  # float32 HU
+    labels: np.ndarray  # uint8
+    tissues: np.ndarray  # uint8 Tissue
+    grid: Grid
+    metadata: dict
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.grid.spacing
+
+
+@dataclass(frozen=True)
+class PlacedKidney:
+    """How one kidney of a case was made."""
+
+    side: str
+    kits_case: str
+    source_side: str
+    mirrored: bool
+    scale: float
+    tumour: str  # none | kept (labelled as kidney) | dropped (a non-kidney mass)
+    cortex_mm: float
+    pyramids: int
+    centre_mm: tuple[float, float, float]
+    hilum: tuple[float, float, float]  # unit vector, patient space
+    sinus_centre_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Deformation:
+    """Output point p maps to atlas point centre + matrix (p - centre) + shift + elastic(p)."""
+
+    rotation_deg: tuple[float, float, float]
+    scale: tuple[float, float, float]
+    shift_mm: tuple[float, float, float]
+    elastic_sd_mm: float
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The simulated scan: resolution, noise, offset field and artefacts."""
+
+    pixel_mm: float
+    slice_mm: float
+    noise_sd: float
+    noise_corr_px: float
+    offset_field_hu: float
+    streaks: bool
+
+
+@functools.lru_cache(maxsize=4)
+def load_sources(data: Path = DEFAULT_DATA, cache_dir: Path = DEFAULT_CACHE, kits_cases: tuple[str, ...] | None = None) -> Sources:
+    """Atlas and KiTS kidneys (all cases, or ``kits_cases``), parsed once per process and cached on disk."""
+    atlas = load_atlas(data / "real_ct", cache_dir)
+    kidneys = load_kits_kidneys(data / "kits19_labels", cache_dir, list(kits_cases) if kits_cases else None)
+    if not kidneys:
+        raise ValueError(f"no usable KiTS19 kidneys under {data / 'kits19_labels'}")
+    return Sources(atlas, tuple(kidneys))
+
+
+def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()) -> SynthCase:
+    """One synthetic case, deterministic from ``seed``."""
+    rng = np.random.default_rng([seed, 20261124])
+    atlas_tissues = sources.atlas.tissues.copy()
+    deformation = _draw_deformation(rng)
+    growth = 1.0 / float(np.prod(deformation.scale))  # the deformation's change of volume
+    kidneys = [place_kidney(atlas_tissues, sources.atlas, sources.atlas.sites[side], sources.kidneys, growth, rng) for side in (_R, _L)]
+    for kidney in kidneys:
+        _draw_renal_vessels(atlas_tissues, sources.atlas, kidney, rng)
+    out_grid, factors = _field_of_view(atlas_tissues, sources.atlas, grid, rng)
+    work = _deform(atlas_tissues, sources.atlas, out_grid, factors, deformation, rng)
+    phase = _draw_phase(rng)
+    oral = phase not in (None, Phase.NONCONTRAST) and rng.random() < _ORAL_CONTRAST_SHARE
+    hu_table = _hu_table(phase, oral, rng)
+    image_work = _render(work, hu_table, oral, rng)
+    acquisition = _draw_acquisition(rng)
+    centre = tuple(slice((f - 1) // 2, None, f) for f in factors)
+    image = _acquire(image_work, work, factors, out_grid, acquisition, rng)
+    tissues = np.ascontiguousarray(work[centre])
+    labels = np.zeros(tissues.shape, np.uint8)
+    labels[np.isin(tissues, tuple(MEDULLA.values()))] = 1
+    labels[np.isin(tissues, tuple(CORTEX.values()))] = 2
+    metadata = {
+        "seed": seed,
+        "phase": phase.value if phase is not None else "random",
+        "intensities": "phase" if phase is not None else "random",
+        "oral_contrast": oral,
+        "hu": {t.name.lower(): round(float(v), 1) for t, v in zip(Tissue, hu_table)},
+        "kidneys": {k.side: _rounded(asdict(k)) for k in kidneys},
+        "kits_cases": sorted({k.kits_case for k in kidneys}),
+        "volumes_ml": volumes_ml(tissues, out_grid),
+        "deformation": _rounded(asdict(deformation)),
+        "acquisition": _rounded(asdict(acquisition)),
+        "spacing_mm": list(out_grid.spacing),
+        "shape_zyx": list(tissues.shape),
+        "credits": list(CREDITS),
+    }
+    return SynthCase(image, labels, tissues, out_grid, metadata)
+
+
+def volumes_ml(tissues: np.ndarray, grid: Grid) -> dict[str, dict[str, float]]:
+    """Cortex, medulla and parenchyma volume per side."""
+    volumes = {}
+    for side in (_R, _L):
+        cortex, medulla = (float(np.sum(tissues == t) * grid.voxel_ml) for t in (CORTEX[side], MEDULLA[side]))
+        volumes[side] = {"cortex": round(cortex, 2), "medulla": round(medulla, 2), "parenchyma": round(cortex + medulla, 2)}
+    return volumes
+
+
+def write_synth_cases(folder: Path, seeds: list[int], sources: Sources, grid: OutputGrid = OutputGrid()) -> list[Case]:
+    """Write cases as NIfTI (image, ITK-SNAP labels, full anatomy, metadata JSON), a manifest and a README."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for seed in seeds:
+        case = make_synth_case(seed, sources, grid)
+        case_id = f"synth_{seed:05d}"
+        image, labels = folder / f"{case_id}.nii.gz", folder / f"{case_id}_labels.nii.gz"
+        sitk.WriteImage(to_sitk(np.clip(np.rint(case.image), -1024, 3071).astype(np.int16), case.grid), str(image))
+        sitk.WriteImage(to_sitk(case.labels, case.grid), str(labels))
+        sitk.WriteImage(to_sitk(case.tissues, case.grid), str(folder / f"{case_id}_anatomy.nii.gz"))
+        (folder / f"{case_id}.json").write_text(json.dumps(case.metadata, indent=1))
+        cases.append(Case(case_id, image, labels, group=case.metadata["phase"]))
+    write_manifest(folder / "manifest.csv", cases)
+    legend = "\n".join(f"- {t.value} {t.name.lower()}" for t in Tissue)
+    (folder / "README.md").write_text(
+        "# Synthetic renal CT cases (dicomnode-train synth)\n\n"
+        "Labels: 0 background, 1 medulla, 2 cortex (parenchyma = 1 + 2). `*_anatomy.nii.gz` holds the full map:\n"
+        f"{legend}\n\nCredits and licence:\n" + "\n".join(f"- {line}" for line in CREDITS) + "\n"
+    )
+    return cases
+
+
+# --- kidneys ------------------------------------------------------------------------------------------------
+
+_SCALE = (0.8, 1.2)
+_KIDNEY_ML = (70.0, 380.0)  # the whole mask (sinus included) after the case's deformation
+_TUMOUR_KEPT_SHARE = 0.35  # else the tumour is dropped from the kidney and rendered as a mass
+
+
+def place_kidney(tissues: np.ndarray, atlas: Atlas, site: KidneySite, pool: tuple[KitsKidney, ...], growth: float, rng: np.random.Generator) -> PlacedKidney:
+    """Paint a random KiTS kidney, rescaled, at ``site`` with its long axis along the site's; returns how.
+
+    The scale is kept such that the kidney's volume, times ``growth`` (the later deformation's), stays plausible.
+    """
+    source = pool[int(rng.integers(len(pool)))]
+    mirrored = source.side != site.side
+    shape = source.labels[:, :, ::-1] if mirrored else source.labels
+    points = np.argwhere(shape == 1).astype(np.float64)
+    centre_idx = points.mean(axis=0)
+    long_axis = principal_axis((points - centre_idx)[:, ::-1])
+    rotation = _spin(np.array(site.long_axis), rng.uniform(-10, 10)) @ _align(long_axis, np.array(site.long_axis))
+    total_ml = float(np.sum(shape > 0)) * ATLAS_MM**3 / 1000.0 * growth
+    scale = float(np.clip(rng.uniform(*_SCALE), (_KIDNEY_ML[0] / total_ml) ** (1 / 3), (_KIDNEY_ML[1] / total_ml) ** (1 / 3)))
+    centre = np.array(site.centre) + rng.normal(0.0, 3.0, 3)
+    box, kidney, tumour = _resample_kidney(shape, centre_idx, rotation, scale, centre, atlas, tissues.shape)
+    mode = "none" if not tumour.any() else "kept" if rng.random() < _TUMOUR_KEPT_SHARE else "dropped"
+    if mode == "kept":
+        kidney |= tumour
+    origin_mm = np.array(atlas.origin) + np.array([s.start for s in box][::-1]) * ATLAS_MM
+    medial = np.array([1.0 if site.side == _R else -1.0, 0.0, 0.0])
+    hilum = _hilum_direction(medial, np.array(site.long_axis), rng)
+    interior = kidney_interior(kidney, centre - origin_mm, np.array(site.long_axis), hilum, rng)
+    region = tissues[box]
+    free = ~np.isin(region, _KIDNEY_PROOF)
+    for code, tissue in ((1, CORTEX[site.side]), (2, MEDULLA[site.side]), (3, Tissue.RENAL_SINUS), (4, Tissue.RENAL_PELVIS)):
+        region[(interior.codes == code) & free] = tissue
+    if mode == "dropped":
+        region[tumour & ~kidney & free] = Tissue.RENAL_MASS
+    return PlacedKidney(
+        site.side, source.case_id, source.side, mirrored, scale, mode, interior.cortex_mm, interior.pyramids,
+        tuple(centre), tuple(hilum), tuple(interior.sinus_centre + origin_mm),
+    )
+
+
+def _resample_kidney(shape, centre_idx, rotation, scale, centre, atlas: Atlas, atlas_shape):
+    """Kidney and tumour masks of a source shape mapped into a box of the atlas around ``centre`` (mm)."""
+    reach = ATLAS_MM * scale * np.linalg.norm(np.maximum(centre_idx, np.array(shape.shape) - centre_idx)) + 3.0
+    box = _atlas_box(atlas, centre - reach, centre + reach, atlas_shape)
+    source = ((_box_points(atlas, box) - centre) @ rotation) / (scale * ATLAS_MM)  # R^T (p - c) / s, source voxels (x, y, z)
+    coords = [source[..., 2 - a] + centre_idx[a] for a in range(3)]
+    kidney_score = ndimage.map_coordinates((shape > 0).astype(np.float32), coords, order=1, cval=0.0)
+    tumour_score = ndimage.map_coordinates((shape == 2).astype(np.float32), coords, order=1, cval=0.0)
+    whole = kidney_score > 0.5
+    tumour = whole & (tumour_score > 0.5)
+    return box, whole & ~tumour, tumour
+
+
+def _hilum_direction(medial: np.ndarray, long_axis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Antero-medial direction, perpendicular to the long axis."""
+    angle = np.radians(rng.uniform(20, 45))
+    direction = np.cos(angle) * medial + np.sin(angle) * np.array([0.0, -1.0, 0.0])
+    direction -= direction.dot(long_axis) * long_axis
+    return direction / np.linalg.norm(direction)
+
+
+@dataclass(frozen=True)
+class Interior:
+    """Codes in a kidney's box: 0 outside, 1 cortex, 2 medulla, 3 sinus fat, 4 pelvis."""
+
+    codes: np.ndarray
+    cortex_mm: float
+    pyramids: int
+    sinus_centre: np.ndarray  # mm from the box origin (x, y, z)
+
+
+_CORTEX_MM = (4.0, 10.0)
+_SHELL_SHARE = (0.3, 0.55)  # of the whole mask: caps the cortex thickness of thin kidneys
+_COLUMN_HALF_MM = (1.2, 2.5)
+_PYRAMIDS = (7, 13)
+_MAX_SINUS_SHARE = 0.3
+
+
+def kidney_interior(kidney: np.ndarray, centre: np.ndarray, long_axis: np.ndarray, hilum: np.ndarray, rng: np.random.Generator) -> Interior:
+    """Cortex (outer shell and columns of Bertin), medullary pyramids, sinus and pelvis inside a kidney mask.
+
+    ``centre`` is the kidney's centre in mm from the mask's first voxel (x, y, z); directions are unit vectors.
+    """
+    depth = ndimage.distance_transform_edt(np.pad(kidney, 1), sampling=ATLAS_MM)[1:-1, 1:-1, 1:-1]
+    voxels = np.argwhere(kidney)
+    offsets = voxels[:, ::-1] * ATLAS_MM - centre
+    frame = np.stack([long_axis, hilum, np.cross(long_axis, hilum)])
+    local = offsets @ frame.T  # (u along the long axis, h towards the hilum, w)
+    reach = np.abs(local).max(axis=0)
+    d = depth[tuple(voxels.T)]
+    shell_share = rng.uniform(*_SHELL_SHARE)
+    cortex_mm = float(np.clip(min(rng.uniform(*_CORTEX_MM), np.quantile(d, shell_share)), *_CORTEX_MM))
+    sinus, sinus_centre, sinus_axes = _sinus(local, d, reach, cortex_mm, rng)
+    pelvis = sinus & _ellipsoid(local, sinus_centre + np.array([0.0, 0.6 * sinus_axes[1], 0.0]), sinus_axes * np.array([0.3, 0.5, 0.4]))
+    directions = _pyramid_directions(int(rng.integers(*_PYRAMIDS)), rng)
+    column = _near_pyramid_border(local - sinus_centre, reach, directions, rng.uniform(*_COLUMN_HALF_MM))
+    codes = np.where(sinus, np.where(pelvis, 4, 3), np.where((d > cortex_mm) & ~column, 2, 1)).astype(np.uint8)
+    out = np.zeros(kidney.shape, np.uint8)
+    out[tuple(voxels.T)] = codes
+    return Interior(out, float(cortex_mm), len(directions), centre + frame.T @ sinus_centre)
+
+
+def _sinus(local: np.ndarray, depth: np.ndarray, reach: np.ndarray, cortex_mm: float, rng: np.random.Generator):
+    """Sinus fat: an ellipsoid towards the hilum, a cortex deep except at the hilum lip, at most 30 % of the kidney."""
+    medial = local[:, 1].max()
+    centre = np.array([0.0, rng.uniform(0.2, 0.4) * medial, 0.0])
+    axes = np.array([rng.uniform(0.5, 0.7), rng.uniform(0.6, 0.8), rng.uniform(0.4, 0.6)]) * reach
+    lip = (local[:, 1] > 0.5 * medial) & (np.abs(local[:, 0]) < 0.35 * reach[0])
+    allowed = (depth > cortex_mm + 1.0) | lip
+    sinus = allowed & _ellipsoid(local, centre, axes)
+    while sinus.mean() > _MAX_SINUS_SHARE:
+        axes = axes * 0.85
+        sinus = allowed & _ellipsoid(local, centre, axes)
+    return sinus, centre, axes
+
+
+def _ellipsoid(points: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    return np.sum(((points - centre) / axes) ** 2, axis=1) <= 1.0
+
+
+def _pyramid_directions(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Well-spread unit directions (kidney frame, normalised by its reach) that avoid the hilum."""
+    candidates = rng.normal(size=(400, 3))
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    candidates = candidates[candidates[:, 1] < 0.5]
+    chosen = [candidates[0]]
+    for _ in range(count - 1):
+        nearest = np.max(candidates @ np.array(chosen).T, axis=1)
+        chosen.append(candidates[int(np.argmin(nearest))])
+    return np.array(chosen)
+
+
+def _near_pyramid_border(offsets: np.ndarray, reach: np.ndarray, directions: np.ndarray, half_mm: float) -> np.ndarray:
+    """Voxels within ``half_mm`` of the border between two pyramids' sectors (the columns of Bertin)."""
+    unit = offsets / reach
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-6)
+    cosines = np.sort(unit @ directions.T, axis=1)[:, -2:]
+    gap = np.arccos(np.clip(cosines[:, 0], -1, 1)) - np.arccos(np.clip(cosines[:, 1], -1, 1))
+    return np.linalg.norm(offsets, axis=1) * np.sin(gap / 2) < half_mm
+
+
+def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rotation taking unit vector ``a`` to unit vector ``b`` (not opposite)."""
+    skew = _skew(np.cross(a, b))
+    return np.eye(3) + skew + skew @ skew / (1.0 + float(a.dot(b)))
+
+
+def _spin(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotation by ``degrees`` about a unit ``axis`` (Rodrigues)."""
+    t, skew = np.radians(degrees), _skew(axis)
+    return np.eye(3) + np.sin(t) * skew + (1 - np.cos(t)) * skew @ skew
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+# --- renal vessels --------------------------------------------------------------------------------------------
+
+def _draw_renal_vessels(tissues: np.ndarray, atlas: Atlas, kidney: PlacedKidney, rng: np.random.Generator) -> None:
+    """Renal artery from the aorta and vein to the IVC, through fat only (left vein in front of the aorta)."""
+    sinus, hilum_dir = np.array(kidney.sinus_centre_mm), np.array(kidney.hilum)
+    hilum = sinus + 25.0 * hilum_dir
+    aorta, ivc = (_vessel_centre(tissues, atlas, t, sinus[2]) for t in (Tissue.AORTA, Tissue.IVC))
+    if aorta is None or ivc is None:
+        return
+    front, behind = np.array([0.0, -20.0, 0.0]), np.array([0.0, 20.0, 0.0])
+    if kidney.side == _R:
+        artery, vein = [sinus, hilum, ivc + behind, aorta], [sinus, hilum, ivc]
+    else:
+        artery, vein = [sinus, hilum, aorta], [sinus, hilum, aorta + front, ivc]
+    _paint_tube(tissues, atlas, artery, rng.uniform(2.5, 3.5), Tissue.RENAL_ARTERY)
+    _paint_tube(tissues, atlas, vein, rng.uniform(4.0, 6.0), Tissue.RENAL_VEIN)
+
+
+def _vessel_centre(tissues: np.ndarray, atlas: Atlas, tissue: Tissue, z_mm: float) -> np.ndarray | None:
+    """The centre (x, y, z mm) of a vessel's cross-section at ``z_mm``, or at the nearest slice within 30 mm."""
+    k = int(round((z_mm - atlas.origin[2]) / ATLAS_MM))
+    for dk in range(0, 20):
+        for kk in (k - dk, k + dk):
+            if 0 <= kk < tissues.shape[0] and (hits := np.argwhere(tissues[kk] == tissue)).size:
+                y, x = hits.mean(axis=0) * ATLAS_MM + np.array(atlas.origin[1::-1])
+                return np.array([x, y, z_mm])
+    return None
+
+
+def _paint_tube(tissues: np.ndarray, atlas: Atlas, path: list[np.ndarray], radius: float, tissue: Tissue) -> None:
+    """Paint a tube of ``radius`` mm along a polyline (x, y, z mm), over _VESSEL_PATH tissues only."""
+    for a, b in zip(path[:-1], path[1:]):
+        box = _atlas_box(atlas, np.minimum(a, b) - radius, np.maximum(a, b) + radius, tissues.shape)
+        points = _box_points(atlas, box)
+        along = np.clip(((points - a) @ (b - a)) / max(float((b - a) @ (b - a)), 1e-6), 0.0, 1.0)
+        inside = np.linalg.norm(points - (a + along[..., None] * (b - a)), axis=-1) <= radius
+        region = tissues[box]
+        region[inside & np.isin(region, _VESSEL_PATH)] = tissue
+
+
+def _atlas_box(atlas: Atlas, lo_mm: np.ndarray, hi_mm: np.ndarray, shape) -> tuple[slice, ...]:
+    """Index slices (z, y, x) of the atlas covering the points between ``lo_mm`` and ``hi_mm``."""
+    lo = np.floor(atlas.to_index(lo_mm)).astype(int)
+    hi = np.ceil(atlas.to_index(hi_mm)).astype(int) + 1
+    return tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, shape))
+
+
+def _box_points(atlas: Atlas, box: tuple[slice, ...]) -> np.ndarray:
+    """Patient coordinates (x, y, z mm) of every atlas voxel in ``box``, shaped (z, y, x, 3)."""
+    z, y, x = np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")
+    return np.stack([x, y, z], axis=-1) * ATLAS_MM + np.array(atlas.origin)
+
+
+# --- field of view and deformation -----------------------------------------------------------------------------
+
+def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, rng: np.random.Generator) -> tuple[Grid, tuple[int, int, int]]:
+    """An output grid around both kidneys with random margins (x: either side, y: front/back, z: below/above)."""
+    kidney = np.argwhere(np.isin(tissues, KIDNEY_TISSUES))
+    origin = np.array(atlas.origin)
+    lo = kidney.min(axis=0)[::-1] * ATLAS_MM + origin
+    hi = kidney.max(axis=0)[::-1] * ATLAS_MM + origin
+    lo -= [rng.uniform(5, 70), rng.uniform(50, 250), rng.uniform(0, 40)]
+    hi += [rng.uniform(5, 70), rng.uniform(5, 60), rng.uniform(0, 40)]
+    lo = np.maximum(lo, origin)
+    hi = np.minimum(hi, origin + (np.array(tissues.shape[::-1]) - 1) * ATLAS_MM)
+    spacing = np.array(grid.spacing)
+    excess = np.maximum(hi - lo - np.array(grid.max_shape[::-1]) * spacing, 0.0)
+    lo += rng.uniform(0, 1, 3) * excess
+    shape_xyz = np.minimum(np.floor((hi - lo) / spacing).astype(int), grid.max_shape[::-1])
+    factors = tuple(_odd_factor(s, m) for s, m in zip(grid.spacing[::-1], grid.max_work_mm[::-1]))
+    return Grid(tuple(int(n) for n in shape_xyz[::-1]), tuple(grid.spacing), tuple(float(v) for v in lo)), factors
+
+
+def _odd_factor(spacing: float, finest: float) -> int:
+    """The smallest odd f with spacing / f <= finest, so output voxel centres are work voxel centres."""
+    f = 1
+    while spacing / f > finest:
+        f += 2
+    return f
+
+
+def _draw_deformation(rng: np.random.Generator) -> Deformation:
+    """Rotation up to 10 degrees about x and y and 15 about z, scale 0.85-1.15, a shift and an elastic field."""
+    return Deformation(
+        rotation_deg=(rng.uniform(-10, 10), rng.uniform(-10, 10), rng.uniform(-15, 15)),
+        scale=tuple(rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, 3)),
+        shift_mm=tuple(rng.normal(0.0, 5.0, 3)),
+        elastic_sd_mm=rng.uniform(0.0, 4.0),
+    )
+
+
+def _deform(tissues: np.ndarray, atlas: Atlas, grid: Grid, factors, deformation: Deformation, rng: np.random.Generator) -> np.ndarray:
+    """The atlas labels sampled (nearest neighbour) through the deformation on the fine work grid."""
+    shape = tuple(n * f for n, f in zip(grid.shape, factors))
+    step = np.array(grid.spacing) / np.array(factors[::-1])
+    axes = [grid.origin[a] + (np.arange(shape[2 - a]) - (factors[2 - a] - 1) / 2) * step[a] for a in range(3)]
+    centre = np.array(grid.origin) + (np.array(grid.shape[::-1]) - 1) * np.array(grid.spacing) / 2
+    matrix = _rotation(deformation.rotation_deg) @ np.diag(deformation.scale)
+    deltas = [(axes[a] - centre[a]).reshape([-1 if 2 - a == d else 1 for d in range(3)]).astype(np.float32) for a in range(3)]
+    coarse = tuple(max(3, int(np.ceil(n * s / 60.0)) + 1) for n, s in zip(shape, step[::-1]))
+    coords = []
+    for b in (2, 1, 0):  # atlas index order z, y, x
+        point = centre[b] + deformation.shift_mm[b] + sum(matrix[b, a] * deltas[a] for a in range(3))
+        point = point + _smooth_field(rng, shape, coarse, deformation.elastic_sd_mm)
+        coords.append((point - atlas.origin[b]) / ATLAS_MM)
+    return ndimage.map_coordinates(tissues, coords, order=0, mode="nearest")
+
+
+def _rotation(degrees) -> np.ndarray:
+    """Rotation about x, then y, then z (degrees)."""
+    rx, ry, rz = np.radians(degrees)
+    x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    return z @ y @ x
+
+
+def _smooth_field(rng: np.random.Generator, shape, coarse, sd: float) -> np.ndarray:
+    """A smooth random field of ``shape``: ``coarse`` control points of standard deviation ``sd``, Gaussian-kernel upsampled."""
+    field = rng.normal(0.0, sd, coarse).astype(np.float32)
+    for axis, (n, c) in enumerate(zip(shape, coarse)):
+        t = np.linspace(0, c - 1, n)[:, None] - np.arange(c)[None, :]
+        weights = np.exp(-0.5 * (t / 0.7) ** 2)
+        weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
+    return field
+
+
+# --- intensities ----------------------------------------------------------------------------------------------
+
+def _draw_phase(rng: np.random.Generator) -> Phase | None:
+    """A contrast phase, or None for fully random intensities."""
+    if rng.random() < RANDOM_INTENSITY_SHARE:
+        return None
+    phases = list(PHASE_WEIGHTS)
+    return phases[int(rng.choice(len(phases), p=list(PHASE_WEIGHTS.values())))]
+
+
+def _hu_table(phase: Phase | None, oral: bool, rng: np.random.Generator) -> np.ndarray:
+    """Mean HU per tissue (indexed by Tissue) for a phase, or at random (``phase`` None)."""
+    table = np.zeros(len(Tissue), np.float32)
+    for tissue in Tissue:
+        if phase is None and tissue is not Tissue.OUTSIDE:
+            table[tissue] = rng.uniform(*RANDOM_HU)
+        elif tissue in _HU:
+            ranges = _HU[tissue]
+            table[tissue] = rng.uniform(*(ranges[_PHASES.index(phase)] if isinstance(ranges[0], tuple) else ranges))
+    if phase is None:
+        return table
+    for side in (_R, _L):
+        table[MEDULLA[side]] = _medulla_hu(phase, float(table[CORTEX[side]]), rng)
+    if rng.random() < _CYST_SHARE:
+        table[Tissue.RENAL_MASS] = rng.uniform(*_CYST_HU)
+    filled = [t for t in BOWEL if rng.random() < 0.6] if oral else []
+    table[filled] = rng.uniform(*_ORAL_CONTRAST_HU, len(filled))
+    return table
+
+
+def _medulla_hu(phase: Phase, cortex: float, rng: np.random.Generator) -> float:
+    """Arterial: its own range, well below the cortex; other phases: close to the cortex."""
+    if phase is Phase.ARTERIAL:
+        return min(rng.uniform(*_ARTERIAL_MEDULLA), cortex - _MIN_CORTICOMEDULLARY)
+    return cortex + rng.uniform(*_MEDULLA_OFFSET[phase])
+
+
+def _render(tissues: np.ndarray, table: np.ndarray, oral: bool, rng: np.random.Generator) -> np.ndarray:
+    """HU on the work grid: mean per tissue, texture, cortical bone rims, contrast-filled loops among the viscera."""
+    amplitude = np.array([rng.uniform(*_TEXTURE.get(t, _TEXTURE_DEFAULT)) for t in Tissue], np.float32)
+    texture = ndimage.gaussian_filter(rng.standard_normal(tissues.shape, np.float32), rng.uniform(0.6, 1.5))
+    texture /= max(float(texture.std()), 1e-6)
+    image = table[tissues] + amplitude[tissues] * texture
+    bone = np.isin(tissues, BONES)
+    image[bone & ~ndimage.binary_erosion(bone)] += rng.uniform(150, 450)
+    if oral:
+        loops = _smooth_field(rng, tissues.shape, tuple(max(3, n // 8) for n in tissues.shape), 1.0) > rng.uniform(0.3, 1.0)
+        image[loops & (tissues == Tissue.VISCERA)] = rng.uniform(*_ORAL_CONTRAST_HU)
+    return image
+
+
+def _draw_acquisition(rng: np.random.Generator) -> Acquisition:
+    """Pixels 0.6-1.8 mm, thin (0.5-1.5 mm) or thick (2-5 mm) slices, noise growing as slices thin."""
+    slice_mm = rng.uniform(0.5, 1.5) if rng.random() < 0.4 else rng.uniform(2.0, 5.0)
+    return Acquisition(
+        pixel_mm=rng.uniform(0.6, 1.8),
+        slice_mm=slice_mm,
+        noise_sd=float(min(rng.uniform(6, 20) * np.sqrt(5.0 / slice_mm), 45.0)),
+        noise_corr_px=rng.uniform(0.0, 1.0),
+        offset_field_hu=rng.uniform(0.0, 20.0),
+        streaks=bool(rng.random() < 0.15),
+    )
+
+
+def _acquire(image: np.ndarray, tissues: np.ndarray, factors, grid: Grid, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Blur by the scan's point spread, sample the output voxels, add noise, an offset field and streaks."""
+    step = np.array(grid.spacing) / np.array(factors[::-1])
+    fwhm = np.array([acquisition.pixel_mm * rng.uniform(0.9, 1.4)] * 2 + [acquisition.slice_mm])
+    image = ndimage.gaussian_filter(image, (fwhm / 2.355 / step)[::-1])
+    centre = tuple(slice((f - 1) // 2, None, f) for f in factors)
+    out = np.ascontiguousarray(image[centre])
+    body = ~np.isin(tissues[centre], (Tissue.OUTSIDE, Tissue.TABLE))
+    noise = rng.standard_normal(out.shape, np.float32)
+    if acquisition.noise_corr_px > 0.1:
+        noise = ndimage.gaussian_filter(noise, (0.0, acquisition.noise_corr_px, acquisition.noise_corr_px))
+    out += acquisition.noise_sd * noise / max(float(noise.std()), 1e-6)
+    out += body * _smooth_field(rng, out.shape, (3, 4, 4), acquisition.offset_field_hu)
+    if acquisition.streaks:
+        out += _streaks(out.shape, rng)
+    return np.clip(out, -1024, 3071).astype(np.float32)
+
+
+def _streaks(shape, rng: np.random.Generator) -> np.ndarray:
+    """Bright and dark lines through one point, fading with distance, over a run of slices."""
+    nz, ny, nx = shape
+    cy, cx = rng.uniform(0.3, 0.7) * ny, rng.uniform(0.3, 0.7) * nx
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    fade = np.exp(-np.hypot(y - cy, x - cx) / rng.uniform(30, 90))
+    pattern = np.zeros((ny, nx), np.float32)
+    for i, angle in enumerate(rng.uniform(0, np.pi, int(rng.integers(3, 10)))):
+        distance = np.abs((x - cx) * np.sin(angle) - (y - cy) * np.cos(angle))
+        pattern += (-1) ** i * rng.uniform(40, 200) * np.exp(-0.5 * (distance / rng.uniform(0.7, 2.0)) ** 2)
+    first = int(rng.integers(0, nz))
+    run = slice(first, min(nz, first + int(rng.integers(1, max(2, nz // 2)))))
+    out = np.zeros(shape, np.float32)
+    out[run] = pattern * fade * rng.uniform(0.5, 1.0, (run.stop - run.start, 1, 1)).astype(np.float32)
+    return out
+
+
+def _rounded(value):
+    """A JSON-ready copy with floats rounded and tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 3)
+    return value.item() if isinstance(value, np.generic) else value
