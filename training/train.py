@@ -57,9 +57,12 @@ def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device
 
     plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
+    probe = nnUNetTrainerPaper({**plans, "continue_training": False}, configuration, fold, dataset_json, torch.device("cpu"))
+    checkpoint = Path(probe.output_folder) / "checkpoint_latest.pth"
+    resume = resume and checkpoint.exists()
+    plans["continue_training"] = resume  # nnU-Net's logger appends to the fold's log instead of starting anew
     trainer = nnUNetTrainerPaper(plans, configuration, fold, dataset_json, torch.device(device))
-    checkpoint = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    if resume and checkpoint.exists():
+    if resume:
         trainer.load_checkpoint(str(checkpoint))
     trainer.run_training()
     trainer.perform_actual_validation()
