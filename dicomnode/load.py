@@ -105,7 +105,10 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     cosine = abs(float(drift @ normal)) / float(np.linalg.norm(drift))
     if cosine < 0.9999:
         raise GeometryError(f"gantry tilt or sheared stack: slices advance {np.degrees(np.arccos(cosine)):.1f} deg off the normal")
+    for ds in datasets:
+        check_pixel_header(ds)
     hu = np.stack([_hu(ds, shape) for ds in datasets])
+    check_hu(hu)
     for ds in datasets:
         del ds.PixelData
     row_spacing, col_spacing = (float(v) for v in next(iter(pixel_spacings)))
@@ -116,6 +119,54 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
         spacing=np.array([col_spacing, row_spacing, step]),
         direction=np.stack([row_dir, col_dir, normal], axis=1),
     )
+
+
+#: Above this HU only metal lies (even on extended CT scales, a small share of voxels); below -1100 HU lies padding
+#: outside the reconstruction circle (often -2000 or -3024), which is not checked.
+DENSE_HU, MAX_DENSE_SHARE = 3500.0, 0.005
+#: Share of voxels that must be fat or soft tissue (-150 to 150 HU) in any abdominal CT.
+MIN_SOFT_TISSUE_SHARE = 0.05
+
+
+def check_pixel_header(ds: pydicom.Dataset) -> None:
+    """Refuse an instance whose pixel description contradicts itself or the pixel data's length, naming the attribute."""
+    where = f"instance {ds.get('InstanceNumber', '?')}"
+    samples, bits, stored, high = (ds.get(k) for k in ("SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit"))
+    if samples not in (None, 1):
+        raise PixelDataError(f"{where}: SamplesPerPixel {samples}, a CT slice has 1")
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) not in ("MONOCHROME1", "MONOCHROME2"):
+        raise PixelDataError(f"{where}: PhotometricInterpretation {ds.PhotometricInterpretation} is not monochrome")
+    if bits not in (8, 16, 32):
+        raise PixelDataError(f"{where}: BitsAllocated {bits} is not 8, 16 or 32")
+    if stored is None or not 1 <= int(stored) <= int(bits):
+        raise PixelDataError(f"{where}: BitsStored {stored} does not fit BitsAllocated {bits}")
+    if high is not None and int(high) != int(stored) - 1:
+        raise PixelDataError(f"{where}: HighBit {high} is not BitsStored - 1 ({int(stored) - 1})")
+    if ds.get("PixelRepresentation") not in (0, 1):
+        raise PixelDataError(f"{where}: PixelRepresentation {ds.get('PixelRepresentation')} is not 0 or 1")
+    if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = int(ds.Rows) * int(ds.Columns) * int(bits) // 8
+        if len(ds.PixelData) not in (expected, expected + 1):  # one byte of padding to an even length
+            raise PixelDataError(
+                f"{where}: pixel data holds {len(ds.PixelData)} bytes, Rows x Columns x BitsAllocated/8 = {expected}: "
+                "BitsAllocated, Rows or Columns is wrong"
+            )
+
+
+def check_hu(hu: np.ndarray) -> None:
+    """Refuse a volume whose values are not CT numbers (e.g. signed data declared unsigned: PixelRepresentation 0)."""
+    dense = float(np.mean(hu > DENSE_HU))
+    if dense > MAX_DENSE_SHARE:
+        raise PixelDataError(
+            f"{100 * dense:.1f} % of voxels lie above {DENSE_HU:.0f} HU, where only metal lies: check PixelRepresentation "
+            "(signed data declared unsigned), RescaleSlope and RescaleIntercept"
+        )
+    soft = float(np.mean((hu >= -150) & (hu <= 150)))
+    if soft < MIN_SOFT_TISSUE_SHARE:
+        raise PixelDataError(
+            f"only {100 * soft:.1f} % of voxels are fat or soft tissue (-150 to 150 HU): check RescaleSlope, "
+            "RescaleIntercept and PixelRepresentation"
+        )
 
 
 def _hu(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:

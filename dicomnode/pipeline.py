@@ -16,13 +16,14 @@ from dicomnode.measure import Measurements, measure
 from dicomnode.qc import QCReport, check
 from dicomnode.receive import write_atomically
 from dicomnode.segment import Segmenter
-from dicomnode.select import NO_ARTERIAL, Selection, select_series, summarise
+from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.store import DONE, FAILED, NO_RESULT, Instance
 from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
 
 WITHHELD = "QC failed: volumes withheld"
+IDENTITY_CONFLICT = "patient identity conflict"
 
 
 @dataclass
@@ -52,10 +53,11 @@ def _timed(timings: dict[str, float], stage: str):
 def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
     """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
 
-    Where configured, a study without result gets a text SR that says why.
+    Where configured, a study without result gets a text SR that says why; not a study whose instances name
+    different patients, since the SR would carry one of their identities.
     """
     outcome = _run_stages(instances, config, segmenter)
-    if outcome.state == NO_RESULT and config.send_text_sr_without_result and instances:
+    if outcome.state == NO_RESULT and config.send_text_sr_without_result and instances and outcome.verdict != IDENTITY_CONFLICT:
         source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
         outcome.results = Results(None, write_no_result_sr(source, outcome.verdict, outcome.reasons))
     return outcome
@@ -64,7 +66,12 @@ def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segm
 def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
     timings: dict[str, float] = {}
     with _timed(timings, "select"):
-        selection: Selection = select_series(summarise(instances), config.selection)
+        summaries = summarise(instances)
+        conflicts = patient_conflicts(summaries)
+        if conflicts:
+            log.warning("patient identity conflict: %s", "; ".join(conflicts) if config.log_patient_data else f"{len(conflicts)} field(s)")
+            return Outcome(NO_RESULT, IDENTITY_CONFLICT, conflicts, timings=timings)
+        selection: Selection = select_series(summaries, config.selection)
     if selection.series is None:
         return Outcome(NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
     reasons = list(selection.reasons)

@@ -41,6 +41,7 @@ class SeriesSummary:
     slice_mm: float | None  # SliceThickness
     slices: int
     files: tuple[Path, ...]  # in the order of InstanceNumber where present
+    patients: frozenset[tuple[str, str, str]] = frozenset()  # (PatientID, PatientName, PatientBirthDate) seen
 
 
 
@@ -105,7 +106,30 @@ def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Se
         slice_mm=float(first.SliceThickness) if str(first.get("SliceThickness", "") or "").strip() else None,
         slices=len(members),
         files=tuple(path for path, _ in members),
+        patients=frozenset(
+            (str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""), str(ds.get("PatientBirthDate", "") or ""))
+            for _, ds in members
+        ),
     )
+
+
+PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate")
+
+
+def patient_conflicts(summaries: list[SeriesSummary]) -> list[str]:
+    """Reasons, naming the series, where the study's instances disagree on a patient's ID, name or birth date.
+
+    An empty value agrees with any other; two different non-empty values are a conflict.
+    """
+    reasons = []
+    for index, name in enumerate(PATIENT_FIELDS):
+        seen: dict[str, list[str]] = defaultdict(list)
+        for summary in summaries:
+            for value in {p[index] for p in summary.patients if p[index]}:
+                seen[value].append(summary.description or summary.series_uid)
+        if len(seen) > 1:
+            reasons.append(f"{name} differs: " + "; ".join(f"{len(v)} value(s) in series {', '.join(sorted(set(s)))}" for v, s in seen.items()))
+    return reasons
 
 
 def _time(value: object) -> dt.time | None:

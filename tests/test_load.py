@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.load import GeometryError, load_series
+from dicomnode.load import GeometryError, PixelDataError, load_series
 from training.phantom_dicom import SeriesFiles, write_study
 from training.phantoms import Grid, Phase
 
@@ -94,3 +94,34 @@ def test_truncated_pixel_data_is_refused_with_a_reason(arterial: SeriesFiles) ->
     arterial.files[3].write_bytes(data[: len(data) - 2000])
     with pytest.raises(PixelDataError, match="instance 4"):
         load_series(arterial.files)
+
+
+def test_bits_allocated_that_contradicts_the_pixel_data_is_refused(arterial: SeriesFiles) -> None:
+    for path in arterial.files:
+        _edit(path, BitsAllocated=8, BitsStored=8, HighBit=7)  # 16-bit pixel data declared 8-bit
+    with pytest.raises(PixelDataError, match="BitsAllocated"):
+        load_series(arterial.files)
+
+
+def test_signed_pixels_declared_unsigned_are_refused(arterial: SeriesFiles) -> None:
+    for path in arterial.files:
+        _edit(path, PixelRepresentation=0)  # air at -1000 now reads as 64536
+    with pytest.raises(PixelDataError, match="PixelRepresentation"):
+        load_series(arterial.files)
+
+
+def test_rescale_that_makes_no_ct_numbers_is_refused(arterial: SeriesFiles) -> None:
+    for path in arterial.files:
+        _edit(path, RescaleSlope="10")
+    with pytest.raises(PixelDataError, match="RescaleSlope"):
+        load_series(arterial.files)
+
+
+def test_padding_outside_the_reconstruction_circle_is_accepted(arterial: SeriesFiles) -> None:
+    for path in arterial.files:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[:6, :] = -3024  # a scanner's padding value outside the field of view
+        ds.PixelData = pixels.astype("<i2").tobytes()
+        ds.save_as(path)
+    assert load_series(arterial.files).hu.min() == -3024

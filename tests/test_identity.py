@@ -1,0 +1,63 @@
+"""A study whose instances name different patients gives no result and no SR, with the series named."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import CTImageStorage
+
+from dicomnode.config import NodeConfig
+from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
+from dicomnode.select import patient_conflicts, summarise
+from dicomnode.store import NO_RESULT, Instance
+from training.phantom_dicom import write_study
+from training.phantoms import Grid, Phase
+
+
+class NeverCalled:
+    """A segmenter the pipeline must not reach: identity is checked before anything is segmented."""
+
+    model = None
+
+    def segment(self, series):
+        raise AssertionError("segmented a study whose patient identity conflicts")
+
+
+def _study(tmp_path: Path):
+    study = write_study(71, tmp_path, phases=(Phase.NONCONTRAST, Phase.ARTERIAL), grid=Grid.centred(64, 5.0, 20, 5.0))
+    instances = [Instance(i, f.name, study.study_uid, s.series_uid, CTImageStorage, f) for s in study.series for i, f in enumerate(s.files)]
+    return study, instances
+
+
+def _set(files: list[Path], **values) -> None:
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for key, value in values.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+
+
+def test_two_patient_ids_in_one_study_is_a_verdict_without_any_sr(tmp_path: Path) -> None:
+    study, instances = _study(tmp_path)
+    _set(study.by_phase(Phase.NONCONTRAST).files, PatientID="OTHER-PATIENT")
+    outcome = process_study(instances, replace(NodeConfig(), send_text_sr_without_result=True), NeverCalled())
+    assert outcome.state == NO_RESULT and outcome.verdict == IDENTITY_CONFLICT
+    assert outcome.results is None
+    assert len(outcome.reasons) == 1 and outcome.reasons[0].startswith("PatientID differs")
+    assert "ABDOMEN NATIVE 5.0 B30f" in outcome.reasons[0] and "ABDOMEN ARTERIAL 5.0 B30f" in outcome.reasons[0]
+    assert "OTHER-PATIENT" not in outcome.reasons[0]  # reasons go to logs and the job record: no identifiers
+
+
+def test_birth_date_conflict_inside_one_series(tmp_path: Path) -> None:
+    study, instances = _study(tmp_path)
+    _set(study.by_phase(Phase.ARTERIAL).files[:3], PatientBirthDate="19701231")
+    outcome = process_study(instances, NodeConfig(), NeverCalled())
+    assert outcome.verdict == IDENTITY_CONFLICT and outcome.reasons[0].startswith("PatientBirthDate differs")
+
+
+def test_a_blank_name_in_one_series_is_no_conflict(tmp_path: Path) -> None:
+    study, instances = _study(tmp_path)
+    _set(study.by_phase(Phase.NONCONTRAST).files, PatientName="")
+    assert patient_conflicts(summarise(instances)) == []
