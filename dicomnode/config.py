@@ -123,6 +123,8 @@ class NodeConfig:
     tick_s: float = 1.0
     allowed_callers: tuple[str, ...] = ()  # calling AE titles; empty: any
     allowed_addresses: tuple[str, ...] = ()  # peer IP addresses; empty: any
+    check_called_ae: bool = True  # refuse associations whose called AE title is not ``ae_title``
+    max_associations: int = 20  # associations served at once; more are refused (local limit exceeded) and logged
     min_free_disk_mb: int = 500
     log_patient_data: bool = False
     send_text_sr_without_result: bool = False

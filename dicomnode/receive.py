@@ -45,7 +45,20 @@ ACCEPTED_SOP_CLASSES = (
     XRayRadiationDoseSRStorage,
 )
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+MAX_UID_LENGTH = 64
+
+
+def valid_uid(uid: str) -> tuple[bool, str]:
+    """Whether ``uid`` is a UID as PS3.5 9.1 defines it, and why not."""
+    if not uid:
+        return False, "missing"
+    if len(uid) > MAX_UID_LENGTH:
+        return False, f"{len(uid)} characters, more than {MAX_UID_LENGTH}"
+    if not _UID.match(uid):
+        return False, "not digits and dots without leading zeros"
+    return True, ""
 
 
 class OpenAssociations:
@@ -89,7 +102,10 @@ class Receiver:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         if self.config.allowed_callers:
             ae.require_calling_aet = list(self.config.allowed_callers)  # others get A-ASSOCIATE-RJ (calling AE not recognised)
+        ae.require_called_aet = self.config.check_called_ae  # others get A-ASSOCIATE-RJ (called AE not recognised)
+        ae.maximum_associations = self.config.max_associations  # more get A-ASSOCIATE-RJ (local limit exceeded)
         handlers = [
+            (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_closed),
@@ -124,6 +140,20 @@ class Receiver:
             return False
         return True
 
+    def on_rejected(self, event: evt.Event) -> None:
+        """Log and record why an association was refused (pynetdicom has already sent A-ASSOCIATE-RJ)."""
+        requestor = event.assoc.requestor
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        calling = str(requestor.ae_title or "").strip()
+        if self.config.allowed_callers and calling not in self.config.allowed_callers:
+            reason = "calling AE title not in allowed_callers"
+        elif self.config.check_called_ae and called != self.config.ae_title:
+            reason = f"called AE title {called!r} is not this node's {self.config.ae_title!r}"
+        else:
+            reason = f"more than max_associations={self.config.max_associations} associations at once"
+        log.warning("refused an association from %s at %s: %s", calling, requestor.address, reason)
+        self.store.add_refusal(calling, "", "", f"association from {requestor.address} refused: {reason}")
+
     def on_closed(self, event: evt.Event) -> None:
         self.open.closed(id(event.assoc))
 
@@ -138,9 +168,13 @@ class Receiver:
         study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")
         series_uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         sop_class = str(getattr(ds, "SOPClassUID", "") or event.request.AffectedSOPClassUID or "")
-        missing = [name for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)) if not _UID.match(uid)]
-        if missing:
-            return self._refuse(calling_ae, study_uid, sop_uid, f"missing or invalid {', '.join(missing)} in the data set")
+        invalid = [
+            f"{name} {why}"
+            for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
+            for ok, why in [valid_uid(uid)] if not ok
+        ]
+        if invalid:
+            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], f"missing or invalid UID in the data set: {'; '.join(invalid)}")
         self.open.touched(id(event.assoc), study_uid)
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)

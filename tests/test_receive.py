@@ -1,0 +1,103 @@
+"""The receiver in process, with a pynetdicom SCU as the peer: UIDs checked by the standard, the called AE title
+checked, the number of associations bounded; every refusal logged and recorded, nothing written for it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from dicomnode.config import NodeConfig
+from dicomnode.receive import CANNOT_UNDERSTAND, SUCCESS, OpenAssociations, Receiver, valid_uid
+from dicomnode.store import Store
+from tests.peers import free_port
+from training.phantom_dicom import write_study
+from training.phantoms import Grid, Phase
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the invalid UIDs are the point
+
+
+@pytest.fixture()
+def node(tmp_path: Path):
+    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_associations=2, base_dir=tmp_path)
+    store = Store(tmp_path / "node.sqlite")
+    receiver = Receiver(config, store, OpenAssociations())
+    receiver.start()
+    yield config, store
+    receiver.stop()
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def slice_file(tmp_path_factory) -> Path:
+    study = write_study(81, tmp_path_factory.mktemp("s"), phases=(Phase.ARTERIAL,), grid=Grid.centred(32, 10.0, 2, 5.0))
+    return study.series[0].files[0]
+
+
+def _scu(calling: str = "SCU") -> AE:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+    return ae
+
+
+def _store(config: NodeConfig, ds: pydicom.Dataset) -> int:
+    assoc = _scu().associate("127.0.0.1", config.port, ae_title=config.ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize(
+    "uid, why",
+    [("1.2.840." + "1" * 300, "more than 64"), ("1.2.0840.5", "leading zeros"), ("1.2..3", "digits and dots"), ("1.2.3a", "digits and dots")],
+)
+def test_invalid_uid_is_refused_and_nothing_is_written(node, slice_file: Path, uid: str, why: str) -> None:
+    config, store = node
+    ds = pydicom.dcmread(slice_file)
+    ds.StudyInstanceUID = uid
+    assert _store(config, ds) == CANNOT_UNDERSTAND
+    assert list(Path(config.storage).rglob("*")) == []
+    assert why in store.refusals()[-1]["reason"] and "StudyInstanceUID" in store.refusals()[-1]["reason"]
+
+
+def test_valid_instance_is_stored(node, slice_file: Path) -> None:
+    config, store = node
+    ds = pydicom.dcmread(slice_file)
+    assert _store(config, ds) == SUCCESS and store.has_instance(ds.SOPInstanceUID)
+
+
+def test_uid_validator_returns_a_reason() -> None:
+    assert valid_uid("1.2.840.10008.1.2") == (True, "")
+    assert valid_uid("1.2.0.3") == (True, "")  # a single zero is a valid component
+    assert valid_uid("") == (False, "missing")
+
+
+def test_wrong_called_ae_title_is_refused_and_logged(node, caplog) -> None:
+    config, store = node
+    with caplog.at_level(logging.WARNING, logger="dicomnode.receive"):
+        assoc = _scu("ROUTER").associate("127.0.0.1", config.port, ae_title="SOMEONEELSE")
+        assert assoc.is_rejected
+    assert "'SOMEONEELSE' is not this node's 'RENALNODE'" in store.refusals()[-1]["reason"]
+    assert any("refused an association from ROUTER" in r.getMessage() for r in caplog.records)
+
+
+def test_associations_beyond_the_limit_are_refused_and_logged(node) -> None:
+    config, store = node
+    held = [_scu(f"SCU{k}").associate("127.0.0.1", config.port, ae_title=config.ae_title) for k in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        extra = _scu("SCU9").associate("127.0.0.1", config.port, ae_title=config.ae_title)
+        assert extra.is_rejected
+        assert "more than max_associations=2" in store.refusals()[-1]["reason"]
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert _scu().associate("127.0.0.1", config.port, ae_title=config.ae_title).is_established  # served again
