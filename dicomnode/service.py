@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+from pathlib import Path
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -17,6 +19,18 @@ from dicomnode.send import send_due, settle_job
 from dicomnode.store import PENDING, RUNNING, SENDING, Job, Store
 
 log = logging.getLogger(__name__)
+
+
+def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
+    """Delete ``results/<study>/v<version>`` folders whose job never recorded them (killed while writing or before
+    its outcome was committed); such a job is pending or running and runs again. Returns the folders removed."""
+    recorded = {(job.study_uid, f"v{job.version}") for job in jobs if job.state not in (PENDING, RUNNING)}
+    removed = []
+    for folder in sorted(results.glob("*/v*")) if results.exists() else []:
+        if folder.is_dir() and (folder.parent.name, folder.name) not in recorded:
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def load_segmenter(config: NodeConfig) -> Segmenter:
@@ -37,6 +51,8 @@ class Node:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        for folder in remove_unrecorded_results(self.config.path(self.config.results), self.store.jobs()):
+            log.warning("removed %s: results of a run that was cut off before it was recorded; the job runs again", folder)
         for job in self.store.requeue_interrupted():
             log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
         for job in self.store.jobs(SENDING):
