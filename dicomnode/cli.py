@@ -51,6 +51,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{**job.__dict__, "deliveries": [{**d.__dict__, "path": str(d.path)} for d in store.deliveries(job.id)]} for job in jobs], indent=2))
         return 0
+    for study, reason in store.waiting().items():
+        print(f"study {study}: {reason}")
     if not jobs:
         print("no jobs yet")
     for job in jobs:

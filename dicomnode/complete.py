@@ -1,4 +1,5 @@
-"""Complete stage: a study is ready when its associations are released and no instance came for a quiet period."""
+"""Complete stage: a study is ready when its associations are released and no instance came for a quiet period,
+or when no instance came for the longest wait whatever its associations."""
 
 from __future__ import annotations
 
@@ -19,14 +20,36 @@ class ReadyStudy:
     upto_seq: int
 
 
-def ready_studies(store: Store, open_studies: set[str], quiet_period_s: float, now: float | None = None) -> list[ReadyStudy]:
-    """Studies that have new instances, no open association and no instance for ``quiet_period_s``."""
+@dataclass(frozen=True)
+class Completion:
+    """Studies ready to process, and why each of the others still waits."""
+
+    ready: list[ReadyStudy]
+    waiting: dict[str, str]
+
+
+def ready_studies(
+    store: Store, open_since: dict[str, float], quiet_period_s: float, max_wait_s: float, now: float | None = None
+) -> Completion:
+    """Studies with new instances that are complete: no open association sent to them and no instance came for
+    ``quiet_period_s``; or, whatever their associations, no instance came for ``max_wait_s`` (force-complete, for
+    senders that keep an association open). ``open_since`` maps a study to when its oldest open association first
+    sent to it."""
     now = time.time() if now is None else now
-    return [
-        ReadyStudy(row["study_uid"], row["max_seq"])
-        for row in store.studies_with_new_instances()
-        if row["study_uid"] not in open_studies and now - row["last_received_at"] >= quiet_period_s
-    ]
+    ready, waiting = [], {}
+    for row in store.studies_with_new_instances():
+        study, quiet = row["study_uid"], now - row["last_received_at"]
+        if study in open_since and quiet >= max_wait_s:
+            log.warning("study %s: association still open, no instance for %.0f s: processed (max_wait_s)", study, quiet)
+            ready.append(ReadyStudy(study, row["max_seq"]))
+        elif study in open_since:
+            since = time.strftime("%H:%M:%S", time.localtime(open_since[study]))
+            waiting[study] = f"waiting for association release since {since} (at most {max_wait_s:.0f} s after its last instance)"
+        elif quiet >= quiet_period_s:
+            ready.append(ReadyStudy(study, row["max_seq"]))
+        else:
+            waiting[study] = f"quiet period: last instance {quiet:.0f} s ago, complete after {quiet_period_s:.0f} s"
+    return Completion(ready, waiting)
 
 
 def open_jobs(store: Store, ready: list[ReadyStudy]) -> list[Job]:

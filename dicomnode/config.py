@@ -120,6 +120,7 @@ class NodeConfig:
     database: str = "var/dicomnode.sqlite"
     results: str = "var/results"
     quiet_period_s: float = 10.0
+    max_wait_s: float = 120.0  # a study whose association stays open is processed this long after its last instance
     tick_s: float = 1.0
     allowed_callers: tuple[str, ...] = ()  # calling AE titles; empty: any
     allowed_addresses: tuple[str, ...] = ()  # peer IP addresses; empty: any

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -62,23 +63,28 @@ def valid_uid(uid: str) -> tuple[bool, str]:
 
 
 class OpenAssociations:
-    """Which studies have instances arriving on a still-open association."""
+    """Which studies have instances arriving on a still-open association, and since when."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._studies: dict[int, set[str]] = {}
+        self._studies: dict[int, dict[str, float]] = {}
 
     def touched(self, assoc_id: int, study_uid: str) -> None:
         with self._lock:
-            self._studies.setdefault(assoc_id, set()).add(study_uid)
+            self._studies.setdefault(assoc_id, {}).setdefault(study_uid, time.time())
 
     def closed(self, assoc_id: int) -> None:
         with self._lock:
             self._studies.pop(assoc_id, None)
 
-    def studies(self) -> set[str]:
+    def studies(self) -> dict[str, float]:
+        """Each study with an open association, and when the oldest of them first sent to it."""
         with self._lock:
-            return set().union(*self._studies.values()) if self._studies else set()
+            since: dict[str, float] = {}
+            for studies in self._studies.values():
+                for study, first in studies.items():
+                    since[study] = min(first, since.get(study, first))
+            return since
 
 
 class Receiver:

@@ -71,7 +71,9 @@ class Node:
         self.store.close()
 
     def complete_studies(self) -> None:
-        open_jobs(self.store, ready_studies(self.store, self.open.studies(), self.config.quiet_period_s))
+        completion = ready_studies(self.store, self.open.studies(), self.config.quiet_period_s, self.config.max_wait_s)
+        self.store.set_waiting(completion.waiting)
+        open_jobs(self.store, completion.ready)
 
     def run_pending_jobs(self) -> None:
         for job in self.store.jobs(PENDING):

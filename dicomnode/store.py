@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS refusals (
     sop_uid TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS waiting (
+    study_uid TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     study_uid TEXT NOT NULL,
@@ -173,6 +178,17 @@ class Store:
                 " GROUP BY i.study_uid"
                 " HAVING MAX(i.seq) > COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
             ).fetchall()
+
+    def set_waiting(self, reasons: dict[str, str]) -> None:
+        """Replace the list of studies that are not complete yet, each with why it waits (for ``status``)."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute("DELETE FROM waiting")
+            self._db.executemany("INSERT INTO waiting (study_uid, reason, updated_at) VALUES (?, ?, ?)", [(k, v, now) for k, v in reasons.items()])
+
+    def waiting(self) -> dict[str, str]:
+        with self._lock:
+            return {row["study_uid"]: row["reason"] for row in self._db.execute("SELECT * FROM waiting ORDER BY study_uid")}
 
     # -- jobs ----------------------------------------------------------------------------------------------------
     @contextmanager
