@@ -134,6 +134,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         training=described.get("training", {}),
         intended_use=described.get("intended_use", ""),
         not_fit_for=described.get("not_fit_for", []),
+        licence=described.get("licence", ""),
     )
     print(f"exported {export_model(result_folder, fold, args.models, card)}")
 

@@ -25,6 +25,7 @@ class ModelCard:
     metrics: dict[str, object] = field(default_factory=dict)
     intended_use: str = ""
     not_fit_for: list[str] = field(default_factory=list)
+    licence: str = ""  # follows the data it was trained on
 
 
 def export_model(result_folder: Path, fold: int | str, models_root: Path, card: ModelCard) -> Path:

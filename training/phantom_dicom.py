@@ -99,11 +99,8 @@ def write_series(
     return paths
 
 
-def _ct_slice(
-    phantom: Phantom, k: int, study_uid: str, series_uid: str, frame_uid: str, series_number: int, patient_id: str
-) -> pydicom.Dataset:
-    grid = phantom.grid
-    sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
+def ct_dataset(sop_uid: str, study_uid: str, series_uid: str, frame_uid: str) -> pydicom.Dataset:
+    """An empty CT Image Storage instance with its file meta (Explicit VR Little Endian) and identifying UIDs."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -112,6 +109,14 @@ def _ct_slice(
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+    return ds
+
+
+def _ct_slice(
+    phantom: Phantom, k: int, study_uid: str, series_uid: str, frame_uid: str, series_number: int, patient_id: str
+) -> pydicom.Dataset:
+    grid = phantom.grid
+    ds = ct_dataset(generate_uid(entropy_srcs=[series_uid, str(k)]), study_uid, series_uid, frame_uid)
     ds.PatientName, ds.PatientID = f"Phantom^{phantom.anatomy.seed}", patient_id
     ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _BOLUS_START.strftime("%Y%m%d")

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from training.phantom_dicom import ct_dataset
 
 _BOLUS_START = dt.datetime(2026, 3, 2, 10, 15, 0)
 
@@ -67,14 +68,7 @@ def write_volume_series(image: sitk.Image, folder: Path, tags: SeriesTags = Seri
 
 
 def _slice_dataset(sop_uid: str, study_uid: str, series_uid: str, frame_uid: str, tags: SeriesTags) -> pydicom.Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+    ds = ct_dataset(sop_uid, study_uid, series_uid, frame_uid)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Real^CT", tags.patient_id, "", "O"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _BOLUS_START.strftime("%Y%m%d")
     ds.StudyTime = "101000"

@@ -22,3 +22,12 @@ class nnUNetTrainerPaper(nnUNetTrainer):
         self.num_iterations_per_epoch = int(os.environ.get("DICOMNODE_TRAIN_ITERATIONS", 250))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
         self.save_every = 1  # a checkpoint every epoch: CPU training resumes where a session stopped
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's fold validation without test-time mirroring: 8x faster on a CPU; the node serves without it."""
+        axes = self.inference_allowed_mirroring_axes
+        self.inference_allowed_mirroring_axes = None
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
