@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kits-cases", type=int, help="use only the first N KiTS19 cases (a faster first run)")
     p.add_argument("--pixel-mm", type=float, default=1.6)
     p.add_argument("--slice-mm", type=float, default=5.0)
-    p.add_argument("--max-shape", type=int, nargs=3, default=[64, 192, 192], metavar=("Z", "Y", "X"))
+    p.add_argument("--max-shape", type=int, nargs=3, default=[72, 256, 256], metavar=("Z", "Y", "X"))
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("import", help="manifest of annotated cases -> nnU-Net raw dataset")

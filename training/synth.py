@@ -97,7 +97,7 @@ class OutputGrid:
     """Spacing (x, y, z mm) and largest shape (z, y, x) of the written cases."""
 
     spacing: tuple[float, float, float] = (1.6, 1.6, 5.0)
-    max_shape: tuple[int, int, int] = (64, 192, 192)
+    max_shape: tuple[int, int, int] = (72, 256, 256)
     max_work_mm: tuple[float, float, float] = (1.7, 1.7, 2.0)  # finer grid the anatomy is rendered on
 
 
@@ -460,13 +460,15 @@ def _box_points(atlas: Atlas, box: tuple[slice, ...]) -> np.ndarray:
 # --- field of view and deformation -----------------------------------------------------------------------------
 
 def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, rng: np.random.Generator) -> tuple[Grid, tuple[int, int, int]]:
-    """An output grid around both kidneys with random margins (x: either side, y: front/back, z: below/above)."""
+    """An output grid around both kidneys with random margins (x: either side, y: front/back, z: below/above),
+    reaching the body's sides, the pelvis and the lung bases in many cases."""
     kidney = np.argwhere(np.isin(tissues, KIDNEY_TISSUES))
     origin = np.array(atlas.origin)
     lo = kidney.min(axis=0)[::-1] * ATLAS_MM + origin
     hi = kidney.max(axis=0)[::-1] * ATLAS_MM + origin
-    lo -= [rng.uniform(5, 70), rng.uniform(50, 250), rng.uniform(0, 40)]
-    hi += [rng.uniform(5, 70), rng.uniform(5, 60), rng.uniform(0, 40)]
+    # wide margins down to the pelvis and up to the lung bases: the model must see what is not kidney there
+    lo -= [rng.uniform(5, 150), rng.uniform(50, 250), rng.uniform(0, 220)]
+    hi += [rng.uniform(5, 150), rng.uniform(5, 60), rng.uniform(0, 100)]
     lo = np.maximum(lo, origin)
     hi = np.minimum(hi, origin + (np.array(tissues.shape[::-1]) - 1) * ATLAS_MM)
     spacing = np.array(grid.spacing)
