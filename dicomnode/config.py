@@ -127,6 +127,7 @@ class NodeConfig:
     check_called_ae: bool = True  # refuse associations whose called AE title is not ``ae_title``
     max_associations: int = 20  # associations served at once; more are refused (local limit exceeded) and logged
     min_free_disk_mb: int = 500
+    max_instance_mb: int = 2048  # larger instances are refused with 0xA700 after they arrived (on disk, not in memory)
     log_patient_data: bool = False
     send_text_sr_without_result: bool = False
     tls: TLSConfig = field(default_factory=TLSConfig)

@@ -7,13 +7,14 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
@@ -46,6 +47,8 @@ ACCEPTED_SOP_CLASSES = (
     XRayRadiationDoseSRStorage,
 )
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+#: Folder under ``storage`` where pynetdicom writes data sets while they arrive.
+INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 MAX_UID_LENGTH = 64
@@ -98,6 +101,13 @@ class Receiver:
         self.storage.mkdir(parents=True, exist_ok=True)
         for partial in remove_partial_writes(self.storage):
             log.warning("removed %s, left by a write that was cut off", partial)
+        # received data sets go to disk as they arrive, in a folder on the storage's file system so that storing
+        # one is a rename; memory does not grow with instance size
+        incoming = self.storage / INCOMING
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir()
+        tempfile.tempdir = str(incoming)
+        _config.STORE_RECV_CHUNKED_DATASET = True
         self._server = None
 
     def start(self) -> None:
@@ -164,10 +174,16 @@ class Receiver:
         self.open.closed(id(event.assoc))
 
     def on_store(self, event: evt.Event) -> int:
+        """Check and store one instance; pynetdicom has written it to a file in ``storage/.incoming`` as it arrived."""
         calling_ae = event.assoc.requestor.ae_title
-        raw = event.encoded_dataset()
+        received = Path(event.dataset_path)
+        size_mb = received.stat().st_size / 2**20
+        if size_mb > self.config.max_instance_mb:
+            log.error("refusing an instance from %s: %.0f MB, above max_instance_mb=%d", calling_ae, size_mb, self.config.max_instance_mb)
+            self.store.add_refusal(calling_ae, "", "", f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}")
+            return OUT_OF_RESOURCES
         try:
-            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+            ds = pydicom.dcmread(received, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
             return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}")
         sop_uid = str(getattr(ds, "SOPInstanceUID", "") or event.request.AffectedSOPInstanceUID or "")
@@ -192,7 +208,7 @@ class Receiver:
             return OUT_OF_RESOURCES
         path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
         try:
-            write_atomically(path, raw)
+            move_atomically(received, path)
         except OSError as exc:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
@@ -212,6 +228,17 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     for path in partial:
         path.unlink(missing_ok=True)
     return partial
+
+
+def move_atomically(source: Path, path: Path) -> None:
+    """fsync ``source`` (on the same file system) and rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, path)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

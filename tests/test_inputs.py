@@ -72,7 +72,7 @@ def test_compressed_study_is_processed_and_malformed_real_series_is_refused(tmp_
         assert job["series_uid"] == study.by_phase(Phase.ARTERIAL).series_uid
         assert any("modality OT, not CT" in reason for reason in job["reasons"])
         status = node.cli("status").stdout
-        assert f"{len(real)} instances refused" in status and "missing or invalid StudyInstanceUID" in status
+        assert f"{len(real)} instances refused" in status and "invalid UID in the data set: StudyInstanceUID missing" in status
         assert echoscu(node.port, node.ae_title)
     finally:
         node.stop()

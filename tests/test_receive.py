@@ -13,9 +13,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import CANNOT_UNDERSTAND, SUCCESS, OpenAssociations, Receiver, valid_uid
+from dicomnode.receive import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, OpenAssociations, Receiver, valid_uid
 from dicomnode.store import Store
-from tests.peers import free_port
+from tests.peers import NodeProcess, free_port, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -64,7 +64,7 @@ def test_invalid_uid_is_refused_and_nothing_is_written(node, slice_file: Path, u
     ds = pydicom.dcmread(slice_file)
     ds.StudyInstanceUID = uid
     assert _store(config, ds) == CANNOT_UNDERSTAND
-    assert list(Path(config.storage).rglob("*")) == []
+    assert [p for p in Path(config.storage).rglob("*") if p.is_file()] == []  # .incoming emptied too
     assert why in store.refusals()[-1]["reason"] and "StudyInstanceUID" in store.refusals()[-1]["reason"]
 
 
@@ -101,3 +101,46 @@ def test_associations_beyond_the_limit_are_refused_and_logged(node) -> None:
         for assoc in held:
             assoc.release()
     assert _scu().associate("127.0.0.1", config.port, ae_title=config.ae_title).is_established  # served again
+
+
+def test_an_instance_above_max_instance_mb_is_refused_and_nothing_kept(tmp_path: Path, slice_file: Path) -> None:
+    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_instance_mb=1, base_dir=tmp_path)
+    store = Store(tmp_path / "node.sqlite")
+    receiver = Receiver(config, store, OpenAssociations())
+    receiver.start()
+    try:
+        ds = pydicom.dcmread(slice_file)
+        ds.Rows = ds.Columns = 1024
+        ds.PixelData = bytes(1024 * 1024 * 2)  # 2 MB
+        assert _store(config, ds) == OUT_OF_RESOURCES
+        assert "above max_instance_mb=1" in store.refusals()[-1]["reason"]
+        assert [p for p in Path(config.storage).rglob("*") if p.is_file()] == []
+    finally:
+        receiver.stop()
+        store.close()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_large_instance_goes_to_disk_not_to_memory(tmp_path: Path, slice_file: Path) -> None:
+    ds = pydicom.dcmread(slice_file)
+    ds.Rows = ds.Columns = 12000
+    ds.PixelData = bytes(12000 * 12000 * 2)  # 275 MiB
+    big = tmp_path / "big.dcm"
+    ds.save_as(big)
+    del ds
+    node = NodeProcess(tmp_path / "node", [])
+    node.start()
+    try:
+        before = _peak_rss_mb(node.process.pid)
+        sent = storescu(node.port, node.ae_title, [big])
+        assert sent.returncode == 0, sent.stderr
+        stored = list((node.folder / "storage").rglob("*.dcm"))
+        assert [p for p in stored if ".incoming" not in p.parts] and stored[0].stat().st_size > 270 * 2**20
+        assert _peak_rss_mb(node.process.pid) - before < 100, "the node held the instance in memory"
+    finally:
+        node.stop()
