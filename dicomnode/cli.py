@@ -127,18 +127,21 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML configuration (default: ./config.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    # --config and -v are accepted before and after the subcommand
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML configuration (default: ./config.yaml)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__, parents=[common])
+    parser.set_defaults(config=Path("config.yaml"), verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the DICOM node").set_defaults(func=cmd_serve)
-    p = sub.add_parser("status", help="list studies and jobs with their state, verdict and deliveries")
+    sub.add_parser("serve", help="run the DICOM node", parents=[common]).set_defaults(func=cmd_serve)
+    p = sub.add_parser("status", help="list studies and jobs with their state, verdict and deliveries", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("retry", help="queue parked (dead-letter) deliveries again")
+    p = sub.add_parser("retry", help="queue parked (dead-letter) deliveries again", parents=[common])
     p.add_argument("--job", type=int, help="only this job's deliveries")
     p.set_defaults(func=cmd_retry)
-    p = sub.add_parser("run", help="process a folder of DICOM files offline")
+    p = sub.add_parser("run", help="process a folder of DICOM files offline", parents=[common])
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_run)
@@ -150,7 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging(args.verbose)
     if not args.config.exists():
         sys.exit(f"configuration {args.config} not found")
-    sys.exit(args.func(load_config(args.config), args))
+    try:
+        config = load_config(args.config)
+    except ValueError as exc:
+        sys.exit(f"configuration error: {exc}")
+    sys.exit(args.func(config, args))
 
 
 if __name__ == "__main__":

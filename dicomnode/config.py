@@ -163,7 +163,52 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def problems(config: NodeConfig) -> list[str]:
+    """What is wrong with a configuration, one line per setting (empty when it is usable)."""
+    from pynetdicom import _config as pynetdicom_config
+
+    valid_ae = pynetdicom_config.VALIDATORS["AE"]
+    found = []
+
+    def check(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            found.append(f"{key}: {why}")
+
+    ok, why = valid_ae(config.ae_title)
+    check(ok and bool(config.ae_title.strip()), "ae_title", f"{config.ae_title!r} {why or 'is empty'}")
+    check(1 <= config.port <= 65535, "port", f"{config.port} is not 1-65535")
+    check(config.quiet_period_s >= 0, "quiet_period_s", "must not be negative")
+    check(config.max_wait_s >= config.quiet_period_s, "max_wait_s", f"{config.max_wait_s} is shorter than quiet_period_s")
+    check(config.tick_s > 0, "tick_s", "must be positive")
+    check(config.max_associations >= 1, "max_associations", "must be at least 1")
+    check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")
+    check(config.model.device in ("auto", "cpu", "cuda"), "model.device", f"{config.model.device!r} is not auto, cpu or cuda")
+    names = [d.name for d in config.destinations]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        found.append(f"destinations: the name {name!r} is used {names.count(name)} times")
+    for d in config.destinations:
+        ok, why = valid_ae(d.ae_title)
+        check(ok and bool(d.ae_title.strip()), f"destinations[{d.name}].ae_title", f"{d.ae_title!r} {why or 'is empty'}")
+        check(1 <= d.port <= 65535, f"destinations[{d.name}].port", f"{d.port} is not 1-65535")
+        check(not d.tls or config.tls.certificate != "", f"destinations[{d.name}].tls", "needs tls.certificate and tls.private_key")
+    if config.tls.enabled or any(d.tls for d in config.destinations):
+        for key in ("certificate", "private_key", "ca_certificates"):
+            value = getattr(config.tls, key)
+            check(key == "ca_certificates" and not value or bool(value) and config.path(value).is_file(), f"tls.{key}", f"file {value!r} not found")
+    return found
+
+
 def load_config(path: Path) -> NodeConfig:
-    """Read a YAML configuration; relative paths in it are taken from its folder."""
+    """Read and check a YAML configuration; relative paths in it are taken from its folder.
+
+    Raises ValueError naming the file and each setting that is wrong.
+    """
     data = yaml.safe_load(path.read_text()) or {}
-    return replace(_build(NodeConfig, data), base_dir=path.resolve().parent)
+    try:
+        config = replace(_build(NodeConfig, data), base_dir=path.resolve().parent)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    found = problems(config)
+    if found:
+        raise ValueError(f"{path}: " + "; ".join(found))
+    return config

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,35 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     path.write_text("model:\n  nmae: x\n")
     with pytest.raises(ValueError, match="nmae"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("port: 99999\n", "port: 99999 is not 1-65535"),
+        ("ae_title: A_TWENTY_CHAR_TITLE_\n", "ae_title: 'A_TWENTY_CHAR_TITLE_' must not exceed 16 characters"),
+        ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: 1}\n  - {name: pacs, ae_title: B, host: h, port: 2}\n",
+         "the name 'pacs' is used 2 times"),
+        ("tls: {enabled: true, certificate: node.pem, private_key: node.key}\n", "tls.certificate: file 'node.pem' not found"),
+        ("qc: {on_fail: ignore}\n", "qc.on_fail"),
+        ("max_wait_s: 1\nquiet_period_s: 10\n", "max_wait_s: 1 is shorter than quiet_period_s"),
+    ],
+)
+def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(named)) as raised:
+        load_config(path)
+    assert str(raised.value).startswith(str(path))
+
+
+def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("database: node.sqlite\n")
+    for args in (["--config", str(path), "status"], ["status", "--config", str(path)]):
+        result = subprocess.run([sys.executable, "-m", "dicomnode.cli", *args], capture_output=True, text=True)
+        assert result.returncode == 0 and "no jobs yet" in result.stdout, result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("port: 0\n")
+    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--config", str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0 and "port: 0 is not 1-65535" in result.stderr
