@@ -126,13 +126,15 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     return 0 if all(s["state"] != "failed" for s in summary.values()) else 1
 
 
+DEFAULT_CONFIG = Path("config.yaml")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config and -v are accepted before and after the subcommand
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML configuration (default: ./config.yaml)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__, parents=[common])
-    parser.set_defaults(config=Path("config.yaml"), verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the DICOM node", parents=[common]).set_defaults(func=cmd_serve)
     p = sub.add_parser("status", help="list studies and jobs with their state, verdict and deliveries", parents=[common])
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.config, args.verbose = getattr(args, "config", DEFAULT_CONFIG), getattr(args, "verbose", False)
     _setup_logging(args.verbose)
     if not args.config.exists():
         sys.exit(f"configuration {args.config} not found")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 
 from dicomnode.config import load_config
 from tests.peers import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def test_default_config_loads_and_names_the_shipped_model() -> None:
@@ -54,10 +57,10 @@ def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path
 def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("database: node.sqlite\n")
-    for args in (["--config", str(path), "status"], ["status", "--config", str(path)]):
-        result = subprocess.run([sys.executable, "-m", "dicomnode.cli", *args], capture_output=True, text=True)
+    for args in (["--config", str(path), "status"], ["status", "--config", str(path)]):  # no ./config.yaml in cwd
+        result = subprocess.run([sys.executable, "-m", "dicomnode.cli", *args], capture_output=True, text=True, cwd=tmp_path, env=ENV)
         assert result.returncode == 0 and "no jobs yet" in result.stdout, result.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("port: 0\n")
-    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--config", str(broken)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--config", str(broken)], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0 and "port: 0 is not 1-65535" in result.stderr
