@@ -26,9 +26,9 @@ from tests.peers import REPO
 def full_size_model(shipped: Path, target: Path) -> Path:
     """The shipped model's plans with the 3d_fullres configuration and a randomly initialised checkpoint."""
     import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from dicomnode.segment import Model
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
 
     shutil.copytree(shipped, target, ignore=shutil.ignore_patterns("fold_*", "evaluation"))

@@ -62,7 +62,7 @@ def main() -> None:
                 orthanc.start()
                 try:
                     rates[name].append(len(files) / timed_send(orthanc.dicom_port, orthanc.aet, files))
-                    wait_for(lambda: orthanc.get("/statistics")["CountInstances"] == len(files), 60, what="Orthanc to index")
+                    wait_for(lambda peer=orthanc: peer.get("/statistics")["CountInstances"] == len(files), 60, what="Orthanc to index")
                 finally:
                     orthanc.stop()
     print(f"machine: {machine()}")

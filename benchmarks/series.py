@@ -17,7 +17,8 @@ def big_study(folder: Path, slices: int, slice_mm: float, phases: tuple[Phase, .
 
 def machine() -> str:
     """One line naming the machine the figures come from."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     memory = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
     gpu = subprocess.run(["sh", "-c", "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null"], capture_output=True, text=True).stdout.strip()

@@ -125,7 +125,8 @@ def _position_findings(kidney: KidneyMeasurement, limits: QCConfig) -> list[Find
     low, high = limits.anteroposterior_mm
     if not low <= dy <= high:
         where = "behind" if dy > 0 else "in front of"
-        found.append(Finding(Rule.POSITION, side, f"centre {abs(dy):.0f} mm {where} the spine's centre, expected {-high:.0f} mm behind to {-low:.0f} mm in front"))
+        expected = f"expected {-high:.0f} mm behind to {-low:.0f} mm in front"
+        found.append(Finding(Rule.POSITION, side, f"centre {abs(dy):.0f} mm {where} the spine's centre, {expected}"))
     return found
 
 
@@ -144,7 +145,10 @@ def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCCon
     if len(measurements.kidneys) == 2:
         heights = abs(measurements.kidneys["left"].centre_mm[2] - measurements.kidneys["right"].centre_mm[2])
         if heights > limits.max_height_difference_mm:
-            found.append(Finding(Rule.POSITION, STUDY, f"the kidneys' centres are {heights:.0f} mm apart in height, more than {limits.max_height_difference_mm:.0f} mm"))
+            found.append(Finding(
+                Rule.POSITION, STUDY,
+                f"the kidneys' centres are {heights:.0f} mm apart in height, more than {limits.max_height_difference_mm:.0f} mm",
+            ))
     return found
 
 

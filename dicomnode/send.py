@@ -10,7 +10,7 @@ import pydicom
 from pynetdicom import AE
 
 from dicomnode.config import Delivery, Destination, NodeConfig
-from dicomnode.store import DEAD, DONE, DELIVERY_FAILED, QUEUED, SENDING, SENT, DeliveryRecord, Store
+from dicomnode.store import DEAD, DELIVERY_FAILED, DONE, QUEUED, SENDING, SENT, DeliveryRecord, Store
 
 log = logging.getLogger(__name__)
 

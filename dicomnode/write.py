@@ -13,8 +13,17 @@ from pydicom.uid import generate_uid
 
 from dicomnode import __version__
 from dicomnode.codes import (
-    ANATOMICAL_STRUCTURE, CUBIC_CENTIMETRE, DISPLAY_LAB, FINDING, KIDNEY, QC_PASSED, QC_RESULT, QC_REVIEW, SIDE_CODES,
-    STRUCTURE_CODES, VOLUME,
+    ANATOMICAL_STRUCTURE,
+    CUBIC_CENTIMETRE,
+    DISPLAY_LAB,
+    FINDING,
+    KIDNEY,
+    QC_PASSED,
+    QC_RESULT,
+    QC_REVIEW,
+    SIDE_CODES,
+    STRUCTURE_CODES,
+    VOLUME,
 )
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements

@@ -47,7 +47,8 @@ def test_volumes_and_sides_match_ground_truth() -> None:
     for side in ("left", "right"):
         for structure in ("parenchyma", "cortex", "medulla"):
             assert result.kidneys[side].volume(structure) == pytest.approx(phantom.volumes_ml[f"{structure}_{side}"], rel=1e-6)
-    assert result.left_split == pytest.approx(phantom.volumes_ml["parenchyma_left"] / (phantom.volumes_ml["parenchyma_left"] + phantom.volumes_ml["parenchyma_right"]))
+    left, right = phantom.volumes_ml["parenchyma_left"], phantom.volumes_ml["parenchyma_right"]
+    assert result.left_split == pytest.approx(left / (left + right))
     assert result.notes == [] and result.midline_source == "spine"
 
 

@@ -19,7 +19,10 @@ LIMITS = QCConfig()
 MODEL = Model("truth", None, {}, "0")
 
 
-def _measured(seed: int = 40, grid: Grid = Grid.centred(128, 2.6, 36, 5.0)) -> tuple[Measurements, LoadedSeries, np.ndarray]:
+GRID = Grid.centred(128, 2.6, 36, 5.0)
+
+
+def _measured(seed: int = 40, grid: Grid = GRID) -> tuple[Measurements, LoadedSeries, np.ndarray]:
     phantom = make_phantom(seed, grid=grid, ckd_stage=0)
     series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     labels = np.zeros_like(phantom.labels)
@@ -80,7 +83,12 @@ def test_cut_off_by_the_field_of_view() -> None:
 
 @pytest.mark.parametrize(
     "offset, why",
-    [((3.0, -10.0), "on the spine"), ((75.0, -150.0), "far in front: bowel or liver"), ((-75.0, -10.0), "on the wrong side"), ((75.0, 60.0), "behind the spine")],
+    [
+        ((3.0, -10.0), "on the spine"),
+        ((75.0, -150.0), "far in front: bowel or liver"),
+        ((-75.0, -10.0), "on the wrong side"),
+        ((75.0, 60.0), "behind the spine"),
+    ],
 )
 def test_not_beside_the_spine(good: Measurements, offset: tuple[float, float], why: str) -> None:
     assert _rules(_with_left(good, spine_offset_mm=offset)) == {(Rule.POSITION, "left")}, why

@@ -60,7 +60,8 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
 
     # The node loads the exported model by name from its configuration and runs a study with it.
     config = tmp_path / "node.yaml"
-    config.write_text(yaml.safe_dump({"model": {"folder": str(models), "name": "tiny", "device": "cpu"}, "storage": "s", "database": "d.sqlite", "results": "r"}))
+    settings = {"model": {"folder": str(models), "name": "tiny", "device": "cpu"}, "storage": "s", "database": "d.sqlite", "results": "r"}
+    config.write_text(yaml.safe_dump(settings))
     study = write_study(5, tmp_path / "study", grid=Grid.centred(64, 5.6, 20, 8.0))
     result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "--config", str(config), "run", str(tmp_path / "study"), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, env=env, timeout=600)

@@ -144,7 +144,10 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
         "mean": {r: {m: evaluation.mean(r, m) for m in ("dice", "jaccard", "volume_error_pct")} for r in REGIONS},
         "groups": {g: {r: evaluation.mean(r, "dice", g) for r in REGIONS} for g in evaluation.groups()},
         "anova": {r: evaluation.anova(r) for r in REGIONS},
-        "per_case": [{"case": c.case_id, "group": c.group, **{r: {**asdict(s), "volume_error_pct": s.volume_error_pct} for r, s in c.regions.items()}} for c in evaluation.cases],
+        "per_case": [
+            {"case": c.case_id, "group": c.group, **{r: {**asdict(s), "volume_error_pct": s.volume_error_pct} for r, s in c.regions.items()}}
+            for c in evaluation.cases
+        ],
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     lines = [
@@ -165,10 +168,15 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
         result = evaluation.anova(r)
         lines.append("")
         lines.append(f"ANOVA {r}: " + (f"F = {result[0]:.3f}, p = {result[1]:.3f}" if result else "not computed (fewer than two groups of two cases)"))
-    lines += ["", "## Per case", "", "| case | group | parenchyma Dice | cortex Dice | parenchyma ml (ref / pred) | cortex ml (ref / pred) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "", "## Per case", "",
+        "| case | group | parenchyma Dice | cortex Dice | parenchyma ml (ref / pred) | cortex ml (ref / pred) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for c in evaluation.cases:
         p, k = c.regions["parenchyma"], c.regions["cortex"]
-        lines.append(f"| {c.case_id} | {c.group} | {p.dice:.4f} | {k.dice:.4f} | {p.reference_ml:.1f} / {p.predicted_ml:.1f} | {k.reference_ml:.1f} / {k.predicted_ml:.1f} |")
+        volumes = f"{p.reference_ml:.1f} / {p.predicted_ml:.1f} | {k.reference_ml:.1f} / {k.predicted_ml:.1f}"
+        lines.append(f"| {c.case_id} | {c.group} | {p.dice:.4f} | {k.dice:.4f} | {volumes} |")
     lines += ["", "Bland-Altman plot: bland_altman.png", ""]
     report = folder / "report.md"
     report.write_text("\n".join(lines))

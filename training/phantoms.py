@@ -172,7 +172,8 @@ def draw_anatomy(seed: int, ckd_stage: int | None = None, hard_cases: bool = Tru
         if rng.random() < 0.5:  # calcified plaques in the aortic wall
             for _ in range(int(rng.integers(1, 4))):
                 angle = rng.uniform(0, 2 * np.pi)
-                lesions.append(Lesion(Label.CALCIFICATION, (15 + 10 * np.cos(angle), 30 + 10 * np.sin(angle), rng.uniform(-60, 60)), rng.uniform(1.5, 3), rng.uniform(600, 1000)))
+                centre = (15 + 10 * np.cos(angle), 30 + 10 * np.sin(angle), rng.uniform(-60, 60))
+                lesions.append(Lesion(Label.CALCIFICATION, centre, rng.uniform(1.5, 3), rng.uniform(600, 1000)))
     return Anatomy(
         seed=seed,
         body_axes=(rng.uniform(140, 170), rng.uniform(105, 125)),

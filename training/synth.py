@@ -23,7 +23,15 @@ from training.cases import Case, write_manifest
 from training.phantom_dicom import to_sitk
 from training.phantoms import Grid, Phase
 from training.synth_anatomy import (
-    ATLAS_MM, CREDITS, Atlas, KidneySite, KitsKidney, Tissue, load_atlas, load_kits_kidneys, principal_axis,
+    ATLAS_MM,
+    CREDITS,
+    Atlas,
+    KidneySite,
+    KitsKidney,
+    Tissue,
+    load_atlas,
+    load_kits_kidneys,
+    principal_axis,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

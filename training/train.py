@@ -53,6 +53,7 @@ def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device
     every few epochs), so a long CPU run can be split over several sessions.
     """
     import torch
+
     from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
 
     plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())

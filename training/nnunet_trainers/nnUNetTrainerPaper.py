@@ -15,7 +15,7 @@ class nnUNetTrainerPaper(nnUNetTrainer):
     """nnUNetTrainer with 200 epochs; epochs and iterations per epoch can be shortened by environment."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's own signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-2
         self.num_epochs = int(os.environ.get("DICOMNODE_TRAIN_EPOCHS", 200))
