@@ -13,6 +13,7 @@ Organ parenchyma within the Kidney (anatomic region), which needs no extra code.
 
 from __future__ import annotations
 
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
 KIDNEY = Code("64033007", "SCT", "Kidney")
@@ -25,6 +26,10 @@ TISSUE = Code("85756007", "SCT", "Tissue")
 RENAL_CORTEX = Code("50403003", "SCT", "Renal cortex")
 ORGAN_PARENCHYMA = Code("91772007", "SCT", "Organ parenchyma")
 PRIVATE_SCHEME = "99RENALNODE"
+#: Declared in the Coding Scheme Identification Sequence (0008,0110) of every object that uses the private codes.
+PRIVATE_CODING_SCHEME = CodingSchemeIdentificationItem(
+    designator=PRIVATE_SCHEME, name="dicomnode renal volumetry codes", responsible_organization="dicomnode project"
+)
 RENAL_MEDULLA = Code("RM001", PRIVATE_SCHEME, "Renal medulla")
 CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")
 #: DICOM PS3.16 CID 7464/DCM: "Finding" (121071), the concept name of the QC findings' text items.

@@ -18,6 +18,7 @@ from dicomnode.codes import (
     DISPLAY_LAB,
     FINDING,
     KIDNEY,
+    PRIVATE_CODING_SCHEME,
     QC_PASSED,
     QC_RESULT,
     QC_REVIEW,
@@ -64,7 +65,14 @@ def _equipment(model: Model) -> hd.ContributingEquipment:
     )
 
 
-def write_seg(series: LoadedSeries, measurements: Measurements, model: Model, review: bool = False) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
+def tracking_uids(measurements: Measurements) -> dict[tuple[str, str], str]:
+    """One Tracking UID per structure and side found, shared by its SEG segment and its SR group."""
+    return {(structure, side): generate_uid() for structure, side in SEGMENT_ORDER if side in measurements.kidneys}
+
+
+def write_seg(
+    series: LoadedSeries, measurements: Measurements, model: Model, tracking: dict[tuple[str, str], str], review: bool = False
+) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
     """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
     descriptions, masks, numbers = [], [], {}
     for structure, side in SEGMENT_ORDER:
@@ -79,7 +87,7 @@ def write_seg(series: LoadedSeries, measurements: Measurements, model: Model, re
             segmented_property_type=STRUCTURE_CODES[structure],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=_algorithm(model),
-            tracking_uid=generate_uid(),
+            tracking_uid=tracking[(structure, side)],
             tracking_id=f"{side} renal {structure}",
             anatomic_regions=[KIDNEY],
             display_color=hd.color.CIELabColor(*DISPLAY_LAB[(structure, side)]),
@@ -107,12 +115,19 @@ def write_seg(series: LoadedSeries, measurements: Measurements, model: Model, re
         content_description="Renal cortex, medulla and parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=[_equipment(model)],
+        coding_schemes=[PRIVATE_CODING_SCHEME],
     )
     return seg, numbers
 
 
 def write_sr(
-    series: LoadedSeries, measurements: Measurements, qc: QCReport, seg: pydicom.Dataset, numbers: dict[tuple[str, str], int], model: Model
+    series: LoadedSeries,
+    measurements: Measurements,
+    qc: QCReport,
+    seg: pydicom.Dataset,
+    numbers: dict[tuple[str, str], int],
+    tracking: dict[tuple[str, str], str],
+    model: Model,
 ) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
     verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
@@ -122,7 +137,7 @@ def write_sr(
         kidney = measurements.kidneys[side]
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{side} renal {structure}"),
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[(structure, side)], identifier=f"{side} renal {structure}"),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.SOPClassUID,
                     sop_instance_uid=seg.SOPInstanceUID,
@@ -164,14 +179,16 @@ def write_sr(
         content=report[0],
         series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
         contributing_equipment=[_equipment(model)],
+        coding_schemes=[PRIVATE_CODING_SCHEME],
         **_new_sr_instance(),
     )
 
 
 def write_results(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model) -> Results:
     """SEG and SR of a measured study; where QC failed, both say "QC: review" and the SR lists every finding."""
-    seg, numbers = write_seg(series, measurements, model, review=not qc.passed)
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, model))
+    tracking = tracking_uids(measurements)
+    seg, numbers = write_seg(series, measurements, model, tracking, review=not qc.passed)
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model))
 
 
 def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:

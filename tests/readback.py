@@ -14,6 +14,7 @@ class SrGroup:
     """One TID 1411 group: its tracking identifier, referenced segment and volume."""
 
     identifier: str
+    tracking_uid: str
     segment_number: int
     seg_uid: str
     volume_ml: float
@@ -29,11 +30,13 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
         if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
             continue
         for group in item.ContentSequence:
-            identifier, segment, seg_uid, volume, unit, qc, findings = "", 0, "", float("nan"), "", "", []
+            identifier, uid, segment, seg_uid, volume, unit, qc, findings = "", "", 0, "", float("nan"), "", "", []
             for child in group.ContentSequence:
                 code = child.ConceptNameCodeSequence[0].CodeValue
                 if code == "112039":  # Tracking Identifier
                     identifier = child.TextValue
+                elif code == "112040":  # Tracking Unique Identifier
+                    uid = child.UID
                 elif child.ValueType == "IMAGE" and "ReferencedSegmentNumber" in child.ReferencedSOPSequence[0]:
                     segment = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
                     seg_uid = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
@@ -44,7 +47,7 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
                     qc = child.ConceptCodeSequence[0].CodeMeaning
                 elif child.ValueType == "TEXT" and code == "121071":
                     findings.append(child.TextValue)
-            groups.append(SrGroup(identifier, segment, seg_uid, volume, unit, qc, findings))
+            groups.append(SrGroup(identifier, uid, segment, seg_uid, volume, unit, qc, findings))
     return groups
 
 

@@ -77,5 +77,9 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     reported = [text for g in groups for text in g.findings]
     assert set(outcome.qc.lines()) <= set(reported)
     assert study.findings[0] == outcome.qc.verdict
+    segment_uids = {s.SegmentLabel.lower(): s.TrackingUID for s in seg.SegmentSequence}
+    assert {g.identifier: g.tracking_uid for g in volumes} == segment_uids  # one UID per structure and side in both
+    for ds in (seg, sr):  # the private scheme used for medulla and the QC verdict is declared (PS3.3 C.12.1.1.4)
+        assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == ["99RENALNODE"]
     for _, path in save_results(outcome.results, tmp_path):
         assert dciodvfy(path) == [], path.name
