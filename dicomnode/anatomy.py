@@ -25,6 +25,9 @@ SPINE_OFF_CENTRE_MM = 60.0
 VERTEBRAL_BODY_MM2 = 600.0
 #: Typical depth (mm) of a lumbar vertebral body and spinal canal in front of the arch (about 30 + 15 mm).
 BODY_AND_CANAL_MM = 40.0
+#: Where a kidney's centre lies relative to the vertebra's centre on its slices (mm): to either side, and from in
+#: front (-) to behind (+). Used to pick kidneys among predicted components and, by default, by QC.
+KIDNEY_LATERAL_MM, KIDNEY_ANTEROPOSTERIOR_MM = (20.0, 150.0), (-90.0, 40.0)
 
 
 def canonical_flips(direction: np.ndarray) -> tuple[int, ...]:

@@ -9,6 +9,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM
+
 
 @dataclass(frozen=True)
 class TLSConfig:
@@ -93,8 +95,8 @@ class QCConfig:
     kidney_hu: tuple[float, float] = (0.0, 350.0)  # mean attenuation of the parenchyma
     cortex_share: tuple[float, float] = (0.2, 0.9)  # cortex / parenchyma
     min_corticomedullary_hu: float = 15.0  # cortex minus medulla, checked unless the image shows another phase
-    lateral_mm: tuple[float, float] = (20.0, 150.0)  # kidney centre to the side of the spine's centre
-    anteroposterior_mm: tuple[float, float] = (-90.0, 40.0)  # kidney centre from the spine's centre (+: behind)
+    lateral_mm: tuple[float, float] = KIDNEY_LATERAL_MM  # kidney centre to the side of the spine's centre
+    anteroposterior_mm: tuple[float, float] = KIDNEY_ANTEROPOSTERIOR_MM  # kidney centre from the spine's centre (+: behind)
     min_spine_share: float = 0.3  # share of a kidney's slices on which the vertebral column must be found
     max_height_difference_mm: float = 100.0  # between the two kidneys' centres
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from dicomnode.anatomy import Midline, canonical_flips, find_midline
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, Segmentation
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
-#: Components smaller than this (ml) are specks, not kidneys.
-MIN_KIDNEY_ML = 10.0
+#: Components smaller than this (ml) are specks, not kidneys; at most this many of the largest are considered.
+MIN_KIDNEY_ML, MAX_CANDIDATES = 10.0, 8
 
 
 @dataclass(frozen=True)
@@ -90,42 +90,66 @@ class Measurements:
 
 
 def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
-    """Keep the two largest kidney-sized components, assign sides from the patient's midline, and measure.
+    """Pick one kidney per side of the patient's midline from the predicted components, and measure them.
 
-    The midline is the vertebral column's centre on the kidneys' slices; where no vertebra is found, the body
-    outline's centre; where neither is found, the point between the two kidneys. LPS: +x is the patient's left.
+    The midline is the vertebral column's centre on the candidates' slices; where no vertebra is found, the body
+    outline's centre; where neither is found, the point between the two largest components. LPS: +x is the
+    patient's left. On each side the kidney is the largest component lying where a kidney lies (beside the spine,
+    at its depth), preferring one inside the field of view (the pelvis and the lung bases often reach the image's
+    edge; kidneys rarely do); where none lies there, the largest component. Everything else is stray prediction.
     """
     labels = segmentation.labels
     parenchyma = labels > 0
     components, count = ndimage.label(parenchyma, structure=np.ones((3, 3, 3), bool))
+    predicted_ml = float(parenchyma.sum() * series.voxel_ml)
     if count == 0:
         return Measurements({}, midline_source="nothing", predicted_ml=0.0)
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(parenchyma, components, index=index)
-    kept = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
-    centres = {c: series.to_patient(np.array(ndimage.center_of_mass(components == c))) for c in kept}
-    kidney_slices = np.unique(np.nonzero(np.isin(components, kept))[0]) if kept else np.array([], int)
-    midline = _midline(series, kidney_slices)
-    midline_x, source = midline.x_at(_canonical_slices(series, kidney_slices))
+    sizes = ndimage.sum_labels(parenchyma, components, index=np.arange(1, count + 1))
+    candidates = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
+    if not candidates:
+        return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml)
+    boxes = ndimage.find_objects(components)
+    centres = {c: series.to_patient(np.array(ndimage.center_of_mass(parenchyma, components, c))) for c in candidates}
+    slices = np.unique(np.concatenate([np.arange(boxes[c - 1][0].start, boxes[c - 1][0].stop) for c in candidates]))
+    midline = _midline(series, slices)
+    midline_x, source = midline.x_at(_canonical_slices(series, slices))
     if not np.isfinite(midline_x):
-        midline_x = float(np.mean([c[0] for c in centres.values()])) if len(kept) == 2 else float("nan")
-        source = "the two kidneys" if len(kept) == 2 else "nothing"
+        largest = candidates[:2]
+        midline_x = float(np.mean([centres[c][0] for c in largest])) if len(largest) == 2 else float("nan")
+        source = "the two kidneys" if len(largest) == 2 else "nothing"
+    if not np.isfinite(midline_x):
+        return Measurements({}, ["one kidney-sized component and no landmark for the midline: its side is unknown"], midline_x, source, predicted_ml)
+    offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
+    inside = {c: not _box_touches_edge(boxes[c - 1], components.shape) for c in candidates}
+    ranked = sorted(candidates, key=lambda c: (_in_kidney_place(offsets[c][0]), inside[c], sizes[c - 1]), reverse=True)
     kidneys: dict[str, KidneyMeasurement] = {}
     notes: list[str] = []
-    for component in kept:
-        centre = centres[component]
-        if not np.isfinite(midline_x):
-            notes.append("one kidney-sized component and no landmark for the midline: its side is unknown")
-            continue
-        side = "left" if centre[0] > midline_x else "right"
-        if side in kidneys:
-            notes.append(f"two kidney-sized components on the {side} side of the midline; the smaller one was ignored")
-            continue
-        kidneys[side] = _kidney(series, labels, components == component, side, centre, midline)
-    return Measurements(
-        kidneys, notes, midline_x=midline_x, midline_source=source,
-        predicted_ml=float(parenchyma.sum() * series.voxel_ml),
-    )
+    for component in ranked:
+        side = "left" if centres[component][0] > midline_x else "right"
+        if side not in kidneys:
+            kidneys[side] = _kidney(series, labels, components == component, side, centres[component], boxes[component - 1], offsets[component])
+        elif _in_kidney_place(offsets[component][0]):
+            notes.append(f"two kidney-sized components beside the spine on the {side} side; the smaller one was left out")
+    return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml)
+
+
+def _spine_offset(series: LoadedSeries, box: tuple[slice, ...], centre: np.ndarray, midline: Midline) -> tuple[tuple[float, float] | None, float]:
+    """A component's centre relative to the spine's centre on its slices (x, y mm), and the share of its slices on
+    which a vertebra was found."""
+    slices = _canonical_slices(series, np.arange(box[0].start, box[0].stop))
+    found = np.isfinite(midline.spine_x[slices])
+    if not found.any():
+        return None, 0.0
+    spine = (float(np.median(midline.spine_x[slices][found])), float(np.median(midline.spine_y[slices][found])))
+    return (float(centre[0] - spine[0]), float(centre[1] - spine[1])), float(found.mean())
+
+
+def _in_kidney_place(offset: tuple[float, float] | None) -> bool:
+    """Beside the spine and at its depth (unknown where no spine was found: then size alone decides)."""
+    if offset is None:
+        return False
+    (low, high), (front, back) = KIDNEY_LATERAL_MM, KIDNEY_ANTEROPOSTERIOR_MM
+    return low <= abs(offset[0]) <= high and front <= offset[1] <= back
 
 
 def _midline(series: LoadedSeries, slices: np.ndarray) -> Midline:
@@ -148,15 +172,12 @@ def _canonical_slices(series: LoadedSeries, slices: np.ndarray) -> np.ndarray:
     return (series.hu.shape[0] - 1 - slices) if 0 in flipped else slices
 
 
-def _kidney(series: LoadedSeries, labels: np.ndarray, mask: np.ndarray, side: str, centre: np.ndarray, midline: Midline) -> KidneyMeasurement:
+def _kidney(
+    series: LoadedSeries, labels: np.ndarray, mask: np.ndarray, side: str, centre: np.ndarray, box: tuple[slice, ...],
+    offset: tuple[tuple[float, float] | None, float],
+) -> KidneyMeasurement:
     cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
     extent = max((s.stop - s.start) * d for s, d in zip(box, (series.spacing[2], series.spacing[1], series.spacing[0])))
-    slices = _canonical_slices(series, np.arange(box[0].start, box[0].stop))
-    found = np.isfinite(midline.spine_x[slices])
-    offset = None
-    if found.any():
-        offset = (float(centre[0] - np.median(midline.spine_x[slices][found])), float(centre[1] - np.median(midline.spine_y[slices][found])))
     return KidneyMeasurement(
         side,
         float(mask.sum() * series.voxel_ml),
@@ -169,9 +190,13 @@ def _kidney(series: LoadedSeries, labels: np.ndarray, mask: np.ndarray, side: st
         (float(centre[0]), float(centre[1]), float(centre[2])),
         float(extent),
         _touches_edge(mask),
-        offset,
-        float(found.mean()),
+        offset[0],
+        offset[1],
     )
+
+
+def _box_touches_edge(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    return any(s.start == 0 or s.stop == n for s, n in zip(box, shape))
 
 
 def _touches_edge(mask: np.ndarray) -> bool:

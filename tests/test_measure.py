@@ -92,7 +92,16 @@ def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
     labels[:6, 40:46, 8:14] = CORTEX  # ... and a 17 ml block low down at the body's right side
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"right"}
-    assert result.notes == ["two kidney-sized components on the right side of the midline; the smaller one was ignored"]
+    assert result.notes == ["two kidney-sized components beside the spine on the right side; the smaller one was left out"]
+
+
+def test_a_larger_component_out_of_a_kidneys_place_is_not_taken_for_the_kidney() -> None:
+    phantom, series, labels = _series_and_truth(27)
+    labels[:, 5:20, 30:66] = CORTEX  # 400+ ml in front of the spine, e.g. bowel or liver taken for kidney
+    result = measure(series, Segmentation(labels, MODEL, "cpu"))
+    for side in ("left", "right"):
+        assert result.kidneys[side].parenchyma_ml == pytest.approx(phantom.volumes_ml[f"parenchyma_{side}"], rel=1e-6)
+    assert result.predicted_ml - result.total_parenchyma_ml > 400
 
 
 def test_specks_are_ignored_and_a_missing_kidney_is_absent() -> None:
