@@ -17,6 +17,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+#: Environment of the dcmtk and Orthanc peers: Debian's builds keep Nagle's algorithm on unless TCP_NODELAY is set,
+#: which throttles them to about 22 images/s on loopback; every peer runs at its best.
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def free_port() -> int:
@@ -37,7 +40,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
 
 
 def echoscu(port: int, called: str, calling: str = "ECHOSCU") -> bool:
-    result = subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)], capture_output=True)
+    result = subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)], capture_output=True, env=PEER_ENV)
     return result.returncode == 0
 
 
@@ -45,7 +48,7 @@ def storescu(port: int, called: str, files: list[Path], calling: str = "STORESCU
     """Send files with dcmtk storescu (one association); ``-R`` offers only the needed contexts."""
     return subprocess.run(
         ["storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=PEER_ENV,
     )
 
 
@@ -87,7 +90,7 @@ class Orthanc:
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = open(self.folder / "orthanc.log", "ab")
-        self.process = subprocess.Popen(["Orthanc", str(self.folder / "orthanc.json")], stdout=log, stderr=log)
+        self.process = subprocess.Popen(["Orthanc", str(self.folder / "orthanc.json")], stdout=log, stderr=log, env=PEER_ENV)
         wait_for(self._alive, 60, what="Orthanc to start")
 
     def stop(self) -> None:
