@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy import ndimage
 
 from dicomnode.anatomy import canonical_flips
 from dicomnode.load import LoadedSeries
@@ -80,13 +81,43 @@ class Segmenter:
         log.info("model %s loaded on %s (mirroring %s)", model.name, self.device, "on" if mirroring else "off")
 
     def segment(self, series: LoadedSeries) -> Segmentation:
-        """Predict on the series, flipped into the axis directions the model was trained in and back."""
+        """Predict on the series, flipped into the axis directions the model was trained in and back.
+
+        A series finer than the model's spacing is first reduced to it here (smoothed, then linearly resampled), and
+        the labels are brought back to the series grid by nearest neighbour: nnU-Net would otherwise resample its
+        class probabilities to the full grid, several GB for a thin-slice abdomen.
+        """
         flips = canonical_flips(series.direction)
         volume = np.flip(series.hu, flips) if flips else series.hu
-        spacing = [float(series.spacing[2]), float(series.spacing[1]), float(series.spacing[0])]
+        spacing = np.array([series.spacing[2], series.spacing[1], series.spacing[0]], float)
+        coarse = np.maximum(spacing, np.array(self.predictor.configuration_manager.spacing, float))
+        reduce = bool(np.any(coarse > REDUCE_ABOVE * spacing))
+        if reduce:
+            shape = np.maximum(np.round(np.array(volume.shape) * spacing / coarse).astype(int), 1)
+            volume = reduced(volume, shape)
         labels = self.predictor.predict_single_npy_array(
-            np.ascontiguousarray(volume, dtype=np.float32)[None], {"spacing": spacing}, None, None, False
+            np.ascontiguousarray(volume, dtype=np.float32)[None], {"spacing": [float(v) for v in (coarse if reduce else spacing)]}, None, None, False
         )
         labels = np.asarray(labels, dtype=np.uint8)
+        if reduce:
+            labels = nearest_resize(labels, series.hu.shape)
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device)
+
+
+#: A series is reduced to the model's spacing before prediction where it is finer by more than this factor.
+REDUCE_ABOVE = 1.2
+
+
+def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing."""
+    factors = np.array(volume.shape) / shape
+    sigma = np.where(factors > 1, (factors - 1) / 2, 0.0)
+    smooth = ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma) if np.any(sigma) else volume
+    return ndimage.zoom(smooth, shape / np.array(volume.shape), order=1, grid_mode=True, mode="nearest")
+
+
+def nearest_resize(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels brought to ``shape`` by nearest neighbour, voxel centres aligned."""
+    index = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, labels.shape)]
+    return labels[np.ix_(*index)]
 
