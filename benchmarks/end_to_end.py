@@ -1,5 +1,6 @@
 """End to end: seconds from the last instance sent (dcmtk storescu) to SEG and SR stored in Orthanc, for a
-100-slice 5 mm study and a 500-slice 1 mm study (512 x 512), split into stages from the node's job record.
+100-slice 5 mm, a 500-slice 1 mm and a 600-slice 1 mm study (512 x 512), split into stages from the node's job
+record, with the node's peak memory.
 
     .venv/bin/python -m benchmarks.end_to_end [--studies 100x5 500x1]
 """
@@ -22,7 +23,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
     orthanc = Orthanc(work / "orthanc")
     orthanc.start()
     node = NodeProcess(work / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-                       extra={"quiet_period_s": 2})
+                       extra={"quiet_period_s": 2, "qc": {"on_fail": "flag"}})  # results are sent whatever QC finds
     node.start()
     try:
         if mirroring:
@@ -35,29 +36,39 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         wait_for(lambda: orthanc.instances_of_modality("SEG") and orthanc.instances_of_modality("SR"), 3600, 0.5, "results")
         stored = time.time()
         job = node.status()[0]
+        peak_gib = peak_rss_gib(node.process.pid)
     finally:
         node.stop()
         orthanc.stop()
     figures = {"total": stored - last_sent, "wait": job["created_at"] - last_sent}
     figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
     figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes 0.5 s polling
+    figures["peak GiB"] = peak_gib
     return figures
+
+
+def peak_rss_gib(pid: int) -> float:
+    """Peak resident memory of a process so far (VmHWM), in GiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--studies", nargs="+", default=["100x5", "500x1"], help="SLICESxMM")
+    parser.add_argument("--studies", nargs="+", default=["100x5", "500x1", "600x1"], help="SLICESxMM")
     parser.add_argument("--mirroring", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record;")
     print("'send' = processing finished -> both results found in Orthanc (polled every 0.5 s)")
-    print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in ("total", "wait", *STAGES, "send")))
+    columns = ("total", "wait", *STAGES, "send", "peak GiB")
+    print("peak GiB = the node process's peak resident memory (VmHWM) after the study")
+    print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in columns))
     for spec in args.studies:
         slices, mm = spec.split("x")
         with tempfile.TemporaryDirectory() as tmp:
             figures = run_one(Path(tmp), int(slices), float(mm), args.mirroring)
-        print(f"{spec + ' mm':>12} " + " ".join(f"{figures[name]:8.1f}" for name in ("total", "wait", *STAGES, "send")))
+        print(f"{spec + ' mm':>12} " + " ".join(f"{figures[name]:8.1f}" for name in columns))
         slowest = max(("wait", *STAGES, "send"), key=lambda name: figures[name])
         print(f"{'':>12} slowest stage: {slowest}")
 
