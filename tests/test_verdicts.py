@@ -1,4 +1,5 @@
-"""A study whose instances name different patients gives no result and no SR, with the series named."""
+"""Studies that must give a verdict, not a result: instances naming different patients (no SR at all), and an
+arterial series whose pixel description is wrong (refused with the attribute named, never measured)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
+from dicomnode.select import NO_ARTERIAL
 from dicomnode.select import patient_conflicts, summarise
 from dicomnode.store import NO_RESULT, Instance
 from training.phantom_dicom import write_study
@@ -61,3 +64,19 @@ def test_a_blank_name_in_one_series_is_no_conflict(tmp_path: Path) -> None:
     study, instances = _study(tmp_path)
     _set(study.by_phase(Phase.NONCONTRAST).files, PatientName="")
     assert patient_conflicts(summarise(instances)) == []
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7}, "BitsAllocated"),  # 16-bit pixels declared 8-bit
+        ({"PixelRepresentation": 0}, "PixelRepresentation"),  # signed pixels declared unsigned: -1000 reads 64536
+    ],
+)
+def test_arterial_series_with_a_wrong_pixel_description_is_refused_not_measured(tmp_path: Path, values: dict, named: str) -> None:
+    study, instances = _study(tmp_path)
+    _set(study.by_phase(Phase.ARTERIAL).files, **values)
+    outcome = process_study(instances, NodeConfig(), NeverCalled())
+    assert outcome.state == NO_RESULT and outcome.verdict in ("arterial series refused", NO_ARTERIAL), outcome
+    assert any(named in reason for reason in outcome.reasons), outcome.reasons
+    assert outcome.measurements is None and outcome.results is None
