@@ -12,8 +12,7 @@ from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
-from dicomnode.select import NO_ARTERIAL
-from dicomnode.select import patient_conflicts, summarise
+from dicomnode.select import NO_ARTERIAL, patient_conflicts, summarise
 from dicomnode.store import NO_RESULT, Instance
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
