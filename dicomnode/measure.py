@@ -71,9 +71,9 @@ class Measurements:
         total = self.total_parenchyma_ml
         return self.kidneys["left"].parenchyma_ml / total if total and "left" in self.kidneys else None
 
-    def summary(self) -> dict[str, float | None | list[str]]:
+    def summary(self) -> dict[str, object]:
         """Plain figures for the job record."""
-        figures: dict[str, float | None | list[str]] = {
+        figures: dict[str, object] = {
             f"{structure}_{side}_ml": round(k.volume(structure), 2) for side, k in self.kidneys.items() for structure in STRUCTURES
         }
         for side, k in self.kidneys.items():

@@ -14,6 +14,7 @@ import yaml
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
 TINY = ["--matrix", "64", "--pixel-mm", "5.6", "--slices", "20", "--slice-mm", "8"]
 
 
@@ -57,6 +58,15 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "eval" / "bland_altman.png").stat().st_size > 10_000
     recorded = yaml.safe_load((models / "tiny" / "model.yaml").read_text())["metrics"]["evaluation"]
     assert recorded["cases"] == 4 and recorded["parenchyma_dice"] == pytest.approx(metrics["mean"]["parenchyma"]["dice"], abs=1e-4)
+
+    if REAL.exists():  # real pixels with per-side masks: the node's own segment -> measure -> QC path, per side
+        report = _cli("evaluate-real", "--model", str(models / "tiny"), "--image", str(REAL / "example_ct.nii.gz"),
+                      "--left", str(REAL / "example_ct_labels" / "kidney_left.nii.gz"),
+                      "--right", str(REAL / "example_ct_labels" / "kidney_right.nii.gz"),
+                      "--reference", "TotalSegmentator v1 (a model)", "--out", str(tmp_path / "real"), "--device", "cpu", env=env)
+        scores = json.loads((tmp_path / "real" / "real_ct.json").read_text())[0]
+        assert [(s["side"], s["reference_ml"]) for s in scores["sides"]] == [("left", 138.9), ("right", 188.8)]
+        assert "TotalSegmentator v1 (a model)" in report and scores["qc_verdict"].startswith("QC ")
 
     # The node loads the exported model by name from its configuration and runs a study with it.
     config = tmp_path / "node.yaml"
