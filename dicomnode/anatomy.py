@@ -108,8 +108,11 @@ class Midline:
         return float("nan"), "nothing"
 
 
-def find_midline(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, step_mm: float = 2.5) -> Midline:
-    """Spine and body centre on every slice of a volume in patient axes; slices thinned in-plane to ~``step_mm``.
+def find_midline(
+    hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, slices: np.ndarray | None = None, step_mm: float = 2.5
+) -> Midline:
+    """Spine and body centre on the given slices (default all) of a volume in patient axes, thinned in-plane to
+    about ``step_mm``; NaN on the others.
 
     ``origin`` is the patient position (x, y, z) of voxel [0, 0, 0] and ``spacing`` the (x, y, z) voxel size.
     """
@@ -117,7 +120,7 @@ def find_midline(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, step_m
     pixel = (float(spacing[0] * stride), float(spacing[1] * stride))
     nz = hu.shape[0]
     spine_x, spine_y, body_x = (np.full(nz, np.nan) for _ in range(3))
-    for k in range(nz):
+    for k in range(nz) if slices is None else slices:
         marks = slice_landmarks(hu[k, ::stride, ::stride], pixel)
         if marks is None:
             continue

@@ -155,15 +155,7 @@ def _in_kidney_place(offset: tuple[float, float] | None) -> bool:
 def _midline(series: LoadedSeries, slices: np.ndarray) -> Midline:
     """Spine and body centre on the given slices (array order), found on the volume in patient axes."""
     hu, corner = series.canonical()
-    wanted = _canonical_slices(series, slices)
-    subset = np.zeros(hu.shape[0], bool)
-    subset[wanted] = True
-    spacing = np.array(series.spacing)
-    full = find_midline(hu[subset], corner, spacing)
-    out = Midline(*(np.full(hu.shape[0], np.nan) for _ in range(3)))
-    for values, target in zip((full.spine_x, full.spine_y, full.body_x), (out.spine_x, out.spine_y, out.body_x)):
-        target[subset] = values
-    return out
+    return find_midline(hu, corner, np.array(series.spacing), _canonical_slices(series, slices))
 
 
 def _canonical_slices(series: LoadedSeries, slices: np.ndarray) -> np.ndarray:
