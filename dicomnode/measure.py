@@ -15,6 +15,8 @@ STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
 #: Components smaller than this (ml) are specks, not kidneys; at most this many of the largest are considered.
 MIN_KIDNEY_ML, MAX_CANDIDATES = 10.0, 8
+#: Two kidneys' centres at most this far apart in height (mm) count as a pair.
+SAME_HEIGHT_MM = 100.0
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,9 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
 
     The midline is the vertebral column's centre on the candidates' slices; where no vertebra is found, the body
     outline's centre; where neither is found, the point between the two largest components. LPS: +x is the
-    patient's left. On each side the kidney is the largest component lying where a kidney lies (beside the spine,
-    at its depth), preferring one inside the field of view (the pelvis and the lung bases often reach the image's
-    edge; kidneys rarely do); where none lies there, the largest component. Everything else is stray prediction.
+    patient's left. The two kidneys are the pair of components, one per side, that best lie where kidneys lie:
+    beside the spine at its depth, at one height, inside the field of view (the pelvis and the lung bases often
+    reach the image's edge; kidneys rarely do), and then the largest. Everything else is stray prediction.
     """
     labels = segmentation.labels
     parenchyma = labels > 0
@@ -120,16 +122,27 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     if not np.isfinite(midline_x):
         return Measurements({}, ["one kidney-sized component and no landmark for the midline: its side is unknown"], midline_x, source, predicted_ml)
     offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
+    sides = {c: "left" if centres[c][0] > midline_x else "right" for c in candidates}
+    in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
     inside = {c: not _box_touches_edge(boxes[c - 1], components.shape) for c in candidates}
-    ranked = sorted(candidates, key=lambda c: (_in_kidney_place(offsets[c][0]), inside[c], sizes[c - 1]), reverse=True)
+
+    def preference(pair: tuple[int | None, int | None]) -> tuple[int, bool, int, float]:
+        """Kidneys in their place first, then at one height, then inside the field of view, then the larger."""
+        chosen = [c for c in pair if c is not None]
+        heights = [centres[c][2] for c in chosen]
+        same_height = len(chosen) == 2 and abs(heights[0] - heights[1]) <= SAME_HEIGHT_MM
+        return (sum(in_place[c] for c in chosen), same_height, sum(inside[c] for c in chosen), float(sum(sizes[c - 1] for c in chosen)))
+
+    left = [c for c in candidates if sides[c] == "left"] + [None]
+    right = [c for c in candidates if sides[c] == "right"] + [None]
+    best = max(((lc, rc) for lc in left for rc in right), key=preference)
     kidneys: dict[str, KidneyMeasurement] = {}
     notes: list[str] = []
-    for component in ranked:
-        side = "left" if centres[component][0] > midline_x else "right"
-        if side not in kidneys:
+    for side, component in zip(SIDES, best):
+        if component is not None:
             kidneys[side] = _kidney(series, labels, components == component, side, centres[component], boxes[component - 1], offsets[component])
-        elif _in_kidney_place(offsets[component][0]):
-            notes.append(f"two kidney-sized components beside the spine on the {side} side; the smaller one was left out")
+        if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
+            notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml)
 
 

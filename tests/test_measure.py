@@ -92,7 +92,7 @@ def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
     labels[:6, 40:46, 8:14] = CORTEX  # ... and a 17 ml block low down at the body's right side
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"right"}
-    assert result.notes == ["two kidney-sized components beside the spine on the right side; the smaller one was left out"]
+    assert result.notes == ["more than one kidney-sized component beside the spine on the right side; one was kept"]
 
 
 def test_a_larger_component_out_of_a_kidneys_place_is_not_taken_for_the_kidney() -> None:
@@ -119,3 +119,18 @@ def test_no_kidney() -> None:
     _, series, labels = _series_and_truth(23)
     result = measure(series, Segmentation(np.zeros_like(labels), MODEL, "cpu"))
     assert result.kidneys == {} and result.predicted_ml == 0.0
+
+
+def test_the_pair_at_one_height_is_taken_over_a_component_lower_down() -> None:
+    phantom = make_phantom(28, grid=Grid.centred(96, 3.6, 44, 6.0))
+    labels = np.zeros_like(phantom.labels)
+    labels[phantom.labels == Label.MEDULLA] = MEDULLA
+    labels[phantom.labels == Label.CORTEX] = CORTEX
+    last = int(np.nonzero(labels.any(axis=(0, 1)))[0].max())  # the left kidney's last column (+x is left)
+    labels, image = labels[:, :, : last + 1], phantom.image[:, :, : last + 1].astype(np.float32)  # it now reaches the edge
+    labels[1:4, 56:62, last - 12: last - 2] = CORTEX  # 14 ml beside the spine on the left, 110 mm lower, inside the image
+    grid = phantom.grid
+    series = LoadedSeries([], image, np.array(grid.origin), np.array(grid.spacing), np.eye(3))
+    result = measure(series, Segmentation(labels, MODEL, "cpu"))
+    assert result.kidneys["left"].parenchyma_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"], rel=1e-6)
+    assert result.kidneys["left"].touches_edge

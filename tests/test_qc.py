@@ -128,7 +128,7 @@ def test_series_that_is_not_arterial(good: Measurements, phase: ImagePhase) -> N
 
 def test_sides_without_landmarks(good: Measurements) -> None:
     assert _rules(replace(good, midline_source="the two kidneys")) == {(Rule.SIDES, "study")}
-    noted = replace(good, notes=["two kidney-sized components on the left side of the midline; the smaller one was ignored"])
+    noted = replace(good, notes=["more than one kidney-sized component beside the spine on the left side; one was kept"])
     assert _rules(noted) == {(Rule.SIDES, "study")}
 
 
