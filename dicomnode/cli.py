@@ -57,7 +57,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         print("no jobs yet")
     for job in jobs:
         when = dt.datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state:<15} {when}  {job.verdict or ''}")
+        outcome = f"({job.outcome.replace('_', ' ')})" if job.outcome and job.outcome != job.state else ""
+        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state:<15} {outcome:<12} {when}  {job.verdict or ''}")
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:

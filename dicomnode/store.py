@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     version INTEGER NOT NULL,
     upto_seq INTEGER NOT NULL,
     state TEXT NOT NULL,
+    outcome TEXT,
     series_uid TEXT,
     verdict TEXT,
     reasons TEXT NOT NULL DEFAULT '[]',
@@ -103,6 +104,7 @@ class Job:
     timings: dict[str, float]
     created_at: float
     updated_at: float
+    outcome: str | None = None  # done (a result), no_result or failed; the state then tracks delivery
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "outcome" not in columns:  # databases made before the outcome was kept apart from the state
+                self._db.execute("ALTER TABLE jobs ADD COLUMN outcome TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -244,8 +249,13 @@ class Store:
 
     # -- deliveries ----------------------------------------------------------------------------------------------
     def finish_job_with_results(self, job_id: int, results: list[tuple[str, Path]], destinations: list[str], **values: object) -> None:
-        """Record the job's outcome and queue each result for each destination, in one transaction."""
+        """Record the job's outcome and queue each result for each destination, in one transaction.
+
+        ``values["state"]`` is the processing outcome; it is kept as ``outcome`` while the state moves on to
+        sending and done as the results are delivered.
+        """
         now = time.time()
+        values.setdefault("outcome", values.get("state"))
         with self._transaction():
             for sop_uid, path in results:
                 for destination in destinations:
@@ -297,7 +307,7 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         row["id"], row["study_uid"], row["version"], row["upto_seq"], row["state"], row["series_uid"], row["verdict"],
         json.loads(row["reasons"]), row["error"], json.loads(row["measurements"]) if row["measurements"] else None,
-        json.loads(row["timings"]), row["created_at"], row["updated_at"],
+        json.loads(row["timings"]), row["created_at"], row["updated_at"], row["outcome"],
     )
 
 

@@ -80,7 +80,7 @@ def test_real_ct_gives_right_volumes_or_none(tmp_path: Path) -> None:
                 continue
             # withheld: a verdict with QC reasons, no SEG, and a text SR without any volume that says why
             # (the job's state tracks the text SR's delivery; its verdict says there was no result)
-            assert job["verdict"] == WITHHELD, job
+            assert job["verdict"] == WITHHELD and job["outcome"] == "no_result", job
             qc_reasons = [r for r in job["reasons"] if r.startswith("QC ")]
             assert qc_reasons, job["reasons"]
             assert results["SEG"] == [] and len(results["SR"]) == 1

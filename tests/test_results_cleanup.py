@@ -1,4 +1,5 @@
-"""Result files of a run killed before its outcome was recorded are removed at start; recorded ones stay."""
+"""Result files of a run killed before its outcome was recorded are removed at start; recorded ones stay; the
+outcome of a job is kept apart from the state of its deliveries."""
 
 from __future__ import annotations
 
@@ -29,4 +30,30 @@ def test_unrecorded_results_are_removed_and_recorded_ones_kept(tmp_path: Path) -
     assert sorted(removed) == sorted([orphan.parent, stray.parent])
     assert sent.exists() and not orphan.exists() and not stray.exists()
     assert remove_unrecorded_results(results, store.jobs()) == []
+    store.close()
+
+
+def test_outcome_is_kept_apart_from_the_delivery_state(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.sqlite")
+    job = store.create_job("1.2.1", 10)
+    text_sr = _result(tmp_path / "results", "1.2.1", job.version)
+    store.finish_job_with_results(job.id, [("1.2.3", text_sr)], ["pacs"], state="no_result", verdict="QC failed: volumes withheld", reasons=[])
+    assert (store.jobs()[0].state, store.jobs()[0].outcome) == ("sending", "no_result")
+    store.update_job(job.id, state="done")  # the text SR was delivered
+    assert (store.jobs()[0].state, store.jobs()[0].outcome) == ("done", "no_result")
+    store.close()
+
+
+def test_a_database_from_before_the_outcome_column_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "node.sqlite")
+    old.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+                " upto_seq INTEGER NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
+                " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+    old.execute("INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES ('1.2', 1, 5, 'done', 0, 0)")
+    old.commit()
+    old.close()
+    store = Store(tmp_path / "node.sqlite")
+    assert [(j.state, j.outcome) for j in store.jobs()] == [("done", None)]
     store.close()
