@@ -48,7 +48,8 @@ def ready_studies(
         elif quiet >= quiet_period_s:
             ready.append(ReadyStudy(study, row["max_seq"]))
         else:
-            waiting[study] = f"quiet period: last instance {quiet:.0f} s ago, complete after {quiet_period_s:.0f} s"
+            last = time.strftime("%H:%M:%S", time.localtime(row["last_received_at"]))
+            waiting[study] = f"quiet period: last instance at {last}, complete {quiet_period_s:.0f} s after it"
     return Completion(ready, waiting)
 
 

@@ -49,6 +49,7 @@ class Node:
         self.segmenter = segmenter or load_segmenter(config)
         self.scheduler = BackgroundScheduler()
         self._stopped = threading.Event()
+        self._waiting: dict[str, str] | None = None  # what status last showed as waiting
 
     def start(self) -> None:
         for folder in remove_unrecorded_results(self.config.path(self.config.results), self.store.jobs()):
@@ -72,7 +73,9 @@ class Node:
 
     def complete_studies(self) -> None:
         completion = ready_studies(self.store, self.open.studies(), self.config.quiet_period_s, self.config.max_wait_s)
-        self.store.set_waiting(completion.waiting)
+        if completion.waiting != self._waiting:  # written only when it changes, not every tick
+            self.store.set_waiting(completion.waiting)
+            self._waiting = completion.waiting
         open_jobs(self.store, completion.ready)
 
     def run_pending_jobs(self) -> None:
