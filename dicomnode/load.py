@@ -55,13 +55,12 @@ class LoadedSeries:
         k, j, i = (float(v) for v in index_zyx)
         return self.origin + self.direction @ (np.array([i, j, k]) * self.spacing)
 
-    def canonical(self, array: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``array`` (default ``hu``) flipped into patient axes (columns +x, rows +y, slices +z), as a view, and the
-        patient position of its voxel [0, 0, 0]."""
+    def canonical(self) -> tuple[np.ndarray, np.ndarray]:
+        """``hu`` flipped into patient axes (columns +x, rows +y, slices +z), as a view, and the patient position of
+        its voxel [0, 0, 0]."""
         flips = canonical_flips(self.direction)
-        array = self.hu if array is None else array
         corner = [self.hu.shape[axis] - 1 if axis in flips else 0 for axis in range(3)]
-        return (np.flip(array, flips) if flips else array), self.to_patient(np.array(corner))
+        return (np.flip(self.hu, flips) if flips else self.hu), self.to_patient(np.array(corner))
 
 
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
@@ -144,7 +143,8 @@ def check_pixel_header(ds: pydicom.Dataset) -> None:
         raise PixelDataError(f"{where}: HighBit {high} is not BitsStored - 1 ({int(stored) - 1})")
     if ds.get("PixelRepresentation") not in (0, 1):
         raise PixelDataError(f"{where}: PixelRepresentation {ds.get('PixelRepresentation')} is not 0 or 1")
-    if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
         expected = int(ds.Rows) * int(ds.Columns) * int(bits) // 8
         if len(ds.PixelData) not in (expected, expected + 1):  # one byte of padding to an even length
             raise PixelDataError(
