@@ -100,16 +100,21 @@ class Receiver:
         self.storage.mkdir(parents=True, exist_ok=True)
         for partial in remove_partial_writes(self.storage):
             log.warning("removed %s, left by a write that was cut off", partial)
-        # received data sets go to disk as they arrive, in a folder on the storage's file system so that storing
-        # one is a rename; memory does not grow with instance size
+        self._server = None
+        self._tempdir: str | None = None
+
+    def _receive_to_disk(self) -> None:
+        """Have pynetdicom write data sets to disk as they arrive, in a folder on the storage's file system so that
+        storing one is a rename; memory does not grow with instance size. Both settings are process-wide (pynetdicom
+        offers no other), so :meth:`stop` restores them."""
         incoming = self.storage / INCOMING
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir()
-        tempfile.tempdir = str(incoming)
+        self._tempdir, tempfile.tempdir = tempfile.tempdir, str(incoming)
         _config.STORE_RECV_CHUNKED_DATASET = True
-        self._server = None
 
     def start(self) -> None:
+        self._receive_to_disk()
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_pdu_size = 0
         ae.add_supported_context(Verification)
@@ -136,6 +141,8 @@ class Receiver:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            tempfile.tempdir = self._tempdir
+            _config.STORE_RECV_CHUNKED_DATASET = False
 
     def _ssl_context(self):
         tls = self.config.tls
