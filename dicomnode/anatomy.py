@@ -28,6 +28,9 @@ BODY_AND_CANAL_MM = 40.0
 #: Where a kidney's centre lies relative to the vertebra's centre on its slices (mm): to either side, and from in
 #: front (-) to behind (+). Used to pick kidneys among predicted components and, by default, by QC.
 KIDNEY_LATERAL_MM, KIDNEY_ANTEROPOSTERIOR_MM = (20.0, 150.0), (-90.0, 40.0)
+#: Parenchyma volume (ml) of a kidney: 416 hand-drawn KiTS19 kidneys measure 42.7-430.1 ml (tumour excluded;
+#: ``training/kits19_priors.json``). Used to pick kidneys and, by default, by QC.
+KIDNEY_ML = (40.0, 450.0)
 
 
 def canonical_flips(direction: np.ndarray) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class QCConfig:
     """
 
     on_fail: OnFail = OnFail.WITHHOLD
-    kidney_ml: tuple[float, float] = (40.0, 450.0)  # parenchyma per kidney
+    kidney_ml: tuple[float, float] = KIDNEY_ML  # parenchyma per kidney
     max_extent_mm: float = 200.0  # longest side of a kidney's bounding box
     max_stray_ml: float = 20.0  # predicted kidney outside the two kidneys kept
     kidney_hu: tuple[float, float] = (0.0, 350.0)  # mean attenuation of the parenchyma

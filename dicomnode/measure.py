@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, Midline, canonical_flips, find_midline
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, Segmentation
 
@@ -96,9 +96,9 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
 
     The midline is the vertebral column's centre on the candidates' slices; where no vertebra is found, the body
     outline's centre; where neither is found, the point between the two largest components. LPS: +x is the
-    patient's left. The two kidneys are the pair of components, one per side, that best lie where kidneys lie:
-    beside the spine at its depth, at one height, inside the field of view (the pelvis and the lung bases often
-    reach the image's edge; kidneys rarely do), and then the largest. Everything else is stray prediction.
+    patient's left. The two kidneys are the pair of components, one per side, that best look like kidneys: beside
+    the spine at its depth, of a kidney's volume, at one height, inside the field of view (the pelvis and the lung
+    bases often reach the image's edge; kidneys rarely do), and then the largest. Everything else is stray.
     """
     labels = segmentation.labels
     parenchyma = labels > 0
@@ -126,12 +126,17 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
     inside = {c: not _box_touches_edge(boxes[c - 1], components.shape) for c in candidates}
 
-    def preference(pair: tuple[int | None, int | None]) -> tuple[int, bool, int, float]:
-        """Kidneys in their place first, then at one height, then inside the field of view, then the larger."""
+    kidney_sized = {c: KIDNEY_ML[0] <= sizes[c - 1] * series.voxel_ml <= KIDNEY_ML[1] for c in candidates}
+
+    def preference(pair: tuple[int | None, int | None]) -> tuple[int, int, bool, int, float]:
+        """Kidneys in their place first, then of a kidney's size, at one height, inside the field of view, larger."""
         chosen = [c for c in pair if c is not None]
         heights = [centres[c][2] for c in chosen]
         same_height = len(chosen) == 2 and abs(heights[0] - heights[1]) <= SAME_HEIGHT_MM
-        return (sum(in_place[c] for c in chosen), same_height, sum(inside[c] for c in chosen), float(sum(sizes[c - 1] for c in chosen)))
+        return (
+            sum(in_place[c] for c in chosen), sum(kidney_sized[c] for c in chosen), same_height,
+            sum(inside[c] for c in chosen), float(sum(sizes[c - 1] for c in chosen)),
+        )
 
     left = [c for c in candidates if sides[c] == "left"] + [None]
     right = [c for c in candidates if sides[c] == "right"] + [None]
