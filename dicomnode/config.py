@@ -48,7 +48,7 @@ class ModelConfig:
     """Which model segments and how."""
 
     folder: str = "models"
-    name: str = "renal-phantom-cpu"
+    name: str = "renal-synth-cpu"
     device: str = "auto"  # auto (cuda if present), cuda or cpu
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
