@@ -40,7 +40,7 @@ def main() -> None:
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         rates: dict[str, list[float]] = {"node": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
         for repeat in range(args.repeats):
-            node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600})
+            node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
             node.start()
             try:
                 rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
