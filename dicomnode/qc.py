@@ -30,6 +30,7 @@ class Rule(str, enum.Enum):
     CORTICOMEDULLARY = "no corticomedullary differentiation"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
+    EXTRA = "another kidney-sized component"
 
 
 STUDY = "study"
@@ -141,7 +142,7 @@ def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCCon
     if stray > limits.max_stray_ml:
         found.append(Finding(Rule.SHAPE, STUDY, f"{stray:.0f} ml predicted as kidney outside the kidneys kept (at most {limits.max_stray_ml:.0f} ml expected)"))
     for note in measurements.notes:
-        found.append(Finding(Rule.SIDES, STUDY, note))
+        found.append(Finding(Rule.EXTRA, STUDY, note))
     if len(measurements.kidneys) == 2:
         heights = abs(measurements.kidneys["left"].centre_mm[2] - measurements.kidneys["right"].centre_mm[2])
         if heights > limits.max_height_difference_mm:

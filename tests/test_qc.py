@@ -128,8 +128,11 @@ def test_series_that_is_not_arterial(good: Measurements, phase: ImagePhase) -> N
 
 def test_sides_without_landmarks(good: Measurements) -> None:
     assert _rules(replace(good, midline_source="the two kidneys")) == {(Rule.SIDES, "study")}
+
+
+def test_another_kidney_sized_component_beside_the_spine(good: Measurements) -> None:
     noted = replace(good, notes=["more than one kidney-sized component beside the spine on the left side; one was kept"])
-    assert _rules(noted) == {(Rule.SIDES, "study")}
+    assert _rules(noted) == {(Rule.EXTRA, "study")}
 
 
 def test_findings_read_as_sentences(good: Measurements) -> None:
