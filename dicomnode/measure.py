@@ -111,7 +111,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     if not candidates:
         return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml)
     boxes = ndimage.find_objects(components)
-    centres = {c: series.to_patient(np.array(ndimage.center_of_mass(parenchyma, components, c))) for c in candidates}
+    # one pass over the volume for all candidates, not one per candidate
+    centres = {c: series.to_patient(np.array(m)) for c, m in zip(candidates, ndimage.center_of_mass(parenchyma, components, candidates))}
     slices = np.unique(np.concatenate([np.arange(boxes[c - 1][0].start, boxes[c - 1][0].stop) for c in candidates]))
     midline = _midline(series, slices)
     midline_x, source = midline.x_at(_canonical_slices(series, slices))
