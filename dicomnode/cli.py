@@ -16,6 +16,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig, load_config
+from dicomnode.states import JobDelivery, Outcome
 from dicomnode.store import Instance, Store
 
 log = logging.getLogger("dicomnode")
@@ -49,7 +50,13 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     store = Store(config.path(config.database))
     jobs = store.jobs()
     if args.json:
-        print(json.dumps([{**job.__dict__, "deliveries": [{**d.__dict__, "path": str(d.path)} for d in store.deliveries(job.id)]} for job in jobs], indent=2))
+        report = {
+            "jobs": [{**job.__dict__, "deliveries": [{**d.__dict__, "path": str(d.path)} for d in store.deliveries(job.id)]} for job in jobs],
+            "waiting": store.waiting(),
+            "refusals": [dict(row) for row in store.refusals()],
+            "purges": [dict(row) for row in store.purges()],
+        }
+        print(json.dumps(report, indent=2))
         return 0
     for study, reason in store.waiting().items():
         print(f"study {study}: {reason}")
@@ -57,8 +64,9 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         print("no jobs yet")
     for job in jobs:
         when = dt.datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
-        outcome = f"({job.outcome.replace('_', ' ')})" if job.outcome and job.outcome != job.state else ""
-        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state:<15} {outcome:<12} {when}  {job.verdict or ''}")
+        outcome = job.outcome.value.replace("_", " ") if job.outcome else ""
+        delivery = f"delivery {job.delivery.value}" if job.delivery is not JobDelivery.NONE else ""
+        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state.value:<8} {outcome:<10} {delivery:<19} {when}  {job.verdict or ''}")
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
@@ -69,12 +77,15 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
                 print(f"    {line}")
         for delivery in store.deliveries(job.id):
             detail = f" ({delivery.last_error})" if delivery.last_error else ""
-            print(f"    -> {delivery.destination}: {delivery.path.name} {delivery.state}, {delivery.attempts} tries{detail}")
+            print(f"    -> {delivery.destination}: {delivery.path.name} {delivery.state.value}, {delivery.attempts} tries{detail}")
     refusals = store.refusals()
     if refusals:
         print(f"{len(refusals)} instances refused:")
         for row in refusals[-20:]:
             print(f"    from {row['calling_ae']}: {row['reason']}")
+    purges = store.purges()
+    if purges:
+        print(f"{len(purges)} finished studies deleted by retention; the last: {purges[-1]['study_uid']} ({purges[-1]['reason']})")
     return 0
 
 
@@ -109,22 +120,22 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     summary = {}
     for study_uid, instances in studies.items():
         try:
-            outcome = process_study(instances, config, segmenter)
+            processed = process_study(instances, config, segmenter)
         except Exception as exc:
             log.exception("study %s failed", study_uid)
-            outcome = failed(exc)
-        saved = save_results(outcome.results, args.out / study_uid) if outcome.results else []
+            processed = failed(exc)
+        saved = save_results(processed.results, args.out / study_uid) if processed.results else []
         summary[study_uid] = {
-            "state": outcome.state, "verdict": outcome.verdict, "reasons": outcome.reasons, "error": outcome.error,
-            "series_uid": outcome.series_uid, "timings": outcome.timings,
-            "measurements": outcome.measurements.summary() if outcome.measurements else None,
-            "qc": None if outcome.qc is None else {"verdict": outcome.qc.verdict, "findings": outcome.qc.lines()},
+            "outcome": processed.outcome.value, "verdict": processed.verdict, "reasons": processed.reasons, "error": processed.error,
+            "series_uid": processed.series_uid, "timings": processed.timings,
+            "measurements": processed.measurements.summary() if processed.measurements else None,
+            "qc": None if processed.qc is None else {"verdict": processed.qc.verdict, "findings": processed.qc.lines()},
             "results": [str(path) for _, path in saved],
         }
-        print(f"study {study_uid}: {outcome.state} ({outcome.verdict})")
+        print(f"study {study_uid}: {processed.outcome.value} ({processed.verdict})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0 if all(s["state"] != "failed" for s in summary.values()) else 1
+    return 0 if all(s["outcome"] != Outcome.FAILED.value for s in summary.values()) else 1
 
 
 DEFAULT_CONFIG = Path("config.yaml")

@@ -112,6 +112,16 @@ class QCConfig:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """When received instances and results are deleted (see ``dicomnode/retention.py``): never before every
+    destination confirmed a study's results; a job not done or a delivery queued or parked keeps the study."""
+
+    days: float = 30.0  # after a finished study's last activity; 0 keeps studies until disk pressure
+    free_disk_mb: int = 2048  # below this much free space the least recently active finished studies go first
+    interval_s: float = 300.0  # how often the cleaner runs
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``dicomnode serve`` needs."""
 
@@ -137,6 +147,7 @@ class NodeConfig:
     selection: Selection = field(default_factory=Selection)
     qc: QCConfig = field(default_factory=QCConfig)
     delivery: Delivery = field(default_factory=Delivery)
+    retention: Retention = field(default_factory=Retention)
     destinations: tuple[Destination, ...] = ()
     base_dir: Path = Path(".")
 
@@ -184,6 +195,12 @@ def problems(config: NodeConfig) -> list[str]:
     check(config.tick_s > 0, "tick_s", "must be positive")
     check(config.max_associations >= 1, "max_associations", "must be at least 1")
     check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")
+    check(config.retention.days >= 0, "retention.days", "must not be negative")
+    check(config.retention.interval_s > 0, "retention.interval_s", "must be positive")
+    check(
+        config.retention.free_disk_mb > config.min_free_disk_mb, "retention.free_disk_mb",
+        f"{config.retention.free_disk_mb} must be above min_free_disk_mb={config.min_free_disk_mb}, so that studies are deleted before C-STORE is refused",
+    )
     check(config.model.device in ("auto", "cpu", "cuda"), "model.device", f"{config.model.device!r} is not auto, cpu or cuda")
     names = [d.name for d in config.destinations]
     for name in sorted({n for n in names if names.count(n) > 1}):

@@ -11,13 +11,14 @@ from pathlib import Path
 import pydicom
 
 from dicomnode.config import NodeConfig, OnFail
+from dicomnode.files import write_atomically
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import QCReport, check
-from dicomnode.receive import write_atomically
 from dicomnode.segment import Segmenter
 from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
-from dicomnode.store import DONE, FAILED, NO_RESULT, Instance
+from dicomnode.states import Outcome
+from dicomnode.store import Instance
 from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,10 @@ IDENTITY_CONFLICT = "patient identity conflict"
 
 
 @dataclass
-class Outcome:
-    """What processing a study gave: a state, a verdict with reasons, and results where there are any."""
+class Processed:
+    """What processing a study gave: an outcome, a verdict with reasons, and results where there are any."""
 
-    state: str
+    outcome: Outcome
     verdict: str
     reasons: list[str]
     series_uid: str | None = None
@@ -50,30 +51,30 @@ def _timed(timings: dict[str, float], stage: str):
         timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
+def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Processed:
     """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
 
     Where configured, a study without result gets a text SR that says why; not a study whose instances name
     different patients, since the SR would carry one of their identities.
     """
-    outcome = _run_stages(instances, config, segmenter)
-    if outcome.state == NO_RESULT and config.send_text_sr_without_result and instances and outcome.verdict != IDENTITY_CONFLICT:
+    processed = _run_stages(instances, config, segmenter)
+    if processed.outcome is Outcome.NO_RESULT and config.send_text_sr_without_result and instances and processed.verdict != IDENTITY_CONFLICT:
         source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
-        outcome.results = Results(None, write_no_result_sr(source, outcome.verdict, outcome.reasons))
-    return outcome
+        processed.results = Results(None, write_no_result_sr(source, processed.verdict, processed.reasons))
+    return processed
 
 
-def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Outcome:
+def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Processed:
     timings: dict[str, float] = {}
     with _timed(timings, "select"):
         summaries = summarise(instances)
         conflicts = patient_conflicts(summaries)
         if conflicts:
             log.warning("patient identity conflict: %s", "; ".join(conflicts) if config.log_patient_data else f"{len(conflicts)} field(s)")
-            return Outcome(NO_RESULT, IDENTITY_CONFLICT, conflicts, timings=timings)
+            return Processed(Outcome.NO_RESULT, IDENTITY_CONFLICT, conflicts, timings=timings)
         selection: Selection = select_series(summaries, config.selection)
     if selection.series is None:
-        return Outcome(NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
+        return Processed(Outcome.NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
     reasons = list(selection.reasons)
     series = None
     with _timed(timings, "load"):
@@ -86,29 +87,29 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmen
                 log.warning("series %s refused: %s", candidate.series_uid, exc)
                 reasons.append(f"series {candidate.description or candidate.series_uid} refused: {exc}")
     if series is None:
-        return Outcome(NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings)
+        return Processed(Outcome.NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings)
     with _timed(timings, "segment"):
         segmentation = segmenter.segment(series)
     with _timed(timings, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:
-        return Outcome(NO_RESULT, "no kidney found in the arterial series", reasons + measurements.notes, series_uid, measurements, timings=timings)
+        return Processed(Outcome.NO_RESULT, "no kidney found in the arterial series", reasons + measurements.notes, series_uid, measurements, timings=timings)
     with _timed(timings, "qc"):
         report = check(measurements, selection.image_phase(series_uid), config.qc)
     reasons += report.lines()
     if not report.passed:
         log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
         if config.qc.on_fail is OnFail.WITHHOLD:
-            return Outcome(NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
+            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
     with _timed(timings, "write"):
         results = write_results(series, measurements, report, segmenter.model)
     verdict = selection.verdict if report.passed else f"{selection.verdict}; {report.verdict}"
-    return Outcome(DONE, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
+    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
 
 
-def failed(exc: BaseException) -> Outcome:
+def failed(exc: BaseException) -> Processed:
     """The outcome of a stage that raised unexpectedly."""
-    return Outcome(FAILED, "processing failed", [], error=f"{type(exc).__name__}: {exc}")
+    return Processed(Outcome.FAILED, "processing failed", [], error=f"{type(exc).__name__}: {exc}")
 
 
 def save_results(results: Results, folder: Path) -> list[tuple[str, Path]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -26,8 +25,10 @@ from pynetdicom.sop_class import (
     Verification,
     XRayRadiationDoseSRStorage,
 )
+from pynetdicom.status import Status
 
 from dicomnode.config import NodeConfig
+from dicomnode.files import move_atomically, remove_partial_writes
 from dicomnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ ACCEPTED_SOP_CLASSES = (
     BasicTextSRStorage,
     XRayRadiationDoseSRStorage,
 )
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+# The C-STORE statuses this SCP answers, added to pynetdicom's ``Status`` as its documentation shows; their meanings
+# are in pynetdicom's STORAGE_SERVICE_CLASS_STATUS (PS3.4 Table B.2-1): "Refused: Out of Resources" (0xA700, nothing
+# was stored: the sender may try again) and "Cannot understand" (0xC000, the data set itself is unusable).
+Status.add("OUT_OF_RESOURCES", 0xA700)
+Status.add("CANNOT_UNDERSTAND", 0xC000)
 #: Folder under ``storage`` where pynetdicom writes data sets while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
@@ -126,7 +131,7 @@ class Receiver:
         ae.maximum_associations = self.config.max_associations  # more get A-ASSOCIATE-RJ (local limit exceeded)
         handlers = [
             (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
@@ -187,7 +192,7 @@ class Receiver:
         if size_mb > self.config.max_instance_mb:
             log.error("refusing an instance from %s: %.0f MB, above max_instance_mb=%d", calling_ae, size_mb, self.config.max_instance_mb)
             self.store.add_refusal(calling_ae, "", "", f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         try:
             ds = pydicom.dcmread(received, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
@@ -206,53 +211,23 @@ class Receiver:
         self.open.touched(id(event.assoc), study_uid)
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
-            return SUCCESS
+            return Status.SUCCESS
         free_mb = shutil.disk_usage(self.storage).free / 2**20
         if free_mb < self.config.min_free_disk_mb:
             log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free_mb, self.config.min_free_disk_mb)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free_mb:.0f} MB free)")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
         try:
             move_atomically(received, path)
         except OSError as exc:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae)
-        return SUCCESS
+        return Status.SUCCESS
 
     def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> int:
         log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
         self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
-        return CANNOT_UNDERSTAND
-
-
-def remove_partial_writes(folder: Path) -> list[Path]:
-    """Delete temporary files of writes a crash interrupted (never indexed, so nothing is lost)."""
-    partial = list(folder.rglob(".*.tmp"))
-    for path in partial:
-        path.unlink(missing_ok=True)
-    return partial
-
-
-def move_atomically(source: Path, path: Path) -> None:
-    """fsync ``source`` (on the same file system) and rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(source, path)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        return Status.CANNOT_UNDERSTAND

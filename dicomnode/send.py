@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import pydicom
 from pynetdicom import AE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from dicomnode.config import Delivery, Destination, NodeConfig
-from dicomnode.store import DEAD, DELIVERY_FAILED, DONE, QUEUED, SENDING, SENT, DeliveryRecord, Store
+from dicomnode.states import DeliveryState
+from dicomnode.store import DeliveryRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,10 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: list[pydic
             code = getattr(status, "Status", None)
             if code is None:
                 outcomes.append(SendOutcome(False, "no C-STORE response (timeout or abort)"))
-            elif code in (0x0000, 0xB000, 0xB007, 0xB006):
-                outcomes.append(SendOutcome(True, f"status 0x{code:04X}"))
             else:
-                outcomes.append(SendOutcome(False, f"C-STORE failed with status 0x{code:04X}"))
+                category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), "no meaning defined"))
+                ok = category in (STATUS_SUCCESS, STATUS_WARNING)  # a warning (e.g. coercion) still means stored
+                outcomes.append(SendOutcome(ok, f"status 0x{code:04X} ({': '.join(filter(None, (category, meaning)))})"))
     finally:
         assoc.release()
     return outcomes
@@ -80,13 +82,11 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
         datasets = [pydicom.dcmread(record.path) for record in batch]
         for record, outcome in zip(batch, store_scu(config, destination, datasets)):
             if outcome.ok:
-                store.update_delivery(record.id, SENT, record.attempts + 1, record.next_attempt_at, None)
+                store.update_delivery(record.id, DeliveryState.SENT, record.attempts + 1, record.next_attempt_at, None)
                 log.info("sent %s of job %d to %s (%s)", record.sop_uid, record.job_id, name, outcome.detail)
                 sent += 1
             else:
                 _failed(config, store, record, outcome.detail)
-        for job_id in {r.job_id for r in batch}:
-            settle_job(store, job_id)
     return sent
 
 
@@ -94,19 +94,9 @@ def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, detail: st
     attempts = record.attempts + 1
     if final or attempts >= config.delivery.max_attempts:
         log.error("parking %s of job %d for %s after %d tries: %s", record.sop_uid, record.job_id, record.destination, attempts, detail)
-        store.update_delivery(record.id, DEAD, attempts, record.next_attempt_at, detail)
+        store.update_delivery(record.id, DeliveryState.DEAD, attempts, record.next_attempt_at, detail)
         return
     wait = backoff(config.delivery, attempts)
     log.warning("sending %s to %s failed (%s); try %d again in %.0f s", record.sop_uid, record.destination, detail, attempts + 1, wait)
-    store.update_delivery(record.id, QUEUED, attempts, time.time() + wait, detail)
+    store.update_delivery(record.id, DeliveryState.QUEUED, attempts, time.time() + wait, detail)
 
-
-def settle_job(store: Store, job_id: int) -> None:
-    """A job whose deliveries are all sent is done; one with a parked delivery and none queued is delivery_failed."""
-    states = {d.state for d in store.deliveries(job_id)}
-    if states == {SENT}:
-        store.update_job(job_id, state=DONE)
-    elif DEAD in states and QUEUED not in states:
-        store.update_job(job_id, state=DELIVERY_FAILED)
-    elif QUEUED in states:
-        store.update_job(job_id, state=SENDING)

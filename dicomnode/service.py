@@ -14,9 +14,11 @@ from dicomnode.complete import open_jobs, ready_studies
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
+from dicomnode.retention import clean
 from dicomnode.segment import Model, Segmenter
-from dicomnode.send import send_due, settle_job
-from dicomnode.store import PENDING, RUNNING, SENDING, Job, Store
+from dicomnode.send import send_due
+from dicomnode.states import JobState
+from dicomnode.store import Job, Store
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
     """Delete ``results/<study>/v<version>`` folders whose job never recorded them (killed while writing or before
     its outcome was committed); such a job is pending or running and runs again. Returns the folders removed."""
-    recorded = {(job.study_uid, f"v{job.version}") for job in jobs if job.state not in (PENDING, RUNNING)}
+    recorded = {(job.study_uid, f"v{job.version}") for job in jobs if job.state is JobState.DONE}
     removed = []
     for folder in sorted(results.glob("*/v*")) if results.exists() else []:
         if folder.is_dir() and (folder.parent.name, folder.name) not in recorded:
@@ -56,13 +58,12 @@ class Node:
             log.warning("removed %s: results of a run that was cut off before it was recorded; the job runs again", folder)
         for job in self.store.requeue_interrupted():
             log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
-        for job in self.store.jobs(SENDING):
-            settle_job(self.store, job.id)
         self.receiver.start()
         tick = self.config.tick_s
         self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
         self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True)
         self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -79,37 +80,41 @@ class Node:
         open_jobs(self.store, completion.ready)
 
     def run_pending_jobs(self) -> None:
-        for job in self.store.jobs(PENDING):
+        for job in self.store.jobs(JobState.PENDING):
             if self._stopped.is_set():
                 return
             self.run_job(job)
 
     def run_job(self, job: Job) -> None:
         """Process one job and queue its results for every destination."""
-        self.store.update_job(job.id, state=RUNNING)
+        self.store.start_job(job.id)
         log.info("job %d: processing study %s version %d", job.id, job.study_uid, job.version)
         instances = self.store.study_instances(job.study_uid, job.upto_seq)
         if self.config.log_patient_data and instances:
             header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
             log.info("job %d: patient %s, ID %s", job.id, header.get("PatientName", ""), header.get("PatientID", ""))
         try:
-            outcome = process_study(instances, self.config, self.segmenter)
+            processed = process_study(instances, self.config, self.segmenter)
             saved = []
-            if outcome.results is not None:
+            if processed.results is not None:
                 folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
-                saved = save_results(outcome.results, folder)
+                saved = save_results(processed.results, folder)
         except Exception as exc:  # a job must never take the node down
             log.exception("job %d failed", job.id)
-            outcome, saved = failed(exc), []
-        figures = outcome.measurements.summary() if outcome.measurements else None
-        if figures is not None and outcome.qc is not None:
-            figures.update(qc=outcome.qc.verdict, qc_findings=outcome.qc.lines())
+            processed, saved = failed(exc), []
+        figures = processed.measurements.summary() if processed.measurements else None
+        if figures is not None and processed.qc is not None:
+            figures.update(qc=processed.qc.verdict, qc_findings=processed.qc.lines())
         destinations = [d.name for d in self.config.destinations]
-        self.store.finish_job_with_results(
-            job.id, saved, destinations, state=outcome.state, verdict=outcome.verdict, reasons=outcome.reasons,
-            series_uid=outcome.series_uid, measurements=figures, error=outcome.error, timings=outcome.timings,
+        self.store.finish_job(
+            job.id, processed.outcome, saved, destinations, verdict=processed.verdict, reasons=processed.reasons,
+            series_uid=processed.series_uid, measurements=figures, error=processed.error, timings=processed.timings,
         )
-        log.info("job %d: %s (%s); %s", job.id, outcome.state, outcome.verdict, "; ".join(outcome.reasons[:1]))
+        log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
 
     def deliver(self) -> None:
         send_due(self.config, self.store)
+
+    def clean(self) -> None:
+        config = self.config
+        clean(self.store, config.path(config.storage), config.path(config.results), config.retention, set(self.open.studies()))

@@ -6,9 +6,12 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome, job_delivery
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     upto_seq INTEGER NOT NULL,
     state TEXT NOT NULL,
     outcome TEXT,
+    delivery TEXT NOT NULL DEFAULT 'none',
     series_uid TEXT,
     verdict TEXT,
     reasons TEXT NOT NULL DEFAULT '[]',
@@ -51,6 +55,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     UNIQUE (study_uid, version)
+);
+CREATE TABLE IF NOT EXISTS purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    purged_at REAL NOT NULL,
+    instances INTEGER NOT NULL,
+    reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,14 +77,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (job_id, destination, sop_uid)
 );
 """
-
-#: Job states. pending -> running -> sending -> done; or no_result / failed; delivery_failed when a send is parked.
-PENDING, RUNNING, SENDING, DONE, NO_RESULT, FAILED, DELIVERY_FAILED = (
-    "pending", "running", "sending", "done", "no_result", "failed", "delivery_failed",
-)
-#: Delivery states.
-QUEUED, SENT, DEAD = "queued", "sent", "dead"
-
 
 @dataclass(frozen=True)
 class Instance:
@@ -95,7 +98,9 @@ class Job:
     study_uid: str
     version: int
     upto_seq: int
-    state: str
+    state: JobState
+    outcome: Outcome | None  # set when the state becomes done
+    delivery: JobDelivery
     series_uid: str | None
     verdict: str | None
     reasons: list[str]
@@ -104,7 +109,16 @@ class Job:
     timings: dict[str, float]
     created_at: float
     updated_at: float
-    outcome: str | None = None  # done (a result), no_result or failed; the state then tracks delivery
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A study whose every job is done and delivered (or had nothing to deliver), with no instance left unprocessed."""
+
+    study_uid: str
+    upto_seq: int  # its instances up to here are covered by its jobs
+    last_activity: float  # latest of its last instance received and its last job change
+    versions: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ class DeliveryRecord:
     destination: str
     path: Path
     sop_uid: str
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_error: str | None
@@ -134,9 +148,25 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "outcome" not in columns:  # databases made before the outcome was kept apart from the state
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Databases made before processing, outcome and delivery were kept apart: one ``state`` held all three."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "delivery" in columns:
+            return
+        with self._transaction():
+            if "outcome" not in columns:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN outcome TEXT")
+            self._db.execute("ALTER TABLE jobs ADD COLUMN delivery TEXT NOT NULL DEFAULT 'none'")
+            finished = "state NOT IN ('pending', 'running')"
+            self._db.execute(
+                f"UPDATE jobs SET outcome = CASE COALESCE(outcome, state) WHEN 'no_result' THEN 'no_result'"
+                f" WHEN 'failed' THEN 'failed' ELSE 'result' END WHERE {finished}"
+            )
+            self._db.execute(f"UPDATE jobs SET state = 'done' WHERE {finished}")
+            for (job_id,) in self._db.execute("SELECT id FROM jobs WHERE state = 'done'").fetchall():
+                self._settle(job_id)
 
     def close(self) -> None:
         with self._lock:
@@ -195,6 +225,47 @@ class Store:
         with self._lock:
             return {row["study_uid"]: row["reason"] for row in self._db.execute("SELECT * FROM waiting ORDER BY study_uid")}
 
+    # -- retention -----------------------------------------------------------------------------------------------
+    _FINISHED = (
+        "SELECT i.study_uid, MAX(i.seq) AS upto_seq,"
+        " MAX(MAX(i.received_at), (SELECT MAX(j.updated_at) FROM jobs j WHERE j.study_uid = i.study_uid)) AS last_activity,"
+        " (SELECT GROUP_CONCAT(j.version) FROM jobs j WHERE j.study_uid = i.study_uid) AS versions"
+        " FROM instances i {where} GROUP BY i.study_uid"
+        " HAVING MAX(i.seq) <= COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
+        " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = i.study_uid AND (j.state != 'done' OR j.delivery IN ('sending', 'failed')))"
+        " ORDER BY last_activity"
+    )
+
+    def finished_studies(self) -> list[FinishedStudy]:
+        """Studies that retention may delete, least recently active first; a study with a job not done, a delivery
+        queued or parked, or instances no job covers yet is never among them."""
+        with self._lock:
+            rows = self._db.execute(self._FINISHED.format(where="")).fetchall()
+        return [_finished(r) for r in rows]
+
+    def purge_study(self, study: FinishedStudy, reason: str, delete: Callable[[list[Path], tuple[int, ...]], None]) -> int:
+        """Forget a finished study's instances and call ``delete(paths, versions)`` to remove their files and results,
+        in one transaction that first checks the study is still finished; returns how many instances went (0 if it
+        was not finished any more). The receiver's duplicate check takes the same lock, so an instance sent again
+        while this runs is stored anew, not lost."""
+        with self._transaction():
+            row = self._db.execute(self._FINISHED.format(where="WHERE i.study_uid = ?"), (study.study_uid,)).fetchone()
+            if row is None or row["upto_seq"] != study.upto_seq:
+                return 0
+            paths = [Path(r[0]) for r in self._db.execute(
+                "SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
+            self._db.execute("DELETE FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))
+            self._db.execute(
+                "INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, ?, ?, ?)",
+                (study.study_uid, time.time(), len(paths), reason),
+            )
+            delete(paths, _finished(row).versions)
+        return len(paths)
+
+    def purges(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute("SELECT * FROM purges ORDER BY id").fetchall()
+
     # -- jobs ----------------------------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self):
@@ -213,65 +284,78 @@ class Store:
             version = self._db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()[0]
             cursor = self._db.execute(
                 "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (study_uid, version, upto_seq, PENDING, now, now),
+                (study_uid, version, upto_seq, JobState.PENDING.value, now, now),
             )
+        assert cursor.lastrowid is not None
         return self.job(cursor.lastrowid)
 
     def job(self, job_id: int) -> Job:
         with self._lock:
             return _job(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def jobs(self, state: str | None = None) -> list[Job]:
+    def jobs(self, state: JobState | None = None, delivery: JobDelivery | None = None) -> list[Job]:
+        """Jobs in creation order, optionally only those in ``state`` and/or with ``delivery``."""
+        query, params = "SELECT * FROM jobs WHERE 1", []
+        if state is not None:
+            query, params = query + " AND state = ?", [*params, JobState(state).value]
+        if delivery is not None:
+            query, params = query + " AND delivery = ?", [*params, JobDelivery(delivery).value]
         with self._lock:
-            if state is None:
-                rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (state,)).fetchall()
+            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
         return [_job(r) for r in rows]
 
-    def update_job(self, job_id: int, **values: object) -> None:
-        """Set columns of a job; lists and dicts are stored as JSON."""
-        with self._lock:
-            self._set_job(job_id, values)
-
-    def _set_job(self, job_id: int, values: dict[str, object]) -> None:
+    def _move(self, job_id: int, before: tuple[JobState, ...], after: JobState, **values: object) -> None:
+        """The one place a job's processing state changes; raises ValueError if the job is not in ``before``."""
         encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
-        encoded["updated_at"] = time.time()
+        encoded.update(state=after.value, updated_at=time.time())
         columns = ", ".join(f"{k} = ?" for k in encoded)
-        self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*encoded.values(), job_id))
+        allowed = ", ".join("?" for _ in before)
+        cursor = self._db.execute(
+            f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before))
+        )
+        if cursor.rowcount != 1:
+            raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
+
+    def start_job(self, job_id: int) -> None:
+        """pending -> running."""
+        with self._lock:
+            self._move(job_id, (JobState.PENDING,), JobState.RUNNING)
 
     def requeue_interrupted(self) -> list[Job]:
         """Jobs left running by a crash go back to pending; returns them."""
-        with self._lock:
-            interrupted = self.jobs(RUNNING)
-            self._db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", (PENDING, time.time(), RUNNING))
+        with self._transaction():
+            interrupted = self.jobs(JobState.RUNNING)
+            for job in interrupted:
+                self._move(job.id, (JobState.RUNNING,), JobState.PENDING)
         return interrupted
 
-    # -- deliveries ----------------------------------------------------------------------------------------------
-    def finish_job_with_results(self, job_id: int, results: list[tuple[str, Path]], destinations: list[str], **values: object) -> None:
-        """Record the job's outcome and queue each result for each destination, in one transaction.
+    def finish_job(self, job_id: int, outcome: Outcome, results: list[tuple[str, Path]], destinations: list[str], **record: object) -> None:
+        """running -> done with its ``outcome``; queues each result for each destination, in one transaction.
 
-        ``values["state"]`` is the processing outcome; it is kept as ``outcome`` while the state moves on to
-        sending and done as the results are delivered.
+        ``record`` holds the job's other columns (verdict, reasons, series_uid, measurements, error, timings).
         """
         now = time.time()
-        values.setdefault("outcome", values.get("state"))
         with self._transaction():
             for sop_uid, path in results:
                 for destination in destinations:
                     self._db.execute(
                         "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (job_id, destination, str(path), sop_uid, QUEUED, now, now),
+                        (job_id, destination, str(path), sop_uid, DeliveryState.QUEUED.value, now, now),
                     )
-            if results and destinations:
-                values["state"] = SENDING
-            self._set_job(job_id, values)
+            self._move(job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, **record)
+            self._settle(job_id)
+
+    # -- deliveries ----------------------------------------------------------------------------------------------
+    def _settle(self, job_id: int) -> None:
+        """The one place a job's delivery progress changes: derived from its delivery rows."""
+        states = {DeliveryState(r[0]) for r in self._db.execute("SELECT DISTINCT state FROM deliveries WHERE job_id = ?", (job_id,))}
+        self._db.execute("UPDATE jobs SET delivery = ?, updated_at = ? WHERE id = ?", (job_delivery(states).value, time.time(), job_id))
 
     def due_deliveries(self, now: float) -> list[DeliveryRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ? ORDER BY id", (QUEUED, now)
+                "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ? ORDER BY id", (DeliveryState.QUEUED.value, now)
             ).fetchall()
         return [_delivery(r) for r in rows]
 
@@ -280,39 +364,53 @@ class Store:
             rows = self._db.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
         return [_delivery(r) for r in rows]
 
-    def update_delivery(self, delivery_id: int, state: str, attempts: int, next_attempt_at: float, last_error: str | None) -> None:
-        with self._lock:
+    def update_delivery(self, delivery_id: int, state: DeliveryState, attempts: int, next_attempt_at: float, last_error: str | None) -> None:
+        """Record one attempt's result; the job's delivery progress follows in the same transaction."""
+        with self._transaction():
             self._db.execute(
                 "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                (state, attempts, next_attempt_at, last_error, time.time(), delivery_id),
+                (DeliveryState(state).value, attempts, next_attempt_at, last_error, time.time(), delivery_id),
             )
+            row = self._db.execute("SELECT job_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"delivery_id: no delivery {delivery_id}")
+            self._settle(row[0])
 
     def requeue_dead(self, job_id: int | None = None) -> int:
         """Move parked (dead) deliveries back to the queue; returns how many."""
-        with self._lock:
-            query = "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? WHERE state = ?"
-            params: tuple = (QUEUED, time.time(), DEAD)
+        with self._transaction():
+            query = "SELECT id, job_id FROM deliveries WHERE state = ?"
+            params: tuple = (DeliveryState.DEAD.value,)
             if job_id is not None:
                 query += " AND job_id = ?"
                 params += (job_id,)
-            count = self._db.execute(query, params).rowcount
-            self._db.execute(
-                "UPDATE jobs SET state = ? WHERE state = ? AND id IN (SELECT job_id FROM deliveries WHERE state = ?)",
-                (SENDING, DELIVERY_FAILED, QUEUED),
+            rows = self._db.execute(query, params).fetchall()
+            now = time.time()
+            self._db.executemany(
+                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(DeliveryState.QUEUED.value, now, now, r[0]) for r in rows],
             )
-            return count
+            for job in {r[1] for r in rows}:
+                self._settle(job)
+            return len(rows)
 
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(
-        row["id"], row["study_uid"], row["version"], row["upto_seq"], row["state"], row["series_uid"], row["verdict"],
+        row["id"], row["study_uid"], row["version"], row["upto_seq"], JobState(row["state"]),
+        Outcome(row["outcome"]) if row["outcome"] else None, JobDelivery(row["delivery"]), row["series_uid"], row["verdict"],
         json.loads(row["reasons"]), row["error"], json.loads(row["measurements"]) if row["measurements"] else None,
-        json.loads(row["timings"]), row["created_at"], row["updated_at"], row["outcome"],
+        json.loads(row["timings"]), row["created_at"], row["updated_at"],
     )
+
+
+def _finished(row: sqlite3.Row) -> FinishedStudy:
+    versions = tuple(sorted(int(v) for v in str(row["versions"]).split(",")))
+    return FinishedStudy(row["study_uid"], row["upto_seq"], row["last_activity"], versions)
 
 
 def _delivery(row: sqlite3.Row) -> DeliveryRecord:
     return DeliveryRecord(
-        row["id"], row["job_id"], row["destination"], Path(row["path"]), row["sop_uid"], row["state"],
+        row["id"], row["job_id"], row["destination"], Path(row["path"]), row["sop_uid"], DeliveryState(row["state"]),
         row["attempts"], row["next_attempt_at"], row["last_error"],
     )

@@ -208,12 +208,17 @@ class NodeProcess:
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), *args], capture_output=True, text=True
         )
 
-    def status(self) -> list[dict]:
+    def report(self) -> dict:
+        """``dicomnode status --json``: jobs with their deliveries, waiting studies, refused instances."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "status", "--json"],
             capture_output=True, text=True, check=True,
         )
         return json.loads(result.stdout)
+
+    def status(self) -> list[dict]:
+        """The jobs of ``status --json``, each with its deliveries."""
+        return self.report()["jobs"]
 
 
 def tools_missing() -> list[str]:

@@ -81,7 +81,7 @@ def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles) ->
             number = next(n for n, label in labels.items() if label == f"{side} renal parenchyma")
             assert dice(masks[number], arterial.phantom.kidney_mask(side, "parenchyma")) > 0.85
 
-        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
+        wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
         jobs = node.status()
         assert jobs[0]["series_uid"] == arterial.series_uid
         assert any("ARTERIAL" in reason for reason in jobs[0]["reasons"])
@@ -107,11 +107,11 @@ def test_results_survive_a_pacs_that_is_down(tmp_path: Path, study: StudyFiles) 
             return bool(deliveries) and min(d["attempts"] for d in deliveries) >= 2 and all(d["state"] == "queued" for d in deliveries)
 
         wait_for(failed_tries, 600, 1.0, "the node to fail sending to the stopped PACS twice")
-        assert node.status()[0]["state"] == "sending"
+        assert (node.status()[0]["state"], node.status()[0]["delivery"]) == ("done", "sending")
         orthanc.start()
         segs, srs = wait_for(lambda: _results_in(orthanc), 120, 1.0, "SEG and SR after the PACS came back")
         assert len(segs) == 1 and len(srs) == 1
-        wait_for(lambda: node.status()[0]["state"] == "done", 30, what="the job to be done")
+        wait_for(lambda: node.status()[0]["delivery"] == "delivered", 30, what="the job to be delivered")
         assert all(d["state"] == "sent" for d in node.status()[0]["deliveries"])
     finally:
         node.stop()

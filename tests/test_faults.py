@@ -55,13 +55,13 @@ def test_killed_mid_inference_resumes_and_resending_makes_no_duplicates(tmp_path
         node.stop(signal.SIGKILL)
         node.start()
         wait_for(lambda: _result_counts(orthanc) == (1, 1), 300, 1.0, "SEG and SR after the restart")
-        wait_for(lambda: [(j["version"], j["state"]) for j in node.jobs()] == [(1, "done")], 30, 0.5, "one job, done")
+        wait_for(lambda: [(j["version"], j["state"], j["delivery"]) for j in node.jobs()] == [(1, "done", "delivered")], 30, 0.5, "one job, done")
         assert "was interrupted; it runs again" in node.log()
 
         # The same study again: acknowledged, not stored twice, no new version, no new results.
         assert storescu(node.port, node.ae_title, _files(study)).returncode == 0
         time.sleep(5)  # longer than the quiet period and two ticks
-        assert [(j["version"], j["state"]) for j in node.jobs()] == [(1, "done")]
+        assert [(j["version"], j["state"], j["delivery"]) for j in node.jobs()] == [(1, "done", "delivered")]
         assert _result_counts(orthanc) == (1, 1)
     finally:
         node.stop()
@@ -85,7 +85,7 @@ def test_killed_mid_receive_loses_nothing(tmp_path: Path, study: StudyFiles, ort
         wait_for(lambda: _result_counts(orthanc) == (1, 1), 300, 1.0, "SEG and SR after re-sending")
         assert len(list(storage.rglob("*.dcm"))) == len(_files(study))
         assert not list(storage.rglob("*.tmp"))
-        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
+        wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
     finally:
         node.stop()
 
@@ -95,25 +95,25 @@ def test_pacs_down_parks_results_survives_a_kill_and_retry_sends_them_once(tmp_p
     try:
         node.start()
         assert storescu(node.port, node.ae_title, _files(study)).returncode == 0
-        wait_for(lambda: any(j["state"] == "sending" for j in node.jobs()), 300, 0.2, "results waiting to be sent")
+        wait_for(lambda: any(j["delivery"] == "sending" for j in node.jobs()), 300, 0.2, "results waiting to be sent")
         node.stop(signal.SIGKILL)  # killed while sends are pending
         node.start()
-        wait_for(lambda: [j["state"] for j in node.jobs()] == ["delivery_failed"], 60, 0.5, "the deliveries to be parked")
+        wait_for(lambda: [j["delivery"] for j in node.jobs()] == ["failed"], 60, 0.5, "the deliveries to be parked")
         status = node.cli("status")
-        assert "delivery_failed" in status.stdout and "dead" in status.stdout and "peer down" in status.stdout
+        assert "delivery failed" in status.stdout and "dead" in status.stdout and "peer down" in status.stdout
         orthanc.start()
         time.sleep(3)
         assert _result_counts(orthanc) == (0, 0)  # parked deliveries wait for an operator
         retry = node.cli("retry")
         assert retry.returncode == 0 and retry.stdout.startswith("2 parked deliveries")
         wait_for(lambda: _result_counts(orthanc) == (1, 1), 60, 0.5, "SEG and SR after retry")
-        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
+        wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
     finally:
         node.stop()
 
 
 def test_disk_nearly_full_refuses_with_out_of_resources(tmp_path: Path, study: StudyFiles) -> None:
-    node = NodeProcess(tmp_path / "node", [], extra={"min_free_disk_mb": 10**9})
+    node = NodeProcess(tmp_path / "node", [], extra={"min_free_disk_mb": 10**9, "retention": {"free_disk_mb": 10**9 + 1}})
     try:
         node.start()
         sent = storescu(node.port, node.ae_title, study.series[0].files[:2], extra=("-v",))

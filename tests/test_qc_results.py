@@ -18,7 +18,8 @@ from dicomnode.config import NodeConfig, OnFail, QCConfig
 from dicomnode.load import LoadedSeries
 from dicomnode.pipeline import WITHHELD, process_study, save_results
 from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
-from dicomnode.store import DONE, NO_RESULT, Instance
+from dicomnode.states import Outcome
+from dicomnode.store import Instance
 from tests.peers import dciodvfy, tools_missing
 from tests.readback import sr_groups, sr_texts, sr_volumes
 from training.volume_dicom import write_volume_series
@@ -50,21 +51,21 @@ def instances(tmp_path_factory) -> list[Instance]:
 
 def test_withheld_study_sends_only_the_reasons(instances: list[Instance]) -> None:
     config = replace(NodeConfig(), send_text_sr_without_result=True)
-    outcome = process_study(instances, config, ReferenceLabels())
-    assert outcome.state == NO_RESULT and outcome.verdict == WITHHELD
-    findings = outcome.qc.lines()
+    processed = process_study(instances, config, ReferenceLabels())
+    assert processed.outcome is Outcome.NO_RESULT and processed.verdict == WITHHELD
+    findings = processed.qc.lines()
     assert "QC right kidney: kidney missing: no right kidney found" in findings
     assert any(line.startswith("QC study: not arterial phase") for line in findings)
-    assert outcome.results.seg is None
-    assert sr_volumes(outcome.results.sr) == []
-    assert set(findings) <= set(sr_texts(outcome.results.sr))
+    assert processed.results.seg is None
+    assert sr_volumes(processed.results.sr) == []
+    assert set(findings) <= set(sr_texts(processed.results.sr))
 
 
 def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instance], tmp_path: Path) -> None:
     config = replace(NodeConfig(), qc=QCConfig(on_fail=OnFail.FLAG))
-    outcome = process_study(instances, config, ReferenceLabels())
-    assert outcome.state == DONE and "QC failed" in outcome.verdict
-    seg, sr = outcome.results.seg, outcome.results.sr
+    processed = process_study(instances, config, ReferenceLabels())
+    assert processed.outcome is Outcome.RESULT and "QC failed" in processed.verdict
+    seg, sr = processed.results.seg, processed.results.sr
     assert seg.SeriesDescription.endswith("QC: review") and sr.SeriesDescription.endswith("QC: review")
     groups = sr_groups(sr)
     volumes = [g for g in groups if g.segment_number]
@@ -75,11 +76,11 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     assert any(text.startswith("QC study: not arterial phase") for text in study.findings)
     assert "QC right kidney: kidney missing: no right kidney found" in study.findings  # no group of its own
     reported = [text for g in groups for text in g.findings]
-    assert set(outcome.qc.lines()) <= set(reported)
-    assert study.findings[0] == outcome.qc.verdict
+    assert set(processed.qc.lines()) <= set(reported)
+    assert study.findings[0] == processed.qc.verdict
     segment_uids = {s.SegmentLabel.lower(): s.TrackingUID for s in seg.SegmentSequence}
     assert {g.identifier: g.tracking_uid for g in volumes} == segment_uids  # one UID per structure and side in both
     for ds in (seg, sr):  # the private scheme used for medulla and the QC verdict is declared (PS3.3 C.12.1.1.4)
         assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == ["99RENALNODE"]
-    for _, path in save_results(outcome.results, tmp_path):
+    for _, path in save_results(processed.results, tmp_path):
         assert dciodvfy(path) == [], path.name

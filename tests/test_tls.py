@@ -42,7 +42,7 @@ def test_receive_and_send_over_tls(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stderr
         wait_for(lambda: len(list(received.iterdir())) == 2, 120, 0.5, "SEG and SR at the TLS peer")
         assert sorted(pydicom.dcmread(p).Modality for p in received.iterdir()) == ["SEG", "SR"]
-        wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, 0.5, "the job to be done")
+        wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done")
     finally:
         node.stop()
         pacs.terminate()

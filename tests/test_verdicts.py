@@ -13,7 +13,8 @@ from pydicom.uid import CTImageStorage
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
 from dicomnode.select import NO_ARTERIAL, patient_conflicts, summarise
-from dicomnode.store import NO_RESULT, Instance
+from dicomnode.states import Outcome
+from dicomnode.store import Instance
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -44,19 +45,19 @@ def _set(files: list[Path], **values) -> None:
 def test_two_patient_ids_in_one_study_is_a_verdict_without_any_sr(tmp_path: Path) -> None:
     study, instances = _study(tmp_path)
     _set(study.by_phase(Phase.NONCONTRAST).files, PatientID="OTHER-PATIENT")
-    outcome = process_study(instances, replace(NodeConfig(), send_text_sr_without_result=True), NeverCalled())
-    assert outcome.state == NO_RESULT and outcome.verdict == IDENTITY_CONFLICT
-    assert outcome.results is None
-    assert len(outcome.reasons) == 1 and outcome.reasons[0].startswith("PatientID differs")
-    assert "ABDOMEN NATIVE 5.0 B30f" in outcome.reasons[0] and "ABDOMEN ARTERIAL 5.0 B30f" in outcome.reasons[0]
-    assert "OTHER-PATIENT" not in outcome.reasons[0]  # reasons go to logs and the job record: no identifiers
+    processed = process_study(instances, replace(NodeConfig(), send_text_sr_without_result=True), NeverCalled())
+    assert processed.outcome is Outcome.NO_RESULT and processed.verdict == IDENTITY_CONFLICT
+    assert processed.results is None
+    assert len(processed.reasons) == 1 and processed.reasons[0].startswith("PatientID differs")
+    assert "ABDOMEN NATIVE 5.0 B30f" in processed.reasons[0] and "ABDOMEN ARTERIAL 5.0 B30f" in processed.reasons[0]
+    assert "OTHER-PATIENT" not in processed.reasons[0]  # reasons go to logs and the job record: no identifiers
 
 
 def test_birth_date_conflict_inside_one_series(tmp_path: Path) -> None:
     study, instances = _study(tmp_path)
     _set(study.by_phase(Phase.ARTERIAL).files[:3], PatientBirthDate="19701231")
-    outcome = process_study(instances, NodeConfig(), NeverCalled())
-    assert outcome.verdict == IDENTITY_CONFLICT and outcome.reasons[0].startswith("PatientBirthDate differs")
+    processed = process_study(instances, NodeConfig(), NeverCalled())
+    assert processed.verdict == IDENTITY_CONFLICT and processed.reasons[0].startswith("PatientBirthDate differs")
 
 
 def test_a_blank_name_in_one_series_is_no_conflict(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_a_blank_name_in_one_series_is_no_conflict(tmp_path: Path) -> None:
 def test_arterial_series_with_a_wrong_pixel_description_is_refused_not_measured(tmp_path: Path, values: dict, named: str) -> None:
     study, instances = _study(tmp_path)
     _set(study.by_phase(Phase.ARTERIAL).files, **values)
-    outcome = process_study(instances, NodeConfig(), NeverCalled())
-    assert outcome.state == NO_RESULT and outcome.verdict in ("arterial series refused", NO_ARTERIAL), outcome
-    assert any(named in reason for reason in outcome.reasons), outcome.reasons
-    assert outcome.measurements is None and outcome.results is None
+    processed = process_study(instances, NodeConfig(), NeverCalled())
+    assert processed.outcome is Outcome.NO_RESULT and processed.verdict in ("arterial series refused", NO_ARTERIAL), processed
+    assert any(named in reason for reason in processed.reasons), processed.reasons
+    assert processed.measurements is None and processed.results is None

@@ -1,0 +1,37 @@
+"""Durable file writes shared by the stages: a file is either whole on disk or absent, never half-written."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete temporary files of writes a crash interrupted (never indexed, so nothing is lost)."""
+    partial = list(folder.rglob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
+def move_atomically(source: Path, path: Path) -> None:
+    """fsync ``source`` (on the same file system) and rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, path)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

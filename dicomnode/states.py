@@ -1,0 +1,52 @@
+"""The named states of a job and of its deliveries; only ``store.py`` writes them.
+
+A job is processed once (``JobState``), ends with one ``Outcome``, and then its result files travel to every
+destination (``DeliveryState`` per file and destination, summed up per job as ``JobDelivery``). The values are the
+strings kept in the database and printed by ``dicomnode status``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobState(str, enum.Enum):
+    """Processing: pending -> running -> done; a running job cut off by a crash goes back to pending."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class Outcome(str, enum.Enum):
+    """What processing gave, set once when the job is done."""
+
+    RESULT = "result"  # SEG and SR with volumes (flagged for review where QC asked for it)
+    NO_RESULT = "no_result"  # a verdict without volumes: no arterial series, no kidney, QC withheld, ...
+    FAILED = "failed"  # a stage raised; the error is in the job
+
+
+class DeliveryState(str, enum.Enum):
+    """One result file for one destination."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DEAD = "dead"  # parked after the last try or for a destination no longer configured; ``dicomnode retry`` queues it again
+
+
+class JobDelivery(str, enum.Enum):
+    """A job's deliveries taken together; derived from its ``DeliveryState`` rows."""
+
+    NONE = "none"  # nothing to send (no result file or no destination)
+    SENDING = "sending"  # at least one file still queued
+    DELIVERED = "delivered"  # every file confirmed by every destination
+    FAILED = "failed"  # nothing queued and at least one file parked
+
+
+def job_delivery(states: set[DeliveryState]) -> JobDelivery:
+    """The job's delivery progress from the states of its delivery rows."""
+    if not states:
+        return JobDelivery.NONE
+    if DeliveryState.QUEUED in states:
+        return JobDelivery.SENDING
+    return JobDelivery.FAILED if DeliveryState.DEAD in states else JobDelivery.DELIVERED

@@ -1,0 +1,128 @@
+"""The store in process: a job's processing state, outcome and delivery progress each move in one place, only
+along allowed transitions; results of a run cut off before it was recorded are removed at start; old databases are
+upgraded."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dicomnode.service import remove_unrecorded_results
+from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome
+from dicomnode.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store(tmp_path / "node.sqlite")
+    yield store
+    store.close()
+
+
+def _result(results: Path, study: str, version: int, name: str = "SEG_1.2.3.dcm") -> Path:
+    path = results / study / f"v{version}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"DICM")
+    return path
+
+
+def test_a_job_moves_pending_running_done_and_its_delivery_follows_its_files(store: Store, tmp_path: Path) -> None:
+    job = store.create_job("1.2.1", 10)
+    assert (job.state, job.outcome, job.delivery) == (JobState.PENDING, None, JobDelivery.NONE)
+    store.start_job(job.id)
+    seg, sr = _result(tmp_path, "1.2.1", 1), _result(tmp_path, "1.2.1", 1, "SR_1.2.4.dcm")
+    store.finish_job(job.id, Outcome.RESULT, [("1.2.3", seg), ("1.2.4", sr)], ["pacs", "archive"], verdict="ok", reasons=["why"])
+    job = store.job(job.id)
+    assert (job.state, job.outcome, job.delivery, job.verdict, job.reasons) == (JobState.DONE, Outcome.RESULT, JobDelivery.SENDING, "ok", ["why"])
+    deliveries = store.deliveries(job.id)
+    assert len(deliveries) == 4 and {d.state for d in deliveries} == {DeliveryState.QUEUED}
+    for d in deliveries[:3]:
+        store.update_delivery(d.id, DeliveryState.SENT, 1, 0, None)
+    assert store.job(job.id).delivery is JobDelivery.SENDING  # one file still queued
+    store.update_delivery(deliveries[3].id, DeliveryState.DEAD, 8, 0, "peer down")
+    assert store.job(job.id).delivery is JobDelivery.FAILED
+    assert store.requeue_dead() == 1 and store.job(job.id).delivery is JobDelivery.SENDING
+    store.update_delivery(deliveries[3].id, DeliveryState.SENT, 1, 0, None)
+    assert store.job(job.id).delivery is JobDelivery.DELIVERED
+    assert store.jobs(JobState.DONE, JobDelivery.DELIVERED) == [store.job(job.id)]
+
+
+def test_a_job_without_result_files_has_nothing_to_deliver_and_keeps_its_outcome(store: Store) -> None:
+    job = store.create_job("1.2.1", 10)
+    store.start_job(job.id)
+    store.finish_job(job.id, Outcome.NO_RESULT, [], ["pacs"], verdict="no arterial series", reasons=[])
+    assert (store.job(job.id).outcome, store.job(job.id).delivery) == (Outcome.NO_RESULT, JobDelivery.NONE)
+
+
+def test_transitions_out_of_order_are_refused_naming_the_job(store: Store) -> None:
+    job = store.create_job("1.2.1", 10)
+    with pytest.raises(ValueError, match=f"job {job.id} is not running"):
+        store.finish_job(job.id, Outcome.RESULT, [], [], verdict="ok", reasons=[])
+    store.start_job(job.id)
+    with pytest.raises(ValueError, match=f"job {job.id} is not pending"):
+        store.start_job(job.id)
+    store.finish_job(job.id, Outcome.FAILED, [], [], verdict="processing failed", reasons=[], error="boom")
+    with pytest.raises(ValueError, match="is not running"):
+        store.finish_job(job.id, Outcome.RESULT, [], [], verdict="ok", reasons=[])
+    assert store.job(job.id).outcome is Outcome.FAILED  # the refused finish changed nothing
+
+
+def test_a_job_cut_off_while_running_goes_back_to_pending(store: Store) -> None:
+    running, pending = store.create_job("1.2.1", 10), store.create_job("1.2.2", 20)
+    store.start_job(running.id)
+    assert [j.id for j in store.requeue_interrupted()] == [running.id]
+    assert [j.state for j in store.jobs()] == [JobState.PENDING, JobState.PENDING] and pending.state is JobState.PENDING
+
+
+def test_a_duplicate_instance_is_indexed_once_and_new_instances_make_a_study_ready(store: Store, tmp_path: Path) -> None:
+    assert store.add_instance("1.2.3.1", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.2", tmp_path / "a.dcm", "SCU")
+    assert not store.add_instance("1.2.3.1", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.2", tmp_path / "a.dcm", "SCU")
+    [row] = store.studies_with_new_instances()
+    store.create_job("1.2.3", row["max_seq"])
+    assert store.studies_with_new_instances() == []
+    store.add_instance("1.2.3.2", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.2", tmp_path / "b.dcm", "SCU")
+    assert [r["study_uid"] for r in store.studies_with_new_instances()] == ["1.2.3"]
+    assert store.create_job("1.2.3", 2).version == 2
+
+
+def test_unrecorded_results_are_removed_and_recorded_ones_kept(store: Store, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    recorded = store.create_job("1.2.1", 10)
+    sent = _result(results, "1.2.1", recorded.version)
+    store.start_job(recorded.id)
+    store.finish_job(recorded.id, Outcome.RESULT, [("1.2.3", sent)], ["pacs"], verdict="ok", reasons=[])
+    killed = store.create_job("1.2.2", 20)
+    store.start_job(killed.id)
+    orphan = _result(results, "1.2.2", killed.version)  # SEG written, then kill -9 before the job was finished
+    stray = _result(results, "1.2.9", 1)  # no job at all
+    removed = remove_unrecorded_results(results, store.jobs())
+    assert sorted(removed) == sorted([orphan.parent, stray.parent])
+    assert sent.exists() and not orphan.exists() and not stray.exists()
+    assert remove_unrecorded_results(results, store.jobs()) == []
+
+
+def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "node.sqlite")
+    old.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+                " upto_seq INTEGER NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
+                " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+    old.execute("CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,"
+                " path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+                " next_attempt_at REAL NOT NULL, last_error TEXT, updated_at REAL NOT NULL, UNIQUE (job_id, destination, sop_uid))")
+    for n, state in enumerate(["done", "no_result", "failed", "delivery_failed", "running"], 1):
+        old.execute("INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, 1, 5, ?, 0, 0)", (f"1.2.{n}", state))
+    old.execute("INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (1, 'pacs', 'a', '1.9', 'sent', 0, 0)")
+    old.execute("INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (4, 'pacs', 'b', '1.8', 'dead', 0, 0)")
+    old.commit()
+    old.close()
+    store = Store(tmp_path / "node.sqlite")
+    assert [(j.state, j.outcome, j.delivery) for j in store.jobs()] == [
+        (JobState.DONE, Outcome.RESULT, JobDelivery.DELIVERED),
+        (JobState.DONE, Outcome.NO_RESULT, JobDelivery.NONE),
+        (JobState.DONE, Outcome.FAILED, JobDelivery.NONE),
+        (JobState.DONE, Outcome.RESULT, JobDelivery.FAILED),
+        (JobState.RUNNING, None, JobDelivery.NONE),
+    ]
+    store.close()
