@@ -36,6 +36,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         wait_for(lambda: orthanc.instances_of_modality("SEG") and orthanc.instances_of_modality("SR"), 3600, 0.5, "results")
         stored = time.time()
         job = node.status()[0]
+        assert node.process is not None
         peak_gib = peak_rss_gib(node.process.pid)
     finally:
         node.stop()

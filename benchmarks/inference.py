@@ -28,8 +28,8 @@ def full_size_model(shipped: Path, target: Path) -> Path:
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from dicomnode.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
     from dicomnode.segment import Model
-    from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
 
     shutil.copytree(shipped, target, ignore=shutil.ignore_patterns("fold_*", "evaluation"))
     plans = json.loads((target / "plans.json").read_text())

@@ -65,8 +65,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     for job in jobs:
         when = dt.datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         outcome = job.outcome.value.replace("_", " ") if job.outcome else ""
-        delivery = f"delivery {job.delivery.value}" if job.delivery is not JobDelivery.NONE else ""
-        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state.value:<8} {outcome:<10} {delivery:<19} {when}  {job.verdict or ''}")
+        progress = f"delivery {job.delivery.value}" if job.delivery is not JobDelivery.NONE else ""
+        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state.value:<8} {outcome:<10} {progress:<19} {when}  {job.verdict or ''}")
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:

@@ -1,8 +1,9 @@
 """Coded concepts used in the SEG and SR, each with its source.
 
-Checked against pydicom's copy of the DICOM PS3.16 concept dictionary (pydicom 3.0) unless noted:
-Kidney SCT 64033007, Left SCT 7771000, Right SCT 24028007, Laterality SCT 272741003, Volume SCT 118565006,
-Anatomical Structure SCT 91723000, Tissue SCT 85756007, Organ parenchyma SCT 91772007, UCUM cm3.
+Concepts that DICOM PS3.16 defines are taken from pydicom's copy of its concept dictionary (``pydicom.sr.codedict``),
+not typed again: Kidney SCT 64033007, Left SCT 7771000, Right SCT 24028007, Laterality SCT 272741003, Volume
+SCT 118565006, Anatomical Structure SCT 91723000, Tissue SCT 85756007, Organ parenchyma SCT 91772007, UCUM cm3,
+Finding DCM 121071. Only the concepts below that PS3.16 lacks are written here.
 
 Renal cortex appears in no DICOM context group; SCT 50403003 "Structure of cortex of kidney" is the code HL7's
 TG263 mapping uses for it. Renal medulla has no code in the DICOM dictionary and no SNOMED CT browser was
@@ -14,26 +15,27 @@ Organ parenchyma within the Kidney (anatomic region), which needs no extra code.
 from __future__ import annotations
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-KIDNEY = Code("64033007", "SCT", "Kidney")
-LEFT = Code("7771000", "SCT", "Left")
-RIGHT = Code("24028007", "SCT", "Right")
-LATERALITY = Code("272741003", "SCT", "Laterality")
-VOLUME = Code("118565006", "SCT", "Volume")
-ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
-TISSUE = Code("85756007", "SCT", "Tissue")
+KIDNEY = codes.SCT.Kidney
+LEFT = codes.SCT.Left
+RIGHT = codes.SCT.Right
+LATERALITY = codes.SCT.Laterality
+VOLUME = codes.SCT.Volume
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
+TISSUE = codes.SCT.Tissue
+ORGAN_PARENCHYMA = Code(codes.SCT.OrganParenchyma.value, "SCT", "Organ parenchyma")  # pydicom's meaning ends "(body structure)"
 RENAL_CORTEX = Code("50403003", "SCT", "Renal cortex")
-ORGAN_PARENCHYMA = Code("91772007", "SCT", "Organ parenchyma")
 PRIVATE_SCHEME = "99RENALNODE"
 #: Declared in the Coding Scheme Identification Sequence (0008,0110) of every object that uses the private codes.
 PRIVATE_CODING_SCHEME = CodingSchemeIdentificationItem(
     designator=PRIVATE_SCHEME, name="dicomnode renal volumetry codes", responsible_organization="dicomnode project"
 )
 RENAL_MEDULLA = Code("RM001", PRIVATE_SCHEME, "Renal medulla")
-CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")
+CUBIC_CENTIMETRE = codes.UCUM.CubicCentimeter
 #: DICOM PS3.16 CID 7464/DCM: "Finding" (121071), the concept name of the QC findings' text items.
-FINDING = Code("121071", "DCM", "Finding")
+FINDING = codes.DCM.Finding
 #: The QC gate's verdict as a qualitative evaluation. No DICOM or SNOMED concept names an automated plausibility
 #: check of a segmentation's output, so these are private (PS3.3 8.2).
 QC_RESULT = Code("QC001", PRIVATE_SCHEME, "Automated quality control")

@@ -165,7 +165,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     values = {}
     for name, value in data.items():
         hint = hints[name]
-        if is_dataclass(hint):
+        if isinstance(hint, type) and is_dataclass(hint):
             values[name] = _build(hint, value or {})
         elif name == "destinations":
             values[name] = tuple(_build(Destination, d) for d in value or ())

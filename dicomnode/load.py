@@ -65,7 +65,7 @@ class LoadedSeries:
 
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     """Read, check and stack one series; raise a :class:`SeriesError` with the reason where it fails."""
-    datasets = []
+    datasets: list[pydicom.Dataset] = []
     for path in files:
         try:
             datasets.append(pydicom.dcmread(path))

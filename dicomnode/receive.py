@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 import shutil
+import socket
+import ssl
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
@@ -25,7 +30,8 @@ from pynetdicom.sop_class import (
     Verification,
     XRayRadiationDoseSRStorage,
 )
-from pynetdicom.status import Status
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeConfig
 from dicomnode.files import move_atomically, remove_partial_writes
@@ -46,11 +52,20 @@ ACCEPTED_SOP_CLASSES = (
     BasicTextSRStorage,
     XRayRadiationDoseSRStorage,
 )
-# The C-STORE statuses this SCP answers, added to pynetdicom's ``Status`` as its documentation shows; their meanings
-# are in pynetdicom's STORAGE_SERVICE_CLASS_STATUS (PS3.4 Table B.2-1): "Refused: Out of Resources" (0xA700, nothing
-# was stored: the sender may try again) and "Cannot understand" (0xC000, the data set itself is unusable).
-Status.add("OUT_OF_RESOURCES", 0xA700)
-Status.add("CANNOT_UNDERSTAND", 0xC000)
+
+
+class StoreStatus(enum.IntEnum):
+    """The C-STORE statuses this SCP answers, named once; pynetdicom's STORAGE_SERVICE_CLASS_STATUS (PS3.4 Table
+    B.2-1) gives each its meaning, see :meth:`meaning`."""
+
+    SUCCESS = Status.SUCCESS
+    OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
+    CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
+
+    def meaning(self) -> str:
+        category, meaning = STORAGE_SERVICE_CLASS_STATUS[self.value]
+        return f"{category}: {meaning}" if meaning else category
+
 #: Folder under ``storage`` where pynetdicom writes data sets while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
@@ -105,7 +120,7 @@ class Receiver:
         self.storage.mkdir(parents=True, exist_ok=True)
         for partial in remove_partial_writes(self.storage):
             log.warning("removed %s, left by a write that was cut off", partial)
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
         self._tempdir: str | None = None
 
     def _receive_to_disk(self) -> None:
@@ -129,18 +144,18 @@ class Receiver:
             ae.require_calling_aet = list(self.config.allowed_callers)  # others get A-ASSOCIATE-RJ (calling AE not recognised)
         ae.require_called_aet = self.config.check_called_ae  # others get A-ASSOCIATE-RJ (called AE not recognised)
         ae.maximum_associations = self.config.max_associations  # more get A-ASSOCIATE-RJ (local limit exceeded)
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
+            (evt.EVT_C_ECHO, lambda event: StoreStatus.SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
             (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
-        self._server = ae.start_server(
-            (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
-        )
-        self._server.verify_request = self._verify_address  # socketserver's hook, before any DICOM is read
+        server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context())
+        assert server is not None  # block=False returns the running server
+        server.verify_request = self._verify_address  # type: ignore[method-assign]  # socketserver's hook, before any DICOM is read
+        self._server = server
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
     def stop(self) -> None:
@@ -149,18 +164,16 @@ class Receiver:
             tempfile.tempdir = self._tempdir
             _config.STORE_RECV_CHUNKED_DATASET = False
 
-    def _ssl_context(self):
+    def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls
         if not tls.enabled:
             return None
-        import ssl
-
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.path(tls.ca_certificates) if tls.ca_certificates else None)
         context.verify_mode = ssl.CERT_REQUIRED if tls.ca_certificates else ssl.CERT_NONE
         context.load_cert_chain(self.config.path(tls.certificate), self.config.path(tls.private_key))
         return context
 
-    def _verify_address(self, request, client_address: tuple) -> bool:
+    def _verify_address(self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]) -> bool:
         allowed = self.config.allowed_addresses
         if allowed and client_address[0] not in allowed:
             log.warning("refused a connection from %s: address not in allowed_addresses", client_address[0])
@@ -192,15 +205,16 @@ class Receiver:
         if size_mb > self.config.max_instance_mb:
             log.error("refusing an instance from %s: %.0f MB, above max_instance_mb=%d", calling_ae, size_mb, self.config.max_instance_mb)
             self.store.add_refusal(calling_ae, "", "", f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}")
-            return Status.OUT_OF_RESOURCES
+            return StoreStatus.OUT_OF_RESOURCES
         try:
             ds = pydicom.dcmread(received, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
             return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}")
-        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or event.request.AffectedSOPInstanceUID or "")
+        request = cast(C_STORE, event.request)
+        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or request.AffectedSOPInstanceUID or "")
         study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")
         series_uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        sop_class = str(getattr(ds, "SOPClassUID", "") or event.request.AffectedSOPClassUID or "")
+        sop_class = str(getattr(ds, "SOPClassUID", "") or request.AffectedSOPClassUID or "")
         invalid = [
             f"{name} {why}"
             for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
@@ -211,23 +225,23 @@ class Receiver:
         self.open.touched(id(event.assoc), study_uid)
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
-            return Status.SUCCESS
+            return StoreStatus.SUCCESS
         free_mb = shutil.disk_usage(self.storage).free / 2**20
         if free_mb < self.config.min_free_disk_mb:
             log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free_mb, self.config.min_free_disk_mb)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free_mb:.0f} MB free)")
-            return Status.OUT_OF_RESOURCES
+            return StoreStatus.OUT_OF_RESOURCES
         path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
         try:
             move_atomically(received, path)
         except OSError as exc:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
-            return Status.OUT_OF_RESOURCES
+            return StoreStatus.OUT_OF_RESOURCES
         self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae)
-        return Status.SUCCESS
+        return StoreStatus.SUCCESS
 
     def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> int:
         log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
         self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
-        return Status.CANNOT_UNDERSTAND
+        return StoreStatus.CANNOT_UNDERSTAND

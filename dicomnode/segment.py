@@ -16,8 +16,8 @@ from dicomnode.load import LoadedSeries
 
 log = logging.getLogger(__name__)
 
-#: Where the project's nnU-Net trainers live; nnU-Net finds trainers named in checkpoints there.
-TRAINERS_DIR = Path(__file__).resolve().parent.parent / "training" / "nnunet_trainers"
+#: Where the project's nnU-Net trainers live; nnU-Net finds the trainer a checkpoint names there.
+TRAINERS_DIR = Path(__file__).resolve().parent / "nnunet_trainers"
 MEDULLA, CORTEX = 1, 2
 
 

@@ -216,10 +216,10 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
     """Choose the best-scoring eligible series with positive evidence for the arterial phase."""
     if not summaries:
         return Selection(None, NO_ARTERIAL, ["the study holds no readable series"])
-    contrast = [s for s in summaries if s.contrast_agent and s.acquisition_time and s.modality == "CT"]
-    first_time = min((_seconds(s.acquisition_time) for s in contrast), default=None)
-    earliest = {s.series_uid for s in contrast if _seconds(s.acquisition_time) == first_time}
-    if len(earliest) == len(contrast):  # one acquisition only: order says nothing
+    times = {s.series_uid: _seconds(s.acquisition_time) for s in summaries if s.contrast_agent and s.acquisition_time and s.modality == "CT"}
+    first_time = min(times.values(), default=None)
+    earliest = {uid for uid, seconds in times.items() if seconds == first_time}
+    if len(earliest) == len(times):  # one acquisition only: order says nothing
         earliest = set()
     candidates = []
     for summary in summaries:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pydicom
@@ -25,7 +26,7 @@ class SendOutcome:
     detail: str
 
 
-def store_scu(config: NodeConfig, destination: Destination, datasets: list[pydicom.Dataset]) -> list[SendOutcome]:
+def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset]) -> list[SendOutcome]:
     """Send datasets over one association; one outcome per dataset."""
     ae = AE(ae_title=config.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.delivery.timeout_s
@@ -40,8 +41,8 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: list[pydic
         context.check_hostname = False
         if tls.certificate:
             context.load_cert_chain(config.path(tls.certificate), config.path(tls.private_key))
-        tls_args = (context, None)  # peers are identified by the CA, not by host name
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+        tls_args = (context, None)  # peers are identified by the CA, not by host name (wrap_socket takes None)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)  # type: ignore[arg-type]
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"
         return [SendOutcome(False, reason)] * len(datasets)

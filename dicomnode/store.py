@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +268,7 @@ class Store:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
     @contextmanager
-    def _transaction(self):
+    def _transaction(self) -> Iterator[None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -295,7 +295,7 @@ class Store:
 
     def jobs(self, state: JobState | None = None, delivery: JobDelivery | None = None) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state`` and/or with ``delivery``."""
-        query, params = "SELECT * FROM jobs WHERE 1", []
+        query, params = "SELECT * FROM jobs WHERE 1", list[str]()
         if state is not None:
             query, params = query + " AND state = ?", [*params, JobState(state).value]
         if delivery is not None:

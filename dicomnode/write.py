@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -74,7 +75,9 @@ def write_seg(
     series: LoadedSeries, measurements: Measurements, model: Model, tracking: dict[tuple[str, str], str], review: bool = False
 ) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
     """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
-    descriptions, masks, numbers = [], [], {}
+    descriptions: list[hd.seg.SegmentDescription] = []
+    masks: list[np.ndarray] = []
+    numbers: dict[tuple[str, str], int] = {}
     for structure, side in SEGMENT_ORDER:
         kidney = measurements.kidneys.get(side)
         if kidney is None:
@@ -132,7 +135,7 @@ def write_sr(
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
     verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=str(model.card.get("version", __version__)))
-    groups = []
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for (structure, side), number in numbers.items():
         kidney = measurements.kidneys[side]
         groups.append(
@@ -207,18 +210,27 @@ def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
 def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]) -> pydicom.Dataset:
     """A Comprehensive SR telling the reader why the study gave no renal volumes (verdict and reasons as text)."""
     container = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id=None)
-    container.ContentSequence = [
-        hd.sr.TextContentItem(name=codes.DCM.Finding, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = pydicom.Sequence([
+        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         for text in [f"No renal volumetry: {verdict}.", *reasons]
-    ]
+    ])
     return hd.sr.ComprehensiveSR(
         evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance()
     )
 
 
-def _new_sr_instance() -> dict[str, object]:
+class _SrIdentity(TypedDict):
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    manufacturer: str
+    is_complete: bool
+
+
+def _new_sr_instance() -> _SrIdentity:
     """Identity of a new, complete SR instance in a new series of the node's."""
-    return dict(
+    return _SrIdentity(
         series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
     )

@@ -11,10 +11,9 @@ import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
-from pynetdicom.status import Status
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import OpenAssociations, Receiver, valid_uid
+from dicomnode.receive import OpenAssociations, Receiver, StoreStatus, valid_uid
 from dicomnode.store import Store
 from tests.peers import NodeProcess, free_port, storescu
 from training.phantom_dicom import write_study
@@ -64,7 +63,7 @@ def test_invalid_uid_is_refused_and_nothing_is_written(node, slice_file: Path, u
     config, store = node
     ds = pydicom.dcmread(slice_file)
     ds.StudyInstanceUID = uid
-    assert _store(config, ds) == Status.CANNOT_UNDERSTAND
+    assert _store(config, ds) == StoreStatus.CANNOT_UNDERSTAND
     assert [p for p in Path(config.storage).rglob("*") if p.is_file()] == []  # .incoming emptied too
     assert why in store.refusals()[-1]["reason"] and "StudyInstanceUID" in store.refusals()[-1]["reason"]
 
@@ -72,7 +71,7 @@ def test_invalid_uid_is_refused_and_nothing_is_written(node, slice_file: Path, u
 def test_valid_instance_is_stored(node, slice_file: Path) -> None:
     config, store = node
     ds = pydicom.dcmread(slice_file)
-    assert _store(config, ds) == Status.SUCCESS and store.has_instance(ds.SOPInstanceUID)
+    assert _store(config, ds) == StoreStatus.SUCCESS and store.has_instance(ds.SOPInstanceUID)
 
 
 def test_uid_validator_returns_a_reason() -> None:
@@ -112,7 +111,7 @@ def test_an_instance_above_max_instance_mb_is_refused_and_nothing_kept(tmp_path:
         ds = pydicom.dcmread(slice_file)
         ds.Rows = ds.Columns = 1024
         ds.PixelData = bytes(1024 * 1024 * 2)  # 2 MB
-        assert _store(config, ds) == Status.OUT_OF_RESOURCES
+        assert _store(config, ds) == StoreStatus.OUT_OF_RESOURCES
         assert "above max_instance_mb=1" in store.refusals()[-1]["reason"]
         assert [p for p in Path(config.storage).rglob("*") if p.is_file()] == []
     finally:

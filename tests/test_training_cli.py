@@ -36,17 +36,19 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert len(groups) == 6 and all(g.startswith("CKD") for g in groups.values())
 
     out = _cli("train", "--work", str(work), "--dataset-id", "990", "--configuration", "3d_tiny", "--folds", "0",
-               "--n-folds", "2", "--epochs", "1", "--iterations", "3", "--device", "cpu", env=env)
+               "--n-folds", "2", "--trainer", "nnUNetTrainerPaper_1epoch_3it", "--device", "cpu", env=env)
     assert "best fold: 0" in out
+    # the schedule is named in the results folder, as nnU-Net names its trainer variants
+    assert (work / "results" / "Dataset990_Tiny" / "nnUNetTrainerPaper_1epoch_3it__nnUNetPlans__3d_tiny" / "fold_0" / "checkpoint_final.pth").exists()
     splits = json.loads((work / "preprocessed" / "Dataset990_Tiny" / "splits_final.json").read_text())
     assert sorted(splits[0]["train"] + splits[0]["val"]) == sorted(groups)
 
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"training_data": "6 tiny phantoms", "intended_use": "tests", "not_fit_for": ["patients"]}))
     _cli("export", "--work", str(work), "--dataset-id", "990", "--configuration", "3d_tiny", "--name", "tiny",
-         "--models", str(models), "--card", str(card), env=env)
+         "--trainer", "nnUNetTrainerPaper_1epoch_3it", "--models", str(models), "--card", str(card), env=env)
     exported = yaml.safe_load((models / "tiny" / "model.yaml").read_text())
-    assert exported["trainer"] == "nnUNetTrainerPaper" and exported["fold"] == 0
+    assert exported["trainer"] == "nnUNetTrainerPaper_1epoch_3it" and exported["fold"] == 0
     assert exported["not_fit_for"] == ["patients"] and "cross_validation" in exported["metrics"]
     assert (models / "tiny" / "fold_0" / "checkpoint_final.pth").stat().st_size < 5_000_000
 

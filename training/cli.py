@@ -65,16 +65,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from training.train import select_best, train_fold, write_splits
 
     _set_nnunet_paths(args.work)
-    if args.epochs:
-        os.environ["DICOMNODE_TRAIN_EPOCHS"] = str(args.epochs)
-    if args.iterations:
-        os.environ["DICOMNODE_TRAIN_ITERATIONS"] = str(args.iterations)
     name = _dataset_name(args.work, args.dataset_id)
     preprocessed = args.work / "preprocessed" / name
     plan_and_preprocess(args.dataset_id, args.work / "preprocessed", name, args.configuration, int(os.environ["nnUNet_def_n_proc"]))
     groups = json.loads((args.work / "raw" / name / "groups.json").read_text())
     write_splits(preprocessed, groups, args.n_folds)
-    results = [train_fold(preprocessed, args.configuration, fold, args.device, args.resume) for fold in args.folds]
+    results = [train_fold(preprocessed, args.trainer, args.configuration, fold, args.device, args.resume) for fold in args.folds]
     for result in results:
         print(f"fold {result.fold}: " + ", ".join(f"{k} Dice {v:.4f}" for k, v in result.dice.items()))
     best = select_best(results)
@@ -114,18 +110,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     import yaml
 
     from training.export import ModelCard, export_model
-    from training.train import TRAINER
 
     _set_nnunet_paths(args.work)
     name = _dataset_name(args.work, args.dataset_id)
-    result_folder = args.work / "results" / name / f"{TRAINER}__nnUNetPlans__{args.configuration}"
+    result_folder = args.work / "results" / name / f"{args.trainer}__nnUNetPlans__{args.configuration}"
     fold = args.fold if args.fold is not None else json.loads((result_folder / "best_fold.json").read_text())["fold"]
     plans = json.loads((result_folder / "plans.json").read_text())
     dataset = json.loads((result_folder / "dataset.json").read_text())
     described = yaml.safe_load(args.card.read_text()) if args.card else {}
     card = ModelCard(
         name=args.name,
-        trainer=TRAINER,
+        trainer=args.trainer,
         configuration=args.configuration,
         fold=fold,
         labels=dataset["labels"],
@@ -179,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu or 3d_tiny")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, help="default: the paper's 200")
-    p.add_argument("--iterations", type=int, help="iterations per epoch; default nnU-Net's 250")
+    p.add_argument("--trainer", default="nnUNetTrainerPaper",
+                   help="the schedule: a trainer named in dicomnode/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")
     p.set_defaults(func=cmd_train)
@@ -215,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-id", type=int, default=501)
     p.add_argument("--configuration", default="3d_fullres")
     p.add_argument("--fold", type=int, help="default: the best fold of the last training")
+    p.add_argument("--trainer", default="nnUNetTrainerPaper", help="the trainer the model was trained with (its results folder)")
     p.add_argument("--name", required=True)
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--card", type=Path, help="YAML with training_data, training, intended_use, not_fit_for")

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from training.phantoms import Grid, Phantom, Phase, draw_anatomy, render
 
@@ -103,7 +103,7 @@ def ct_dataset(sop_uid: str, study_uid: str, series_uid: str, frame_uid: str) ->
     """An empty CT Image Storage instance with its file meta (Explicit VR Little Endian) and identifying UIDs."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta

@@ -32,6 +32,7 @@ from training.synth_anatomy import (
     load_atlas,
     load_kits_kidneys,
     principal_axis,
+    triple,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -483,8 +484,9 @@ def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, rng: np.
     excess = np.maximum(hi - lo - np.array(grid.max_shape[::-1]) * spacing, 0.0)
     lo += rng.uniform(0, 1, 3) * excess
     shape_xyz = np.minimum(np.floor((hi - lo) / spacing).astype(int), grid.max_shape[::-1])
-    factors = tuple(_odd_factor(s, m) for s, m in zip(grid.spacing[::-1], grid.max_work_mm[::-1]))
-    return Grid(tuple(int(n) for n in shape_xyz[::-1]), tuple(grid.spacing), tuple(float(v) for v in lo)), factors
+    fx, fy, fz = (_odd_factor(s, m) for s, m in zip(grid.spacing[::-1], grid.max_work_mm[::-1]))
+    nz, ny, nx = (int(n) for n in shape_xyz[::-1])
+    return Grid((nz, ny, nx), triple(grid.spacing), triple(lo)), (fx, fy, fz)
 
 
 def _odd_factor(spacing: float, finest: float) -> int:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -144,8 +146,8 @@ def lps_volume(image: sitk.Image) -> Volume:
     for b, a in enumerate(axis_of):
         if direction[b, a] < 0:
             index[a] = image.GetSize()[a] - 1
-    spacing = tuple(float(image.GetSpacing()[axis_of[b]]) for b in range(3))
-    return Volume(np.ascontiguousarray(array), spacing, tuple(image.TransformIndexToPhysicalPoint(index)))
+    spacing = triple(image.GetSpacing()[axis_of[b]] for b in range(3))
+    return Volume(np.ascontiguousarray(array), spacing, triple(image.TransformIndexToPhysicalPoint(index)))
 
 
 def read_lps(path: Path) -> Volume:
@@ -161,13 +163,12 @@ def load_atlas(real_ct: Path, cache_dir: Path) -> Atlas:
     if not cache.exists():
         atlas = build_atlas(real_ct)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        sites = json.dumps({side: vars(site) for side, site in atlas.sites.items()})
-        np.savez_compressed(_tmp(cache), tissues=atlas.tissues, origin=atlas.origin, sites=sites)
+        np.savez_compressed(_tmp(cache), tissues=atlas.tissues, origin=atlas.origin, sites=json.dumps({side: vars(site) for side, site in atlas.sites.items()}))
         _tmp(cache).rename(cache)
     with np.load(cache) as data:
-        sites = {side: KidneySite(**{k: tuple(v) if isinstance(v, list) else v for k, v in site.items()})
+        sites = {side: KidneySite(site["side"], triple(site["centre"]), triple(site["long_axis"]), float(site["volume_ml"]))
                  for side, site in json.loads(str(data["sites"])).items()}
-        return Atlas(data["tissues"], tuple(float(v) for v in data["origin"]), sites)
+        return Atlas(data["tissues"], triple(data["origin"]), sites)
 
 
 def build_atlas(real_ct: Path) -> Atlas:
@@ -188,7 +189,7 @@ def build_atlas(real_ct: Path) -> Atlas:
     first = max(0, lowest - int(_ATLAS_BELOW_KIDNEYS_MM / ct.spacing[2]))
     origin = np.array(ct.origin) + np.array([0.0, 0.0, first * ct.spacing[2]])
     fine, fine_origin = _upsample_labels(tissues[first:], ct.spacing, origin)
-    return Atlas(fine, tuple(float(v) for v in fine_origin), sites)
+    return Atlas(fine, triple(fine_origin), sites)
 
 
 def _tissues_from_hu(hu: np.ndarray, spacing) -> np.ndarray:
@@ -250,7 +251,7 @@ def _site(side: str, mask: np.ndarray, ct: Volume) -> KidneySite:
     centre = points.mean(axis=0)
     long_axis = principal_axis(points - centre)
     voxel_ml = float(np.prod(ct.spacing)) / 1000.0
-    return KidneySite(side, tuple(float(v) for v in centre), tuple(float(v) for v in long_axis), float(mask.sum() * voxel_ml))
+    return KidneySite(side, triple(centre), triple(long_axis), float(mask.sum() * voxel_ml))
 
 
 def principal_axis(offsets: np.ndarray) -> np.ndarray:
@@ -305,7 +306,8 @@ def load_kits_kidneys(kits: Path, cache_dir: Path, case_ids: list[str] | None = 
         kidneys = [kidney for path in paths for kidney in kits_case_kidneys(path)]
         cache_dir.mkdir(parents=True, exist_ok=True)
         meta = [{"case_id": k.case_id, "side": k.side, "kidney_ml": k.kidney_ml, "tumour_ml": k.tumour_ml} for k in kidneys]
-        np.savez_compressed(_tmp(cache), meta=json.dumps(meta), **{f"labels_{i}": k.labels for i, k in enumerate(kidneys)})
+        arrays: dict[str, Any] = {f"labels_{i}": k.labels for i, k in enumerate(kidneys)}
+        np.savez_compressed(_tmp(cache), meta=json.dumps(meta), **arrays)
         _tmp(cache).rename(cache)
     with np.load(cache) as data:
         return [KitsKidney(labels=data[f"labels_{i}"], **m) for i, m in enumerate(json.loads(str(data["meta"])))]
@@ -351,6 +353,12 @@ def _resample_labels(labels: np.ndarray, spacing) -> np.ndarray:
     out[whole] = 1
     out[whole & (scores[1] > scores[0])] = 2
     return out
+
+
+def triple(values: Iterable[float]) -> tuple[float, float, float]:
+    """Three numbers (x, y, z or z, y, x) as a typed tuple."""
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 def _tmp(path: Path) -> Path:

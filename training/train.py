@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-TRAINER = "nnUNetTrainerPaper"
-
 
 @dataclass(frozen=True)
 class FoldResult:
@@ -46,23 +44,26 @@ def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: in
     (preprocessed_dataset / "splits_final.json").write_text(json.dumps(stratified_folds(groups, n_folds), indent=2))
 
 
-def train_fold(preprocessed_dataset: Path, configuration: str, fold: int, device: str, resume: bool = False) -> FoldResult:
-    """Train and validate one fold; returns its validation Dice per region.
+def train_fold(preprocessed_dataset: Path, trainer_name: str, configuration: str, fold: int, device: str, resume: bool = False) -> FoldResult:
+    """Train and validate one fold with the named trainer (a schedule of ``TRAINERS``); returns its validation Dice per region.
 
     With ``resume``, training continues from the fold's latest checkpoint where there is one (nnU-Net saves it
     every few epochs), so a long CPU run can be split over several sessions.
     """
     import torch
 
-    from training.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
+    from dicomnode.nnunet_trainers.nnUNetTrainerPaper import TRAINERS
 
+    if trainer_name not in TRAINERS:
+        raise ValueError(f"trainer_name: {trainer_name!r} is not one of {', '.join(sorted(TRAINERS))}")
+    trainer_class = TRAINERS[trainer_name]
     plans = json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
-    probe = nnUNetTrainerPaper({**plans, "continue_training": False}, configuration, fold, dataset_json, torch.device("cpu"))
+    probe = trainer_class({**plans, "continue_training": False}, configuration, fold, dataset_json, torch.device("cpu"))
     checkpoint = Path(probe.output_folder) / "checkpoint_latest.pth"
     resume = resume and checkpoint.exists()
     plans["continue_training"] = resume  # nnU-Net's logger appends to the fold's log instead of starting anew
-    trainer = nnUNetTrainerPaper(plans, configuration, fold, dataset_json, torch.device(device))
+    trainer = trainer_class(plans, configuration, fold, dataset_json, torch.device(device))
     if resume:
         trainer.load_checkpoint(str(checkpoint))
     trainer.run_training()
