@@ -22,8 +22,11 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
     files = big_study(work / "study", slices, slice_mm).series[0].files
     orthanc = Orthanc(work / "orthanc")
     orthanc.start()
-    node = NodeProcess(work / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-                       extra={"quiet_period_s": 2, "qc": {"on_fail": "flag"}})  # results are sent whatever QC finds
+    node = NodeProcess(
+        work / "node",
+        [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        extra={"quiet_period_s": 2, "qc": {"on_fail": "flag"}},
+    )  # results are sent whatever QC finds
     node.start()
     try:
         if mirroring:

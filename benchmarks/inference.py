@@ -99,7 +99,9 @@ def main() -> None:
                 for mirroring in (False, True):
                     child = subprocess.run(
                         [sys.executable, "-m", "benchmarks.inference", "--child", str(folder), device, str(int(mirroring)), str(args.slices)],
-                        capture_output=True, text=True, cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        cwd=REPO,
                     )
                     if child.returncode != 0:
                         print(f"{label:>22} {device:>6} {str(mirroring):>9} failed: {child.stderr.strip().splitlines()[-1]}")

@@ -50,9 +50,7 @@ def main() -> None:
                 out = work / f"{name.replace(' ', '-')}{repeat}"
                 out.mkdir()
                 port = free_port()
-                scp = subprocess.Popen(
-                    ["storescp", *pdu, "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV
-                )
+                scp = subprocess.Popen(["storescp", *pdu, "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV)
                 try:
                     time.sleep(0.5)
                     rates[name].append(len(files) / timed_send(port, "STORESCP", files))

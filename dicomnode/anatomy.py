@@ -111,9 +111,7 @@ class Midline:
         return float("nan"), "nothing"
 
 
-def find_midline(
-    hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, slices: np.ndarray | None = None, step_mm: float = 2.5
-) -> Midline:
+def find_midline(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, slices: np.ndarray | None = None, step_mm: float = 2.5) -> Midline:
     """Spine and body centre on the given slices (default all) of a volume in patient axes, thinned in-plane to
     about ``step_mm``; NaN on the others.
 
@@ -135,5 +133,5 @@ def find_midline(
 
 
 def disc(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius: radius + 1, -radius: radius + 1]
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
     return x**2 + y**2 <= radius**2

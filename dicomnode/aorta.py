@@ -94,7 +94,8 @@ def judge(detections: list[_Detection], spine_slices: int) -> AortaEvidence:
             return AortaEvidence(phase_of(hu), hu, f"aorta {hu:.0f} HU on {len(found)} slices")
     if spine_slices >= 3 and not any(d.enhanced for d in detections):
         return AortaEvidence(
-            ImagePhase.UNENHANCED, None,
+            ImagePhase.UNENHANCED,
+            None,
             f"no vessel above {ENHANCED_CANDIDATE_HU:.0f} HU in front of the spine on {spine_slices} slices",
         )
     return AortaEvidence(ImagePhase.UNKNOWN, None, f"aorta not found (spine on {spine_slices} slices)")
@@ -178,5 +179,3 @@ def _nearest_round_region(
         if distance < best_distance:
             best, best_distance = (float(np.median(hu[rows, cols])), (dx, dy)), distance
     return best
-
-

@@ -126,8 +126,12 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
             processed = failed(exc)
         saved = save_results(processed.results, args.out / study_uid) if processed.results else []
         summary[study_uid] = {
-            "outcome": processed.outcome.value, "verdict": processed.verdict, "reasons": processed.reasons, "error": processed.error,
-            "series_uid": processed.series_uid, "timings": processed.timings,
+            "outcome": processed.outcome.value,
+            "verdict": processed.verdict,
+            "reasons": processed.reasons,
+            "error": processed.error,
+            "series_uid": processed.series_uid,
+            "timings": processed.timings,
             "measurements": processed.measurements.summary() if processed.measurements else None,
             "qc": None if processed.qc is None else {"verdict": processed.qc.verdict, "findings": processed.qc.lines()},
             "results": [str(path) for _, path in saved],

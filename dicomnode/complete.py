@@ -28,9 +28,7 @@ class Completion:
     waiting: dict[str, str]
 
 
-def ready_studies(
-    store: Store, open_since: dict[str, float], quiet_period_s: float, max_wait_s: float, now: float | None = None
-) -> Completion:
+def ready_studies(store: Store, open_since: dict[str, float], quiet_period_s: float, max_wait_s: float, now: float | None = None) -> Completion:
     """Studies with new instances that are complete: no open association sent to them and no instance came for
     ``quiet_period_s``; or, whatever their associations, no instance came for ``max_wait_s`` (force-complete, for
     senders that keep an association open). ``open_since`` maps a study to when its oldest open association first

@@ -59,13 +59,39 @@ class Selection:
     """Series selection rules; keywords match SeriesDescription / ProtocolName, case-insensitively."""
 
     arterial_keywords: tuple[str, ...] = (
-        "arterial", "arteriell", "art", "corticomedullary", "cortical", "cm phase", "angio",
-        "动脉期", "动脉", "皮质期", "皮髓质期",
+        "arterial",
+        "arteriell",
+        "art",
+        "corticomedullary",
+        "cortical",
+        "cm phase",
+        "angio",
+        "动脉期",
+        "动脉",
+        "皮质期",
+        "皮髓质期",
     )
     other_phase_keywords: tuple[str, ...] = (
-        "native", "plain", "non-contrast", "noncontrast", "nativ", "unenhanced", "pre",
-        "venous", "portal", "nephrographic", "delayed", "excretory", "urographic", "late",
-        "平扫", "静脉期", "门脉期", "实质期", "排泄期", "延迟期",
+        "native",
+        "plain",
+        "non-contrast",
+        "noncontrast",
+        "nativ",
+        "unenhanced",
+        "pre",
+        "venous",
+        "portal",
+        "nephrographic",
+        "delayed",
+        "excretory",
+        "urographic",
+        "late",
+        "平扫",
+        "静脉期",
+        "门脉期",
+        "实质期",
+        "排泄期",
+        "延迟期",
     )
     arterial_window_s: tuple[float, float] = (15.0, 50.0)
     min_slices: int = 20
@@ -198,7 +224,8 @@ def problems(config: NodeConfig) -> list[str]:
     check(config.retention.days >= 0, "retention.days", "must not be negative")
     check(config.retention.interval_s > 0, "retention.interval_s", "must be positive")
     check(
-        config.retention.free_disk_mb > config.min_free_disk_mb, "retention.free_disk_mb",
+        config.retention.free_disk_mb > config.min_free_disk_mb,
+        "retention.free_disk_mb",
         f"{config.retention.free_disk_mb} must be above min_free_disk_mb={config.min_free_disk_mb}, so that studies are deleted before C-STORE is refused",
     )
     check(config.model.device in ("auto", "cpu", "cuda"), "model.device", f"{config.model.device!r} is not auto, cpu or cuda")

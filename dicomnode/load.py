@@ -148,8 +148,7 @@ def check_pixel_header(ds: pydicom.Dataset) -> None:
         expected = int(ds.Rows) * int(ds.Columns) * int(bits) // 8
         if len(ds.PixelData) not in (expected, expected + 1):  # one byte of padding to an even length
             raise PixelDataError(
-                f"{where}: pixel data holds {len(ds.PixelData)} bytes, Rows x Columns x BitsAllocated/8 = {expected}: "
-                "BitsAllocated, Rows or Columns is wrong"
+                f"{where}: pixel data holds {len(ds.PixelData)} bytes, Rows x Columns x BitsAllocated/8 = {expected}: BitsAllocated, Rows or Columns is wrong"
             )
 
 
@@ -164,8 +163,7 @@ def check_hu(hu: np.ndarray) -> None:
     soft = float(np.mean((hu >= -150) & (hu <= 150)))
     if soft < MIN_SOFT_TISSUE_SHARE:
         raise PixelDataError(
-            f"only {100 * soft:.1f} % of voxels are fat or soft tissue (-150 to 150 HU): check RescaleSlope, "
-            "RescaleIntercept and PixelRepresentation"
+            f"only {100 * soft:.1f} % of voxels are fat or soft tissue (-150 to 150 HU): check RescaleSlope, RescaleIntercept and PixelRepresentation"
         )
 
 

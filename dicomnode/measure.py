@@ -75,9 +75,7 @@ class Measurements:
 
     def summary(self) -> dict[str, object]:
         """Plain figures for the job record."""
-        figures: dict[str, object] = {
-            f"{structure}_{side}_ml": round(k.volume(structure), 2) for side, k in self.kidneys.items() for structure in STRUCTURES
-        }
+        figures: dict[str, object] = {f"{structure}_{side}_ml": round(k.volume(structure), 2) for side, k in self.kidneys.items() for structure in STRUCTURES}
         for side, k in self.kidneys.items():
             figures.update({f"cortex_{side}_hu": round(k.cortex_hu, 1), f"medulla_{side}_hu": round(k.medulla_hu, 1)})
         figures.update(
@@ -135,8 +133,11 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
         heights = [centres[c][2] for c in chosen]
         same_height = len(chosen) == 2 and abs(heights[0] - heights[1]) <= SAME_HEIGHT_MM
         return (
-            sum(in_place[c] for c in chosen), sum(kidney_sized[c] for c in chosen), same_height,
-            sum(inside[c] for c in chosen), float(sum(sizes[c - 1] for c in chosen)),
+            sum(in_place[c] for c in chosen),
+            sum(kidney_sized[c] for c in chosen),
+            same_height,
+            sum(inside[c] for c in chosen),
+            float(sum(sizes[c - 1] for c in chosen)),
         )
 
     left = [c for c in candidates if sides[c] == "left"] + [None]
@@ -184,7 +185,12 @@ def _canonical_slices(series: LoadedSeries, slices: np.ndarray) -> np.ndarray:
 
 
 def _kidney(
-    series: LoadedSeries, labels: np.ndarray, mask: np.ndarray, side: str, centre: np.ndarray, box: tuple[slice, ...],
+    series: LoadedSeries,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    side: str,
+    centre: np.ndarray,
+    box: tuple[slice, ...],
     offset: tuple[tuple[float, float] | None, float],
 ) -> KidneyMeasurement:
     cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)

@@ -104,11 +104,14 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
     if phase in (ImagePhase.ARTERIAL, ImagePhase.UNKNOWN):
         difference = kidney.cortex_hu - kidney.medulla_hu
         if not difference >= limits.min_corticomedullary_hu:
-            found.append(Finding(
-                Rule.CORTICOMEDULLARY, side,
-                f"cortex {kidney.cortex_hu:.0f} HU, medulla {kidney.medulla_hu:.0f} HU: the difference is below "
-                f"{limits.min_corticomedullary_hu:.0f} HU, so cortex and medulla cannot be told apart",
-            ))
+            found.append(
+                Finding(
+                    Rule.CORTICOMEDULLARY,
+                    side,
+                    f"cortex {kidney.cortex_hu:.0f} HU, medulla {kidney.medulla_hu:.0f} HU: the difference is below "
+                    f"{limits.min_corticomedullary_hu:.0f} HU, so cortex and medulla cannot be told apart",
+                )
+            )
     return found
 
 
@@ -146,10 +149,13 @@ def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCCon
     if len(measurements.kidneys) == 2:
         heights = abs(measurements.kidneys["left"].centre_mm[2] - measurements.kidneys["right"].centre_mm[2])
         if heights > limits.max_height_difference_mm:
-            found.append(Finding(
-                Rule.POSITION, STUDY,
-                f"the kidneys' centres are {heights:.0f} mm apart in height, more than {limits.max_height_difference_mm:.0f} mm",
-            ))
+            found.append(
+                Finding(
+                    Rule.POSITION,
+                    STUDY,
+                    f"the kidneys' centres are {heights:.0f} mm apart in height, more than {limits.max_height_difference_mm:.0f} mm",
+                )
+            )
     return found
 
 

@@ -66,6 +66,7 @@ class StoreStatus(enum.IntEnum):
         category, meaning = STORAGE_SERVICE_CLASS_STATUS[self.value]
         return f"{category}: {meaning}" if meaning else category
 
+
 #: Folder under ``storage`` where pynetdicom writes data sets while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
@@ -218,7 +219,8 @@ class Receiver:
         invalid = [
             f"{name} {why}"
             for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
-            for ok, why in [valid_uid(uid)] if not ok
+            for ok, why in [valid_uid(uid)]
+            if not ok
         ]
         if invalid:
             return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], f"missing or invalid UID in the data set: {'; '.join(invalid)}")

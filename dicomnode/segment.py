@@ -120,4 +120,3 @@ def nearest_resize(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Labels brought to ``shape`` by nearest neighbour, voxel centres aligned."""
     index = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, labels.shape)]
     return labels[np.ix_(*index)]
-

@@ -44,7 +44,6 @@ class SeriesSummary:
     patients: frozenset[tuple[str, str, str]] = frozenset()  # (PatientID, PatientName, PatientBirthDate) seen
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """A series weighed by the rules: eligible or not, its score and why."""
@@ -107,8 +106,7 @@ def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Se
         slices=len(members),
         files=tuple(path for path, _ in members),
         patients=frozenset(
-            (str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""), str(ds.get("PatientBirthDate", "") or ""))
-            for _, ds in members
+            (str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""), str(ds.get("PatientBirthDate", "") or "")) for _, ds in members
         ),
     )
 

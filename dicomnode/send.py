@@ -100,4 +100,3 @@ def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, detail: st
     wait = backoff(config.delivery, attempts)
     log.warning("sending %s to %s failed (%s); try %d again in %.0f s", record.sop_uid, record.destination, detail, attempts + 1, wait)
     store.update_delivery(record.id, DeliveryState.QUEUED, attempts, time.time() + wait, detail)
-

@@ -107,8 +107,16 @@ class Node:
             figures.update(qc=processed.qc.verdict, qc_findings=processed.qc.lines())
         destinations = [d.name for d in self.config.destinations]
         self.store.finish_job(
-            job.id, processed.outcome, saved, destinations, verdict=processed.verdict, reasons=processed.reasons,
-            series_uid=processed.series_uid, measurements=figures, error=processed.error, timings=processed.timings,
+            job.id,
+            processed.outcome,
+            saved,
+            destinations,
+            verdict=processed.verdict,
+            reasons=processed.reasons,
+            series_uid=processed.series_uid,
+            measurements=figures,
+            error=processed.error,
+            timings=processed.timings,
         )
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
 

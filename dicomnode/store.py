@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 """
 
+
 @dataclass(frozen=True)
 class Instance:
     """One received, stored instance."""
@@ -181,8 +182,7 @@ class Store:
         """Index a stored instance; False if its SOP Instance UID was already indexed."""
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_ae, time.time()),
             )
             return cursor.rowcount == 1
@@ -200,9 +200,7 @@ class Store:
 
     def study_instances(self, study_uid: str, upto_seq: int) -> list[Instance]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM instances WHERE study_uid = ? AND seq <= ? ORDER BY seq", (study_uid, upto_seq)
-            ).fetchall()
+            rows = self._db.execute("SELECT * FROM instances WHERE study_uid = ? AND seq <= ? ORDER BY seq", (study_uid, upto_seq)).fetchall()
         return [Instance(r["seq"], r["sop_uid"], r["study_uid"], r["series_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
 
     def studies_with_new_instances(self) -> list[sqlite3.Row]:
@@ -252,8 +250,7 @@ class Store:
             row = self._db.execute(self._FINISHED.format(where="WHERE i.study_uid = ?"), (study.study_uid,)).fetchone()
             if row is None or row["upto_seq"] != study.upto_seq:
                 return 0
-            paths = [Path(r[0]) for r in self._db.execute(
-                "SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
+            paths = [Path(r[0]) for r in self._db.execute("SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
             self._db.execute("DELETE FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))
             self._db.execute(
                 "INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, ?, ?, ?)",
@@ -310,9 +307,7 @@ class Store:
         encoded.update(state=after.value, updated_at=time.time())
         columns = ", ".join(f"{k} = ?" for k in encoded)
         allowed = ", ".join("?" for _ in before)
-        cursor = self._db.execute(
-            f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before))
-        )
+        cursor = self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before)))
         if cursor.rowcount != 1:
             raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
 
@@ -397,10 +392,21 @@ class Store:
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(
-        row["id"], row["study_uid"], row["version"], row["upto_seq"], JobState(row["state"]),
-        Outcome(row["outcome"]) if row["outcome"] else None, JobDelivery(row["delivery"]), row["series_uid"], row["verdict"],
-        json.loads(row["reasons"]), row["error"], json.loads(row["measurements"]) if row["measurements"] else None,
-        json.loads(row["timings"]), row["created_at"], row["updated_at"],
+        row["id"],
+        row["study_uid"],
+        row["version"],
+        row["upto_seq"],
+        JobState(row["state"]),
+        Outcome(row["outcome"]) if row["outcome"] else None,
+        JobDelivery(row["delivery"]),
+        row["series_uid"],
+        row["verdict"],
+        json.loads(row["reasons"]),
+        row["error"],
+        json.loads(row["measurements"]) if row["measurements"] else None,
+        json.loads(row["timings"]),
+        row["created_at"],
+        row["updated_at"],
     )
 
 
@@ -411,6 +417,13 @@ def _finished(row: sqlite3.Row) -> FinishedStudy:
 
 def _delivery(row: sqlite3.Row) -> DeliveryRecord:
     return DeliveryRecord(
-        row["id"], row["job_id"], row["destination"], Path(row["path"]), row["sop_uid"], DeliveryState(row["state"]),
-        row["attempts"], row["next_attempt_at"], row["last_error"],
+        row["id"],
+        row["job_id"],
+        row["destination"],
+        Path(row["path"]),
+        row["sop_uid"],
+        DeliveryState(row["state"]),
+        row["attempts"],
+        row["next_attempt_at"],
+        row["last_error"],
     )

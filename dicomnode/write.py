@@ -51,7 +51,9 @@ class Results:
 
 def _algorithm(model: Model) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
-        name=model.name, family=codes.cid7162.ArtificialIntelligence, version=str(model.card.get("version", __version__)),
+        name=model.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=str(model.card.get("version", __version__)),
         source=MANUFACTURER,
     )
 
@@ -150,9 +152,7 @@ def write_sr(
                 finding_type=STRUCTURE_CODES[structure],
                 finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
                 algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)
-                ],
+                measurements=[hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)],
                 qualitative_evaluations=[_qc_evaluation(qc)],
             )
         )
@@ -202,21 +202,20 @@ def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
     """Append the QC findings as TEXT items (concept "Finding") to a measurement group's content."""
     container = group[0]
     container.ContentSequence.extend(
-        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        for text in texts
+        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS) for text in texts
     )
 
 
 def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]) -> pydicom.Dataset:
     """A Comprehensive SR telling the reader why the study gave no renal volumes (verdict and reasons as text)."""
     container = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id=None)
-    container.ContentSequence = pydicom.Sequence([
-        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        for text in [f"No renal volumetry: {verdict}.", *reasons]
-    ])
-    return hd.sr.ComprehensiveSR(
-        evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance()
+    container.ContentSequence = pydicom.Sequence(
+        [
+            hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            for text in [f"No renal volumetry: {verdict}.", *reasons]
+        ]
     )
+    return hd.sr.ComprehensiveSR(evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance())
 
 
 class _SrIdentity(TypedDict):
@@ -231,6 +230,10 @@ class _SrIdentity(TypedDict):
 def _new_sr_instance() -> _SrIdentity:
     """Identity of a new, complete SR instance in a new series of the node's."""
     return _SrIdentity(
-        series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
-        instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
     )

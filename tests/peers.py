@@ -48,7 +48,10 @@ def storescu(port: int, called: str, files: list[Path], calling: str = "STORESCU
     """Send files with dcmtk storescu (one association); ``-R`` offers only the needed contexts."""
     return subprocess.run(
         ["storescu", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, timeout=600, env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=PEER_ENV,
     )
 
 
@@ -171,9 +174,7 @@ class NodeProcess:
         self._log_offset = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env
-        )
+        self.process = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env)
         wait_for(lambda: self.process.poll() is not None or f"listening as {self.ae_title}" in self.log(), 180, 0.2, what="the node to listen")
         assert self.process.poll() is None, f"node exited: {self.log()[-3000:]}"
 
@@ -204,15 +205,15 @@ class NodeProcess:
             return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), *args], capture_output=True, text=True
-        )
+        return subprocess.run([sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), *args], capture_output=True, text=True)
 
     def report(self) -> dict:
         """``dicomnode status --json``: jobs with their deliveries, waiting studies, refused instances."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "status", "--json"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(result.stdout)
 

@@ -57,9 +57,7 @@ def seg_masks(path, source_sop_uids: list[str]) -> dict[int, np.ndarray]:
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     volumes = {}
     for number in numbers:
-        stack = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=source_sop_uids, segment_numbers=[number], assert_missing_frames_are_empty=True
-        )
+        stack = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_sop_uids, segment_numbers=[number], assert_missing_frames_are_empty=True)
         volumes[number] = stack[..., 0].astype(bool)
     return volumes
 

@@ -39,8 +39,10 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     [
         ("port: 99999\n", "port: 99999 is not 1-65535"),
         ("ae_title: A_TWENTY_CHAR_TITLE_\n", "ae_title: 'A_TWENTY_CHAR_TITLE_' must not exceed 16 characters"),
-        ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: 1}\n  - {name: pacs, ae_title: B, host: h, port: 2}\n",
-         "the name 'pacs' is used 2 times"),
+        (
+            "destinations:\n  - {name: pacs, ae_title: A, host: h, port: 1}\n  - {name: pacs, ae_title: B, host: h, port: 2}\n",
+            "the name 'pacs' is used 2 times",
+        ),
         ("tls: {enabled: true, certificate: node.pem, private_key: node.key}\n", "tls.certificate: file 'node.pem' not found"),
         ("qc: {on_fail: ignore}\n", "qc.on_fail"),
         ("max_wait_s: 1\nquiet_period_s: 10\n", "max_wait_s: 1 is shorter than quiet_period_s"),

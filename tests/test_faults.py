@@ -73,8 +73,11 @@ def test_killed_mid_receive_loses_nothing(tmp_path: Path, study: StudyFiles, ort
     try:
         node.start()
         storage = node.folder / "storage"
-        sender = subprocess.Popen(["storescu", "-R", "-aec", node.ae_title, "127.0.0.1", str(node.port), *map(str, _files(study))],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sender = subprocess.Popen(
+            ["storescu", "-R", "-aec", node.ae_title, "127.0.0.1", str(node.port), *map(str, _files(study))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: len(list(storage.rglob("*.dcm"))) >= 10, 60, 0.02, "some instances stored")
         node.stop(signal.SIGKILL)
         sender.wait(timeout=60)

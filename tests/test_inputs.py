@@ -102,9 +102,21 @@ def test_four_senders_two_studies_each_all_processed_once(tmp_path: Path) -> Non
     try:
         node.start()
         senders = [
-            subprocess.Popen(["storescu", "-R", "-aet", f"SENDER{k}", "-aec", node.ae_title, "127.0.0.1", str(node.port),
-                              *[str(f) for s in studies[2 * k: 2 * k + 2] for f in s.series[0].files]],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [
+                    "storescu",
+                    "-R",
+                    "-aet",
+                    f"SENDER{k}",
+                    "-aec",
+                    node.ae_title,
+                    "127.0.0.1",
+                    str(node.port),
+                    *[str(f) for s in studies[2 * k : 2 * k + 2] for f in s.series[0].files],
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             for k in range(4)
         ]
         assert [p.wait(timeout=300) for p in senders] == [0, 0, 0, 0]

@@ -128,7 +128,7 @@ def test_the_pair_at_one_height_is_taken_over_a_component_lower_down() -> None:
     labels[phantom.labels == Label.CORTEX] = CORTEX
     last = int(np.nonzero(labels.any(axis=(0, 1)))[0].max())  # the left kidney's last column (+x is left)
     labels, image = labels[:, :, : last + 1], phantom.image[:, :, : last + 1].astype(np.float32)  # it now reaches the edge
-    labels[1:4, 56:62, last - 12: last - 2] = CORTEX  # 14 ml beside the spine on the left, 110 mm lower, inside the image
+    labels[1:4, 56:62, last - 12 : last - 2] = CORTEX  # 14 ml beside the spine on the left, 110 mm lower, inside the image
     grid = phantom.grid
     series = LoadedSeries([], image, np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     result = measure(series, Segmentation(labels, MODEL, "cpu"))

@@ -62,8 +62,11 @@ def test_real_ct_gives_right_volumes_or_none(tmp_path: Path) -> None:
     }
     orthanc = Orthanc(tmp_path / "orthanc")
     orthanc.start()
-    node = NodeProcess(tmp_path / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-                       extra={"send_text_sr_without_result": True})
+    node = NodeProcess(
+        tmp_path / "node",
+        [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        extra={"send_text_sr_without_result": True},
+    )
     try:
         node.start()
         for files in studies.values():

@@ -20,9 +20,20 @@ BOLUS = dt.time(10, 15, 0)
 def series(uid: str, description: str, delay_s: float | None, **changes) -> SeriesSummary:
     acquired = (dt.datetime.combine(dt.date.today(), BOLUS) + dt.timedelta(seconds=delay_s if delay_s is not None else -120)).time()
     base = SeriesSummary(
-        series_uid=uid, series_number=1, modality="CT", sop_classes=frozenset({CTImageStorage}), description=description,
-        protocol="", image_type=("ORIGINAL", "PRIMARY", "AXIAL"), contrast_agent="Iohexol" if delay_s is not None else "",
-        bolus_start=BOLUS if delay_s is not None else None, acquisition_time=acquired, normal_z=1.0, slice_mm=5.0, slices=60, files=(),
+        series_uid=uid,
+        series_number=1,
+        modality="CT",
+        sop_classes=frozenset({CTImageStorage}),
+        description=description,
+        protocol="",
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+        contrast_agent="Iohexol" if delay_s is not None else "",
+        bolus_start=BOLUS if delay_s is not None else None,
+        acquisition_time=acquired,
+        normal_z=1.0,
+        slice_mm=5.0,
+        slices=60,
+        files=(),
     )
     return replace(base, **changes)
 

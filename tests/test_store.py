@@ -105,12 +105,16 @@ def test_unrecorded_results_are_removed_and_recorded_ones_kept(store: Store, tmp
 
 def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(tmp_path: Path) -> None:
     old = sqlite3.connect(tmp_path / "node.sqlite")
-    old.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
-                " upto_seq INTEGER NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
-                " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL)")
-    old.execute("CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,"
-                " path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-                " next_attempt_at REAL NOT NULL, last_error TEXT, updated_at REAL NOT NULL, UNIQUE (job_id, destination, sop_uid))")
+    old.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+        " upto_seq INTEGER NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
+        " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    old.execute(
+        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,"
+        " path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at REAL NOT NULL, last_error TEXT, updated_at REAL NOT NULL, UNIQUE (job_id, destination, sop_uid))"
+    )
     for n, state in enumerate(["done", "no_result", "failed", "delivery_failed", "running"], 1):
         old.execute("INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, 1, 5, ?, 0, 0)", (f"1.2.{n}", state))
     old.execute("INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (1, 'pacs', 'a', '1.9', 'sent', 0, 0)")

@@ -17,8 +17,21 @@ from training.synth_anatomy import Tissue, lps_volume, principal_axis
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 KITS_SUBSET = tuple(f"case_{i:05d}" for i in range(6))
-OUTSIDE_KIDNEY = (Tissue.OUTSIDE, Tissue.TABLE, Tissue.FAT, Tissue.MUSCLE, Tissue.VISCERA, Tissue.LIVER, Tissue.SPLEEN,
-                  Tissue.PSOAS, Tissue.COLON, Tissue.SMALL_BOWEL, Tissue.DUODENUM, Tissue.RENAL_MASS, Tissue.GAS)
+OUTSIDE_KIDNEY = (
+    Tissue.OUTSIDE,
+    Tissue.TABLE,
+    Tissue.FAT,
+    Tissue.MUSCLE,
+    Tissue.VISCERA,
+    Tissue.LIVER,
+    Tissue.SPLEEN,
+    Tissue.PSOAS,
+    Tissue.COLON,
+    Tissue.SMALL_BOWEL,
+    Tissue.DUODENUM,
+    Tissue.RENAL_MASS,
+    Tissue.GAS,
+)
 
 
 @pytest.fixture(scope="module")

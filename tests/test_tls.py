@@ -23,15 +23,14 @@ def test_receive_and_send_over_tls(tmp_path: Path) -> None:
     received.mkdir()
     pacs_port = free_port()
     pacs = subprocess.Popen(
-        ["storescp", "+tls", str(certs["pacs"][0]), str(certs["pacs"][1]), "+cf", str(certs["ca"][1]),
-         "-aet", "TLSPACS", "-od", str(received), str(pacs_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["storescp", "+tls", str(certs["pacs"][0]), str(certs["pacs"][1]), "+cf", str(certs["ca"][1]), "-aet", "TLSPACS", "-od", str(received), str(pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     node = NodeProcess(
         tmp_path / "node",
         [{"name": "pacs", "ae_title": "TLSPACS", "host": "127.0.0.1", "port": pacs_port, "tls": True}],
-        extra={"tls": {"enabled": True, "certificate": str(certs["node"][1]), "private_key": str(certs["node"][0]),
-                       "ca_certificates": str(certs["ca"][1])}},
+        extra={"tls": {"enabled": True, "certificate": str(certs["node"][1]), "private_key": str(certs["node"][0]), "ca_certificates": str(certs["ca"][1])}},
     )
     try:
         node.start()

@@ -35,8 +35,24 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     groups = json.loads((work / "raw" / "Dataset990_Tiny" / "groups.json").read_text())
     assert len(groups) == 6 and all(g.startswith("CKD") for g in groups.values())
 
-    out = _cli("train", "--work", str(work), "--dataset-id", "990", "--configuration", "3d_tiny", "--folds", "0",
-               "--n-folds", "2", "--trainer", "nnUNetTrainerPaper_1epoch_3it", "--device", "cpu", env=env)
+    out = _cli(
+        "train",
+        "--work",
+        str(work),
+        "--dataset-id",
+        "990",
+        "--configuration",
+        "3d_tiny",
+        "--folds",
+        "0",
+        "--n-folds",
+        "2",
+        "--trainer",
+        "nnUNetTrainerPaper_1epoch_3it",
+        "--device",
+        "cpu",
+        env=env,
+    )
     assert "best fold: 0" in out
     # the schedule is named in the results folder, as nnU-Net names its trainer variants
     assert (work / "results" / "Dataset990_Tiny" / "nnUNetTrainerPaper_1epoch_3it__nnUNetPlans__3d_tiny" / "fold_0" / "checkpoint_final.pth").exists()
@@ -45,15 +61,42 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
 
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"training_data": "6 tiny phantoms", "intended_use": "tests", "not_fit_for": ["patients"]}))
-    _cli("export", "--work", str(work), "--dataset-id", "990", "--configuration", "3d_tiny", "--name", "tiny",
-         "--trainer", "nnUNetTrainerPaper_1epoch_3it", "--models", str(models), "--card", str(card), env=env)
+    _cli(
+        "export",
+        "--work",
+        str(work),
+        "--dataset-id",
+        "990",
+        "--configuration",
+        "3d_tiny",
+        "--name",
+        "tiny",
+        "--trainer",
+        "nnUNetTrainerPaper_1epoch_3it",
+        "--models",
+        str(models),
+        "--card",
+        str(card),
+        env=env,
+    )
     exported = yaml.safe_load((models / "tiny" / "model.yaml").read_text())
     assert exported["trainer"] == "nnUNetTrainerPaper_1epoch_3it" and exported["fold"] == 0
     assert exported["not_fit_for"] == ["patients"] and "cross_validation" in exported["metrics"]
     assert (models / "tiny" / "fold_0" / "checkpoint_final.pth").stat().st_size < 5_000_000
 
-    report = _cli("evaluate", "--model", str(models / "tiny"), "--manifest", str(tmp_path / "test" / "manifest.csv"),
-                  "--out", str(tmp_path / "eval"), "--device", "cpu", "--update-card", env=env)
+    report = _cli(
+        "evaluate",
+        "--model",
+        str(models / "tiny"),
+        "--manifest",
+        str(tmp_path / "test" / "manifest.csv"),
+        "--out",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+        "--update-card",
+        env=env,
+    )
     assert "| parenchyma |" in report and "ANOVA" in report
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert len(metrics["per_case"]) == 4 and 0.0 <= metrics["mean"]["parenchyma"]["dice"] <= 1.0
@@ -62,10 +105,24 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert recorded["cases"] == 4 and recorded["parenchyma_dice"] == pytest.approx(metrics["mean"]["parenchyma"]["dice"], abs=1e-4)
 
     if REAL.exists():  # real pixels with per-side masks: the node's own segment -> measure -> QC path, per side
-        report = _cli("evaluate-real", "--model", str(models / "tiny"), "--image", str(REAL / "example_ct.nii.gz"),
-                      "--left", str(REAL / "example_ct_labels" / "kidney_left.nii.gz"),
-                      "--right", str(REAL / "example_ct_labels" / "kidney_right.nii.gz"),
-                      "--reference", "TotalSegmentator v1 (a model)", "--out", str(tmp_path / "real"), "--device", "cpu", env=env)
+        report = _cli(
+            "evaluate-real",
+            "--model",
+            str(models / "tiny"),
+            "--image",
+            str(REAL / "example_ct.nii.gz"),
+            "--left",
+            str(REAL / "example_ct_labels" / "kidney_left.nii.gz"),
+            "--right",
+            str(REAL / "example_ct_labels" / "kidney_right.nii.gz"),
+            "--reference",
+            "TotalSegmentator v1 (a model)",
+            "--out",
+            str(tmp_path / "real"),
+            "--device",
+            "cpu",
+            env=env,
+        )
         scores = json.loads((tmp_path / "real" / "real_ct.json").read_text())[0]
         assert [(s["side"], s["reference_ml"]) for s in scores["sides"]] == [("left", 138.9), ("right", 188.8)]
         assert "TotalSegmentator v1 (a model)" in report and scores["qc_verdict"].startswith("QC ")
@@ -75,8 +132,13 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     settings = {"model": {"folder": str(models), "name": "tiny", "device": "cpu"}, "storage": "s", "database": "d.sqlite", "results": "r"}
     config.write_text(yaml.safe_dump(settings))
     study = write_study(5, tmp_path / "study", grid=Grid.centred(64, 5.6, 20, 8.0))
-    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "--config", str(config), "run", str(tmp_path / "study"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli", "--config", str(config), "run", str(tmp_path / "study"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary[study.study_uid]["series_uid"] == study.series[1].series_uid

@@ -17,6 +17,7 @@ from training.phantoms import Grid, Label, Phase, make_phantom
 PARENCHYMA_VALUES = (1, 2)
 CORTEX_VALUES = (2,)
 
+
 @dataclass(frozen=True)
 class Case:
     """One annotated case: an image (DICOM folder, NIfTI or NRRD), its labels and a group (e.g. CKD stage)."""
@@ -27,6 +28,7 @@ class Case:
     parenchyma: Path | None = None  # ... or one mask per structure
     cortex: Path | None = None
     group: str = ""
+
 
 def read_manifest(path: Path) -> list[Case]:
     """Read a CSV manifest with columns case, image, labels | (parenchyma, cortex), group; paths relative to it."""
@@ -48,6 +50,7 @@ def read_manifest(path: Path) -> list[Case]:
             for row in csv.DictReader(handle)
         ]
 
+
 def write_manifest(path: Path, cases: list[Case]) -> None:
     """Write a manifest with paths relative to its folder."""
     with path.open("w", newline="") as handle:
@@ -56,6 +59,7 @@ def write_manifest(path: Path, cases: list[Case]) -> None:
         for case in cases:
             labels = case.labels.relative_to(path.parent) if case.labels else ""
             writer.writerow([case.case_id, case.image.relative_to(path.parent), labels, case.group])
+
 
 def phantom_cases(folder: Path, seeds: list[int], phase: Phase, grid: Grid) -> list[Case]:
     """Write phantoms as NIfTI cases labelled in the ITK-SNAP convention, plus their manifest and full label maps."""

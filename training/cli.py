@@ -174,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu or 3d_tiny")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--trainer", default="nnUNetTrainerPaper",
-                   help="the schedule: a trainer named in dicomnode/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)")
+    p.add_argument(
+        "--trainer",
+        default="nnUNetTrainerPaper",
+        help="the schedule: a trainer named in dicomnode/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)",
+    )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")
     p.set_defaults(func=cmd_train)

@@ -169,7 +169,9 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
         lines.append("")
         lines.append(f"ANOVA {r}: " + (f"F = {result[0]:.3f}, p = {result[1]:.3f}" if result else "not computed (fewer than two groups of two cases)"))
     lines += [
-        "", "## Per case", "",
+        "",
+        "## Per case",
+        "",
         "| case | group | parenchyma Dice | cortex Dice | parenchyma ml (ref / pred) | cortex ml (ref / pred) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

@@ -83,9 +83,11 @@ def write_real_report(scores: list[RealScore], model: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "real_ct.json").write_text(json.dumps([asdict(s) for s in scores], indent=2))
     lines = [
-        f"# {model} on real CT", "",
+        f"# {model} on real CT",
+        "",
         "Per-side parenchyma against the case's reference masks (who drew them is in the table); sides as the node",
-        "assigns them (midline from the spine); QC as the node's gate judges the measurements (phase not checked here).", "",
+        "assigns them (midline from the spine); QC as the node's gate judges the measurements (phase not checked here).",
+        "",
         "| case | reference | side | Dice | reference ml | predicted ml | volume error | QC |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

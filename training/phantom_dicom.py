@@ -63,9 +63,7 @@ def write_study(
         phantom = render(anatomy, phase, grid)
         description = PHASE_TAGS[phase][0]
         series_uid = generate_uid(entropy_srcs=["series", str(seed), patient_id, phase.value, str(grid)])
-        files = write_series(
-            phantom, folder / f"{number:02d}_{phase.value}", study_uid, series_uid, frame_uid, number, patient_id
-        )
+        files = write_series(phantom, folder / f"{number:02d}_{phase.value}", study_uid, series_uid, frame_uid, number, patient_id)
         written.append(SeriesFiles(phantom, series_uid, description, files))
     return StudyFiles(study_uid, written)
 
@@ -112,9 +110,7 @@ def ct_dataset(sop_uid: str, study_uid: str, series_uid: str, frame_uid: str) ->
     return ds
 
 
-def _ct_slice(
-    phantom: Phantom, k: int, study_uid: str, series_uid: str, frame_uid: str, series_number: int, patient_id: str
-) -> pydicom.Dataset:
+def _ct_slice(phantom: Phantom, k: int, study_uid: str, series_uid: str, frame_uid: str, series_number: int, patient_id: str) -> pydicom.Dataset:
     grid = phantom.grid
     ds = ct_dataset(generate_uid(entropy_srcs=[series_uid, str(k)]), study_uid, series_uid, frame_uid)
     ds.PatientName, ds.PatientID = f"Phantom^{phantom.anatomy.seed}", patient_id

@@ -154,9 +154,7 @@ def draw_anatomy(seed: int, ckd_stage: int | None = None, hard_cases: bool = Tru
             rng.uniform(-5, 10) - (12.0 if side == "right" else 0.0),
         )
         axes = (rng.uniform(52, 60) * shrink, rng.uniform(28, 33) * shrink, rng.uniform(22, 26) * shrink)
-        kidneys.append(
-            Kidney(side, centre, axes, sign * rng.uniform(8, 20), sign * rng.uniform(25, 45), cortex, int(rng.integers(6, 10)))
-        )
+        kidneys.append(Kidney(side, centre, axes, sign * rng.uniform(8, 20), sign * rng.uniform(25, 45), cortex, int(rng.integers(6, 10))))
     lesions: list[Lesion] = []
     if hard_cases:
         for kidney in kidneys:

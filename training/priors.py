@@ -45,12 +45,14 @@ def kidney_shapes(label_file: Path) -> list[KidneyShape]:
             continue
         box = ndimage.find_objects((components == index + 1).astype(np.uint8))[0]
         inside = components[box] == index + 1
-        shapes.append(KidneyShape(
-            label_file.name.split(".")[0],
-            float((labels[box][inside] == 1).sum() * voxel_ml),
-            float(inside.sum() * voxel_ml),
-            float(max((s.stop - s.start) * d for s, d in zip(box, spacing))),
-        ))
+        shapes.append(
+            KidneyShape(
+                label_file.name.split(".")[0],
+                float((labels[box][inside] == 1).sum() * voxel_ml),
+                float(inside.sum() * voxel_ml),
+                float(max((s.stop - s.start) * d for s, d in zip(box, spacing))),
+            )
+        )
     return shapes
 
 

@@ -93,9 +93,19 @@ _HU: dict[Tissue, tuple] = {
 _MEDULLA_OFFSET = {Phase.NONCONTRAST: (-10, 5), Phase.NEPHROGRAPHIC: (-15, 20), Phase.DELAYED: (-5, 30)}
 _ARTERIAL_MEDULLA, _MIN_CORTICOMEDULLARY = (60.0, 120.0), 90.0
 #: Texture (HU standard deviation) range per tissue; others get _TEXTURE_DEFAULT.
-_TEXTURE = {Tissue.OUTSIDE: (0, 2), Tissue.COLON: (20, 60), Tissue.VISCERA: (10, 30), Tissue.SMALL_BOWEL: (10, 30),
-            Tissue.BONE: (30, 100), Tissue.VERTEBRA: (20, 60), Tissue.RIB: (30, 100), Tissue.RENAL_MASS: (15, 40),
-            Tissue.GAS: (20, 60), Tissue.LUNG: (20, 50), Tissue.TABLE: (20, 80)}
+_TEXTURE = {
+    Tissue.OUTSIDE: (0, 2),
+    Tissue.COLON: (20, 60),
+    Tissue.VISCERA: (10, 30),
+    Tissue.SMALL_BOWEL: (10, 30),
+    Tissue.BONE: (30, 100),
+    Tissue.VERTEBRA: (20, 60),
+    Tissue.RIB: (30, 100),
+    Tissue.RENAL_MASS: (15, 40),
+    Tissue.GAS: (20, 60),
+    Tissue.LUNG: (20, 50),
+    Tissue.TABLE: (20, 80),
+}
 _TEXTURE_DEFAULT = (3.0, 12.0)
 _ORAL_CONTRAST_SHARE, _ORAL_CONTRAST_HU = 0.3, (150.0, 600.0)
 _CYST_SHARE, _CYST_HU = 0.4, (0.0, 20.0)  # a dropped tumour is sometimes rendered as a cyst
@@ -291,8 +301,17 @@ def place_kidney(tissues: np.ndarray, atlas: Atlas, site: KidneySite, pool: tupl
     if mode == "dropped":
         region[tumour & ~kidney & free] = Tissue.RENAL_MASS
     return PlacedKidney(
-        site.side, source.case_id, source.side, mirrored, scale, mode, interior.cortex_mm, interior.pyramids,
-        tuple(centre), tuple(hilum), tuple(interior.sinus_centre + origin_mm),
+        site.side,
+        source.case_id,
+        source.side,
+        mirrored,
+        scale,
+        mode,
+        interior.cortex_mm,
+        interior.pyramids,
+        tuple(centre),
+        tuple(hilum),
+        tuple(interior.sinus_centre + origin_mm),
     )
 
 
@@ -415,6 +434,7 @@ def _skew(v: np.ndarray) -> np.ndarray:
 
 # --- renal vessels --------------------------------------------------------------------------------------------
 
+
 def _draw_renal_vessels(tissues: np.ndarray, atlas: Atlas, kidney: PlacedKidney, rng: np.random.Generator) -> None:
     """Renal artery from the aorta and vein to the IVC, through fat only (left vein in front of the aorta)."""
     sinus, hilum_dir = np.array(kidney.sinus_centre_mm), np.array(kidney.hilum)
@@ -467,6 +487,7 @@ def _box_points(atlas: Atlas, box: tuple[slice, ...]) -> np.ndarray:
 
 
 # --- field of view and deformation -----------------------------------------------------------------------------
+
 
 def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, rng: np.random.Generator) -> tuple[Grid, tuple[int, int, int]]:
     """An output grid around both kidneys with random margins (x: either side, y: front/back, z: below/above),
@@ -545,6 +566,7 @@ def _smooth_field(rng: np.random.Generator, shape, coarse, sd: float) -> np.ndar
 
 
 # --- intensities ----------------------------------------------------------------------------------------------
+
 
 def _draw_phase(rng: np.random.Generator) -> Phase | None:
     """A contrast phase, or None for fully random intensities."""

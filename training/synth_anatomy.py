@@ -27,8 +27,7 @@ CACHE_VERSION = 1  # bump when the parsing below changes: caches are reused by n
 CREDITS = (
     "Kidney shapes: KiTS19 challenge labels (Heller et al., 2019/2021; github.com/neheller/kits19), "
     "CC BY-NC-SA 4.0: derived data and models are non-commercial and shared alike.",
-    "Surrounding anatomy: TotalSegmentator example CT and labels (Wasserthal et al.; "
-    "github.com/wasserth/TotalSegmentator, Apache-2.0).",
+    "Surrounding anatomy: TotalSegmentator example CT and labels (Wasserthal et al.; github.com/wasserth/TotalSegmentator, Apache-2.0).",
 )
 
 
@@ -74,12 +73,34 @@ class Tissue(enum.IntEnum):
 
 #: TotalSegmentator 'total' class -> tissue (kidneys 2/3 come from the full-length masks instead).
 _TOTALSEG = {
-    1: Tissue.SPLEEN, 4: Tissue.GALLBLADDER, 5: Tissue.LIVER, 6: Tissue.STOMACH, 7: Tissue.PANCREAS,
-    8: Tissue.ADRENAL, 9: Tissue.ADRENAL, 10: Tissue.LUNG, 11: Tissue.LUNG, 12: Tissue.LUNG, 13: Tissue.LUNG,
-    14: Tissue.LUNG, 18: Tissue.SMALL_BOWEL, 19: Tissue.DUODENUM, 20: Tissue.COLON, 30: Tissue.VERTEBRA,
-    31: Tissue.VERTEBRA, 32: Tissue.VERTEBRA, 33: Tissue.VERTEBRA, 52: Tissue.AORTA, 63: Tissue.IVC,
-    64: Tissue.PORTAL_VEIN, 79: Tissue.SPINAL_CANAL, 86: Tissue.AUTOCHTHON, 87: Tissue.AUTOCHTHON,
-    88: Tissue.PSOAS, 89: Tissue.PSOAS, 117: Tissue.COSTAL_CARTILAGE,
+    1: Tissue.SPLEEN,
+    4: Tissue.GALLBLADDER,
+    5: Tissue.LIVER,
+    6: Tissue.STOMACH,
+    7: Tissue.PANCREAS,
+    8: Tissue.ADRENAL,
+    9: Tissue.ADRENAL,
+    10: Tissue.LUNG,
+    11: Tissue.LUNG,
+    12: Tissue.LUNG,
+    13: Tissue.LUNG,
+    14: Tissue.LUNG,
+    18: Tissue.SMALL_BOWEL,
+    19: Tissue.DUODENUM,
+    20: Tissue.COLON,
+    30: Tissue.VERTEBRA,
+    31: Tissue.VERTEBRA,
+    32: Tissue.VERTEBRA,
+    33: Tissue.VERTEBRA,
+    52: Tissue.AORTA,
+    63: Tissue.IVC,
+    64: Tissue.PORTAL_VEIN,
+    79: Tissue.SPINAL_CANAL,
+    86: Tissue.AUTOCHTHON,
+    87: Tissue.AUTOCHTHON,
+    88: Tissue.PSOAS,
+    89: Tissue.PSOAS,
+    117: Tissue.COSTAL_CARTILAGE,
     **{n: Tissue.RIB for n in (*range(98, 104), *range(110, 116))},
 }
 #: Full-length masks of the example CT, painted over everything else.
@@ -157,6 +178,7 @@ def read_lps(path: Path) -> Volume:
 
 # --- the atlas: one real patient -------------------------------------------------------------------------
 
+
 def load_atlas(real_ct: Path, cache_dir: Path) -> Atlas:
     """The example patient's anatomy at ``ATLAS_MM``, built once and cached in ``cache_dir``."""
     cache = cache_dir / f"atlas_v{CACHE_VERSION}.npz"
@@ -166,8 +188,10 @@ def load_atlas(real_ct: Path, cache_dir: Path) -> Atlas:
         np.savez_compressed(_tmp(cache), tissues=atlas.tissues, origin=atlas.origin, sites=json.dumps({side: vars(site) for side, site in atlas.sites.items()}))
         _tmp(cache).rename(cache)
     with np.load(cache) as data:
-        sites = {side: KidneySite(site["side"], triple(site["centre"]), triple(site["long_axis"]), float(site["volume_ml"]))
-                 for side, site in json.loads(str(data["sites"])).items()}
+        sites = {
+            side: KidneySite(site["side"], triple(site["centre"]), triple(site["long_axis"]), float(site["volume_ml"]))
+            for side, site in json.loads(str(data["sites"])).items()
+        }
         return Atlas(data["tissues"], triple(data["origin"]), sites)
 
 
@@ -222,11 +246,11 @@ def _labelled_slab(real_ct: Path, ct: Volume) -> np.ndarray:
     crop = read_lps(real_ct / "example_ct_sm.nii.gz").array
     labels = read_lps(real_ct / "example_ct_sm_total_labels.nii.gz").array
     n = crop.shape[0]
-    offsets = [k for k in range(ct.array.shape[0] - n + 1) if np.array_equal(ct.array[k:k + n], crop)]
+    offsets = [k for k in range(ct.array.shape[0] - n + 1) if np.array_equal(ct.array[k : k + n], crop)]
     if len(offsets) != 1 or crop.shape[1:] != ct.array.shape[1:]:
         raise ValueError("example_ct_sm.nii.gz is not a slab of example_ct.nii.gz")
     slab = np.zeros(ct.array.shape, np.uint8)
-    slab[offsets[0]:offsets[0] + n] = labels
+    slab[offsets[0] : offsets[0] + n] = labels
     return slab
 
 
@@ -270,8 +294,7 @@ def _upsample_labels(tissues: np.ndarray, spacing, origin) -> tuple[np.ndarray, 
     for tissue in np.unique(tissues):
         box = _bounding_box(tissues == tissue, pad=1)
         coarse = (tissues[box] == tissue).astype(np.float32)
-        target = tuple(slice(int(round(s.start * f)), int(round(s.start * f)) + int(round((s.stop - s.start) * f)))
-                       for s, f in zip(box, factors))
+        target = tuple(slice(int(round(s.start * f)), int(round(s.start * f)) + int(round((s.stop - s.start) * f))) for s, f in zip(box, factors))
         score = ndimage.zoom(coarse, factors, order=1, grid_mode=True, mode="grid-constant")
         score = score[tuple(slice(0, t.stop - t.start) for t in target)]
         region_best, region_fine = best[target], fine[target]
@@ -322,8 +345,7 @@ def kits_case_kidneys(path: Path) -> list[KitsKidney]:
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     sizes = ndimage.sum_labels(labels > 0, components, range(1, count + 1)) * voxel_ml
     kept = [n for n in range(1, count + 1) if sizes[n - 1] >= _KIDNEY_ML[0] / 2]
-    x_mm = {n: volume.origin[0] + (box[2].start + c[2]) * volume.spacing[0]
-            for n, c in zip(kept, ndimage.center_of_mass(labels > 0, components, kept))}
+    x_mm = {n: volume.origin[0] + (box[2].start + c[2]) * volume.spacing[0] for n, c in zip(kept, ndimage.center_of_mass(labels > 0, components, kept))}
     midline = np.mean(list(x_mm.values())) if len(kept) >= 2 else volume.origin[0] + (volume.array.shape[2] - 1) * volume.spacing[0] / 2
     kidneys = []
     for n in kept:
@@ -346,8 +368,9 @@ def _resample_labels(labels: np.ndarray, spacing) -> np.ndarray:
     """Kidney (1) / tumour (2) labels resampled to ``ATLAS_MM`` isotropic (smoothed before shrinking)."""
     factors = np.array(spacing[::-1]) / ATLAS_MM
     sigma = np.maximum(0.0, 0.5 * (1.0 / factors - 1.0))
-    scores = [ndimage.zoom(ndimage.gaussian_filter((labels == v).astype(np.float32), sigma), factors, order=1, grid_mode=True, mode="grid-constant")
-              for v in (1, 2)]
+    scores = [
+        ndimage.zoom(ndimage.gaussian_filter((labels == v).astype(np.float32), sigma), factors, order=1, grid_mode=True, mode="grid-constant") for v in (1, 2)
+    ]
     out = np.zeros(scores[0].shape, np.uint8)
     whole = scores[0] + scores[1] > 0.5
     out[whole] = 1

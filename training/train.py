@@ -34,10 +34,7 @@ def stratified_folds(groups: dict[str, str], n_folds: int = 5, seed: int = 12345
             fold_of[case] = (i + offset) % n_folds
         offset += len(members)
     cases = sorted(groups)
-    return [
-        {"train": [c for c in cases if fold_of[c] != k], "val": [c for c in cases if fold_of[c] == k]}
-        for k in range(n_folds)
-    ]
+    return [{"train": [c for c in cases if fold_of[c] != k], "val": [c for c in cases if fold_of[c] == k]} for k in range(n_folds)]
 
 
 def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: int = 5) -> None:

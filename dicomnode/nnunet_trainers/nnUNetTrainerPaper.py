@@ -17,8 +17,7 @@ class nnUNetTrainerPaper(nnUNetTrainer):
     EPOCHS = 200
     ITERATIONS = 250
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's own signature)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's own signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-2
         self.num_epochs = self.EPOCHS
@@ -57,6 +56,12 @@ class nnUNetTrainerPaper_1epoch_3it(nnUNetTrainerPaper):
 
 
 #: Every schedule ``dicomnode-train train --trainer`` offers, by name.
-TRAINERS = {cls.__name__: cls for cls in (
-    nnUNetTrainerPaper, nnUNetTrainerPaper_160epochs_150it, nnUNetTrainerPaper_45epochs, nnUNetTrainerPaper_1epoch_3it,
-)}
+TRAINERS = {
+    cls.__name__: cls
+    for cls in (
+        nnUNetTrainerPaper,
+        nnUNetTrainerPaper_160epochs_150it,
+        nnUNetTrainerPaper_45epochs,
+        nnUNetTrainerPaper_1epoch_3it,
+    )
+}
