@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -78,20 +79,26 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
         destination = destinations.get(name)
         if destination is None:
             for record in batch:
-                _failed(config, store, record, f"destination {name!r} is no longer configured", final=True)
+                _failed(config, store, record, now, f"destination {name!r} is no longer configured", final=True)
             continue
-        datasets = [pydicom.dcmread(record.path) for record in batch]
-        for record, outcome in zip(batch, store_scu(config, destination, datasets)):
+        readable, datasets = [], []
+        for record in batch:
+            try:
+                datasets.append(pydicom.dcmread(record.path))
+                readable.append(record)
+            except (OSError, InvalidDicomError) as exc:
+                _failed(config, store, record, now, f"result file unreadable: {exc}", final=True)
+        for record, outcome in zip(readable, store_scu(config, destination, datasets) if datasets else []):
             if outcome.ok:
                 store.update_delivery(record.id, DeliveryState.SENT, record.attempts + 1, record.next_attempt_at, None)
                 log.info("sent %s of job %d to %s (%s)", record.sop_uid, record.job_id, name, outcome.detail)
                 sent += 1
             else:
-                _failed(config, store, record, outcome.detail)
+                _failed(config, store, record, now, outcome.detail)
     return sent
 
 
-def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, detail: str, final: bool = False) -> None:
+def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, now: float, detail: str, final: bool = False) -> None:
     attempts = record.attempts + 1
     if final or attempts >= config.delivery.max_attempts:
         log.error("parking %s of job %d for %s after %d tries: %s", record.sop_uid, record.job_id, record.destination, attempts, detail)
@@ -99,4 +106,4 @@ def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, detail: st
         return
     wait = backoff(config.delivery, attempts)
     log.warning("sending %s to %s failed (%s); try %d again in %.0f s", record.sop_uid, record.destination, detail, attempts + 1, wait)
-    store.update_delivery(record.id, DeliveryState.QUEUED, attempts, time.time() + wait, detail)
+    store.update_delivery(record.id, DeliveryState.QUEUED, attempts, now + wait, detail)

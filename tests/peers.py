@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +221,10 @@ class NodeProcess:
     def status(self) -> list[dict]:
         """The jobs of ``status --json``, each with its deliveries."""
         return self.report()["jobs"]
+
+
+#: What the ``node_process`` fixture gives: ``NodeProcess``'s constructor, with every node stopped at teardown.
+NodeFactory = Callable[..., NodeProcess]
 
 
 def tools_missing() -> list[str]:

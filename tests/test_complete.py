@@ -11,7 +11,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.complete import ready_studies
 from dicomnode.store import Store
-from tests.peers import NodeProcess, wait_for
+from tests.peers import NodeFactory, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -31,9 +31,9 @@ def test_waits_for_release_then_forces_completion(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_router_that_keeps_its_association_open_with_echoes_gets_its_study_processed(tmp_path: Path) -> None:
+def test_a_router_that_keeps_its_association_open_with_echoes_gets_its_study_processed(tmp_path: Path, node_process: NodeFactory) -> None:
     study = write_study(91, tmp_path / "study", phases=(Phase.NONCONTRAST,), grid=Grid.centred(32, 10.0, 4, 5.0))
-    node = NodeProcess(tmp_path / "node", [], extra={"max_wait_s": 6})
+    node = node_process(tmp_path / "node", [], extra={"max_wait_s": 6})
     node.start()
     ae = AE(ae_title="ROUTER")
     ae.add_requested_context(Verification)
@@ -53,4 +53,3 @@ def test_a_router_that_keeps_its_association_open_with_echoes_gets_its_study_pro
         assert "processed (max_wait_s)" in node.log()
     finally:
         assoc.release()
-        node.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.peers import NodeProcess, Orthanc, dciodvfy, storescu, tools_missing, wait_for
+from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, voxel_ml
 from training.phantom_dicom import StudyFiles, write_study
 from training.phantoms import Grid, Phase
@@ -33,86 +33,76 @@ def _results_in(orthanc: Orthanc) -> tuple[list[str], list[str]] | None:
     return (segs, srs) if segs and srs else None
 
 
-def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles) -> None:
-    orthanc = Orthanc(tmp_path / "orthanc")
+def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles, node_process: NodeFactory, orthanc: Orthanc) -> None:
     orthanc.start()
-    node = NodeProcess(tmp_path / "node", _pacs_destination(orthanc))
-    try:
-        node.start()
-        files = [f for series in study.series for f in series.files]
-        sent = storescu(node.port, node.ae_title, files)
-        assert sent.returncode == 0, sent.stderr
-        last_sent = time.monotonic()
-        segs, srs = wait_for(lambda: _results_in(orthanc), 600, 1.0, "SEG and SR in Orthanc")
-        elapsed = time.monotonic() - last_sent
-        print(f"\nwall time from last instance sent to SEG and SR stored in Orthanc: {elapsed:.1f} s")
-        (tmp_path / "elapsed_s.txt").write_text(f"{elapsed:.1f}")
-        assert len(segs) == 1 and len(srs) == 1
+    node = node_process(tmp_path / "node", _pacs_destination(orthanc))
+    node.start()
+    files = [f for series in study.series for f in series.files]
+    sent = storescu(node.port, node.ae_title, files)
+    assert sent.returncode == 0, sent.stderr
+    last_sent = time.monotonic()
+    segs, srs = wait_for(lambda: _results_in(orthanc), 600, 1.0, "SEG and SR in Orthanc")
+    elapsed = time.monotonic() - last_sent
+    print(f"\nwall time from last instance sent to SEG and SR stored in Orthanc: {elapsed:.1f} s")
+    (tmp_path / "elapsed_s.txt").write_text(f"{elapsed:.1f}")
+    assert len(segs) == 1 and len(srs) == 1
 
-        seg_path = orthanc.download(segs[0], tmp_path / "seg.dcm")
-        sr_path = orthanc.download(srs[0], tmp_path / "sr.dcm")
-        assert dciodvfy(seg_path) == []
-        assert dciodvfy(sr_path) == []
+    seg_path = orthanc.download(segs[0], tmp_path / "seg.dcm")
+    sr_path = orthanc.download(srs[0], tmp_path / "sr.dcm")
+    assert dciodvfy(seg_path) == []
+    assert dciodvfy(sr_path) == []
 
-        arterial = study.by_phase(Phase.ARTERIAL)
-        seg = pydicom.dcmread(seg_path)
-        assert seg.StudyInstanceUID == study.study_uid
-        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == arterial.series_uid
-        source_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in arterial.files]
-        masks = seg_masks(seg_path, source_uids)
-        labels = {int(s.SegmentNumber): s.SegmentLabel.lower() for s in seg.SegmentSequence}
+    arterial = study.by_phase(Phase.ARTERIAL)
+    seg = pydicom.dcmread(seg_path)
+    assert seg.StudyInstanceUID == study.study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == arterial.series_uid
+    source_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in arterial.files]
+    masks = seg_masks(seg_path, source_uids)
+    labels = {int(s.SegmentNumber): s.SegmentLabel.lower() for s in seg.SegmentSequence}
 
-        sr = pydicom.dcmread(sr_path)
-        groups = [g for g in sr_groups(sr) if g.segment_number]
-        assert all(g.qc == "Passed" and g.findings == [] for g in groups)
-        assert sr.SeriesDescription == "Renal volumes (research)" and seg.SeriesDescription == "Renal segmentation (research)"
-        assert {g.identifier for g in groups} == {f"{side} renal {s}" for side in ("left", "right") for s in ("cortex", "medulla", "parenchyma")}
-        truth = arterial.phantom.volumes_ml
-        for group in groups:
-            side, _, structure = group.identifier.split(" ")
-            assert group.seg_uid == seg.SOPInstanceUID
-            assert labels[group.segment_number] == f"{side} renal {structure}"
-            assert group.unit == "cm3"
-            mask_ml = masks[group.segment_number].sum() * voxel_ml(seg)
-            assert mask_ml == pytest.approx(group.volume_ml, rel=0.01), group.identifier
-            assert group.volume_ml == pytest.approx(truth[f"{structure}_{side}"], rel=0.10), group.identifier
+    sr = pydicom.dcmread(sr_path)
+    groups = [g for g in sr_groups(sr) if g.segment_number]
+    assert all(g.qc == "Passed" and g.findings == [] for g in groups)
+    assert sr.SeriesDescription == "Renal volumes (research)" and seg.SeriesDescription == "Renal segmentation (research)"
+    assert {g.identifier for g in groups} == {f"{side} renal {s}" for side in ("left", "right") for s in ("cortex", "medulla", "parenchyma")}
+    truth = arterial.phantom.volumes_ml
+    for group in groups:
+        side, _, structure = group.identifier.split(" ")
+        assert group.seg_uid == seg.SOPInstanceUID
+        assert labels[group.segment_number] == f"{side} renal {structure}"
+        assert group.unit == "cm3"
+        mask_ml = masks[group.segment_number].sum() * voxel_ml(seg)
+        assert mask_ml == pytest.approx(group.volume_ml, rel=0.01), group.identifier
+        assert group.volume_ml == pytest.approx(truth[f"{structure}_{side}"], rel=0.10), group.identifier
 
-        for side in ("left", "right"):
-            number = next(n for n, label in labels.items() if label == f"{side} renal parenchyma")
-            assert dice(masks[number], arterial.phantom.kidney_mask(side, "parenchyma")) > 0.85
+    for side in ("left", "right"):
+        number = next(n for n, label in labels.items() if label == f"{side} renal parenchyma")
+        assert dice(masks[number], arterial.phantom.kidney_mask(side, "parenchyma")) > 0.85
 
-        wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
-        jobs = node.status()
-        assert jobs[0]["series_uid"] == arterial.series_uid
-        assert any("ARTERIAL" in reason for reason in jobs[0]["reasons"])
-    finally:
-        node.stop()
-        orthanc.stop()
+    wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
+    jobs = node.status()
+    assert jobs[0]["series_uid"] == arterial.series_uid
+    assert any("ARTERIAL" in reason for reason in jobs[0]["reasons"])
 
 
-def test_results_survive_a_pacs_that_is_down(tmp_path: Path, study: StudyFiles) -> None:
-    orthanc = Orthanc(tmp_path / "orthanc")
-    node = NodeProcess(tmp_path / "node", _pacs_destination(orthanc))
+def test_results_survive_a_pacs_that_is_down(tmp_path: Path, study: StudyFiles, node_process: NodeFactory, orthanc: Orthanc) -> None:
+    node = node_process(tmp_path / "node", _pacs_destination(orthanc))
     orthanc.modalities = {"node": [node.ae_title, "127.0.0.1", node.port]}
     orthanc.start()
-    try:
-        node.start()
-        arterial = study.by_phase(Phase.ARTERIAL)
-        orthanc.upload(arterial.files)
-        orthanc.post("/modalities/node/store", {"Resources": [orthanc.get("/studies")[0]], "Synchronous": True})
-        orthanc.stop()
+    node.start()
+    arterial = study.by_phase(Phase.ARTERIAL)
+    orthanc.upload(arterial.files)
+    orthanc.post("/modalities/node/store", {"Resources": [orthanc.get("/studies")[0]], "Synchronous": True})
+    orthanc.stop()
 
-        def failed_tries() -> int:
-            deliveries = [d for job in node.status() for d in job["deliveries"]]
-            return bool(deliveries) and min(d["attempts"] for d in deliveries) >= 2 and all(d["state"] == "queued" for d in deliveries)
+    def failed_tries() -> int:
+        deliveries = [d for job in node.status() for d in job["deliveries"]]
+        return bool(deliveries) and min(d["attempts"] for d in deliveries) >= 2 and all(d["state"] == "queued" for d in deliveries)
 
-        wait_for(failed_tries, 600, 1.0, "the node to fail sending to the stopped PACS twice")
-        assert (node.status()[0]["state"], node.status()[0]["delivery"]) == ("done", "sending")
-        orthanc.start()
-        segs, srs = wait_for(lambda: _results_in(orthanc), 120, 1.0, "SEG and SR after the PACS came back")
-        assert len(segs) == 1 and len(srs) == 1
-        wait_for(lambda: node.status()[0]["delivery"] == "delivered", 30, what="the job to be delivered")
-        assert all(d["state"] == "sent" for d in node.status()[0]["deliveries"])
-    finally:
-        node.stop()
-        orthanc.stop()
+    wait_for(failed_tries, 600, 1.0, "the node to fail sending to the stopped PACS twice")
+    assert (node.status()[0]["state"], node.status()[0]["delivery"]) == ("done", "sending")
+    orthanc.start()
+    segs, srs = wait_for(lambda: _results_in(orthanc), 120, 1.0, "SEG and SR after the PACS came back")
+    assert len(segs) == 1 and len(srs) == 1
+    wait_for(lambda: node.status()[0]["delivery"] == "delivered", 30, what="the job to be delivered")
+    assert all(d["state"] == "sent" for d in node.status()[0]["deliveries"])

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.pipeline import WITHHELD
-from tests.peers import NodeProcess, Orthanc, dciodvfy, storescu, tools_missing, wait_for
+from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts, sr_volumes
 from training.volume_dicom import SeriesTags, write_volume_series
 
@@ -54,43 +54,38 @@ def _check_sent_result(results: dict[str, list[Path]], source: list[Path]) -> No
         assert dice(masks[number], _reference(side)) >= 0.80, side
 
 
-def test_real_ct_gives_right_volumes_or_none(tmp_path: Path) -> None:
+def test_real_ct_gives_right_volumes_or_none(tmp_path: Path, node_process: NodeFactory, orthanc: Orthanc) -> None:
     image = sitk.ReadImage(str(REAL / "example_ct.nii.gz"))
     studies = {
         shift: write_volume_series(image, tmp_path / f"ct_{shift:+.0f}", SeriesTags(study_seed=f"real-ct{shift}"), (shift, 0.0, 0.0))
         for shift in (0.0, 100.0)  # origin as in the file, and the patient 100 mm off the scanner's centre
     }
-    orthanc = Orthanc(tmp_path / "orthanc")
     orthanc.start()
-    node = NodeProcess(
+    node = node_process(
         tmp_path / "node",
         [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
         extra={"send_text_sr_without_result": True},
     )
-    try:
-        node.start()
-        for files in studies.values():
-            sent = storescu(node.port, node.ae_title, files)
-            assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: len(node.jobs()) == 2 and all(j["state"] == "done" for j in node.jobs()), 900, 2.0, "both jobs to end")
-        wait_for(lambda: all(j["delivery"] != "sending" for j in node.status()), 60, 1.0, "deliveries")
-        for job in node.status():
-            files = next(f for f in studies.values() if pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID == job["study_uid"])
-            results = _study_results(orthanc, job["study_uid"], tmp_path)
-            if results["SEG"]:
-                _check_sent_result(results, files)
-                continue
-            # withheld: a verdict with QC reasons, no SEG, and a text SR without any volume that says why
-            assert job["verdict"] == WITHHELD and job["outcome"] == "no_result", job
-            qc_reasons = [r for r in job["reasons"] if r.startswith("QC ")]
-            assert qc_reasons, job["reasons"]
-            assert results["SEG"] == [] and len(results["SR"]) == 1
-            text_sr = pydicom.dcmread(results["SR"][0])
-            assert sr_volumes(text_sr) == []
-            texts = sr_texts(text_sr)
-            assert texts[0] == f"No renal volumetry: {WITHHELD}."
-            assert set(qc_reasons) <= set(texts)
-            assert dciodvfy(results["SR"][0]) == []
-    finally:
-        node.stop()
-        orthanc.stop()
+    node.start()
+    for files in studies.values():
+        sent = storescu(node.port, node.ae_title, files)
+        assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: len(node.jobs()) == 2 and all(j["state"] == "done" for j in node.jobs()), 900, 2.0, "both jobs to end")
+    wait_for(lambda: all(j["delivery"] != "sending" for j in node.status()), 60, 1.0, "deliveries")
+    for job in node.status():
+        files = next(f for f in studies.values() if pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID == job["study_uid"])
+        results = _study_results(orthanc, job["study_uid"], tmp_path)
+        if results["SEG"]:
+            _check_sent_result(results, files)
+            continue
+        # withheld: a verdict with QC reasons, no SEG, and a text SR without any volume that says why
+        assert job["verdict"] == WITHHELD and job["outcome"] == "no_result", job
+        qc_reasons = [r for r in job["reasons"] if r.startswith("QC ")]
+        assert qc_reasons, job["reasons"]
+        assert results["SEG"] == [] and len(results["SR"]) == 1
+        text_sr = pydicom.dcmread(results["SR"][0])
+        assert sr_volumes(text_sr) == []
+        texts = sr_texts(text_sr)
+        assert texts[0] == f"No renal volumetry: {WITHHELD}."
+        assert set(qc_reasons) <= set(texts)
+        assert dciodvfy(results["SR"][0]) == []

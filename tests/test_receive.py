@@ -15,7 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dicomnode.config import NodeConfig
 from dicomnode.receive import OpenAssociations, Receiver, StoreStatus, valid_uid
 from dicomnode.store import Store
-from tests.peers import NodeProcess, free_port, storescu
+from tests.peers import NodeFactory, free_port, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -125,21 +125,18 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-def test_a_large_instance_goes_to_disk_not_to_memory(tmp_path: Path, slice_file: Path) -> None:
+def test_a_large_instance_goes_to_disk_not_to_memory(tmp_path: Path, slice_file: Path, node_process: NodeFactory) -> None:
     ds = pydicom.dcmread(slice_file)
     ds.Rows = ds.Columns = 12000
     ds.PixelData = bytes(12000 * 12000 * 2)  # 275 MiB
     big = tmp_path / "big.dcm"
     ds.save_as(big)
     del ds
-    node = NodeProcess(tmp_path / "node", [])
+    node = node_process(tmp_path / "node", [])
     node.start()
-    try:
-        before = _peak_rss_mb(node.process.pid)
-        sent = storescu(node.port, node.ae_title, [big])
-        assert sent.returncode == 0, sent.stderr
-        stored = list((node.folder / "storage").rglob("*.dcm"))
-        assert [p for p in stored if ".incoming" not in p.parts] and stored[0].stat().st_size > 270 * 2**20
-        assert _peak_rss_mb(node.process.pid) - before < 100, "the node held the instance in memory"
-    finally:
-        node.stop()
+    before = _peak_rss_mb(node.process.pid)
+    sent = storescu(node.port, node.ae_title, [big])
+    assert sent.returncode == 0, sent.stderr
+    stored = list((node.folder / "storage").rglob("*.dcm"))
+    assert [p for p in stored if ".incoming" not in p.parts] and stored[0].stat().st_size > 270 * 2**20
+    assert _peak_rss_mb(node.process.pid) - before < 100, "the node held the instance in memory"

@@ -9,14 +9,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.peers import NodeProcess, free_port, make_certificates, storescu, tools_missing, wait_for
+from tests.peers import NodeFactory, free_port, make_certificates, storescu, tools_missing, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()) or shutil.which("openssl") is None, reason="needs dcmtk, dciodvfy and openssl")
 
 
-def test_receive_and_send_over_tls(tmp_path: Path) -> None:
+def test_receive_and_send_over_tls(tmp_path: Path, node_process: NodeFactory) -> None:
     certs = make_certificates(tmp_path / "pki", ("node", "scanner", "pacs"))
     study = write_study(888, tmp_path / "study", phases=(Phase.ARTERIAL,), grid=Grid.centred(160, 1.6, 24, 5.0))
     received = tmp_path / "pacs"
@@ -27,7 +27,7 @@ def test_receive_and_send_over_tls(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    node = NodeProcess(
+    node = node_process(
         tmp_path / "node",
         [{"name": "pacs", "ae_title": "TLSPACS", "host": "127.0.0.1", "port": pacs_port, "tls": True}],
         extra={"tls": {"enabled": True, "certificate": str(certs["node"][1]), "private_key": str(certs["node"][0]), "ca_certificates": str(certs["ca"][1])}},
@@ -43,6 +43,5 @@ def test_receive_and_send_over_tls(tmp_path: Path) -> None:
         assert sorted(pydicom.dcmread(p).Modality for p in received.iterdir()) == ["SEG", "SR"]
         wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done")
     finally:
-        node.stop()
         pacs.terminate()
         pacs.wait(timeout=10)
