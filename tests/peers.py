@@ -18,6 +18,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+#: The shared data beside the checkout (real CT, KiTS19 labels); tests that need it skip when it is absent.
+#: ``DICOMNODE_SHARED`` points elsewhere (a missing folder shows which tests would skip).
+SHARED = Path(os.environ.get("DICOMNODE_SHARED", REPO.parent / "shared"))
+REAL_CT = SHARED / "data" / "real_ct"
 #: Environment of the dcmtk and Orthanc peers: Debian's builds keep Nagle's algorithm on unless TCP_NODELAY is set,
 #: which throttles them to about 22 images/s on loopback; every peer runs at its best.
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}

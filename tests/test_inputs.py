@@ -10,13 +10,14 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
 
-from tests.peers import REPO, NodeFactory, echoscu, storescu, tools_missing, wait_for
+from tests.peers import REAL_CT as SHARED_REAL_CT
+from tests.peers import NodeFactory, echoscu, storescu, tools_missing, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}")
 
-REAL_CT = REPO.parent / "shared" / "data" / "real_ct" / "example_ct_dicom"
+REAL_CT = SHARED_REAL_CT / "example_ct_dicom"
 
 
 def _send_files_by_meta(port: int, called: str, files: list[Path]) -> list[int]:

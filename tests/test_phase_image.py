@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.aorta import ImagePhase, aorta_evidence
+from tests.peers import REAL_CT as REAL
 from training.phantom_dicom import to_sitk, write_study
 from training.phantoms import Grid, Label, Phase, make_phantom
 from training.volume_dicom import SeriesTags, write_volume_series
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
 needs_real = pytest.mark.skipif(not REAL.exists(), reason="shared real CT not present")
 GRID = Grid.centred(160, 2.2, 30, 5.0)
 

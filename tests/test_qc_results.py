@@ -20,11 +20,11 @@ from dicomnode.pipeline import WITHHELD, process_study, save_results
 from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
+from tests.peers import REAL_CT as REAL
 from tests.peers import dciodvfy, tools_missing
 from tests.readback import sr_groups, sr_texts, sr_volumes
 from training.volume_dicom import write_volume_series
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
 pytestmark = [
     pytest.mark.skipif(not REAL.exists(), reason="shared real CT not present"),
     pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),

@@ -14,11 +14,11 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.pipeline import WITHHELD
+from tests.peers import REAL_CT as REAL
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts, sr_volumes
 from training.volume_dicom import SeriesTags, write_volume_series
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
 pytestmark = [
     pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),
     pytest.mark.skipif(not REAL.exists(), reason="shared real CT not present"),

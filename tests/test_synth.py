@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from tests.peers import SHARED
 from training.cases import read_manifest
 from training.dataset_import import case_labels, read_image
 from training.synth import CORTEX, MEDULLA, load_sources, make_synth_case, write_synth_cases
 from training.synth_anatomy import Tissue, lps_volume, principal_axis
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 KITS_SUBSET = tuple(f"case_{i:05d}" for i in range(6))
 OUTSIDE_KIDNEY = (
     Tissue.OUTSIDE,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.peers import REAL_CT as REAL
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real_ct"
 TINY = ["--matrix", "64", "--pixel-mm", "5.6", "--slices", "20", "--slice-mm", "8"]
 
 
