@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -182,24 +182,44 @@ class NodeConfig:
         return Path(value) if Path(value).is_absolute() else self.base_dir / value
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    """An instance of the settings dataclass ``cls`` from YAML data, each value checked against its field's type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'the file'}: expected a mapping of settings, got {data!r}")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(prefix + k for k in sorted(unknown))}")
     values = {}
     for name, value in data.items():
-        hint = hints[name]
+        hint, key = hints[name], prefix + name
         if isinstance(hint, type) and is_dataclass(hint):
-            values[name] = _build(hint, value or {})
+            values[name] = _build(hint, value or {}, key + ".")
         elif name == "destinations":
-            values[name] = tuple(_build(Destination, d) for d in value or ())
-        elif isinstance(value, list):
-            values[name] = tuple(value)
+            values[name] = tuple(_build(Destination, d, f"{key}[{n}].") for n, d in enumerate(value or ()))
         else:
-            values[name] = value
+            values[name] = _typed(value, hint, key)
     return cls(**values)
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the type ``hint`` names (int, float, bool, str, an Enum, or a tuple of these); ValueError naming
+    ``key`` where it is not one."""
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            size = "a list" if args[-1] is Ellipsis else f"a list of {len(args)}"
+            raise ValueError(f"{key}: expected {size}, got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(_typed(v, kind, f"{key}[{n}]") for n, (v, kind) in enumerate(zip(value, kinds)))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value  # checked by the dataclass, which names the allowed values
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def problems(config: NodeConfig) -> list[str]:
@@ -217,7 +237,7 @@ def problems(config: NodeConfig) -> list[str]:
     check(ok and bool(config.ae_title.strip()), "ae_title", f"{config.ae_title!r} {why or 'is empty'}")
     check(1 <= config.port <= 65535, "port", f"{config.port} is not 1-65535")
     check(config.quiet_period_s >= 0, "quiet_period_s", "must not be negative")
-    check(config.max_wait_s >= config.quiet_period_s, "max_wait_s", f"{config.max_wait_s} is shorter than quiet_period_s")
+    check(config.max_wait_s >= config.quiet_period_s, "max_wait_s", f"{config.max_wait_s:g} is shorter than quiet_period_s")
     check(config.tick_s > 0, "tick_s", "must be positive")
     check(config.max_associations >= 1, "max_associations", "must be at least 1")
     check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")

@@ -46,6 +46,12 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         ("tls: {enabled: true, certificate: node.pem, private_key: node.key}\n", "tls.certificate: file 'node.pem' not found"),
         ("qc: {on_fail: ignore}\n", "qc.on_fail"),
         ("max_wait_s: 1\nquiet_period_s: 10\n", "max_wait_s: 1 is shorter than quiet_period_s"),
+        ("port: abc\n", "port: expected int, got 'abc'"),
+        ("check_called_ae: 'no'\n", "check_called_ae: expected bool, got 'no'"),
+        ("qc: {kidney_ml: [40]}\n", "qc.kidney_ml: expected a list of 2, got [40]"),
+        ("allowed_callers: SCANNER\n", "allowed_callers: expected a list, got 'SCANNER'"),
+        ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: '104'}\n", "destinations[0].port: expected int, got '104'"),
+        ("retention: {free_disk_mb: 100}\n", "retention.free_disk_mb: 100 must be above min_free_disk_mb=500"),
     ],
 )
 def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path, text: str, named: str) -> None:
