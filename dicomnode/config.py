@@ -148,6 +148,15 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The read-only status page, ``/healthz`` and ``/metrics`` (see ``dicomnode/web.py``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: the page lists study UIDs and verdicts; put a proxy with authentication in front to share it
+    port: int = 8089
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``dicomnode serve`` needs."""
 
@@ -174,6 +183,7 @@ class NodeConfig:
     qc: QCConfig = field(default_factory=QCConfig)
     delivery: Delivery = field(default_factory=Delivery)
     retention: Retention = field(default_factory=Retention)
+    web: WebConfig = field(default_factory=WebConfig)
     destinations: tuple[Destination, ...] = ()
     base_dir: Path = Path(".")
 
@@ -236,6 +246,8 @@ def problems(config: NodeConfig) -> list[str]:
     ok, why = valid_ae(config.ae_title)
     check(ok and bool(config.ae_title.strip()), "ae_title", f"{config.ae_title!r} {why or 'is empty'}")
     check(1 <= config.port <= 65535, "port", f"{config.port} is not 1-65535")
+    check(1 <= config.web.port <= 65535, "web.port", f"{config.web.port} is not 1-65535")
+    check(not config.web.enabled or config.web.port != config.port or config.web.host != config.host, "web.port", "is the DICOM port")
     check(config.quiet_period_s >= 0, "quiet_period_s", "must not be negative")
     check(config.max_wait_s >= config.quiet_period_s, "max_wait_s", f"{config.max_wait_s:g} is shorter than quiet_period_s")
     check(config.tick_s > 0, "tick_s", "must be positive")

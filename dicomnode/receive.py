@@ -159,11 +159,16 @@ class Receiver:
         self._server = server
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
+    def listening(self) -> bool:
+        """Whether the SCP is serving (for ``/healthz``)."""
+        return self._server is not None
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             tempfile.tempdir = self._tempdir
             _config.STORE_RECV_CHUNKED_DATASET = False
+            self._server = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls

@@ -19,6 +19,7 @@ from dicomnode.segment import Model, Segmenter
 from dicomnode.send import send_due
 from dicomnode.states import JobState
 from dicomnode.store import Job, Store
+from dicomnode.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Node:
         self.receiver = Receiver(config, self.store, self.open)
         self.segmenter = segmenter or load_segmenter(config)
         self.scheduler = BackgroundScheduler()
+        self.web = WebServer(config, self.store, self.receiver.listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
         self._stopped = threading.Event()
         self._waiting: dict[str, str] | None = None  # what status last showed as waiting
 
@@ -65,9 +67,13 @@ class Node:
         self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
         self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
         self.scheduler.start()
+        if self.web is not None:
+            self.web.start()
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.web is not None:
+            self.web.stop()
         self.receiver.stop()
         self.scheduler.shutdown(wait=True)
         self.store.close()

@@ -123,6 +123,21 @@ class FinishedStudy:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """Totals for monitoring, read in one pass (``/metrics``)."""
+
+    instances_received: int  # ever indexed, including those retention deleted since
+    instances_stored: int
+    refusals: int
+    studies_waiting: int
+    studies_purged: int
+    jobs: dict[tuple[str, str, str], int]  # (state, outcome or "", delivery) -> jobs
+    deliveries: dict[str, int]  # delivery state -> files
+    failed_sends: int  # attempts that did not deliver
+    stage_seconds: dict[str, tuple[float, int]]  # stage -> (seconds in all, jobs timed)
+
+
+@dataclass(frozen=True)
 class DeliveryRecord:
     """One result file to be sent to one destination."""
 
@@ -222,6 +237,47 @@ class Store:
     def waiting(self) -> dict[str, str]:
         with self._lock:
             return {row["study_uid"]: row["reason"] for row in self._db.execute("SELECT * FROM waiting ORDER BY study_uid")}
+
+    def counts(self) -> Counts:
+        with self._lock:
+            jobs = {
+                (r[0], r[1] or "", r[2]): r[3]
+                for r in self._db.execute("SELECT state, outcome, delivery, COUNT(*) FROM jobs GROUP BY state, outcome, delivery")
+            }
+            deliveries = {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
+            stages = {
+                r[0]: (float(r[1]), int(r[2]))
+                for r in self._db.execute("SELECT t.key, SUM(t.value), COUNT(*) FROM jobs, json_each(jobs.timings) AS t GROUP BY t.key")
+            }
+            return Counts(
+                instances_received=self._one("SELECT seq FROM sqlite_sequence WHERE name = 'instances'"),
+                instances_stored=self._one("SELECT COUNT(*) FROM instances"),
+                refusals=self._one("SELECT COUNT(*) FROM refusals"),
+                studies_waiting=self._one("SELECT COUNT(*) FROM waiting"),
+                studies_purged=self._one("SELECT COUNT(*) FROM purges"),
+                jobs=jobs,
+                deliveries=deliveries,
+                failed_sends=self._one("SELECT SUM(attempts) - SUM(state = 'sent') FROM deliveries"),
+                stage_seconds=stages,
+            )
+
+    def _one(self, query: str) -> int:
+        row = self._db.execute(query).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the database answers a query, and why not."""
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            return False, f"database: {exc}"
+        return True, ""
+
+    def recent_jobs(self, limit: int) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
 
     # -- retention -----------------------------------------------------------------------------------------------
     _FINISHED = (

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the node and its tests use: Orthanc (test PACS), dcmtk (storescu/echoscu), dicom3tools (dciodvfy).
+# Debian packages the node and its tests use: Orthanc (test PACS), dcmtk (storescu/echoscu), dicom3tools (dciodvfy),
+# chromium (headless, renders the status page).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
@@ -7,6 +8,7 @@ missing=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # headless, for the status page test
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

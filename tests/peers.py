@@ -147,6 +147,7 @@ class NodeProcess:
     model_name: str = field(default_factory=lambda: yaml.safe_load((REPO / "config.yaml").read_text())["model"]["name"])
     port: int = field(default_factory=free_port)
     ae_title: str = "RENALNODE"
+    web_port: int = field(default_factory=free_port)
     extra: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
@@ -166,6 +167,7 @@ class NodeProcess:
             "quiet_period_s": 2,
             "tick_s": 0.5,
             "min_free_disk_mb": 50,
+            "web": {"port": self.web_port},
             "model": {"folder": str(self.model_folder), "name": self.model_name, "device": "cpu"},
             "delivery": {"max_attempts": 50, "backoff_s": 1, "max_backoff_s": 2, "timeout_s": 10},
             "destinations": self.destinations,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, voxel_ml
@@ -83,6 +86,16 @@ def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles, no
     jobs = node.status()
     assert jobs[0]["series_uid"] == arterial.series_uid
     assert any("ARTERIAL" in reason for reason in jobs[0]["reasons"])
+
+    # what monitoring sees of the running node
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.web_port}/healthz", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.web_port}/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    assert families["dicomnode_instances_received"].samples[0].value == len(files)
+    done = [s for s in families["dicomnode_jobs"].samples if s.labels == {"state": "done", "outcome": "result", "delivery": "delivered"}]
+    assert [s.value for s in done] == [1.0]
+    assert {s.labels["stage"] for s in families["dicomnode_stage_seconds"].samples} >= {"select", "load", "segment", "measure", "write"}
 
 
 def test_results_survive_a_pacs_that_is_down(tmp_path: Path, study: StudyFiles, node_process: NodeFactory, orthanc: Orthanc) -> None:

@@ -1,0 +1,174 @@
+"""The node's read-only web endpoints: ``/healthz``, ``/metrics`` (Prometheus text) and a status page of recent jobs.
+
+Loopback by default (``web.host``). Everything shown comes from the store, so figures survive restarts; the page
+shows UIDs, verdicts and timings, never patient names or IDs (the store holds none).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+from dicomnode.config import NodeConfig
+from dicomnode.states import DeliveryState, JobDelivery, JobState
+from dicomnode.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+#: Jobs listed on the status page, newest first.
+PAGE_JOBS = 50
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the node can take and process studies, with one line per failed check."""
+
+    ok: bool
+    checks: dict[str, str]  # check -> "ok" or why not
+
+
+def health(config: NodeConfig, store: Store, receiving: Callable[[], bool], scheduling: Callable[[], bool]) -> Health:
+    """The receiver listens, the scheduler runs, the database answers and the storage has room."""
+    checks = {}
+    checks["receiver"] = "ok" if receiving() else "not listening"
+    checks["scheduler"] = "ok" if scheduling() else "not running"
+    ok, why = store.healthy()
+    checks["database"] = "ok" if ok else why
+    free_mb = shutil.disk_usage(config.path(config.storage)).free / 2**20
+    low = free_mb < config.min_free_disk_mb
+    checks["disk"] = f"{free_mb:.0f} MiB free, below min_free_disk_mb={config.min_free_disk_mb}" if low else "ok"
+    return Health(all(v == "ok" for v in checks.values()), checks)
+
+
+class StoreCollector:
+    """Prometheus metrics read from the store at each scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self.store.counts()
+        yield CounterMetricFamily("dicomnode_instances_received", "Instances received and indexed", value=counts.instances_received)
+        yield GaugeMetricFamily("dicomnode_instances_stored", "Instances on disk now (retention deletes finished studies)", value=counts.instances_stored)
+        yield CounterMetricFamily("dicomnode_instances_refused", "Instances and associations refused", value=counts.refusals)
+        yield GaugeMetricFamily("dicomnode_studies_waiting", "Studies not complete yet", value=counts.studies_waiting)
+        yield CounterMetricFamily("dicomnode_studies_purged", "Finished studies deleted by retention", value=counts.studies_purged)
+        jobs = GaugeMetricFamily("dicomnode_jobs", "Jobs by processing state, outcome and delivery", labels=["state", "outcome", "delivery"])
+        for (state, outcome, delivery), n in sorted(counts.jobs.items()):
+            jobs.add_metric([state, outcome, delivery], n)
+        yield jobs
+        queue = GaugeMetricFamily("dicomnode_queue_length", "Work waiting: jobs pending and result files queued", labels=["queue"])
+        queue.add_metric(["jobs"], sum(n for (state, _, _), n in counts.jobs.items() if state == JobState.PENDING.value))
+        queue.add_metric(["deliveries"], counts.deliveries.get(DeliveryState.QUEUED.value, 0))
+        yield queue
+        deliveries = GaugeMetricFamily("dicomnode_deliveries", "Result files by delivery state", labels=["state"])
+        for state in DeliveryState:
+            deliveries.add_metric([state.value], counts.deliveries.get(state.value, 0))
+        yield deliveries
+        yield CounterMetricFamily("dicomnode_delivery_failures", "Send attempts that did not deliver", value=counts.failed_sends)
+        stages = SummaryMetricFamily("dicomnode_stage_seconds", "Seconds spent per pipeline stage", labels=["stage"])
+        for stage, (seconds, jobs_timed) in sorted(counts.stage_seconds.items()):
+            stages.add_metric([stage], count_value=jobs_timed, sum_value=seconds)
+        yield stages
+
+
+class WebServer:
+    """A threaded HTTP server for the endpoints, started and stopped with the node."""
+
+    def __init__(self, config: NodeConfig, store: Store, receiving: Callable[[], bool], scheduling: Callable[[], bool]) -> None:
+        self.config, self.store = config, store
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StoreCollector(store))
+        self._health = lambda: health(config, store, receiving, scheduling)
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        web = self
+        handler = type("Handler", (_Handler,), {"web": web})
+        self._server = ThreadingHTTPServer((self.config.web.host, self.config.web.port), handler)
+        threading.Thread(target=self._server.serve_forever, name="web", daemon=True).start()
+        log.info("status page on http://%s:%d/ (/healthz, /metrics)", self.config.web.host, self.config.web.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        """Status code, content type and body for a GET of ``path``."""
+        if path == "/healthz":
+            state = self._health()
+            body = json.dumps({"status": "ok" if state.ok else "unhealthy", "checks": state.checks}).encode()
+            return (HTTPStatus.OK if state.ok else HTTPStatus.SERVICE_UNAVAILABLE), "application/json", body
+        if path == "/metrics":
+            return HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        if path in ("/", "/index.html"):
+            return HTTPStatus.OK, "text/html; charset=utf-8", status_page(self.store.recent_jobs(PAGE_JOBS), self._health(), self.store).encode()
+        return HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    web: WebServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        code, content_type, body = self.web.respond(self.path.split("?", 1)[0])
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("web: " + format, *args)
+
+
+def status_page(jobs: list[Job], state: Health, store: Store) -> str:
+    """A read-only HTML page: health checks and the recent jobs with state, outcome, delivery, verdict, QC, timings."""
+    e = html.escape
+    checks = "".join(f"<li class='{'ok' if v == 'ok' else 'bad'}'>{e(k)}: {e(v)}</li>" for k, v in state.checks.items())
+    rows = []
+    for job in jobs:
+        deliveries = store.deliveries(job.id)
+        sent = sum(d.state is DeliveryState.SENT for d in deliveries)
+        dead = [d for d in deliveries if d.state is DeliveryState.DEAD]
+        delivery = f"{job.delivery.value} ({sent}/{len(deliveries)} sent)" if deliveries else job.delivery.value
+        if dead:
+            delivery += f"; {e(dead[0].destination)}: {e(dead[0].last_error or '')}"
+        qc = (job.measurements or {}).get("qc", "")
+        flag = " bad" if job.delivery is JobDelivery.FAILED or (job.outcome and job.outcome.value == "failed") else ""
+        rows.append(
+            f"<tr class='job{flag}'><td>{job.id}</td><td class='uid'>{e(job.study_uid)}</td><td>v{job.version}</td>"
+            f"<td>{e(job.state.value)}</td><td>{e(job.outcome.value if job.outcome else '')}</td><td>{delivery}</td>"
+            f"<td>{e(job.verdict or '')}</td><td>{e(qc)}</td><td>{sum(job.timings.values()):.1f} s</td>"
+            f"<td>{dt.datetime.fromtimestamp(job.updated_at).strftime('%Y-%m-%d %H:%M:%S')}</td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan='10'>no jobs yet</td></tr>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>Renal DICOM node: status</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }}
+th {{ background: #eee; }} .uid {{ font-family: monospace; font-size: 0.8em; }}
+.ok {{ color: #176117; }} .bad, tr.bad td {{ color: #a40000; }}
+</style></head><body>
+<h1>Renal DICOM node</h1>
+<h2 id="health">Health: {"ok" if state.ok else "unhealthy"}</h2><ul>{checks}</ul>
+<h2>Recent jobs</h2>
+<table id="jobs"><tr><th>Job</th><th>Study</th><th>Version</th><th>State</th><th>Outcome</th><th>Delivery</th>
+<th>Verdict</th><th>QC</th><th>Processing</th><th>Updated</th></tr>{body}</table>
+<p>Read-only; refreshes every 10 s. <a href="/metrics">Metrics</a> · <a href="/healthz">Health (JSON)</a></p>
+</body></html>
+"""

@@ -1,0 +1,109 @@
+"""The node's web endpoints in process: ``/metrics`` parses with prometheus-client's own parser and counts what the
+store holds; ``/healthz`` says which check fails; the status page, rendered by headless Chromium, lists the jobs
+with their state, outcome, delivery, verdict and QC and shows no patient identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dicomnode.config import NodeConfig, WebConfig
+from dicomnode.states import DeliveryState, Outcome
+from dicomnode.store import Store
+from dicomnode.web import WebServer
+from tests.peers import REPO, free_port
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+)  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    """A store with three jobs (delivered with QC passed, parked after a refused send, pending) and a web server."""
+    store = Store(tmp_path / "node.sqlite")
+    for n in range(3):
+        store.add_instance(f"1.2.3.{n}", "1.2.3", "1.2.3.9", CT, tmp_path / f"{n}.dcm", "SCANNER")
+    delivered, parked = store.create_job("1.2.3", 3), store.create_job("1.2.4", 3)
+    store.create_job("1.2.5", 3)
+    for job, verdict in ((delivered, "arterial series found"), (parked, "arterial series found by the image check")):
+        store.start_job(job.id)
+        store.finish_job(
+            job.id, Outcome.RESULT, [("9.9", tmp_path / f"SR{job.id}.dcm")], ["pacs"], verdict=verdict, reasons=[],
+            measurements={"qc": "QC passed"}, timings={"segment": 30.0, "write": 2.0},
+        )  # fmt: skip
+    [d1], [d2] = store.deliveries(delivered.id), store.deliveries(parked.id)
+    store.update_delivery(d1.id, DeliveryState.SENT, 2, 0, None)
+    store.update_delivery(d2.id, DeliveryState.DEAD, 8, 0, "C-STORE failed with status 0xA700")
+    config = replace(NodeConfig(storage=str(tmp_path)), web=WebConfig(port=free_port()))
+    state = {"receiving": True}
+    web = WebServer(config, store, lambda: state["receiving"], lambda: True)
+    web.start()
+    yield f"http://127.0.0.1:{config.web.port}", state
+    web.stop()
+    store.close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_parse_and_count_what_the_store_holds(site) -> None:
+    base, _ = site
+    status, text = _get(base + "/metrics")
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("dicomnode_instances_received_total", ())] == 3
+    assert samples[("dicomnode_jobs", (("delivery", "delivered"), ("outcome", "result"), ("state", "done")))] == 1
+    assert samples[("dicomnode_jobs", (("delivery", "failed"), ("outcome", "result"), ("state", "done")))] == 1
+    assert samples[("dicomnode_jobs", (("delivery", "none"), ("outcome", ""), ("state", "pending")))] == 1
+    assert samples[("dicomnode_queue_length", (("queue", "jobs"),))] == 1
+    assert samples[("dicomnode_deliveries", (("state", "dead"),))] == 1
+    assert samples[("dicomnode_delivery_failures_total", ())] == 1 + 8  # one failed try before the send, eight before parking
+    assert samples[("dicomnode_stage_seconds_sum", (("stage", "segment"),))] == 60.0
+    assert samples[("dicomnode_stage_seconds_count", (("stage", "segment"),))] == 2
+
+
+def test_healthz_names_the_failing_check(site) -> None:
+    base, state = site
+    status, body = _get(base + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    state["receiving"] = False
+    status, body = _get(base + "/healthz")
+    assert status == 503 and json.loads(body)["checks"]["receiver"] == "not listening"
+    assert _get(base + "/nothing")[0] == 404
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_status_page_in_headless_chromium_lists_the_jobs(site, tmp_path: Path) -> None:
+    base, _ = site
+    profile = ("--user-data-dir=" + str(tmp_path / "profile"),)
+    dom = subprocess.run(["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", base + "/"], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rows = [row for row in dom.stdout.split("<tr class=")[1:]]
+    assert len(rows) == 3 and "Health: ok" in dom.stdout
+    assert "1.2.5" in rows[0] and "pending" in rows[0]  # newest first
+    assert "by the image check" in rows[1] and "failed (0/1 sent)" in rows[1] and "0xA700" in rows[1]
+    assert "delivered (1/1 sent)" in rows[2] and "QC passed" in rows[2] and "32.0 s" in rows[2]
+    shot = tmp_path / "status.png"
+    taken = subprocess.run(
+        ["chromium", *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1280,520", base + "/"], capture_output=True, timeout=120
+    )
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000
+    if os.environ.get("DICOMNODE_UPDATE_DOCS"):  # refreshes the README's picture
+        shutil.copy(shot, REPO / "docs" / "status-page.png")
