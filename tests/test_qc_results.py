@@ -80,6 +80,15 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     assert study.findings[0] == processed.qc.verdict
     segment_uids = {s.SegmentLabel.lower(): s.TrackingUID for s in seg.SegmentSequence}
     assert {g.identifier: g.tracking_uid for g in volumes} == segment_uids  # one UID per structure and side in both
+    types = {
+        s.SegmentLabel.lower(): (
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue,
+        )
+        for s in seg.SegmentSequence
+    }
+    # parenchyma is the kidney itself (SCT 91772007 means "Organ" in DICOM's segmentation context groups)
+    assert types == {"left renal parenchyma": ("64033007", "7771000"), "left renal cortex": ("50403003", "7771000"), "left renal medulla": ("RM001", "7771000")}
     for ds in (seg, sr):  # the private scheme used for medulla and the QC verdict is declared (PS3.3 C.12.1.1.4)
         assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == ["99RENALNODE"]
     for _, path in save_results(processed.results, tmp_path):

@@ -1,0 +1,97 @@
+"""dcmqi, the reader 3D Slicer uses, reads the node's SEG into per-segment masks that equal the node's own masks
+voxel for voxel on the CT's grid, and reads the SR's TID 1500 measurements back as the node measured them.
+
+The prediction is the phantom's own labels, so the test needs no model and knows every mask in advance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import CTImageStorage
+
+from dicomnode.config import NodeConfig
+from dicomnode.load import LoadedSeries
+from dicomnode.pipeline import Processed, process_study, save_results
+from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.states import Outcome
+from dicomnode.store import Instance
+from training.phantom_dicom import SeriesFiles, write_study
+from training.phantoms import Grid, Label, Phase
+
+BIN = Path(shutil.which("segimage2itkimage") or Path(__file__).resolve().parent.parent / ".venv" / "bin" / "segimage2itkimage").parent
+pytestmark = pytest.mark.skipif(not (BIN / "segimage2itkimage").exists(), reason="dcmqi not installed")
+
+
+class PhantomLabels:
+    """A stand-in segmenter that returns the phantom's true cortex and medulla."""
+
+    model = Model("phantom-labels", Path("."), {"version": "test"}, "0")
+
+    def __init__(self, series: SeriesFiles) -> None:
+        self.truth = series.phantom.labels
+
+    def segment(self, series: LoadedSeries) -> Segmentation:
+        labels = np.zeros(self.truth.shape, np.uint8)
+        labels[self.truth == Label.CORTEX] = CORTEX
+        labels[self.truth == Label.MEDULLA] = MEDULLA
+        return Segmentation(labels, self.model, "cpu")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[SeriesFiles, Processed, dict[str, Path]]:
+    folder = tmp_path_factory.mktemp("dcmqi")
+    series = write_study(4242, folder / "ct", phases=(Phase.ARTERIAL,), grid=Grid.centred(200, 1.6, 36, 5.0)).series[0]
+    instances = [Instance(i, f.name, "study", "series", CTImageStorage, f) for i, f in enumerate(series.files)]
+    processed = process_study(instances, NodeConfig(), PhantomLabels(series))
+    assert processed.outcome is Outcome.RESULT, processed.reasons
+    assert processed.results is not None
+    saved = {path.name[:2]: path for _, path in save_results(processed.results, folder / "results")}
+    return series, processed, saved
+
+
+def test_segimage2itkimage_masks_equal_the_nodes_masks_voxel_for_voxel(results, tmp_path: Path) -> None:
+    series, processed, saved = results
+    out = tmp_path / "masks"
+    out.mkdir()
+    run = subprocess.run(
+        [str(BIN / "segimage2itkimage"), "--inputDICOM", str(saved["SE"]), "--outputDirectory", str(out), "-t", "nrrd"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((out / "meta.json").read_text())
+    labels = {int(s["labelID"]): s["SegmentLabel"].lower() for group in meta["segmentAttributes"] for s in group}
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in series.files])
+    ct = reader.Execute()  # the CT grid, slices ordered along their normal as the node orders them
+    assert processed.measurements is not None
+    checked = 0
+    for number, label in labels.items():
+        side, _, structure = label.split(" ")
+        image = sitk.Resample(sitk.ReadImage(str(out / f"{number}.nrrd")), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        theirs = sitk.GetArrayFromImage(image) > 0
+        ours = processed.measurements.kidneys[side].mask(structure)
+        assert theirs.shape == ours.shape and ours.any()
+        assert np.array_equal(theirs, ours), f"{label}: {np.sum(theirs != ours)} voxels differ"
+        checked += 1
+    assert checked == 6
+
+
+def test_tid1500reader_reads_the_measurements_the_node_made(results, tmp_path: Path) -> None:
+    _, processed, saved = results
+    out = tmp_path / "sr.json"
+    run = subprocess.run([str(BIN / "tid1500reader"), "--inputDICOM", str(saved["SR"]), "--outputMetadata", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    groups = {m["TrackingIdentifier"]: m for m in json.loads(out.read_text())["Measurements"]}
+    assert processed.measurements is not None
+    expected = {f"{side} renal {s}": k.volume(s) for side, k in processed.measurements.kidneys.items() for s in ("cortex", "medulla", "parenchyma")}
+    volumes = {name: float(g["measurementItems"][0]["value"]) for name, g in groups.items() if g.get("measurementItems")}
+    assert volumes == pytest.approx(expected, abs=1e-3)
+    for name, group in groups.items():
+        if name in expected:
+            assert group["measurementItems"][0]["units"]["CodeValue"] == "cm3"
+            assert group["Laterality"]["CodeMeaning"].lower() == name.split(" ")[0]
