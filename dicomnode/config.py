@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -22,15 +23,42 @@ class TLSConfig:
     ca_certificates: str = ""  # peers must present a certificate signed by these
 
 
+class Protocol(str, enum.Enum):
+    """How results reach a destination."""
+
+    DIMSE = "dimse"  # C-STORE to an AE title, host and port
+    STOW_RS = "stow-rs"  # DICOMweb STOW-RS: HTTP POST to {url}/studies
+
+
+class Auth(str, enum.Enum):
+    """HTTP authentication of a STOW-RS destination; the secret comes from the environment, never the file."""
+
+    NONE = "none"
+    BASIC = "basic"  # credentials_env holds "user:password"
+    BEARER = "bearer"  # credentials_env holds the token
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that results are sent to by C-STORE."""
+    """A peer that results are sent to: a DICOM AE by C-STORE, or a DICOMweb service by STOW-RS."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
+    ae_title: str = ""  # dimse
+    host: str = ""  # dimse
+    port: int = 0  # dimse
+    tls: bool = False  # dimse: DICOM TLS with the node's tls settings
+    protocol: Protocol = Protocol.DIMSE
+    url: str = ""  # stow-rs: the service root, e.g. https://pacs.example.org/dicom-web
+    auth: Auth = Auth.NONE  # stow-rs
+    credentials_env: str = ""  # stow-rs: the environment variable holding the credentials for ``auth``
+
+    def __post_init__(self) -> None:
+        for name, kind in (("protocol", Protocol), ("auth", Auth)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                allowed = ", ".join(m.value for m in kind)
+                raise ValueError(f"destinations[{self.name}].{name}: {getattr(self, name)!r} is not one of {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -265,10 +293,16 @@ def problems(config: NodeConfig) -> list[str]:
     for name in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"destinations: the name {name!r} is used {names.count(name)} times")
     for d in config.destinations:
+        key = f"destinations[{d.name}]"
+        if d.protocol is Protocol.STOW_RS:
+            check(d.url.startswith(("http://", "https://")), f"{key}.url", f"{d.url!r} is not an http(s) URL")
+            check(d.auth is Auth.NONE or bool(d.credentials_env), f"{key}.credentials_env", f"names no environment variable for {d.auth.value} auth")
+            check(d.auth is Auth.NONE or not d.credentials_env or d.credentials_env in os.environ, f"{key}.credentials_env", f"{d.credentials_env} is not set")
+            continue
         ok, why = valid_ae(d.ae_title)
-        check(ok and bool(d.ae_title.strip()), f"destinations[{d.name}].ae_title", f"{d.ae_title!r} {why or 'is empty'}")
-        check(1 <= d.port <= 65535, f"destinations[{d.name}].port", f"{d.port} is not 1-65535")
-        check(not d.tls or config.tls.certificate != "", f"destinations[{d.name}].tls", "needs tls.certificate and tls.private_key")
+        check(ok and bool(d.ae_title.strip()), f"{key}.ae_title", f"{d.ae_title!r} {why or 'is empty'}")
+        check(1 <= d.port <= 65535, f"{key}.port", f"{d.port} is not 1-65535")
+        check(not d.tls or config.tls.certificate != "", f"{key}.tls", "needs tls.certificate and tls.private_key")
     if config.tls.enabled or any(d.tls for d in config.destinations):
         for key in ("certificate", "private_key", "ca_certificates"):
             value = getattr(config.tls, key)

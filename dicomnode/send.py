@@ -5,26 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
-from dicomnode.config import Delivery, Destination, NodeConfig
-from dicomnode.states import DeliveryState
+from dicomnode.config import Delivery, Destination, NodeConfig, Protocol
+from dicomnode.states import DeliveryState, SendOutcome
 from dicomnode.store import DeliveryRecord, Store
+from dicomnode.stow import stow_rs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What one attempt to send one file to one destination gave."""
-
-    ok: bool
-    detail: str
 
 
 def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset]) -> list[SendOutcome]:
@@ -88,7 +80,7 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
                 readable.append(record)
             except (OSError, InvalidDicomError) as exc:
                 _failed(config, store, record, now, f"result file unreadable: {exc}", final=True)
-        for record, outcome in zip(readable, store_scu(config, destination, datasets) if datasets else []):
+        for record, outcome in zip(readable, _send(config, destination, readable, datasets) if datasets else []):
             if outcome.ok:
                 store.update_delivery(record.id, DeliveryState.SENT, record.attempts + 1, record.next_attempt_at, None)
                 log.info("sent %s of job %d to %s (%s)", record.sop_uid, record.job_id, name, outcome.detail)
@@ -96,6 +88,12 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
             else:
                 _failed(config, store, record, now, outcome.detail)
     return sent
+
+
+def _send(config: NodeConfig, destination: Destination, records: list[DeliveryRecord], datasets: Sequence[pydicom.Dataset]) -> list[SendOutcome]:
+    if destination.protocol is Protocol.STOW_RS:
+        return stow_rs(config, destination, [r.path for r in records], [r.sop_uid for r in records])
+    return store_scu(config, destination, datasets)
 
 
 def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, now: float, detail: str, final: bool = False) -> None:

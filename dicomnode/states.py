@@ -8,6 +8,7 @@ strings kept in the database and printed by ``dicomnode status``.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class JobState(str, enum.Enum):
@@ -41,6 +42,14 @@ class JobDelivery(str, enum.Enum):
     SENDING = "sending"  # at least one file still queued
     DELIVERED = "delivered"  # every file confirmed by every destination
     FAILED = "failed"  # nothing queued and at least one file parked
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one attempt to send one file to one destination gave (by C-STORE or STOW-RS)."""
+
+    ok: bool
+    detail: str
 
 
 def job_delivery(states: set[DeliveryState]) -> JobDelivery:

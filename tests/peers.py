@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: ``DICOMNODE_SHARED`` points elsewhere (a missing folder shows which tests would skip).
 SHARED = Path(os.environ.get("DICOMNODE_SHARED", REPO.parent / "shared"))
 REAL_CT = SHARED / "data" / "real_ct"
+#: Debian's orthanc-dicomweb package (installed by scripts/install-system.sh).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 #: Environment of the dcmtk and Orthanc peers: Debian's builds keep Nagle's algorithm on unless TCP_NODELAY is set,
 #: which throttles them to about 22 images/s on loopback; every peer runs at its best.
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -76,7 +79,13 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     modalities: dict[str, list] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # extra Orthanc configuration
+    dicomweb: bool = False  # load Debian's orthanc-dicomweb plugin: DICOMweb under /dicom-web/
+    user: tuple[str, str] | None = None  # HTTP basic authentication required, with this one user
     process: subprocess.Popen | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -88,11 +97,13 @@ class Orthanc:
             "StorageDirectory": str(self.folder / "db"),
             "IndexDirectory": str(self.folder / "db"),
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": self.user is not None,
+            "RegisteredUsers": dict([self.user]) if self.user else {},
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False,
             "DicomModalities": self.modalities,
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "StableAge": 1,
             **self.settings,
         }
@@ -114,15 +125,20 @@ class Orthanc:
         except OSError:
             return False
 
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method="POST" if data is not None else "GET")
+        if self.user:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(self.user).encode()).decode())
+        return request
+
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+        with urllib.request.urlopen(self._request(path), timeout=10) as response:
             body = response.read()
         return json.loads(body) if response.headers.get_content_type() == "application/json" else body
 
     def post(self, path: str, data: bytes | dict):
         body = data if isinstance(data, bytes) else json.dumps(data).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST")
-        with urllib.request.urlopen(request, timeout=600) as response:
+        with urllib.request.urlopen(self._request(path, body), timeout=600) as response:
             return json.loads(response.read() or b"null")
 
     def upload(self, files: list[Path]) -> None:

@@ -1,6 +1,7 @@
-"""The send stage in process against a real Orthanc: delivered files mark the job delivered; a PACS that is down
-gets retries with backoff, then the file is parked until ``retry``; a destination no longer configured or a result
-file that cannot be read parks at once with the reason."""
+"""The send stage in process against a real Orthanc, by C-STORE and by STOW-RS to its DICOMweb plugin: delivered
+files mark the job delivered; a PACS that is down gets retries with backoff, then the file is parked until ``retry``;
+a destination no longer configured or a result file that cannot be read parks at once with the reason; STOW-RS
+credentials come from the environment only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.config import Delivery, Destination, NodeConfig
+from dicomnode.config import Auth, Delivery, Destination, NodeConfig, Protocol, load_config
 from dicomnode.send import backoff, send_due
 from dicomnode.states import DeliveryState, JobDelivery, Outcome
 from dicomnode.store import Store
@@ -80,3 +81,48 @@ def test_a_destination_no_longer_configured_or_a_missing_file_parks_at_once(queu
     states = {d.path: (d.state, d.last_error or "") for d in store.deliveries(job_id)}
     assert states[files[1]] == (DeliveryState.SENT, "")
     assert states[files[0]][0] is DeliveryState.DEAD and "unreadable" in states[files[0]][1]
+
+
+def _stow(orthanc: Orthanc, **delivery: float) -> NodeConfig:
+    pacs = Destination("pacs", protocol=Protocol.STOW_RS, url=orthanc.dicomweb_url, auth=Auth.BASIC, credentials_env="PACS_STOW_CREDENTIALS")
+    return NodeConfig(destinations=(pacs,), delivery=replace(Delivery(timeout_s=10), **delivery))
+
+
+def test_stow_rs_with_basic_auth_from_the_environment_delivers_to_orthancs_dicomweb(
+    queued: tuple[Store, list[Path], int], orthanc: Orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, files, job_id = queued
+    orthanc.dicomweb, orthanc.user = True, ("node", "s3cret")
+    orthanc.start()
+    monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:wrong")
+    assert send_due(_stow(orthanc, max_attempts=3), store) == 0
+    assert all("HTTP 401" in (d.last_error or "") and d.state is DeliveryState.QUEUED for d in store.deliveries(job_id))
+    monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:s3cret")
+    assert send_due(_stow(orthanc), store, time.time() + 3600) == 2
+    assert store.job(job_id).delivery is JobDelivery.DELIVERED
+    stored = {orthanc.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.instances_of_modality("CT")}
+    assert stored == {d.sop_uid for d in store.deliveries(job_id)}
+
+
+def test_stow_rs_to_a_service_that_is_down_is_retried_then_parked(queued: tuple[Store, list[Path], int], orthanc: Orthanc, monkeypatch) -> None:
+    store, _, job_id = queued
+    monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:s3cret")
+    config = _stow(orthanc, max_attempts=2, backoff_s=1.0)
+    send_due(config, store)
+    assert all("no connection" in (d.last_error or "") and d.state is DeliveryState.QUEUED for d in store.deliveries(job_id))
+    send_due(config, store, time.time() + 10)
+    assert store.job(job_id).delivery is JobDelivery.FAILED
+
+
+def test_stow_rs_credentials_never_come_from_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    monkeypatch.delenv("PACS_STOW_CREDENTIALS", raising=False)
+    destination = "destinations:\n  - {name: web, protocol: stow-rs, url: 'https://pacs/dicom-web', auth: basic, credentials_env: PACS_STOW_CREDENTIALS}\n"
+    path.write_text(destination)
+    with pytest.raises(ValueError, match=r"destinations\[web\].credentials_env: PACS_STOW_CREDENTIALS is not set"):
+        load_config(path)
+    monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:s3cret")
+    assert load_config(path).destinations[0].protocol is Protocol.STOW_RS
+    path.write_text(destination.replace("credentials_env", "password"))
+    with pytest.raises(ValueError, match="unknown Destination settings: destinations\\[0\\].password"):
+        load_config(path)
