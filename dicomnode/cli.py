@@ -134,7 +134,7 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
             "timings": processed.timings,
             "measurements": processed.measurements.summary() if processed.measurements else None,
             "qc": None if processed.qc is None else {"verdict": processed.qc.verdict, "findings": processed.qc.lines()},
-            "results": [str(path) for _, path in saved],
+            "results": [str(f.path) for f in saved],
         }
         print(f"study {study_uid}: {processed.outcome.value} ({processed.verdict})")
     args.out.mkdir(parents=True, exist_ok=True)

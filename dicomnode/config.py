@@ -38,6 +38,14 @@ class Auth(str, enum.Enum):
     BEARER = "bearer"  # credentials_env holds the token
 
 
+class OutputFormat(str, enum.Enum):
+    """What a destination receives of a result."""
+
+    SEG = "seg"  # DICOM-SEG: cortex, medulla and parenchyma per side
+    SR = "sr"  # TID 1500 SR with the volumes (or the text SR of a study without result)
+    SC = "sc"  # Secondary Capture pictures: key slices with outlines and a page of volumes, for PACS without SEG
+
+
 @dataclass(frozen=True)
 class Destination:
     """A peer that results are sent to: a DICOM AE by C-STORE, or a DICOMweb service by STOW-RS."""
@@ -51,6 +59,7 @@ class Destination:
     url: str = ""  # stow-rs: the service root, e.g. https://pacs.example.org/dicom-web
     auth: Auth = Auth.NONE  # stow-rs
     credentials_env: str = ""  # stow-rs: the environment variable holding the credentials for ``auth``
+    formats: tuple[OutputFormat, ...] = (OutputFormat.SEG, OutputFormat.SR)
 
     def __post_init__(self) -> None:
         for name, kind in (("protocol", Protocol), ("auth", Auth)):
@@ -59,6 +68,11 @@ class Destination:
             except ValueError:
                 allowed = ", ".join(m.value for m in kind)
                 raise ValueError(f"destinations[{self.name}].{name}: {getattr(self, name)!r} is not one of {allowed}") from None
+        try:
+            object.__setattr__(self, "formats", tuple(OutputFormat(f) for f in self.formats))
+        except ValueError:
+            allowed = ", ".join(m.value for m in OutputFormat)
+            raise ValueError(f"destinations[{self.name}].formats: {list(self.formats)} holds a format that is not one of {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,10 @@ class NodeConfig:
     web: WebConfig = field(default_factory=WebConfig)
     destinations: tuple[Destination, ...] = ()
     base_dir: Path = Path(".")
+
+    def wants(self, output: OutputFormat) -> bool:
+        """Whether any destination receives ``output``."""
+        return any(output in d.formats for d in self.destinations)
 
     def path(self, value: str) -> Path:
         """A configured path, relative to the configuration file's folder."""

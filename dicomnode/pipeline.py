@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicomnode.config import NodeConfig, OnFail
+from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import write_atomically
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
@@ -103,7 +103,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmen
         if config.qc.on_fail is OnFail.WITHHOLD:
             return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
     with _timed(timings, "write"):
-        results = write_results(series, measurements, report, segmenter.model)
+        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC))
     verdict = selection.verdict if report.passed else f"{selection.verdict}; {report.verdict}"
     return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
 
@@ -113,15 +113,25 @@ def failed(exc: BaseException) -> Processed:
     return Processed(Outcome.FAILED, "processing failed", [], error=f"{type(exc).__name__}: {exc}")
 
 
-def save_results(results: Results, folder: Path) -> list[tuple[str, Path]]:
-    """Write SEG and SR atomically into ``folder``; returns (SOP Instance UID, path) of each."""
+@dataclass(frozen=True)
+class Saved:
+    """A result file on disk."""
+
+    output: OutputFormat
+    sop_uid: str
+    path: Path
+
+
+def save_results(results: Results, folder: Path) -> list[Saved]:
+    """Write SEG, SR and SC pages atomically into ``folder``; returns each file."""
+    objects = [(OutputFormat.SEG, results.seg), (OutputFormat.SR, results.sr), *((OutputFormat.SC, ds) for ds in results.sc)]
     saved = []
-    for prefix, ds in (("SEG", results.seg), ("SR", results.sr)):
+    for output, ds in objects:
         if ds is None:
             continue
-        path = folder / f"{prefix}_{ds.SOPInstanceUID}.dcm"
+        path = folder / f"{output.value.upper()}_{ds.SOPInstanceUID}.dcm"
         buffer = pydicom.filebase.DicomBytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         write_atomically(path, buffer.getvalue())
-        saved.append((str(ds.SOPInstanceUID), path))
+        saved.append(Saved(output, str(ds.SOPInstanceUID), path))
     return saved

@@ -18,7 +18,7 @@ from dicomnode.retention import clean
 from dicomnode.segment import Model, Segmenter
 from dicomnode.send import send_due
 from dicomnode.states import JobState
-from dicomnode.store import Job, Store
+from dicomnode.store import Job, Queued, Store
 from dicomnode.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,11 @@ class Node:
         figures = processed.measurements.summary() if processed.measurements else None
         if figures is not None and processed.qc is not None:
             figures.update(qc=processed.qc.verdict, qc_findings=processed.qc.lines())
-        destinations = [d.name for d in self.config.destinations]
+        queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         self.store.finish_job(
             job.id,
             processed.outcome,
-            saved,
-            destinations,
+            queued,
             verdict=processed.verdict,
             reasons=processed.reasons,
             series_uid=processed.series_uid,

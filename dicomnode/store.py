@@ -113,6 +113,15 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """A result file to send to one destination, as a finished job queues it."""
+
+    destination: str
+    sop_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class FinishedStudy:
     """A study whose every job is done and delivered (or had nothing to deliver), with no instance left unprocessed."""
 
@@ -380,20 +389,17 @@ class Store:
                 self._move(job.id, (JobState.RUNNING,), JobState.PENDING)
         return interrupted
 
-    def finish_job(self, job_id: int, outcome: Outcome, results: list[tuple[str, Path]], destinations: list[str], **record: object) -> None:
-        """running -> done with its ``outcome``; queues each result for each destination, in one transaction.
+    def finish_job(self, job_id: int, outcome: Outcome, queued: list[Queued], **record: object) -> None:
+        """running -> done with its ``outcome``; queues the result files for their destinations, in one transaction.
 
         ``record`` holds the job's other columns (verdict, reasons, series_uid, measurements, error, timings).
         """
         now = time.time()
         with self._transaction():
-            for sop_uid, path in results:
-                for destination in destinations:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (job_id, destination, str(path), sop_uid, DeliveryState.QUEUED.value, now, now),
-                    )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(job_id, q.destination, str(q.path), q.sop_uid, DeliveryState.QUEUED.value, now, now) for q in queued],
+            )
             self._move(job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, **record)
             self._settle(job_id)
 

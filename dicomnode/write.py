@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 import highdicom as hd
@@ -13,6 +13,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomnode import __version__
+from dicomnode.capture import write_sc
 from dicomnode.codes import (
     ANATOMICAL_STRUCTURE,
     CUBIC_CENTIMETRE,
@@ -47,6 +48,7 @@ class Results:
 
     seg: pydicom.Dataset | None
     sr: pydicom.Dataset
+    sc: list[pydicom.Dataset] = field(default_factory=list)  # Secondary Capture pages, where a destination wants them
 
 
 def _algorithm(model: Model) -> hd.AlgorithmIdentificationSequence:
@@ -187,11 +189,13 @@ def write_sr(
     )
 
 
-def write_results(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model) -> Results:
-    """SEG and SR of a measured study; where QC failed, both say "QC: review" and the SR lists every finding."""
+def write_results(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, pictures: bool = False) -> Results:
+    """SEG and SR of a measured study, and with ``pictures`` the Secondary Capture pages; where QC failed, all say
+    "QC: review" and the SR lists every finding."""
     tracking = tracking_uids(measurements)
     seg, numbers = write_seg(series, measurements, model, tracking, review=not qc.passed)
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model))
+    sc = write_sc(series, measurements, qc, model) if pictures else []
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model), sc)
 
 
 def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:

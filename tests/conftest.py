@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,20 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     pacs = Orthanc(tmp_path / "orthanc")
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture
+def more_orthancs(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    """Makes further Orthanc PACS (``Orthanc``'s arguments after the folder name); every one stopped at teardown."""
+    made: list[Orthanc] = []
+
+    def make(name: str, **kwargs: Any) -> Orthanc:
+        made.append(Orthanc(tmp_path / name, **kwargs))
+        return made[-1]
+
+    yield make
+    for pacs in made:
+        pacs.stop()
 
 
 @pytest.fixture

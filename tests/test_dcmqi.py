@@ -16,31 +16,15 @@ import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
-from dicomnode.load import LoadedSeries
 from dicomnode.pipeline import Processed, process_study, save_results
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
+from tests.standins import PhantomLabels
 from training.phantom_dicom import SeriesFiles, write_study
-from training.phantoms import Grid, Label, Phase
+from training.phantoms import Grid, Phase
 
 BIN = Path(shutil.which("segimage2itkimage") or Path(__file__).resolve().parent.parent / ".venv" / "bin" / "segimage2itkimage").parent
 pytestmark = pytest.mark.skipif(not (BIN / "segimage2itkimage").exists(), reason="dcmqi not installed")
-
-
-class PhantomLabels:
-    """A stand-in segmenter that returns the phantom's true cortex and medulla."""
-
-    model = Model("phantom-labels", Path("."), {"version": "test"}, "0")
-
-    def __init__(self, series: SeriesFiles) -> None:
-        self.truth = series.phantom.labels
-
-    def segment(self, series: LoadedSeries) -> Segmentation:
-        labels = np.zeros(self.truth.shape, np.uint8)
-        labels[self.truth == Label.CORTEX] = CORTEX
-        labels[self.truth == Label.MEDULLA] = MEDULLA
-        return Segmentation(labels, self.model, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +35,7 @@ def results(tmp_path_factory) -> tuple[SeriesFiles, Processed, dict[str, Path]]:
     processed = process_study(instances, NodeConfig(), PhantomLabels(series))
     assert processed.outcome is Outcome.RESULT, processed.reasons
     assert processed.results is not None
-    saved = {path.name[:2]: path for _, path in save_results(processed.results, folder / "results")}
+    saved = {f.output.value: f.path for f in save_results(processed.results, folder / "results")}
     return series, processed, saved
 
 
@@ -60,7 +44,7 @@ def test_segimage2itkimage_masks_equal_the_nodes_masks_voxel_for_voxel(results, 
     out = tmp_path / "masks"
     out.mkdir()
     run = subprocess.run(
-        [str(BIN / "segimage2itkimage"), "--inputDICOM", str(saved["SE"]), "--outputDirectory", str(out), "-t", "nrrd"], capture_output=True, text=True
+        [str(BIN / "segimage2itkimage"), "--inputDICOM", str(saved["seg"]), "--outputDirectory", str(out), "-t", "nrrd"], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
     meta = json.loads((out / "meta.json").read_text())
@@ -84,7 +68,7 @@ def test_segimage2itkimage_masks_equal_the_nodes_masks_voxel_for_voxel(results, 
 def test_tid1500reader_reads_the_measurements_the_node_made(results, tmp_path: Path) -> None:
     _, processed, saved = results
     out = tmp_path / "sr.json"
-    run = subprocess.run([str(BIN / "tid1500reader"), "--inputDICOM", str(saved["SR"]), "--outputMetadata", str(out)], capture_output=True, text=True)
+    run = subprocess.run([str(BIN / "tid1500reader"), "--inputDICOM", str(saved["sr"]), "--outputMetadata", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     groups = {m["TrackingIdentifier"]: m for m in json.loads(out.read_text())["Measurements"]}
     assert processed.measurements is not None

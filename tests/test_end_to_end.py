@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -36,9 +37,14 @@ def _results_in(orthanc: Orthanc) -> tuple[list[str], list[str]] | None:
     return (segs, srs) if segs and srs else None
 
 
-def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles, node_process: NodeFactory, orthanc: Orthanc) -> None:
+def test_push_study_get_seg_and_sr_in_pacs(
+    tmp_path: Path, study: StudyFiles, node_process: NodeFactory, orthanc: Orthanc, more_orthancs: Callable[..., Orthanc]
+) -> None:
     orthanc.start()
-    node = node_process(tmp_path / "node", _pacs_destination(orthanc))
+    legacy = more_orthancs("legacy", aet="LEGACY")  # a PACS that shows pictures only
+    legacy.start()
+    destinations = [*_pacs_destination(orthanc), {"name": "legacy", "ae_title": "LEGACY", "host": "127.0.0.1", "port": legacy.dicom_port, "formats": ["sc"]}]
+    node = node_process(tmp_path / "node", destinations)
     node.start()
     files = [f for series in study.series for f in series.files]
     sent = storescu(node.port, node.ae_title, files)
@@ -49,6 +55,9 @@ def test_push_study_get_seg_and_sr_in_pacs(tmp_path: Path, study: StudyFiles, no
     print(f"\nwall time from last instance sent to SEG and SR stored in Orthanc: {elapsed:.1f} s")
     (tmp_path / "elapsed_s.txt").write_text(f"{elapsed:.1f}")
     assert len(segs) == 1 and len(srs) == 1
+    pictures = wait_for(lambda: len(legacy.instances_of_modality("OT")) == 3 and legacy.instances_of_modality("OT"), 60, 1.0, "3 SC pages")
+    assert legacy.instances_of_modality("SEG") == legacy.instances_of_modality("SR") == [] and orthanc.instances_of_modality("OT") == []
+    assert pydicom.dcmread(legacy.download(pictures[0], tmp_path / "sc.dcm")).StudyInstanceUID == study.study_uid
 
     seg_path = orthanc.download(segs[0], tmp_path / "seg.dcm")
     sr_path = orthanc.download(srs[0], tmp_path / "sr.dcm")

@@ -91,5 +91,5 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     assert types == {"left renal parenchyma": ("64033007", "7771000"), "left renal cortex": ("50403003", "7771000"), "left renal medulla": ("RM001", "7771000")}
     for ds in (seg, sr):  # the private scheme used for medulla and the QC verdict is declared (PS3.3 C.12.1.1.4)
         assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == ["99RENALNODE"]
-    for _, path in save_results(processed.results, tmp_path):
-        assert dciodvfy(path) == [], path.name
+    for saved in save_results(processed.results, tmp_path):
+        assert dciodvfy(saved.path) == [], saved.path.name

@@ -11,7 +11,7 @@ import pytest
 from dicomnode.config import NodeConfig, Retention, problems
 from dicomnode.retention import clean
 from dicomnode.states import DeliveryState, Outcome
-from dicomnode.store import Store
+from dicomnode.store import Queued, Store
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 DAY = 86400.0
@@ -41,7 +41,7 @@ class Site:
         seg = self.results / uid / f"v{job.version}" / "SEG_9.dcm"
         seg.parent.mkdir(parents=True)
         seg.write_bytes(b"DICM")
-        self.store.finish_job(job.id, Outcome.RESULT, [("9", seg)], ["pacs"], verdict="ok", reasons=[])
+        self.store.finish_job(job.id, Outcome.RESULT, [Queued("pacs", "9", seg)], verdict="ok", reasons=[])
         if delivered != "queued":
             [d] = self.store.deliveries(job.id)
             self.store.update_delivery(d.id, DeliveryState(delivered), 1, 0, None if delivered == "sent" else "peer down")

@@ -15,7 +15,7 @@ import pytest
 from dicomnode.config import Auth, Delivery, Destination, NodeConfig, Protocol, load_config
 from dicomnode.send import backoff, send_due
 from dicomnode.states import DeliveryState, JobDelivery, Outcome
-from dicomnode.store import Store
+from dicomnode.store import Queued, Store
 from tests.peers import Orthanc, tools_missing
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
@@ -32,7 +32,7 @@ def queued(tmp_path: Path) -> tuple[Store, list[Path], int]:
     job = store.create_job(study.study_uid, 2)
     store.start_job(job.id)
     results = [(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID), f) for f in files]
-    store.finish_job(job.id, Outcome.RESULT, results, ["pacs"], verdict="ok", reasons=[])
+    store.finish_job(job.id, Outcome.RESULT, [Queued("pacs", uid, path) for uid, path in results], verdict="ok", reasons=[])
     return store, files, job.id
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from dicomnode.service import remove_unrecorded_results
 from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome
-from dicomnode.store import Store
+from dicomnode.store import Queued, Store
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ def test_a_job_moves_pending_running_done_and_its_delivery_follows_its_files(sto
     assert (job.state, job.outcome, job.delivery) == (JobState.PENDING, None, JobDelivery.NONE)
     store.start_job(job.id)
     seg, sr = _result(tmp_path, "1.2.1", 1), _result(tmp_path, "1.2.1", 1, "SR_1.2.4.dcm")
-    store.finish_job(job.id, Outcome.RESULT, [("1.2.3", seg), ("1.2.4", sr)], ["pacs", "archive"], verdict="ok", reasons=["why"])
+    store.finish_job(
+        job.id, Outcome.RESULT, [Queued(d, uid, p) for d in ("pacs", "archive") for uid, p in (("1.2.3", seg), ("1.2.4", sr))], verdict="ok", reasons=["why"]
+    )
     job = store.job(job.id)
     assert (job.state, job.outcome, job.delivery, job.verdict, job.reasons) == (JobState.DONE, Outcome.RESULT, JobDelivery.SENDING, "ok", ["why"])
     deliveries = store.deliveries(job.id)
@@ -52,20 +54,20 @@ def test_a_job_moves_pending_running_done_and_its_delivery_follows_its_files(sto
 def test_a_job_without_result_files_has_nothing_to_deliver_and_keeps_its_outcome(store: Store) -> None:
     job = store.create_job("1.2.1", 10)
     store.start_job(job.id)
-    store.finish_job(job.id, Outcome.NO_RESULT, [], ["pacs"], verdict="no arterial series", reasons=[])
+    store.finish_job(job.id, Outcome.NO_RESULT, [], verdict="no arterial series", reasons=[])
     assert (store.job(job.id).outcome, store.job(job.id).delivery) == (Outcome.NO_RESULT, JobDelivery.NONE)
 
 
 def test_transitions_out_of_order_are_refused_naming_the_job(store: Store) -> None:
     job = store.create_job("1.2.1", 10)
     with pytest.raises(ValueError, match=f"job {job.id} is not running"):
-        store.finish_job(job.id, Outcome.RESULT, [], [], verdict="ok", reasons=[])
+        store.finish_job(job.id, Outcome.RESULT, [], verdict="ok", reasons=[])
     store.start_job(job.id)
     with pytest.raises(ValueError, match=f"job {job.id} is not pending"):
         store.start_job(job.id)
-    store.finish_job(job.id, Outcome.FAILED, [], [], verdict="processing failed", reasons=[], error="boom")
+    store.finish_job(job.id, Outcome.FAILED, [], verdict="processing failed", reasons=[], error="boom")
     with pytest.raises(ValueError, match="is not running"):
-        store.finish_job(job.id, Outcome.RESULT, [], [], verdict="ok", reasons=[])
+        store.finish_job(job.id, Outcome.RESULT, [], verdict="ok", reasons=[])
     assert store.job(job.id).outcome is Outcome.FAILED  # the refused finish changed nothing
 
 
@@ -92,7 +94,7 @@ def test_unrecorded_results_are_removed_and_recorded_ones_kept(store: Store, tmp
     recorded = store.create_job("1.2.1", 10)
     sent = _result(results, "1.2.1", recorded.version)
     store.start_job(recorded.id)
-    store.finish_job(recorded.id, Outcome.RESULT, [("1.2.3", sent)], ["pacs"], verdict="ok", reasons=[])
+    store.finish_job(recorded.id, Outcome.RESULT, [Queued("pacs", "1.2.3", sent)], verdict="ok", reasons=[])
     killed = store.create_job("1.2.2", 20)
     store.start_job(killed.id)
     orphan = _result(results, "1.2.2", killed.version)  # SEG written, then kill -9 before the job was finished

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.config import NodeConfig, WebConfig
 from dicomnode.states import DeliveryState, Outcome
-from dicomnode.store import Store
+from dicomnode.store import Queued, Store
 from dicomnode.web import WebServer
 from tests.peers import REPO, free_port
 
@@ -40,7 +40,7 @@ def site(tmp_path: Path):
     for job, verdict in ((delivered, "arterial series found"), (parked, "arterial series found by the image check")):
         store.start_job(job.id)
         store.finish_job(
-            job.id, Outcome.RESULT, [("9.9", tmp_path / f"SR{job.id}.dcm")], ["pacs"], verdict=verdict, reasons=[],
+            job.id, Outcome.RESULT, [Queued("pacs", "9.9", tmp_path / f"SR{job.id}.dcm")], verdict=verdict, reasons=[],
             measurements={"qc": "QC passed"}, timings={"segment": 30.0, "write": 2.0},
         )  # fmt: skip
     [d1], [d2] = store.deliveries(delivered.id), store.deliveries(parked.id)

@@ -1,0 +1,139 @@
+"""Secondary Capture for PACS that cannot show a SEG: key axial slices with cortex and medulla outlines, and a page
+with the volumes, the QC verdict and the model's intended use; burned-in annotation, flagged as such."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pydicom.uid import generate_uid
+
+from dicomnode.anatomy import canonical_flips
+from dicomnode.load import LoadedSeries
+from dicomnode.measure import SIDES, Measurements
+from dicomnode.qc import QCReport
+from dicomnode.segment import Model
+
+SC_SERIES_NUMBER = 9703
+SC_DESCRIPTION = "Renal volumes key images (research)"
+#: Output size of every page, pixels.
+SIZE = 768
+#: Abdomen window (level, width) in HU.
+WINDOW = (40.0, 400.0)
+OUTLINES = {"cortex": "#ff3030", "medulla": "#ffd400"}
+#: Shown on every page unless the model's card says ``for_diagnosis: true``.
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - research result"
+
+
+def for_diagnosis(model: Model) -> bool:
+    """Whether the model's card allows diagnostic use (it must say so; the default is no)."""
+    return model.card.get("for_diagnosis") is True
+
+
+def key_slice(series: LoadedSeries, measurements: Measurements, side: str) -> int:
+    """Index (in the canonical, feet-to-head order) of the axial slice where ``side``'s parenchyma is largest."""
+    flips = canonical_flips(series.direction)
+    mask = measurements.kidneys[side].parenchyma
+    mask = np.flip(mask, flips) if flips else mask
+    return int(np.argmax(mask.sum(axis=(1, 2))))
+
+
+def _page(draw: Callable[[Figure], None]) -> np.ndarray:
+    """Render a figure drawn by ``draw(figure)`` into a SIZE x SIZE RGB array (Agg, no display)."""
+    figure = Figure(figsize=(SIZE / 100, SIZE / 100), dpi=100, facecolor="black")
+    canvas = FigureCanvasAgg(figure)
+    draw(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str) -> np.ndarray:
+    """The key slice of one kidney, both kidneys' outlines drawn, displayed as radiologists read axial CT (patient's
+    right on the image's left, anterior up)."""
+    flips = canonical_flips(series.direction)
+
+    def canonical(array: np.ndarray) -> np.ndarray:
+        return np.flip(array, flips) if flips else array
+
+    k = key_slice(series, measurements, side)
+    level, width = WINDOW
+    image = np.clip((canonical(series.hu)[k] - (level - width / 2)) / width, 0, 1)
+    aspect = float(series.spacing[1] / series.spacing[0])
+
+    def draw(figure: Figure) -> None:
+        axes = figure.add_axes((0, 0.06, 1, 0.88))
+        axes.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
+        for kidney in measurements.kidneys.values():
+            for structure, colour in OUTLINES.items():
+                mask = canonical(kidney.mask(structure))[k]
+                if mask.any():
+                    axes.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+        axes.set_axis_off()
+        axes.text(0.01, 0.5, "R", color="white", fontsize=16, transform=axes.transAxes, va="center")
+        axes.text(0.97, 0.5, "L", color="white", fontsize=16, transform=axes.transAxes, va="center")
+        figure.text(0.01, 0.97, caption, color="white", fontsize=12, va="top")
+        figure.text(0.01, 0.01, "cortex: red   medulla: yellow", color="white", fontsize=11)
+        figure.text(0.99, 0.01, NOT_FOR_DIAGNOSIS, color="#ff8080", fontsize=11, ha="right")
+
+    return _page(draw)
+
+
+def summary_page(measurements: Measurements, qc: QCReport, model: Model) -> np.ndarray:
+    """The volumes per side, the QC verdict with its findings, the model and its intended use."""
+    lines = [("Renal volumes (ml)", "white", 16), ("", "white", 12)]
+    lines.append((f"{'':<12}{'right':>10}{'left':>10}", "white", 13))
+    for structure in ("parenchyma", "cortex", "medulla"):
+        cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if side in measurements.kidneys else f"{'-':>10}" for side in SIDES[::-1]]
+        lines.append((f"{structure:<12}{''.join(cells)}", "white", 13))
+    lines.append(("", "white", 12))
+    lines.append((qc.verdict, "#80ff80" if qc.passed else "#ffb060", 13))
+    lines += [(f"  {finding}"[:90], "#ffb060", 10) for finding in qc.lines()[:8]]
+    lines.append(("", "white", 12))
+    lines.append((f"Model: {model.name} {model.card.get('version', '')}".strip(), "white", 11))
+    if not for_diagnosis(model):
+        lines.append((NOT_FOR_DIAGNOSIS, "#ff8080", 14))
+
+    def draw(figure: Figure) -> None:
+        y = 0.95
+        for text, colour, size in lines:
+            figure.text(0.04, y, text, color=colour, fontsize=size, family="monospace", va="top")
+            y -= 0.012 * size / 10 * 3.2
+
+    return _page(draw)
+
+
+def write_sc(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model) -> list[pydicom.Dataset]:
+    """One Secondary Capture series: the summary page, then the key slice of each kidney found."""
+    pages = [summary_page(measurements, qc, model)]
+    for side in SIDES[::-1]:
+        if side in measurements.kidneys:
+            pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice"))
+    series_uid = generate_uid()
+    description = SC_DESCRIPTION + ("" if qc.passed else " QC: review")
+    images: list[pydicom.Dataset] = []
+    for number, pixels in enumerate(pages, 1):
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=series.datasets[0],
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=number,
+            manufacturer="dicomnode",
+            patient_orientation=("L", "P"),
+            transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        )
+        sc.SeriesDescription = description
+        sc.BurnedInAnnotation = "YES"  # volumes, verdict and labels are in the pixels
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.ConversionType = "WSD"  # workstation
+        sc.BodyPartExamined = "ABDOMEN"  # both kidneys on one picture: an unpaired region, so no Laterality (PS3.3 C.7.3.1)
+        images.append(sc)
+    return images
