@@ -6,6 +6,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
   .venv/bin/pip install -q -e '.[test]'
+  scripts/setup-viewer.sh  # OHIF and playwright-core for the viewer test
 else
   .venv/bin/pip install -q -e .
 fi
