@@ -178,6 +178,7 @@ def write_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
+        referenced_images=series.datasets,  # TID 1600 Image Library: the images the volumes were measured on
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
@@ -79,3 +80,12 @@ def test_tid1500reader_reads_the_measurements_the_node_made(results, tmp_path: P
         if name in expected:
             assert group["measurementItems"][0]["units"]["CodeValue"] == "cm3"
             assert group["Laterality"]["CodeMeaning"].lower() == name.split(" ")[0]
+
+
+def test_the_sr_lists_the_measured_images_in_its_image_library(results) -> None:
+    series, processed, _ = results
+    sr = processed.results.sr
+    [library] = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "111028"]  # DCM Image Library
+    entries = [entry for group in library.ContentSequence for entry in group.ContentSequence if entry.ValueType == "IMAGE"]
+    uids = {entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for entry in entries}
+    assert uids == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series.files}
