@@ -80,7 +80,10 @@ def test_offline_run_skips_junk_and_gives_a_verdict_for_the_real_series(tmp_path
     folder.mkdir()
     (folder / "notes.txt").write_text("not DICOM")
     (folder / "truncated.dcm").write_bytes(b"DICM" + b"\0" * 50)
-    if REAL_CT.exists():
+    slice_without_uids = pydicom.dcmread(write_study(3, tmp_path / "one", phases=(Phase.ARTERIAL,), grid=Grid.centred(16, 10.0, 2, 5.0)).series[0].files[0])
+    del slice_without_uids.StudyInstanceUID, slice_without_uids.SeriesInstanceUID
+    slice_without_uids.save_as(folder / "no_uids.dcm")
+    if REAL_CT.exists():  # real slices whose Study and Series Instance UIDs are empty
         for path in sorted(REAL_CT.iterdir()):
             (folder / path.name).write_bytes(path.read_bytes())
     node = node_process(tmp_path / "node", [])
