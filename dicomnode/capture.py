@@ -12,7 +12,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydicom.uid import generate_uid
 
-from dicomnode.anatomy import canonical_flips
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import SIDES, Measurements
 from dicomnode.qc import QCReport
@@ -36,9 +35,7 @@ def for_diagnosis(model: Model) -> bool:
 
 def key_slice(series: LoadedSeries, measurements: Measurements, side: str) -> int:
     """Index (in the canonical, feet-to-head order) of the axial slice where ``side``'s parenchyma is largest."""
-    flips = canonical_flips(series.direction)
-    mask = measurements.kidneys[side].parenchyma
-    mask = np.flip(mask, flips) if flips else mask
+    mask = series.in_patient_axes(measurements.kidneys[side].parenchyma)
     return int(np.argmax(mask.sum(axis=(1, 2))))
 
 
@@ -54,11 +51,7 @@ def _page(draw: Callable[[Figure], None]) -> np.ndarray:
 def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str) -> np.ndarray:
     """The key slice of one kidney, both kidneys' outlines drawn, displayed as radiologists read axial CT (patient's
     right on the image's left, anterior up)."""
-    flips = canonical_flips(series.direction)
-
-    def canonical(array: np.ndarray) -> np.ndarray:
-        return np.flip(array, flips) if flips else array
-
+    canonical = series.in_patient_axes
     k = key_slice(series, measurements, side)
     level, width = WINDOW
     image = np.clip((canonical(series.hu)[k] - (level - width / 2)) / width, 0, 1)

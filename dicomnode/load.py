@@ -55,12 +55,17 @@ class LoadedSeries:
         k, j, i = (float(v) for v in index_zyx)
         return self.origin + self.direction @ (np.array([i, j, k]) * self.spacing)
 
+    def in_patient_axes(self, array: np.ndarray) -> np.ndarray:
+        """An array on this series' grid (``hu``, a mask) flipped into patient axes (columns +x, rows +y, slices +z),
+        as a view."""
+        flips = canonical_flips(self.direction)
+        return np.flip(array, flips) if flips else array
+
     def canonical(self) -> tuple[np.ndarray, np.ndarray]:
-        """``hu`` flipped into patient axes (columns +x, rows +y, slices +z), as a view, and the patient position of
-        its voxel [0, 0, 0]."""
+        """``hu`` in patient axes (see :meth:`in_patient_axes`) and the patient position of its voxel [0, 0, 0]."""
         flips = canonical_flips(self.direction)
         corner = [self.hu.shape[axis] - 1 if axis in flips else 0 for axis in range(3)]
-        return (np.flip(self.hu, flips) if flips else self.hu), self.to_patient(np.array(corner))
+        return self.in_patient_axes(self.hu), self.to_patient(np.array(corner))
 
 
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
