@@ -16,6 +16,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig, load_config
+from dicomnode.database import open_database
 from dicomnode.states import JobDelivery, Outcome
 from dicomnode.store import Instance, Store
 
@@ -47,7 +48,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
-    store = Store(config.path(config.database))
+    store = Store(open_database(config.database, config.base_dir))
     jobs = store.jobs()
     if args.json:
         report = {
@@ -90,7 +91,7 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
-    store = Store(config.path(config.database))
+    store = Store(open_database(config.database, config.base_dir))
     count = store.requeue_dead(args.job)
     print(f"{count} parked deliveries queued again; a running node sends them at its next tick")
     return 0

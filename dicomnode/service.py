@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.complete import open_jobs, ready_studies
 from dicomnode.config import NodeConfig
+from dicomnode.database import open_database
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
@@ -46,7 +47,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, segmenter: Segmenter | None = None) -> None:
         self.config = config
-        self.store = Store(config.path(config.database))
+        self.store = Store(open_database(config.database, config.base_dir))
         self.open = OpenAssociations()
         self.receiver = Receiver(config, self.store, self.open)
         self.segmenter = segmenter or load_segmenter(config)

@@ -1,33 +1,32 @@
-"""SQLite (WAL) index of received instances, refusals, jobs and deliveries."""
+"""The node's index of received instances, refusals, jobs and deliveries, on SQLite (embedded) or PostgreSQL
+(cluster mode, shared by several receivers, workers and senders); the SQL is written once (see database.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.database import Database, Row, Session, SqliteDatabase
 from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome, job_delivery
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq {id},
     sop_uid TEXT UNIQUE NOT NULL,
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
 CREATE TABLE IF NOT EXISTS refusals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_at REAL NOT NULL,
+    id {id},
+    received_at {real} NOT NULL,
     calling_ae TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     sop_uid TEXT NOT NULL,
@@ -36,46 +35,48 @@ CREATE TABLE IF NOT EXISTS refusals (
 CREATE TABLE IF NOT EXISTS waiting (
     study_uid TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at {real} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     study_uid TEXT NOT NULL,
     version INTEGER NOT NULL,
-    upto_seq INTEGER NOT NULL,
+    upto_seq BIGINT NOT NULL,
     state TEXT NOT NULL,
     outcome TEXT,
     delivery TEXT NOT NULL DEFAULT 'none',
+    lease_owner TEXT,
+    lease_until {real},
     series_uid TEXT,
     verdict TEXT,
     reasons TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     measurements TEXT,
-    timings TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
+    timings TEXT NOT NULL DEFAULT '{{}}',
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
     UNIQUE (study_uid, version)
 );
 CREATE TABLE IF NOT EXISTS purges (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     study_uid TEXT NOT NULL,
-    purged_at REAL NOT NULL,
+    purged_at {real} NOT NULL,
     instances INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    id {id},
+    job_id BIGINT NOT NULL REFERENCES jobs (id),
     destination TEXT NOT NULL,
     path TEXT NOT NULL,
     sop_uid TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
+    next_attempt_at {real} NOT NULL,
     last_error TEXT,
-    updated_at REAL NOT NULL,
+    updated_at {real} NOT NULL,
     UNIQUE (job_id, destination, sop_uid)
-);
+)
 """
 
 
@@ -161,139 +162,135 @@ class DeliveryRecord:
     last_error: str | None
 
 
+class LeaseLost(ValueError):
+    """A worker's lease on a job expired (another worker may have it now): its result is not recorded."""
+
+
 class Store:
     """Thread-safe access to the node's database."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+    def __init__(self, database: Database | Path) -> None:
+        self.db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
+        self.db.script(SCHEMA)
+        if self.db.dialect.name == "sqlite":
             self._migrate()
 
     def _migrate(self) -> None:
-        """Databases made before processing, outcome and delivery were kept apart: one ``state`` held all three."""
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "delivery" in columns:
-            return
-        with self._transaction():
+        """SQLite databases made before processing, outcome and delivery were kept apart (one ``state`` held all
+        three), or before leases."""
+        columns = {row["name"] for row in self.db.query("PRAGMA table_info(jobs)")}
+        with self.db.transaction() as tx:
+            if "lease_owner" not in columns:
+                tx.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
+                tx.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
+            if "delivery" in columns:
+                return
             if "outcome" not in columns:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN outcome TEXT")
-            self._db.execute("ALTER TABLE jobs ADD COLUMN delivery TEXT NOT NULL DEFAULT 'none'")
+                tx.execute("ALTER TABLE jobs ADD COLUMN outcome TEXT")
+            tx.execute("ALTER TABLE jobs ADD COLUMN delivery TEXT NOT NULL DEFAULT 'none'")
             finished = "state NOT IN ('pending', 'running')"
-            self._db.execute(
+            tx.execute(
                 f"UPDATE jobs SET outcome = CASE COALESCE(outcome, state) WHEN 'no_result' THEN 'no_result'"
                 f" WHEN 'failed' THEN 'failed' ELSE 'result' END WHERE {finished}"
             )
-            self._db.execute(f"UPDATE jobs SET state = 'done' WHERE {finished}")
-            for (job_id,) in self._db.execute("SELECT id FROM jobs WHERE state = 'done'").fetchall():
-                self._settle(job_id)
+            tx.execute(f"UPDATE jobs SET state = 'done' WHERE {finished}")
+            for row in tx.query("SELECT id FROM jobs WHERE state = 'done'"):
+                _settle(tx, row["id"])
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+    def now(self) -> float:
+        """The database's clock (one clock for every machine of a cluster)."""
+        return float(self.db.query("SELECT {now} AS now")[0]["now"])
 
     # -- instances -----------------------------------------------------------------------------------------------
     def has_instance(self, sop_uid: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
+        return bool(self.db.query("SELECT 1 AS found FROM instances WHERE sop_uid = ?", (sop_uid,)))
 
     def add_instance(self, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str, path: Path, calling_ae: str) -> bool:
-        """Index a stored instance; False if its SOP Instance UID was already indexed."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_ae, time.time()),
+        """Index a stored instance with the database's clock; False if its SOP Instance UID was already indexed."""
+        return (
+            self.db.execute(
+                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING",
+                (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_ae),
             )
-            return cursor.rowcount == 1
+            == 1
+        )
 
     def add_refusal(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO refusals (received_at, calling_ae, study_uid, sop_uid, reason) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), calling_ae, study_uid, sop_uid, reason),
-            )
+        self.db.execute(
+            "INSERT INTO refusals (received_at, calling_ae, study_uid, sop_uid, reason) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), calling_ae, study_uid, sop_uid, reason),
+        )
 
-    def refusals(self) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute("SELECT * FROM refusals ORDER BY id").fetchall()
+    def refusals(self) -> list[dict]:
+        return [dict(r) for r in self.db.query("SELECT * FROM refusals ORDER BY id")]
 
     def study_instances(self, study_uid: str, upto_seq: int) -> list[Instance]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM instances WHERE study_uid = ? AND seq <= ? ORDER BY seq", (study_uid, upto_seq)).fetchall()
+        rows = self.db.query("SELECT * FROM instances WHERE study_uid = ? AND seq <= ? ORDER BY seq", (study_uid, upto_seq))
         return [Instance(r["seq"], r["sop_uid"], r["study_uid"], r["series_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
 
-    def studies_with_new_instances(self) -> list[sqlite3.Row]:
+    def studies_with_new_instances(self) -> list[Row]:
         """Studies holding instances not covered by any job: (study_uid, max_seq, last_received_at)."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT i.study_uid, MAX(i.seq) AS max_seq, MAX(i.received_at) AS last_received_at FROM instances i"
-                " GROUP BY i.study_uid"
-                " HAVING MAX(i.seq) > COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
-            ).fetchall()
+        return self.db.query(
+            "SELECT i.study_uid, MAX(i.seq) AS max_seq, MAX(i.received_at) AS last_received_at FROM instances i"
+            " GROUP BY i.study_uid"
+            " HAVING MAX(i.seq) > COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
+        )
 
     def set_waiting(self, reasons: dict[str, str]) -> None:
         """Replace the list of studies that are not complete yet, each with why it waits (for ``status``)."""
         now = time.time()
-        with self._transaction():
-            self._db.execute("DELETE FROM waiting")
-            self._db.executemany("INSERT INTO waiting (study_uid, reason, updated_at) VALUES (?, ?, ?)", [(k, v, now) for k, v in reasons.items()])
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM waiting")
+            tx.executemany("INSERT INTO waiting (study_uid, reason, updated_at) VALUES (?, ?, ?)", [(k, v, now) for k, v in reasons.items()])
 
     def waiting(self) -> dict[str, str]:
-        with self._lock:
-            return {row["study_uid"]: row["reason"] for row in self._db.execute("SELECT * FROM waiting ORDER BY study_uid")}
+        return {row["study_uid"]: row["reason"] for row in self.db.query("SELECT * FROM waiting ORDER BY study_uid")}
 
     def counts(self) -> Counts:
-        with self._lock:
-            jobs = {
-                (r[0], r[1] or "", r[2]): r[3]
-                for r in self._db.execute("SELECT state, outcome, delivery, COUNT(*) FROM jobs GROUP BY state, outcome, delivery")
-            }
-            deliveries = {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
-            stages = {
-                r[0]: (float(r[1]), int(r[2]))
-                for r in self._db.execute("SELECT t.key, SUM(t.value), COUNT(*) FROM jobs, json_each(jobs.timings) AS t GROUP BY t.key")
-            }
-            return Counts(
-                instances_received=self._one("SELECT seq FROM sqlite_sequence WHERE name = 'instances'"),
-                instances_stored=self._one("SELECT COUNT(*) FROM instances"),
-                refusals=self._one("SELECT COUNT(*) FROM refusals"),
-                studies_waiting=self._one("SELECT COUNT(*) FROM waiting"),
-                studies_purged=self._one("SELECT COUNT(*) FROM purges"),
-                jobs=jobs,
-                deliveries=deliveries,
-                failed_sends=self._one("SELECT SUM(attempts) - SUM(state = 'sent') FROM deliveries"),
-                stage_seconds=stages,
-            )
+        jobs = {
+            (r["state"], r["outcome"] or "", r["delivery"]): int(r["n"])
+            for r in self.db.query("SELECT state, outcome, delivery, COUNT(*) AS n FROM jobs GROUP BY state, outcome, delivery")
+        }
+        deliveries = {r["state"]: int(r["n"]) for r in self.db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")}
+        stages = {r["stage"]: (float(r["seconds"]), int(r["jobs"])) for r in self.db.query(self.db.dialect.stage_seconds)}
+        stored, purged = self._one("SELECT COUNT(*) AS n FROM instances"), self._one("SELECT SUM(instances) AS n FROM purges")
+        return Counts(
+            instances_received=stored + purged,
+            instances_stored=stored,
+            refusals=self._one("SELECT COUNT(*) AS n FROM refusals"),
+            studies_waiting=self._one("SELECT COUNT(*) AS n FROM waiting"),
+            studies_purged=self._one("SELECT COUNT(*) AS n FROM purges"),
+            jobs=jobs,
+            deliveries=deliveries,
+            failed_sends=self._one("SELECT SUM(attempts) - SUM(CASE WHEN state = 'sent' THEN 1 ELSE 0 END) AS n FROM deliveries"),
+            stage_seconds=stages,
+        )
 
     def _one(self, query: str) -> int:
-        row = self._db.execute(query).fetchone()
-        return int(row[0] or 0) if row else 0
+        rows = self.db.query(query)
+        return int(rows[0]["n"] or 0) if rows else 0
 
     def healthy(self) -> tuple[bool, str]:
         """Whether the database answers a query, and why not."""
         try:
-            with self._lock:
-                self._db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
+            self.db.query("SELECT 1 AS ok FROM jobs LIMIT 1")
+        except Exception as exc:  # sqlite3.Error, psycopg.Error, a pool timeout: all mean "not answering"
             return False, f"database: {exc}"
         return True, ""
 
     def recent_jobs(self, limit: int) -> list[Job]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(r) for r in rows]
+        return [_job(r) for r in self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
 
     # -- retention -----------------------------------------------------------------------------------------------
     _FINISHED = (
         "SELECT i.study_uid, MAX(i.seq) AS upto_seq,"
-        " MAX(MAX(i.received_at), (SELECT MAX(j.updated_at) FROM jobs j WHERE j.study_uid = i.study_uid)) AS last_activity,"
-        " (SELECT GROUP_CONCAT(j.version) FROM jobs j WHERE j.study_uid = i.study_uid) AS versions"
-        " FROM instances i {where} GROUP BY i.study_uid"
+        " {greatest}(MAX(i.received_at), (SELECT MAX(j.updated_at) FROM jobs j WHERE j.study_uid = i.study_uid)) AS last_activity,"
+        " {versions} AS versions"
+        " FROM instances i WHERE_CLAUSE GROUP BY i.study_uid"
         " HAVING MAX(i.seq) <= COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
         " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = i.study_uid AND (j.state != 'done' OR j.delivery IN ('sending', 'failed')))"
         " ORDER BY last_activity"
@@ -302,157 +299,173 @@ class Store:
     def finished_studies(self) -> list[FinishedStudy]:
         """Studies that retention may delete, least recently active first; a study with a job not done, a delivery
         queued or parked, or instances no job covers yet is never among them."""
-        with self._lock:
-            rows = self._db.execute(self._FINISHED.format(where="")).fetchall()
-        return [_finished(r) for r in rows]
+        return [_finished(r) for r in self.db.query(self._FINISHED.replace("WHERE_CLAUSE", ""))]
 
     def purge_study(self, study: FinishedStudy, reason: str, delete: Callable[[list[Path], tuple[int, ...]], None]) -> int:
         """Forget a finished study's instances and call ``delete(paths, versions)`` to remove their files and results,
         in one transaction that first checks the study is still finished; returns how many instances went (0 if it
-        was not finished any more). The receiver's duplicate check takes the same lock, so an instance sent again
-        while this runs is stored anew, not lost."""
-        with self._transaction():
-            row = self._db.execute(self._FINISHED.format(where="WHERE i.study_uid = ?"), (study.study_uid,)).fetchone()
-            if row is None or row["upto_seq"] != study.upto_seq:
+        was not finished any more). On SQLite the receiver's duplicate check waits for this transaction, so an
+        instance sent again while it runs is stored anew, not lost."""
+        with self.db.transaction() as tx:
+            rows = tx.query(self._FINISHED.replace("WHERE_CLAUSE", "WHERE i.study_uid = ?"), (study.study_uid,))
+            if not rows or rows[0]["upto_seq"] != study.upto_seq:
                 return 0
-            paths = [Path(r[0]) for r in self._db.execute("SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
-            self._db.execute("DELETE FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))
-            self._db.execute(
-                "INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, ?, ?, ?)",
-                (study.study_uid, time.time(), len(paths), reason),
-            )
-            delete(paths, _finished(row).versions)
+            paths = [Path(r["path"]) for r in tx.query("SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
+            tx.execute("DELETE FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))
+            tx.execute("INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, ?, ?, ?)", (study.study_uid, time.time(), len(paths), reason))
+            delete(paths, _finished(rows[0]).versions)
         return len(paths)
 
-    def purges(self) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute("SELECT * FROM purges ORDER BY id").fetchall()
+    def purges(self) -> list[dict]:
+        return [dict(r) for r in self.db.query("SELECT * FROM purges ORDER BY id")]
 
     # -- jobs ----------------------------------------------------------------------------------------------------
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def create_job(self, study_uid: str, upto_seq: int) -> Job:
         now = time.time()
-        with self._transaction():
-            version = self._db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()[0]
-            cursor = self._db.execute(
-                "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        with self.db.transaction() as tx:
+            version = tx.query("SELECT COALESCE(MAX(version), 0) + 1 AS v FROM jobs WHERE study_uid = ?", (study_uid,))[0]["v"]
+            [row] = tx.query(
+                "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (study_uid, version, upto_seq, JobState.PENDING.value, now, now),
             )
-        assert cursor.lastrowid is not None
-        return self.job(cursor.lastrowid)
+        return _job(row)
 
     def job(self, job_id: int) -> Job:
-        with self._lock:
-            return _job(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise ValueError(f"job_id: no job {job_id}")
+        return _job(rows[0])
 
     def jobs(self, state: JobState | None = None, delivery: JobDelivery | None = None) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state`` and/or with ``delivery``."""
-        query, params = "SELECT * FROM jobs WHERE 1", list[str]()
+        query, params = "SELECT * FROM jobs WHERE TRUE", list[str]()
         if state is not None:
             query, params = query + " AND state = ?", [*params, JobState(state).value]
         if delivery is not None:
             query, params = query + " AND delivery = ?", [*params, JobDelivery(delivery).value]
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
-        return [_job(r) for r in rows]
-
-    def _move(self, job_id: int, before: tuple[JobState, ...], after: JobState, **values: object) -> None:
-        """The one place a job's processing state changes; raises ValueError if the job is not in ``before``."""
-        encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
-        encoded.update(state=after.value, updated_at=time.time())
-        columns = ", ".join(f"{k} = ?" for k in encoded)
-        allowed = ", ".join("?" for _ in before)
-        cursor = self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before)))
-        if cursor.rowcount != 1:
-            raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
+        return [_job(r) for r in self.db.query(query + " ORDER BY id", params)]
 
     def start_job(self, job_id: int) -> None:
-        """pending -> running."""
-        with self._lock:
-            self._move(job_id, (JobState.PENDING,), JobState.RUNNING)
+        """pending -> running, for the embedded node's one worker (no lease)."""
+        with self.db.transaction() as tx:
+            _move(tx, job_id, (JobState.PENDING,), JobState.RUNNING)
+
+    def claim_job(self, worker: str, lease_s: float) -> Job | None:
+        """The oldest pending job, now running under ``worker``'s lease for ``lease_s`` seconds of the database's
+        clock; None when none is pending. Workers on several machines never get the same job (row lock, skipped by
+        the others)."""
+        with self.db.transaction() as tx:
+            rows = tx.query(
+                "UPDATE jobs SET state = ?, lease_owner = ?, lease_until = {now} + ?, updated_at = {now}"
+                " WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1{skip_locked}) AND state = ? RETURNING *",
+                (JobState.RUNNING.value, worker, lease_s, JobState.PENDING.value, JobState.PENDING.value),
+            )
+        return _job(rows[0]) if rows else None
+
+    def renew_lease(self, job_id: int, worker: str, lease_s: float) -> bool:
+        """Extend ``worker``'s lease on a running job (its heartbeat); False if the lease is no longer its own."""
+        return (
+            self.db.execute(
+                "UPDATE jobs SET lease_until = {now} + ? WHERE id = ? AND state = ? AND lease_owner = ? AND lease_until >= {now}",
+                (lease_s, job_id, JobState.RUNNING.value, worker),
+            )
+            == 1
+        )
+
+    def reap_expired(self) -> list[int]:
+        """Running jobs whose lease expired (their worker died or stalled) go back to pending; returns their ids."""
+        with self.db.transaction() as tx:
+            rows = tx.query(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL, updated_at = {now}"
+                " WHERE state = ? AND lease_until IS NOT NULL AND lease_until < {now} RETURNING id",
+                (JobState.PENDING.value, JobState.RUNNING.value),
+            )
+        return sorted(r["id"] for r in rows)
 
     def requeue_interrupted(self) -> list[Job]:
-        """Jobs left running by a crash go back to pending; returns them."""
-        with self._transaction():
-            interrupted = self.jobs(JobState.RUNNING)
+        """Jobs left running by a crash of the embedded node go back to pending; returns them."""
+        with self.db.transaction() as tx:
+            interrupted = [_job(r) for r in tx.query("SELECT * FROM jobs WHERE state = ? ORDER BY id", (JobState.RUNNING.value,))]
             for job in interrupted:
-                self._move(job.id, (JobState.RUNNING,), JobState.PENDING)
+                _move(tx, job.id, (JobState.RUNNING,), JobState.PENDING, lease_owner=None, lease_until=None)
         return interrupted
 
-    def finish_job(self, job_id: int, outcome: Outcome, queued: list[Queued], **record: object) -> None:
+    def finish_job(self, job_id: int, outcome: Outcome, queued: list[Queued], worker: str | None = None, **record: object) -> None:
         """running -> done with its ``outcome``; queues the result files for their destinations, in one transaction.
 
-        ``record`` holds the job's other columns (verdict, reasons, series_uid, measurements, error, timings).
+        With ``worker``, the job must still be under that worker's unexpired lease, else :class:`LeaseLost` is
+        raised and nothing is recorded or queued. ``record`` holds the job's other columns (verdict, reasons,
+        series_uid, measurements, error, timings).
         """
         now = time.time()
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self.db.transaction() as tx:
+            if worker is not None:
+                held = tx.query(
+                    "SELECT id FROM jobs WHERE id = ? AND state = ? AND lease_owner = ? AND lease_until >= {now}{skip_locked}",
+                    (job_id, JobState.RUNNING.value, worker),
+                )
+                if not held:
+                    raise LeaseLost(f"job_id: job {job_id} is no longer leased to {worker}; its result is not recorded")
+            tx.executemany(
+                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 [(job_id, q.destination, str(q.path), q.sop_uid, DeliveryState.QUEUED.value, now, now) for q in queued],
             )
-            self._move(job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, **record)
-            self._settle(job_id)
+            _move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
+            _settle(tx, job_id)
 
     # -- deliveries ----------------------------------------------------------------------------------------------
-    def _settle(self, job_id: int) -> None:
-        """The one place a job's delivery progress changes: derived from its delivery rows."""
-        states = {DeliveryState(r[0]) for r in self._db.execute("SELECT DISTINCT state FROM deliveries WHERE job_id = ?", (job_id,))}
-        self._db.execute("UPDATE jobs SET delivery = ?, updated_at = ? WHERE id = ?", (job_delivery(states).value, time.time(), job_id))
-
     def due_deliveries(self, now: float) -> list[DeliveryRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ? ORDER BY id", (DeliveryState.QUEUED.value, now)
-            ).fetchall()
+        rows = self.db.query("SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ? ORDER BY id", (DeliveryState.QUEUED.value, now))
         return [_delivery(r) for r in rows]
 
     def deliveries(self, job_id: int) -> list[DeliveryRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
-        return [_delivery(r) for r in rows]
+        return [_delivery(r) for r in self.db.query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))]
 
     def update_delivery(self, delivery_id: int, state: DeliveryState, attempts: int, next_attempt_at: float, last_error: str | None) -> None:
         """Record one attempt's result; the job's delivery progress follows in the same transaction."""
-        with self._transaction():
-            self._db.execute(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+        with self.db.transaction() as tx:
+            rows = tx.query(
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ? RETURNING job_id",
                 (DeliveryState(state).value, attempts, next_attempt_at, last_error, time.time(), delivery_id),
             )
-            row = self._db.execute("SELECT job_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-            if row is None:
+            if not rows:
                 raise ValueError(f"delivery_id: no delivery {delivery_id}")
-            self._settle(row[0])
+            _settle(tx, rows[0]["job_id"])
 
     def requeue_dead(self, job_id: int | None = None) -> int:
         """Move parked (dead) deliveries back to the queue; returns how many."""
-        with self._transaction():
-            query = "SELECT id, job_id FROM deliveries WHERE state = ?"
-            params: tuple = (DeliveryState.DEAD.value,)
+        now = time.time()
+        with self.db.transaction() as tx:
+            query = "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? WHERE state = ?"
+            params: tuple = (DeliveryState.QUEUED.value, now, now, DeliveryState.DEAD.value)
             if job_id is not None:
                 query += " AND job_id = ?"
                 params += (job_id,)
-            rows = self._db.execute(query, params).fetchall()
-            now = time.time()
-            self._db.executemany(
-                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                [(DeliveryState.QUEUED.value, now, now, r[0]) for r in rows],
-            )
-            for job in {r[1] for r in rows}:
-                self._settle(job)
+            rows = tx.query(query + " RETURNING job_id", params)
+            for job in {r["job_id"] for r in rows}:
+                _settle(tx, job)
             return len(rows)
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobState, **values: object) -> None:
+    """The one place a job's processing state changes; raises ValueError if the job is not in ``before``."""
+    encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
+    encoded.update(state=after.value, updated_at=time.time())
+    columns = ", ".join(f"{k} = ?" for k in encoded)
+    allowed = ", ".join("?" for _ in before)
+    changed = tx.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before)))
+    if changed != 1:
+        raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
+
+
+def _settle(tx: Session, job_id: int) -> None:
+    """The one place a job's delivery progress changes: derived from its delivery rows."""
+    states = {DeliveryState(r["state"]) for r in tx.query("SELECT DISTINCT state FROM deliveries WHERE job_id = ?", (job_id,))}
+    tx.execute("UPDATE jobs SET delivery = ?, updated_at = ? WHERE id = ?", (job_delivery(states).value, time.time(), job_id))
+
+
+def _job(row: Row) -> Job:
     return Job(
         row["id"],
         row["study_uid"],
@@ -472,12 +485,12 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _finished(row: sqlite3.Row) -> FinishedStudy:
+def _finished(row: Row) -> FinishedStudy:
     versions = tuple(sorted(int(v) for v in str(row["versions"]).split(",")))
     return FinishedStudy(row["study_uid"], row["upto_seq"], row["last_activity"], versions)
 
 
-def _delivery(row: sqlite3.Row) -> DeliveryRecord:
+def _delivery(row: Row) -> DeliveryRecord:
     return DeliveryRecord(
         row["id"],
         row["job_id"],

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from dicomnode.database import Database, PostgresDatabase, SqliteDatabase
+from dicomnode.store import Store
 from tests.peers import NodeFactory, NodeProcess, Orthanc
+from tests.postgres import PostgresServer, binaries
 
 
 @pytest.fixture
@@ -45,3 +48,38 @@ def node_process() -> Iterator[NodeFactory]:
     yield make
     for node in made:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; each test gets its own database from ``pg_database``."""
+    if binaries() is None:
+        pytest.skip("PostgreSQL server not installed (scripts/install-system.sh installs it)")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    with psycopg.connect(postgres.url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return postgres.url.replace("/dicomnode?", f"/{name}?")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store on each database it supports: the contract tests run once per backend."""
+    if request.param == "sqlite":
+        database: Database = SqliteDatabase(tmp_path / "node.sqlite")
+    else:
+        database = PostgresDatabase(request.getfixturevalue("pg_url"))
+    made = Store(database)
+    yield made
+    made.close()

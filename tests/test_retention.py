@@ -20,9 +20,9 @@ DAY = 86400.0
 class Site:
     """A store with studies on disk, each in a chosen state."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: Store) -> None:
         self.storage, self.results = root / "storage", root / "results"
-        self.store = Store(root / "node.sqlite")
+        self.store = store
 
     def study(self, uid: str, delivered: str | None = "sent", instances: int = 3) -> list[Path]:
         """Receive ``instances``, then run a job whose results' delivery ends ``delivered`` (None: job still pending)."""
@@ -52,10 +52,9 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path):
-    site = Site(tmp_path)
-    yield site
-    site.store.close()
+def site(tmp_path: Path, store: Store) -> Site:
+    """On SQLite and on PostgreSQL (the ``store`` fixture)."""
+    return Site(tmp_path, store)
 
 
 def test_delivered_studies_older_than_the_retention_are_deleted_with_their_results(site: Site) -> None:

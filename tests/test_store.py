@@ -1,24 +1,20 @@
-"""The store in process: a job's processing state, outcome and delivery progress each move in one place, only
-along allowed transitions; results of a run cut off before it was recorded are removed at start; old databases are
-upgraded."""
+"""The store's contract, run on SQLite and on a real PostgreSQL server: a job's processing state, outcome and delivery
+progress each move in one place, only along allowed transitions; workers claim jobs under leases, and a finish
+after the lease expired is refused with nothing recorded; results of a run cut off before it was recorded are
+removed at start; old SQLite databases are upgraded."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from dicomnode.service import remove_unrecorded_results
 from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome
-from dicomnode.store import Queued, Store
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    store = Store(tmp_path / "node.sqlite")
-    yield store
-    store.close()
+from dicomnode.store import LeaseLost, Queued, Store
 
 
 def _result(results: Path, study: str, version: int, name: str = "SEG_1.2.3.dcm") -> Path:
@@ -132,3 +128,50 @@ def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(tm
         (JobState.RUNNING, None, JobDelivery.NONE),
     ]
     store.close()
+
+
+def test_workers_claim_each_pending_job_once_even_when_claiming_at_the_same_time(store: Store) -> None:
+    made = [store.create_job(f"1.2.{n}", n + 1).id for n in range(12)]
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (job := store.claim_job(name, lease_s=60)) is not None:
+            assert job.state is JobState.RUNNING
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"gpu{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(claimed) == made  # every job once, none twice
+    assert store.claim_job("gpu9", lease_s=60) is None
+
+
+def test_a_finish_after_the_lease_expired_is_refused_and_the_job_is_done_once(store: Store, tmp_path: Path) -> None:
+    job = store.create_job("1.2.1", 10)
+    assert store.claim_job("stalled", lease_s=0.3) is not None
+    assert store.renew_lease(job.id, "stalled", lease_s=0.3)  # its heartbeat, while alive
+    time.sleep(0.6)  # then it stops (SIGSTOP, a long GC pause, a cut network)
+    assert not store.renew_lease(job.id, "stalled", lease_s=0.3)
+    assert store.reap_expired() == [job.id] and store.job(job.id).state is JobState.PENDING
+    taken = store.claim_job("healthy", lease_s=60)
+    assert taken is not None and taken.id == job.id
+    late = [Queued("pacs", "9.1", tmp_path / "SEG_late.dcm")]
+    with pytest.raises(LeaseLost, match=f"job {job.id} is no longer leased to stalled"):
+        store.finish_job(job.id, Outcome.RESULT, late, worker="stalled", verdict="late", reasons=[])
+    assert store.deliveries(job.id) == [] and store.job(job.id).state is JobState.RUNNING  # nothing recorded
+    store.finish_job(job.id, Outcome.RESULT, [Queued("pacs", "9.2", tmp_path / "SEG.dcm")], worker="healthy", verdict="ok", reasons=[])
+    done = store.job(job.id)
+    assert (done.state, done.verdict, [d.sop_uid for d in store.deliveries(job.id)]) == (JobState.DONE, "ok", ["9.2"])
+    assert store.reap_expired() == []
+
+
+def test_instances_are_stamped_with_the_databases_clock(store: Store, tmp_path: Path) -> None:
+    before = store.now()
+    store.add_instance("1.2.3.1", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.2", tmp_path / "a.dcm", "SCU")
+    [row] = store.studies_with_new_instances()
+    assert before <= row["last_received_at"] <= store.now()
+    assert abs(store.now() - time.time()) < 5  # the same machine here; in a cluster, one clock for all
