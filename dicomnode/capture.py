@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from pydicom.uid import generate_uid
 
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import SIDES, Measurements
 from dicomnode.qc import QCReport
 from dicomnode.segment import Model
+from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SC_SERIES_NUMBER = 9703
 SC_DESCRIPTION = "Renal volumes key images (research)"
@@ -99,13 +99,13 @@ def summary_page(measurements: Measurements, qc: QCReport, model: Model) -> np.n
     return _page(draw)
 
 
-def write_sc(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model) -> list[pydicom.Dataset]:
+def write_sc(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, uids: ResultUids = RANDOM_UIDS) -> list[pydicom.Dataset]:
     """One Secondary Capture series: the summary page, then the key slice of each kidney found."""
     pages = [summary_page(measurements, qc, model)]
     for side in SIDES[::-1]:
         if side in measurements.kidneys:
             pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice"))
-    series_uid = generate_uid()
+    series_uid = uids.uid("sc/series")
     description = SC_DESCRIPTION + ("" if qc.passed else " QC: review")
     images: list[pydicom.Dataset] = []
     for number, pixels in enumerate(pages, 1):
@@ -117,7 +117,7 @@ def write_sc(series: LoadedSeries, measurements: Measurements, qc: QCReport, mod
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=series_uid,
             series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=uids.uid(f"sc/{number}"),
             instance_number=number,
             manufacturer="dicomnode",
             patient_orientation=("L", "P"),

@@ -20,6 +20,7 @@ from dicomnode.segment import Segmenter
 from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
+from dicomnode.uids import RANDOM_UIDS, ResultUids
 from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,20 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Processed:
+def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter, uids: ResultUids = RANDOM_UIDS) -> Processed:
     """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
 
     Where configured, a study without result gets a text SR that says why; not a study whose instances name
     different patients, since the SR would carry one of their identities.
     """
-    processed = _run_stages(instances, config, segmenter)
+    processed = _run_stages(instances, config, segmenter, uids)
     if processed.outcome is Outcome.NO_RESULT and config.send_text_sr_without_result and instances and processed.verdict != IDENTITY_CONFLICT:
         source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
-        processed.results = Results(None, write_no_result_sr(source, processed.verdict, processed.reasons))
+        processed.results = Results(None, write_no_result_sr(source, processed.verdict, processed.reasons, uids))
     return processed
 
 
-def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter) -> Processed:
+def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter, uids: ResultUids) -> Processed:
     timings: dict[str, float] = {}
     with _timed(timings, "select"):
         summaries = summarise(instances)
@@ -103,7 +104,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmen
         if config.qc.on_fail is OnFail.WITHHOLD:
             return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
     with _timed(timings, "write"):
-        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC))
+        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC), uids=uids)
     verdict = selection.verdict if report.passed else f"{selection.verdict}; {report.verdict}"
     return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
 

@@ -20,6 +20,7 @@ from dicomnode.segment import Model, Segmenter
 from dicomnode.send import send_due
 from dicomnode.states import JobState
 from dicomnode.store import Job, Queued, Store
+from dicomnode.uids import ResultUids, job_seed
 from dicomnode.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class Node:
             header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
             log.info("job %d: patient %s, ID %s", job.id, header.get("PatientName", ""), header.get("PatientID", ""))
         try:
-            processed = process_study(instances, self.config, self.segmenter)
+            processed = process_study(instances, self.config, self.segmenter, ResultUids(job_seed(job.study_uid, job.version)))
             saved = []
             if processed.results is not None:
                 folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"

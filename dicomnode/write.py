@@ -32,6 +32,7 @@ from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements
 from dicomnode.qc import STUDY, QCReport
 from dicomnode.segment import Model
+from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 MANUFACTURER = "dicomnode"
 #: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.
@@ -70,13 +71,18 @@ def _equipment(model: Model) -> hd.ContributingEquipment:
     )
 
 
-def tracking_uids(measurements: Measurements) -> dict[tuple[str, str], str]:
+def tracking_uids(measurements: Measurements, uids: ResultUids) -> dict[tuple[str, str], str]:
     """One Tracking UID per structure and side found, shared by its SEG segment and its SR group."""
-    return {(structure, side): generate_uid() for structure, side in SEGMENT_ORDER if side in measurements.kidneys}
+    return {(structure, side): uids.uid(f"tracking/{structure}/{side}") for structure, side in SEGMENT_ORDER if side in measurements.kidneys}
 
 
 def write_seg(
-    series: LoadedSeries, measurements: Measurements, model: Model, tracking: dict[tuple[str, str], str], review: bool = False
+    series: LoadedSeries,
+    measurements: Measurements,
+    model: Model,
+    tracking: dict[tuple[str, str], str],
+    review: bool = False,
+    uids: ResultUids = RANDOM_UIDS,
 ) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
     """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
@@ -110,9 +116,9 @@ def write_seg(
         pixel_array=np.stack(masks, axis=-1).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uids.uid("seg/series"),
         series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uids.uid("seg"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=model.name,
@@ -135,6 +141,7 @@ def write_sr(
     numbers: dict[tuple[str, str], int],
     tracking: dict[tuple[str, str], str],
     model: Model,
+    uids: ResultUids = RANDOM_UIDS,
 ) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
     verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
@@ -160,7 +167,7 @@ def write_sr(
         )
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side)])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="renal volumetry QC"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
         algorithm_id=algorithm,
         qualitative_evaluations=[_qc_evaluation(qc)],
     )
@@ -186,17 +193,20 @@ def write_sr(
         series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
         contributing_equipment=[_equipment(model)],
         coding_schemes=[PRIVATE_CODING_SCHEME],
-        **_new_sr_instance(),
+        **_new_sr_instance(uids, "sr"),
     )
 
 
-def write_results(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, pictures: bool = False) -> Results:
+def write_results(
+    series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, pictures: bool = False, uids: ResultUids = RANDOM_UIDS
+) -> Results:
     """SEG and SR of a measured study, and with ``pictures`` the Secondary Capture pages; where QC failed, all say
-    "QC: review" and the SR lists every finding."""
-    tracking = tracking_uids(measurements)
-    seg, numbers = write_seg(series, measurements, model, tracking, review=not qc.passed)
-    sc = write_sc(series, measurements, qc, model) if pictures else []
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model), sc)
+    "QC: review" and the SR lists every finding. ``uids`` derives every UID from the job, so a re-run makes the same
+    instances."""
+    tracking = tracking_uids(measurements, uids)
+    seg, numbers = write_seg(series, measurements, model, tracking, review=not qc.passed, uids=uids)
+    sc = write_sc(series, measurements, qc, model, uids) if pictures else []
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, uids), sc)
 
 
 def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:
@@ -211,7 +221,7 @@ def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
     )
 
 
-def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]) -> pydicom.Dataset:
+def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str], uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:
     """A Comprehensive SR telling the reader why the study gave no renal volumes (verdict and reasons as text)."""
     container = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id=None)
     container.ContentSequence = pydicom.Sequence(
@@ -220,7 +230,9 @@ def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str]
             for text in [f"No renal volumetry: {verdict}.", *reasons]
         ]
     )
-    return hd.sr.ComprehensiveSR(evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance())
+    return hd.sr.ComprehensiveSR(
+        evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance(uids, "text-sr")
+    )
 
 
 class _SrIdentity(TypedDict):
@@ -232,12 +244,12 @@ class _SrIdentity(TypedDict):
     is_complete: bool
 
 
-def _new_sr_instance() -> _SrIdentity:
-    """Identity of a new, complete SR instance in a new series of the node's."""
+def _new_sr_instance(uids: ResultUids, name: str) -> _SrIdentity:
+    """Identity of a complete SR instance in a series of the node's."""
     return _SrIdentity(
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uids.uid(f"{name}/series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uids.uid(name),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,

@@ -20,6 +20,7 @@ from dicomnode.pipeline import process_study, save_results
 from dicomnode.segment import Model
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
+from dicomnode.uids import ResultUids, job_seed
 from tests.peers import tools_missing
 from tests.standins import PhantomLabels
 from training.phantom_dicom import write_study
@@ -87,3 +88,19 @@ def test_destinations_get_only_the_formats_they_ask_for(made) -> None:
     config = NodeConfig(destinations=(LEGACY, replace(LEGACY, name="pacs", formats=(OutputFormat.SEG, OutputFormat.SR))))
     wanted = {d.name: sorted({f.output.value for f in saved if f.output in d.formats}) for d in config.destinations}
     assert wanted == {"legacy": ["sc"], "pacs": ["seg", "sr"]}
+
+
+def test_a_job_run_again_makes_the_same_instances(made) -> None:
+    series, _, _ = made
+    instances = [Instance(i, f.name, "study", "series", CTImageStorage, f) for i, f in enumerate(series.files)]
+    config = NodeConfig(destinations=(LEGACY,))
+
+    def uids(seed: str) -> list[str]:
+        results = process_study(instances, config, PhantomLabels(series), ResultUids(seed)).results
+        assert results is not None and results.seg is not None
+        tracking = [s.TrackingUID for s in results.seg.SegmentSequence]
+        return [results.seg.SOPInstanceUID, results.seg.SeriesInstanceUID, results.sr.SOPInstanceUID, *(sc.SOPInstanceUID for sc in results.sc), *tracking]
+
+    first, again, next_version = uids(job_seed("1.2.3", 1)), uids(job_seed("1.2.3", 1)), uids(job_seed("1.2.3", 2))
+    assert first == again and len(set(first)) == len(first)
+    assert not set(first) & set(next_version)
