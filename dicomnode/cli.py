@@ -33,9 +33,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
-    from dicomnode.service import Node
+    from dicomnode.service import Node, Role
 
-    node = Node(config)
+    node = Node(config, role=Role(args.role))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -153,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the DICOM node", parents=[common]).set_defaults(func=cmd_serve)
+    p = sub.add_parser("serve", help="run the DICOM node", parents=[common])
+    p.add_argument(
+        "--role", choices=["all", "receiver", "worker", "sender"], default="all",
+        help="all (default): the whole node in one process; in a cluster (database: postgresql://...) one part of it",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("status", help="list studies and jobs with their state, verdict and deliveries", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

@@ -52,10 +52,8 @@ def ready_studies(store: Store, open_since: dict[str, float], quiet_period_s: fl
 
 
 def open_jobs(store: Store, ready: list[ReadyStudy]) -> list[Job]:
-    """Create a job (a new result version) for each ready study."""
-    jobs = []
-    for study in ready:
-        job = store.create_job(study.study_uid, study.upto_seq)
-        log.info("study %s complete: job %d, version %d", study.study_uid, job.id, job.version)
-        jobs.append(job)
+    """Create a job (a new result version) for each ready study that no other completer has covered meanwhile."""
+    jobs = store.create_jobs([(study.study_uid, study.upto_seq) for study in ready]) if ready else []
+    for job in jobs:
+        log.info("study %s complete: job %d, version %d", job.study_uid, job.id, job.version)
     return jobs

@@ -199,6 +199,15 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several processes on one PostgreSQL database (``database: postgresql://...``) and one shared ``storage``."""
+
+    name: str = ""  # this machine's name among the cluster's receivers and workers (default: its host name)
+    lease_s: float = 60.0  # a worker's hold on its job, renewed every lease_s / 4; a job whose lease runs out goes to another worker
+    receiver_timeout_s: float = 30.0  # a receiver silent this long: its open associations no longer hold studies back
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``dicomnode serve`` needs."""
 
@@ -226,6 +235,7 @@ class NodeConfig:
     delivery: Delivery = field(default_factory=Delivery)
     retention: Retention = field(default_factory=Retention)
     web: WebConfig = field(default_factory=WebConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     destinations: tuple[Destination, ...] = ()
     base_dir: Path = Path(".")
 
@@ -301,6 +311,8 @@ def problems(config: NodeConfig) -> list[str]:
     check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")
     check(config.retention.days >= 0, "retention.days", "must not be negative")
     check(config.retention.interval_s > 0, "retention.interval_s", "must be positive")
+    check(config.cluster.lease_s >= 4 * config.tick_s, "cluster.lease_s", f"{config.cluster.lease_s:g} is shorter than 4 ticks")
+    check(config.cluster.receiver_timeout_s >= 3 * config.tick_s, "cluster.receiver_timeout_s", "is shorter than 3 ticks")
     check(
         config.retention.free_disk_mb > config.min_free_disk_mb,
         "retention.free_disk_mb",

@@ -15,6 +15,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Row = Mapping[str, Any]
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the database did not answer" (SQLite, and PostgreSQL where psycopg is installed)."""
+    found: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+        import psycopg_pool
+
+        found += [psycopg.Error, psycopg_pool.PoolTimeout]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 Params = Sequence[Any]
 
 
@@ -30,6 +45,7 @@ class Dialect:
     greatest: str  # the larger of two values
     versions: str  # the comma-joined versions of a study's jobs, in a correlated subquery over ``jobs j``
     stage_seconds: str  # (stage, seconds, jobs) summed over every job's timings
+    completion_lock: str  # a statement that makes a transaction the only completer until it ends ("" if writers are serial)
 
     def sql(self, statement: str) -> str:
         """``statement`` with its fragments filled in and its placeholders in this database's style."""
@@ -46,6 +62,7 @@ SQLITE = Dialect(
     greatest="MAX",
     versions="(SELECT GROUP_CONCAT(j.version) FROM jobs j WHERE j.study_uid = i.study_uid)",
     stage_seconds="SELECT t.key AS stage, SUM(t.value) AS seconds, COUNT(*) AS jobs FROM jobs, json_each(jobs.timings) AS t GROUP BY t.key",
+    completion_lock="",
 )
 POSTGRESQL = Dialect(
     name="postgresql",
@@ -58,6 +75,7 @@ POSTGRESQL = Dialect(
     stage_seconds=(
         "SELECT t.key AS stage, SUM(t.value::double precision) AS seconds, COUNT(*) AS jobs FROM jobs, jsonb_each_text(jobs.timings::jsonb) AS t GROUP BY t.key"
     ),
+    completion_lock="SELECT pg_advisory_xact_lock(74031)",  # released at commit, or when the holder's connection dies
 )
 
 

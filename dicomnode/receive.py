@@ -10,7 +10,6 @@ import socket
 import ssl
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +33,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeConfig
+from dicomnode.database import errors
 from dicomnode.files import move_atomically, remove_partial_writes
 from dicomnode.store import Store
 
@@ -86,34 +86,35 @@ def valid_uid(uid: str) -> tuple[bool, str]:
 
 
 class OpenAssociations:
-    """Which studies have instances arriving on a still-open association, and since when."""
+    """Which studies this receiver's open associations are sending, kept in the database so that completion on any
+    receiver of a cluster sees them; written once per association and study."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store, receiver: str) -> None:
+        self.store, self.receiver = store, receiver
         self._lock = threading.Lock()
-        self._studies: dict[int, dict[str, float]] = {}
+        self._seen: dict[int, set[str]] = {}
+        store.forget_associations(receiver)
 
     def touched(self, assoc_id: int, study_uid: str) -> None:
         with self._lock:
-            self._studies.setdefault(assoc_id, {}).setdefault(study_uid, time.time())
+            if study_uid in self._seen.get(assoc_id, set()):
+                return
+        self.store.association_sent(self.receiver, str(assoc_id), study_uid)
+        with self._lock:
+            self._seen.setdefault(assoc_id, set()).add(study_uid)
 
     def closed(self, assoc_id: int) -> None:
         with self._lock:
-            self._studies.pop(assoc_id, None)
-
-    def studies(self) -> dict[str, float]:
-        """Each study with an open association, and when the oldest of them first sent to it."""
-        with self._lock:
-            since: dict[str, float] = {}
-            for studies in self._studies.values():
-                for study, first in studies.items():
-                    since[study] = min(first, since.get(study, first))
-            return since
+            if self._seen.pop(assoc_id, None) is None:
+                return
+        self.store.association_closed(self.receiver, str(assoc_id))
 
 
 class Receiver:
     """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
 
     def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations) -> None:
+        self._database_errors = errors()
         self.config = config
         self.store = store
         self.open = open_associations
@@ -201,10 +202,22 @@ class Receiver:
         self.store.add_refusal(calling, "", "", f"association from {requestor.address} refused: {reason}")
 
     def on_closed(self, event: evt.Event) -> None:
-        self.open.closed(id(event.assoc))
+        try:
+            self.open.closed(id(event.assoc))
+        except self._database_errors as exc:  # its rows go with this receiver's heartbeat
+            log.error("could not record the end of an association: %s", exc)
 
     def on_store(self, event: evt.Event) -> int:
-        """Check and store one instance; pynetdicom has written it to a file in ``storage/.incoming`` as it arrived."""
+        """Check and store one instance; acknowledged only once it is on disk and indexed. With the database down,
+        the answer is 0xA700 (out of resources): nothing is acknowledged that is not indexed, the sender tries again."""
+        try:
+            return self._store(event)
+        except self._database_errors as exc:
+            log.error("refusing an instance from %s: the database does not answer (%s)", event.assoc.requestor.ae_title, exc)
+            return StoreStatus.OUT_OF_RESOURCES
+
+    def _store(self, event: evt.Event) -> int:
+        """pynetdicom has written the data set to a file in ``storage/.incoming`` as it arrived."""
         calling_ae = event.assoc.requestor.ae_title
         received = Path(event.dataset_path)
         size_mb = received.stat().st_size / 2**20

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from dicomnode.retention import clean
 from dicomnode.segment import Model, Segmenter
 from dicomnode.send import send_due
 from dicomnode.states import JobState
-from dicomnode.store import Job, Queued, Store
+from dicomnode.store import Job, LeaseLost, Queued, Store
 from dicomnode.uids import ResultUids, job_seed
 from dicomnode.web import WebServer
 
@@ -43,60 +46,102 @@ def load_segmenter(config: NodeConfig) -> Segmenter:
     return Segmenter(model, config.model.device, config.model.mirroring, config.model.tile_step_size)
 
 
-class Node:
-    """Owns the store, the SCP, the warm model and the scheduler."""
+class Role(str, enum.Enum):
+    """What a ``serve`` process does; ``all`` is the embedded node, the others split it over a cluster."""
 
-    def __init__(self, config: NodeConfig, segmenter: Segmenter | None = None) -> None:
-        self.config = config
+    ALL = "all"
+    RECEIVER = "receiver"  # C-STORE SCP and completion (one completer at a time, over every receiver's associations)
+    WORKER = "worker"  # claims jobs under a lease and processes them with the warm model
+    SENDER = "sender"  # delivers results and runs retention
+
+
+class Node:
+    """Owns the store, and as its role says: the SCP, the warm model, the senders; a scheduler drives them."""
+
+    def __init__(self, config: NodeConfig, segmenter: Segmenter | None = None, role: Role = Role.ALL) -> None:
+        self.config, self.role = config, role
         self.store = Store(open_database(config.database, config.base_dir))
-        self.open = OpenAssociations()
-        self.receiver = Receiver(config, self.store, self.open)
-        self.segmenter = segmenter or load_segmenter(config)
+        self.embedded = self.store.db.dialect.name == "sqlite"
+        host = config.cluster.name or socket.gethostname()
+        self.receiver_name = f"{host}:{config.port}"
+        self.worker_name = f"{host}:{os.getpid()}"
+        self.receiver = Receiver(config, self.store, OpenAssociations(self.store, self.receiver_name)) if role in (Role.ALL, Role.RECEIVER) else None
+        self.segmenter = (segmenter or load_segmenter(config)) if role in (Role.ALL, Role.WORKER) else None
         self.scheduler = BackgroundScheduler()
-        self.web = WebServer(config, self.store, self.receiver.listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
+        listening = self.receiver.listening if self.receiver else lambda: True
+        self.web = WebServer(config, self.store, listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
         self._stopped = threading.Event()
         self._waiting: dict[str, str] | None = None  # what status last showed as waiting
 
     def start(self) -> None:
-        for folder in remove_unrecorded_results(self.config.path(self.config.results), self.store.jobs()):
-            log.warning("removed %s: results of a run that was cut off before it was recorded; the job runs again", folder)
-        for job in self.store.requeue_interrupted():
-            log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
-        self.receiver.start()
         tick = self.config.tick_s
-        self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
+        if self.segmenter is not None:
+            if self.embedded:  # one worker: whatever was running was ours (in a cluster, the lease decides)
+                for folder in remove_unrecorded_results(self.config.path(self.config.results), self.store.jobs()):
+                    log.warning("removed %s: results of a run that was cut off before it was recorded; the job runs again", folder)
+                for job in self.store.requeue_interrupted():
+                    log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
+            self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.reap, "interval", seconds=tick, max_instances=1, coalesce=True)
+        if self.receiver is not None:
+            self.store.receiver_alive(self.receiver_name)
+            self.receiver.start()
+            self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
+        if self.role in (Role.ALL, Role.SENDER):
+            self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
         self.scheduler.start()
         if self.web is not None:
             self.web.start()
+        log.info("role %s started (%s database)", self.role.value, self.store.db.dialect.name)
 
     def stop(self) -> None:
         self._stopped.set()
         if self.web is not None:
             self.web.stop()
-        self.receiver.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         self.scheduler.shutdown(wait=True)
         self.store.close()
 
     def complete_studies(self) -> None:
-        completion = ready_studies(self.store, self.open.studies(), self.config.quiet_period_s, self.config.max_wait_s)
+        self.store.receiver_alive(self.receiver_name)
+        open_since = self.store.open_studies(self.config.cluster.receiver_timeout_s)
+        completion = ready_studies(self.store, open_since, self.config.quiet_period_s, self.config.max_wait_s, now=self.store.now())
         if completion.waiting != self._waiting:  # written only when it changes, not every tick
             self.store.set_waiting(completion.waiting)
             self._waiting = completion.waiting
         open_jobs(self.store, completion.ready)
 
+    def reap(self) -> None:
+        for job_id in self.store.reap_expired():
+            log.warning("job %d: its worker's lease ran out (worker gone or stalled); it runs again", job_id)
+
     def run_pending_jobs(self) -> None:
-        for job in self.store.jobs(JobState.PENDING):
-            if self._stopped.is_set():
-                return
+        while not self._stopped.is_set() and (job := self.store.claim_job(self.worker_name, self.config.cluster.lease_s)) is not None:
             self.run_job(job)
 
     def run_job(self, job: Job) -> None:
-        """Process one job and queue its results for every destination."""
-        self.store.start_job(job.id)
+        """Process one claimed job, renewing its lease while it runs, and queue its results for the destinations."""
+        done = threading.Event()
+        heartbeat = threading.Thread(target=self._keep_lease, args=(job.id, done), daemon=True)
+        heartbeat.start()
+        try:
+            self._process(job)
+        finally:
+            done.set()
+            heartbeat.join()
+
+    def _keep_lease(self, job_id: int, done: threading.Event) -> None:
+        lease = self.config.cluster.lease_s
+        while not done.wait(lease / 4):
+            if not self.store.renew_lease(job_id, self.worker_name, lease):
+                log.error("job %d: lease lost (this worker stalled past cluster.lease_s); another worker may run it", job_id)
+                return
+
+    def _process(self, job: Job) -> None:
         log.info("job %d: processing study %s version %d", job.id, job.study_uid, job.version)
+        assert self.segmenter is not None
         instances = self.store.study_instances(job.study_uid, job.upto_seq)
         if self.config.log_patient_data and instances:
             header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
@@ -114,17 +159,22 @@ class Node:
         if figures is not None and processed.qc is not None:
             figures.update(qc=processed.qc.verdict, qc_findings=processed.qc.lines())
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
-        self.store.finish_job(
-            job.id,
-            processed.outcome,
-            queued,
-            verdict=processed.verdict,
-            reasons=processed.reasons,
-            series_uid=processed.series_uid,
-            measurements=figures,
-            error=processed.error,
-            timings=processed.timings,
-        )
+        try:
+            self.store.finish_job(
+                job.id,
+                processed.outcome,
+                queued,
+                worker=self.worker_name,
+                verdict=processed.verdict,
+                reasons=processed.reasons,
+                series_uid=processed.series_uid,
+                measurements=figures,
+                error=processed.error,
+                timings=processed.timings,
+            )
+        except LeaseLost as exc:
+            log.error("job %d: result discarded: %s", job.id, exc)
+            return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
 
     def deliver(self) -> None:
@@ -132,4 +182,5 @@ class Node:
 
     def clean(self) -> None:
         config = self.config
-        clean(self.store, config.path(config.storage), config.path(config.results), config.retention, set(self.open.studies()))
+        busy = set(self.store.open_studies(config.cluster.receiver_timeout_s))
+        clean(self.store, config.path(config.storage), config.path(config.results), config.retention, busy)

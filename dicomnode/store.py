@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS purges (
     instances INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receivers (
+    name TEXT PRIMARY KEY,
+    heartbeat_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS associations (
+    receiver TEXT NOT NULL,
+    association TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    since {real} NOT NULL,
+    PRIMARY KEY (receiver, association, study_uid)
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id {id},
     job_id BIGINT NOT NULL REFERENCES jobs (id),
@@ -240,6 +251,38 @@ class Store:
             " HAVING MAX(i.seq) > COALESCE((SELECT MAX(j.upto_seq) FROM jobs j WHERE j.study_uid = i.study_uid), 0)"
         )
 
+    # -- receivers and their open associations (the quiet period sees every receiver of a cluster) --------------------
+    def receiver_alive(self, receiver: str) -> None:
+        """A receiver's heartbeat; its open associations count while it beats."""
+        self.db.execute(
+            "INSERT INTO receivers (name, heartbeat_at) VALUES (?, {now}) ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            (receiver,),
+        )
+
+    def association_sent(self, receiver: str, association: str, study_uid: str) -> None:
+        """An open association of ``receiver`` has sent an instance of ``study_uid`` (the first time counts)."""
+        self.db.execute(
+            "INSERT INTO associations (receiver, association, study_uid, since) VALUES (?, ?, ?, {now}) ON CONFLICT DO NOTHING",
+            (receiver, association, study_uid),
+        )
+
+    def association_closed(self, receiver: str, association: str) -> None:
+        self.db.execute("DELETE FROM associations WHERE receiver = ? AND association = ?", (receiver, association))
+
+    def forget_associations(self, receiver: str) -> None:
+        """A receiver starting anew: the associations its previous process had open are gone with it."""
+        self.db.execute("DELETE FROM associations WHERE receiver = ?", (receiver,))
+
+    def open_studies(self, alive_within_s: float) -> dict[str, float]:
+        """Studies an open association is sending, on any receiver whose heartbeat is younger than ``alive_within_s``:
+        study -> when its oldest such association first sent to it."""
+        rows = self.db.query(
+            "SELECT a.study_uid, MIN(a.since) AS since FROM associations a JOIN receivers r ON r.name = a.receiver"
+            " WHERE r.heartbeat_at >= {now} - ? GROUP BY a.study_uid",
+            (alive_within_s,),
+        )
+        return {r["study_uid"]: float(r["since"]) for r in rows}
+
     def set_waiting(self, reasons: dict[str, str]) -> None:
         """Replace the list of studies that are not complete yet, each with why it waits (for ``status``)."""
         now = time.time()
@@ -321,14 +364,27 @@ class Store:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
     def create_job(self, study_uid: str, upto_seq: int) -> Job:
+        [job] = self.create_jobs([(study_uid, upto_seq)])
+        return job
+
+    def create_jobs(self, ready: list[tuple[str, int]]) -> list[Job]:
+        """A job (a new version) for each (study, up to seq) whose instances up to there no job covers yet; one
+        completer at a time, so two receivers completing the same study make one job."""
         now = time.time()
+        made = []
         with self.db.transaction() as tx:
-            version = tx.query("SELECT COALESCE(MAX(version), 0) + 1 AS v FROM jobs WHERE study_uid = ?", (study_uid,))[0]["v"]
-            [row] = tx.query(
-                "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (study_uid, version, upto_seq, JobState.PENDING.value, now, now),
-            )
-        return _job(row)
+            if tx.dialect.completion_lock:
+                tx.query(tx.dialect.completion_lock)
+            for study_uid, upto_seq in ready:
+                latest = tx.query("SELECT COALESCE(MAX(version), 0) AS v, COALESCE(MAX(upto_seq), 0) AS s FROM jobs WHERE study_uid = ?", (study_uid,))[0]
+                if latest["s"] >= upto_seq:
+                    continue  # another completer was first
+                [row] = tx.query(
+                    "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                    (study_uid, latest["v"] + 1, upto_seq, JobState.PENDING.value, now, now),
+                )
+                made.append(_job(row))
+        return made
 
     def job(self, job_id: int) -> Job:
         rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the
 def node(tmp_path: Path):
     config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_associations=2, base_dir=tmp_path)
     store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations())
+    receiver = Receiver(config, store, OpenAssociations(store, "test"))
     receiver.start()
     yield config, store
     receiver.stop()
@@ -105,7 +105,7 @@ def test_associations_beyond_the_limit_are_refused_and_logged(node) -> None:
 def test_an_instance_above_max_instance_mb_is_refused_and_nothing_kept(tmp_path: Path, slice_file: Path) -> None:
     config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_instance_mb=1, base_dir=tmp_path)
     store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations())
+    receiver = Receiver(config, store, OpenAssociations(store, "test"))
     receiver.start()
     try:
         ds = pydicom.dcmread(slice_file)
