@@ -156,7 +156,10 @@ class PostgresDatabase:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True, "row_factory": dict_row}, open=True)
+        connection = {"autocommit": True, "row_factory": dict_row, "connect_timeout": 5}
+        # a statement waits at most ``timeout`` s for a connection: with the database down, a C-STORE is answered
+        # 0xA700 well inside the sender's DIMSE timeout instead of hanging
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, kwargs=connection, timeout=5, open=True)
         self._pool.wait(timeout=30)
 
     def query(self, statement: str, params: Params = ()) -> list[Row]:

@@ -164,6 +164,7 @@ class NodeProcess:
     port: int = field(default_factory=free_port)
     ae_title: str = "RENALNODE"
     web_port: int = field(default_factory=free_port)
+    role: str = "all"  # serve --role
     extra: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
@@ -197,12 +198,14 @@ class NodeProcess:
         self._log_offset = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve"], stdout=log, stderr=log, env=env)
-        wait_for(lambda: self.process.poll() is not None or f"listening as {self.ae_title}" in self.log(), 180, 0.2, what="the node to listen")
+        command = [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve", "--role", self.role]
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+        wait_for(lambda: self.process.poll() is not None or f"role {self.role} started" in self.log(), 180, 0.2, what=f"the node ({self.role}) to start")
         assert self.process.poll() is None, f"node exited: {self.log()[-3000:]}"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a stopped process must run to end
             self.process.send_signal(sig)
             self.process.wait(timeout=60)
             self.process = None
@@ -220,6 +223,12 @@ class NodeProcess:
         """The job table, read directly (fast enough to poll while the node works)."""
         import sqlite3
 
+        if str(self.extra.get("database", "")).startswith("postgresql://"):
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.extra["database"], row_factory=dict_row) as conn:
+                return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
         db = self.folder / "node.sqlite"
         if not db.exists():
             return []
