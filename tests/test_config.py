@@ -72,3 +72,8 @@ def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:
     broken.write_text("port: 0\n")
     result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--config", str(broken)], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0 and "port: 0 is not 1-65535" in result.stderr
+
+
+def test_the_cluster_deployment_example_is_a_valid_configuration() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "deploy" / "cluster.yaml")
+    assert config.database.startswith("postgresql://") and config.cluster.lease_s == 60
