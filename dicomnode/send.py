@@ -60,10 +60,11 @@ def backoff(policy: Delivery, attempts: int) -> float:
     return min(policy.backoff_s * 2 ** max(attempts - 1, 0), policy.max_backoff_s)
 
 
-def send_due(config: NodeConfig, store: Store, now: float | None = None) -> int:
-    """Try every queued delivery that is due, grouped per destination; returns how many were sent."""
+def send_due(config: NodeConfig, store: Store, now: float | None = None, sender: str = "local") -> int:
+    """Try every queued delivery that is due, grouped per destination, claimed for this sender (others in a cluster
+    skip them); returns how many were sent."""
     now = time.time() if now is None else now
-    due = store.due_deliveries(now)
+    due = store.claim_deliveries(sender, now, lease_s=4 * config.delivery.timeout_s + 60)
     destinations = {d.name: d for d in config.destinations}
     sent = 0
     for name in sorted({d.destination for d in due}):

@@ -178,7 +178,7 @@ class Node:
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
 
     def deliver(self) -> None:
-        send_due(self.config, self.store)
+        send_due(self.config, self.store, sender=self.worker_name)
 
     def clean(self) -> None:
         config = self.config

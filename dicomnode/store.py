@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at {real} NOT NULL,
     last_error TEXT,
+    claimed_by TEXT,
+    claimed_until {real},
     updated_at {real} NOT NULL,
     UNIQUE (job_id, destination, sop_uid)
 )
@@ -190,7 +192,11 @@ class Store:
         """SQLite databases made before processing, outcome and delivery were kept apart (one ``state`` held all
         three), or before leases."""
         columns = {row["name"] for row in self.db.query("PRAGMA table_info(jobs)")}
+        delivery_columns = {row["name"] for row in self.db.query("PRAGMA table_info(deliveries)")}
         with self.db.transaction() as tx:
+            if "claimed_by" not in delivery_columns:
+                tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
+                tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_until REAL")
             if "lease_owner" not in columns:
                 tx.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
                 tx.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
@@ -471,9 +477,17 @@ class Store:
             _settle(tx, job_id)
 
     # -- deliveries ----------------------------------------------------------------------------------------------
-    def due_deliveries(self, now: float) -> list[DeliveryRecord]:
-        rows = self.db.query("SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ? ORDER BY id", (DeliveryState.QUEUED.value, now))
-        return [_delivery(r) for r in rows]
+    def claim_deliveries(self, sender: str, now: float, lease_s: float, limit: int = 200) -> list[DeliveryRecord]:
+        """Queued deliveries due at ``now``, claimed by ``sender`` for ``lease_s`` seconds of the database's clock so
+        that no other sender tries them meanwhile; recording an attempt (:meth:`update_delivery`) ends the claim."""
+        with self.db.transaction() as tx:
+            rows = tx.query(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
+                "SELECT id FROM deliveries WHERE state = ? AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < {now})"
+                " ORDER BY id LIMIT ?{skip_locked}) RETURNING *",
+                (sender, lease_s, DeliveryState.QUEUED.value, now, limit),
+            )
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.id)
 
     def deliveries(self, job_id: int) -> list[DeliveryRecord]:
         return [_delivery(r) for r in self.db.query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))]
@@ -482,7 +496,8 @@ class Store:
         """Record one attempt's result; the job's delivery progress follows in the same transaction."""
         with self.db.transaction() as tx:
             rows = tx.query(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ? RETURNING job_id",
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ?"
+                " WHERE id = ? RETURNING job_id",
                 (DeliveryState(state).value, attempts, next_attempt_at, last_error, time.time(), delivery_id),
             )
             if not rows:

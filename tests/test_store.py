@@ -175,3 +175,18 @@ def test_instances_are_stamped_with_the_databases_clock(store: Store, tmp_path: 
     [row] = store.studies_with_new_instances()
     assert before <= row["last_received_at"] <= store.now()
     assert abs(store.now() - time.time()) < 5  # the same machine here; in a cluster, one clock for all
+
+
+def test_senders_claim_due_deliveries_so_that_none_is_tried_twice_at_once(store: Store, tmp_path: Path) -> None:
+    job = store.create_job("1.2.1", 10)
+    store.start_job(job.id)
+    store.finish_job(
+        job.id, Outcome.RESULT, [Queued(d, f"9.{n}", tmp_path / f"{n}.dcm") for d in ("pacs", "archive") for n in range(5)], verdict="ok", reasons=[]
+    )
+    now = time.time() + 1
+    first = store.claim_deliveries("tx1", now, lease_s=0.5)
+    assert len(first) == 10 and store.claim_deliveries("tx2", now, lease_s=0.5) == []  # all held by tx1
+    store.update_delivery(first[0].id, DeliveryState.QUEUED, 1, now, "peer down")  # an attempt ends the claim
+    assert [d.id for d in store.claim_deliveries("tx2", now, lease_s=60)] == [first[0].id]
+    time.sleep(0.7)  # tx1 died holding the rest: its claims run out
+    assert len(store.claim_deliveries("tx2", now, lease_s=60)) == 9
