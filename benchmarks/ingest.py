@@ -1,5 +1,6 @@
 """Ingest: images per second received over C-STORE from dcmtk storescu on loopback, for a 500-slice 512 x 512
-series, into the node, dcmtk storescp and Orthanc in one run; prints the node's ratio to each.
+series, into the node, a pynetdicom SCP that keeps nothing (the ceiling of any pynetdicom receiver), dcmtk storescp
+and Orthanc in one run; prints the node's ratio to each.
 
 Every peer runs at its best: storescu, storescp and Orthanc with TCP_NODELAY=1 (Debian's dcmtk keeps Nagle's
 algorithm on otherwise and stalls about 45 ms per instance), and storescp and Orthanc also at their largest PDU
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ def main() -> None:
         work = Path(tmp)
         files = big_study(work / "study", args.slices, 1.0).series[0].files
         size_mb = sum(f.stat().st_size for f in files) / 2**20
-        rates: dict[str, list[float]] = {"node": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
+        rates: dict[str, list[float]] = {"node": [], "pynetdicom bare": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
         for repeat in range(args.repeats):
             node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
             node.start()
@@ -46,6 +48,14 @@ def main() -> None:
                 rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
             finally:
                 node.stop()
+            port = free_port()  # pynetdicom itself, keeping nothing: what any pynetdicom receiver can reach at most
+            bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_scp", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(3)
+                rates["pynetdicom bare"].append(len(files) / timed_send(port, "BARE", files))
+            finally:
+                bare.terminate()
+                bare.wait()
             for name, pdu in (("storescp", []), ("storescp pdu128k", ["--max-pdu", "131072"])):
                 out = work / f"{name.replace(' ', '-')}{repeat}"
                 out.mkdir()

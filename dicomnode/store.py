@@ -236,6 +236,9 @@ class Store:
             == 1
         )
 
+    def indexed_paths(self) -> set[str]:
+        return {r["path"] for r in self.db.query("SELECT path FROM instances")}
+
     def add_refusal(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> None:
         self.db.execute(
             "INSERT INTO refusals (received_at, calling_ae, study_uid, sop_uid, reason) VALUES (?, ?, ?, ?, ?)",

@@ -140,3 +140,17 @@ def test_a_large_instance_goes_to_disk_not_to_memory(tmp_path: Path, slice_file:
     stored = list((node.folder / "storage").rglob("*.dcm"))
     assert [p for p in stored if ".incoming" not in p.parts] and stored[0].stat().st_size > 270 * 2**20
     assert _peak_rss_mb(node.process.pid) - before < 100, "the node held the instance in memory"
+
+
+def test_stored_instances_the_index_lost_are_indexed_again_at_start(tmp_path: Path, slice_file: Path) -> None:
+    ds = pydicom.dcmread(slice_file, stop_before_pixels=True)
+    stored = tmp_path / "storage" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(slice_file.read_bytes())  # fsynced and acknowledged; its index row lost with a power cut
+    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), base_dir=tmp_path)
+    store = Store(tmp_path / "node.sqlite")
+    Receiver(config, store, OpenAssociations(store, "test"))
+    assert store.has_instance(str(ds.SOPInstanceUID))
+    assert [i.path for i in store.study_instances(str(ds.StudyInstanceUID), 10**9)] == [stored]
+    assert Receiver(config, store, OpenAssociations(store, "test")).reindex() == 0  # nothing twice
+    store.close()
