@@ -59,12 +59,14 @@ def resolve_device(setting: str) -> str:
 class Segmenter:
     """Holds an ``nnUNetPredictor`` with the model's weights in memory."""
 
-    def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5) -> None:
+    def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = True) -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         os.environ.setdefault("nnUNet_extTrainer", str(TRAINERS_DIR))
         self.model = model
+        self.cascade = cascade
+        self.tile_step_size = tile_step_size
         self.device = resolve_device(device)
         self.predictor = nnUNetPredictor(
             tile_step_size=tile_step_size,
@@ -95,13 +97,58 @@ class Segmenter:
         if reduce:
             shape = np.maximum(np.round(np.array(volume.shape) * spacing / coarse).astype(int), 1)
             volume = reduced(volume, shape)
-        labels = self.predictor.predict_single_npy_array(
-            np.ascontiguousarray(volume, dtype=np.float32)[None], {"spacing": [float(v) for v in (coarse if reduce else spacing)]}, None, None, False
-        )
-        labels = np.asarray(labels, dtype=np.uint8)
+        volume = np.ascontiguousarray(volume, dtype=np.float32)
+        grid = coarse if reduce else spacing
+        labels = self._cascade(volume, grid) if self.cascade else self._predict(volume, grid, self.tile_step_size)
         if reduce:
             labels = nearest_resize(labels, series.hu.shape)
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device)
+
+    def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
+        self.predictor.tile_step_size = step
+        labels = self.predictor.predict_single_npy_array(volume[None], {"spacing": [float(v) for v in spacing]}, None, None, False)
+        return np.asarray(labels, dtype=np.uint8)
+
+    def _cascade(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+        """Coarse to fine: the whole volume with tiles that do not overlap (a fraction of the tiles), then, around
+        each kidney it finds, the usual overlapping tiles over a box with a margin. Outside the boxes the coarse labels
+        stay, so QC still sees predictions away from the kidneys. Where the coarse pass finds no kidney-sized
+        component, the whole volume gets the usual pass."""
+        labels = self._predict(volume, spacing, 1.0)
+        boxes = kidney_boxes(labels > 0, spacing)
+        if not boxes:
+            log.info("cascade: no kidney-sized component in the coarse pass; segmenting the whole volume")
+            return self._predict(volume, spacing, self.tile_step_size)
+        for box in boxes:
+            labels[box] = self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size)
+        return labels
+
+
+#: The cascade's coarse pass keeps components of at least this many ml as kidneys, two at most.
+CASCADE_MIN_ML = 10.0
+#: Margin around each kidney's box for the fine pass, mm.
+CASCADE_MARGIN_MM = 30.0
+
+
+def kidney_boxes(mask: np.ndarray, spacing: np.ndarray) -> list[tuple[slice, ...]]:
+    """Boxes (with margin) around the two largest components of at least CASCADE_MIN_ML; overlapping boxes merged."""
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    sizes = np.bincount(components.ravel())[1:] * float(np.prod(spacing)) / 1000.0
+    keep = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= CASCADE_MIN_ML]
+    margin = np.ceil(CASCADE_MARGIN_MM / spacing).astype(int)
+    found = ndimage.find_objects(components)
+    spans = [[(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[i - 1], margin, mask.shape)] for i in keep]
+    merged: list[list[tuple[int, int]]] = []
+    for span in spans:
+        for other in merged:
+            if all(a < d and c < b for (a, b), (c, d) in zip(span, other)):
+                other[:] = [(min(a, c), max(b, d)) for (a, b), (c, d) in zip(span, other)]
+                break
+        else:
+            merged.append(span)
+    return [tuple(slice(a, b) for a, b in span) for span in merged]
 
 
 #: A series is reduced to the model's spacing before prediction where it is finer by more than this factor.

@@ -43,7 +43,7 @@ def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
 
 def load_segmenter(config: NodeConfig) -> Segmenter:
     model = Model.from_folder(config.path(config.model.folder) / config.model.name)
-    return Segmenter(model, config.model.device, config.model.mirroring, config.model.tile_step_size)
+    return Segmenter(model, config.model.device, config.model.mirroring, config.model.tile_step_size, config.model.cascade)
 
 
 class Role(str, enum.Enum):
