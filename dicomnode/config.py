@@ -94,7 +94,7 @@ class ModelConfig:
     device: str = "auto"  # auto (cuda if present), cuda or cpu
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
-    cascade: bool = True  # coarse pass without tile overlap, then the usual pass only around each kidney found
+    cascade: bool = False  # coarse pass without tile overlap, then the usual pass only around what it found (see README)
 
 
 @dataclass(frozen=True)

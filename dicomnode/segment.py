@@ -59,7 +59,7 @@ def resolve_device(setting: str) -> str:
 class Segmenter:
     """Holds an ``nnUNetPredictor`` with the model's weights in memory."""
 
-    def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = True) -> None:
+    def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = False) -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -110,33 +110,34 @@ class Segmenter:
         return np.asarray(labels, dtype=np.uint8)
 
     def _cascade(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-        """Coarse to fine: the whole volume with tiles that do not overlap (a fraction of the tiles), then, around
-        each kidney it finds, the usual overlapping tiles over a box with a margin. Outside the boxes the coarse labels
-        stay, so QC still sees predictions away from the kidneys. Where the coarse pass finds no kidney-sized
-        component, the whole volume gets the usual pass."""
-        labels = self._predict(volume, spacing, 1.0)
-        boxes = kidney_boxes(labels > 0, spacing)
+        """Coarse to fine: the whole volume with tiles that do not overlap (a fraction of the tiles), then the usual
+        overlapping tiles over a box with a margin around every kidney-sized component it found (a third one too, so
+        QC still sees a large prediction away from the kidneys). Smaller coarse specks, artefacts of tiles that do
+        not overlap, are dropped. Where the coarse pass finds no kidney-sized component, the whole volume gets the
+        usual pass."""
+        boxes = kidney_boxes(self._predict(volume, spacing, 1.0) > 0, spacing)
         if not boxes:
             log.info("cascade: no kidney-sized component in the coarse pass; segmenting the whole volume")
             return self._predict(volume, spacing, self.tile_step_size)
+        labels = np.zeros(volume.shape, np.uint8)
         for box in boxes:
-            labels[box] = self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size)
+            labels[box] = np.maximum(labels[box], self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size))
         return labels
 
 
-#: The cascade's coarse pass keeps components of at least this many ml as kidneys, two at most.
+#: The cascade refines every component of the coarse pass of at least this many ml.
 CASCADE_MIN_ML = 10.0
 #: Margin around each kidney's box for the fine pass, mm.
 CASCADE_MARGIN_MM = 30.0
 
 
 def kidney_boxes(mask: np.ndarray, spacing: np.ndarray) -> list[tuple[slice, ...]]:
-    """Boxes (with margin) around the two largest components of at least CASCADE_MIN_ML; overlapping boxes merged."""
+    """Boxes (with margin) around every component of at least CASCADE_MIN_ML; overlapping boxes merged."""
     components, count = ndimage.label(mask)
     if count == 0:
         return []
     sizes = np.bincount(components.ravel())[1:] * float(np.prod(spacing)) / 1000.0
-    keep = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= CASCADE_MIN_ML]
+    keep = [int(i) + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= CASCADE_MIN_ML]
     margin = np.ceil(CASCADE_MARGIN_MM / spacing).astype(int)
     found = ndimage.find_objects(components)
     spans = [[(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[i - 1], margin, mask.shape)] for i in keep]
