@@ -28,8 +28,16 @@ const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-ru
     })));
     // OHIF's own statistics of each segment (shown on hover), its volume among them
     for (const segment of segments) {
-      await rows.filter({ hasText: segment.label }).hover();
-      await page.getByText('Voxel Count').waitFor({ timeout: 60000 });
+      for (let attempt = 1; ; attempt++) {  // the statistics tooltip may miss a hover while OHIF is busy
+        await page.mouse.move(5, 880);
+        await rows.filter({ hasText: segment.label }).hover();
+        try {
+          await page.getByText('Voxel Count').waitFor({ timeout: 20000 });
+          break;
+        } catch (error) {
+          if (attempt === 4) throw error;
+        }
+      }
       const text = await page.locator('body').innerText();
       const block = text.slice(text.lastIndexOf(segment.label));
       const match = block.match(/Volume\s*([\d.,]+)\s*mm/);
