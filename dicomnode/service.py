@@ -88,6 +88,8 @@ class Node:
             self.receiver.start()
             self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
         if self.role in (Role.ALL, Role.SENDER):
+            if self.embedded and self.store.release_delivery_claims():
+                log.warning("deliveries claimed by a sender that was cut off are queued again")
             self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
             self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
         self.scheduler.start()

@@ -480,6 +480,10 @@ class Store:
             _settle(tx, job_id)
 
     # -- deliveries ----------------------------------------------------------------------------------------------
+    def release_delivery_claims(self) -> int:
+        """Drop every sender's claims (the embedded node at start: the only sender was the process that died)."""
+        return self.db.execute("UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL")
+
     def claim_deliveries(self, sender: str, now: float, lease_s: float, limit: int = 200) -> list[DeliveryRecord]:
         """Queued deliveries due at ``now``, claimed by ``sender`` for ``lease_s`` seconds of the database's clock so
         that no other sender tries them meanwhile; recording an attempt (:meth:`update_delivery`) ends the claim."""

@@ -190,3 +190,5 @@ def test_senders_claim_due_deliveries_so_that_none_is_tried_twice_at_once(store:
     assert [d.id for d in store.claim_deliveries("tx2", now, lease_s=60)] == [first[0].id]
     time.sleep(0.7)  # tx1 died holding the rest: its claims run out
     assert len(store.claim_deliveries("tx2", now, lease_s=60)) == 9
+    assert store.release_delivery_claims() == 10  # the embedded node restarting after a kill
+    assert len(store.claim_deliveries("tx3", now, lease_s=60)) == 10
