@@ -86,7 +86,9 @@ def summary_page(measurements: Measurements, qc: QCReport, model: Model) -> np.n
     lines.append((qc.verdict, "#80ff80" if qc.passed else "#ffb060", 13))
     lines += [(f"  {finding}"[:90], "#ffb060", 10) for finding in qc.lines()[:8]]
     lines.append(("", "white", 12))
-    lines.append((f"Model: {model.name} {model.card.get('version', '')}".strip(), "white", 11))
+    for structure, algorithm in {"parenchyma": measurements.algorithms.get("parenchyma"), "cortex": measurements.algorithms.get("cortex")}.items():
+        if algorithm is not None:
+            lines.append((f"{structure.capitalize()}: {algorithm.name} {algorithm.version}".strip()[:90], "white", 11))
     if not for_diagnosis(model):
         lines.append((NOT_FOR_DIAGNOSIS, "#ff8080", 14))
 

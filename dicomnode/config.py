@@ -11,6 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML
+from dicomnode.conventions import Orientation
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,38 @@ class Delivery:
     timeout_s: float = 30.0
 
 
+class ParenchymaSource(str, enum.Enum):
+    """Which model segments the renal parenchyma."""
+
+    PROJECT = "project"  # the project's model (model.name): parenchyma and cortex
+    EXTERNAL = "external"  # an nnU-Net v2 results folder from elsewhere (model.external), e.g. TotalSegmentator's
+
+
+class CortexMethod(str, enum.Enum):
+    """How cortex and medulla are told apart inside an external model's parenchyma."""
+
+    MODEL = "model"  # the project's model (model.name), run around each kidney; its cortex kept inside the parenchyma
+    INTENSITY = "intensity"  # Otsu's threshold between cortex and medulla enhancement, per kidney (arterial phase)
+
+
+@dataclass(frozen=True)
+class ExternalModelConfig:
+    """An nnU-Net v2 results folder trained elsewhere; defaults are those of TotalSegmentator's ``total`` organ model
+    (Dataset291_TotalSegmentator_part1_organs_1559subj, trainer nnUNetTrainerNoMirroring, 3d_fullres)."""
+
+    folder: str = ""  # the folder holding dataset.json, plans.json and fold_<fold>/ (relative to this file's folder)
+    name: str = "TotalSegmentator total"  # named in the SEG and SR
+    version: str = ""  # e.g. the weights' release, named in the SEG and SR
+    fold: str = "0"
+    checkpoint: str = "checkpoint_final.pth"
+    right_label: int = 2  # TotalSegmentator total: kidney_right
+    left_label: int = 3  # TotalSegmentator total: kidney_left
+    orientation: Orientation = Orientation.RAS  # RAS: TotalSegmentator (nibabel canonical); LPS: DICOM patient axes
+    spacing_mm: float = 1.5  # isotropic resampling before prediction (TotalSegmentator: 1.5 total, 3.0 --fast); 0: none
+    tile_step_size: float = 0.8  # TotalSegmentator's for its total models
+    licence: str = "Apache-2.0 (TotalSegmentator's total task weights)"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which model segments and how."""
@@ -95,6 +128,9 @@ class ModelConfig:
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
     cascade: bool = False  # coarse pass without tile overlap, then the usual pass only around what it found (see README)
+    parenchyma: ParenchymaSource = ParenchymaSource.PROJECT
+    cortex: CortexMethod = CortexMethod.MODEL  # inside an external model's parenchyma (see README for the figures)
+    external: ExternalModelConfig = field(default_factory=ExternalModelConfig)
 
 
 @dataclass(frozen=True)
@@ -281,7 +317,10 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
         kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
         return tuple(_typed(v, kind, f"{key}[{n}]") for n, (v, kind) in enumerate(zip(value, kinds)))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return value  # checked by the dataclass, which names the allowed values
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(str(m.value) for m in hint)}") from None
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, bool, str) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
@@ -320,6 +359,15 @@ def problems(config: NodeConfig) -> list[str]:
         f"{config.retention.free_disk_mb} must be above min_free_disk_mb={config.min_free_disk_mb}, so that studies are deleted before C-STORE is refused",
     )
     check(config.model.device in ("auto", "cpu", "cuda"), "model.device", f"{config.model.device!r} is not auto, cpu or cuda")
+    if config.model.parenchyma is ParenchymaSource.EXTERNAL:
+        external = config.model.external
+        check(bool(external.folder), "model.external.folder", "names no folder (an nnU-Net v2 results folder is needed)")
+        check(external.spacing_mm >= 0, "model.external.spacing_mm", "must not be negative")
+        check(0 < external.tile_step_size <= 1, "model.external.tile_step_size", "must be in (0, 1]")
+        check(external.right_label != external.left_label, "model.external.left_label", "is the right_label")
+        folder = config.path(external.folder)
+        for name in ("dataset.json", "plans.json", f"fold_{external.fold}/{external.checkpoint}"):
+            check(not external.folder or (folder / name).is_file(), "model.external.folder", f"{folder / name} not found")
     names = [d.name for d in config.destinations]
     for name in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"destinations: the name {name!r} is used {names.count(name)} times")

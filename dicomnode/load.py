@@ -61,6 +61,11 @@ class LoadedSeries:
         flips = canonical_flips(self.direction)
         return np.flip(array, flips) if flips else array
 
+    def crop(self, box: tuple[slice, ...]) -> LoadedSeries:
+        """The part of the series inside ``box`` (slice, row, column slices with starts and stops), same geometry."""
+        start = np.array([s.start for s in box], float)
+        return LoadedSeries(self.datasets[box[0]], np.ascontiguousarray(self.hu[box]), self.to_patient(start), self.spacing, self.direction)
+
     def canonical(self) -> tuple[np.ndarray, np.ndarray]:
         """``hu`` in patient axes (see :meth:`in_patient_axes`) and the patient position of its voxel [0, 0, 0]."""
         flips = canonical_flips(self.direction)

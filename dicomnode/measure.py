@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, MEDULLA, Segmentation
+from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
@@ -36,6 +36,7 @@ class KidneyMeasurement:
     touches_edge: bool  # reaches the first or last row, column or slice
     spine_offset_mm: tuple[float, float] | None  # (x, y) of its centre from the spine's centre on its slices
     spine_slices: float  # share of its slices on which a vertebra was found
+    model_side: str | None = None  # the side most of its voxels have in the model's own labels, where it has them
 
     @property
     def parenchyma(self) -> np.ndarray:
@@ -57,6 +58,7 @@ class Measurements:
     midline_x: float = float("nan")  # patient x (mm) of the midline
     midline_source: str = ""  # spine, body outline, the two kidneys, nothing
     predicted_ml: float = 0.0  # everything the model called kidney, kept or not
+    algorithms: dict[str, Algorithm] = field(default_factory=dict)  # what made each structure
 
     @property
     def total_parenchyma_ml(self) -> float:
@@ -99,15 +101,16 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     bases often reach the image's edge; kidneys rarely do), and then the largest. Everything else is stray.
     """
     labels = segmentation.labels
+    algorithms = {structure: segmentation.algorithm(structure) for structure in STRUCTURES}
     parenchyma = labels > 0
     components, count = ndimage.label(parenchyma, structure=np.ones((3, 3, 3), bool))
     predicted_ml = float(parenchyma.sum() * series.voxel_ml)
     if count == 0:
-        return Measurements({}, midline_source="nothing", predicted_ml=0.0)
+        return Measurements({}, midline_source="nothing", predicted_ml=0.0, algorithms=algorithms)
     sizes = ndimage.sum_labels(parenchyma, components, index=np.arange(1, count + 1))
     candidates = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
     if not candidates:
-        return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml)
+        return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml, algorithms=algorithms)
     boxes = ndimage.find_objects(components)
     # one pass over the volume for all candidates, not one per candidate
     centres = {c: series.to_patient(np.array(m)) for c, m in zip(candidates, ndimage.center_of_mass(parenchyma, components, candidates))}
@@ -119,7 +122,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
         midline_x = float(np.mean([centres[c][0] for c in largest])) if len(largest) == 2 else float("nan")
         source = "the two kidneys" if len(largest) == 2 else "nothing"
     if not np.isfinite(midline_x):
-        return Measurements({}, ["one kidney-sized component and no landmark for the midline: its side is unknown"], midline_x, source, predicted_ml)
+        unknown = ["one kidney-sized component and no landmark for the midline: its side is unknown"]
+        return Measurements({}, unknown, midline_x, source, predicted_ml, algorithms)
     offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
     sides = {c: "left" if centres[c][0] > midline_x else "right" for c in candidates}
     in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
@@ -147,10 +151,20 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     notes: list[str] = []
     for side, component in zip(SIDES, best):
         if component is not None:
-            kidneys[side] = _kidney(series, labels, components == component, side, centres[component], boxes[component - 1], offsets[component])
+            mask = components == component
+            model_side = _model_side(segmentation.sides, mask)
+            kidneys[side] = _kidney(series, labels, mask, side, centres[component], boxes[component - 1], offsets[component], model_side)
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
             notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
-    return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml)
+    return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
+
+
+def _model_side(sides: np.ndarray | None, mask: np.ndarray) -> str | None:
+    """The side the model gave most of ``mask``'s voxels, where the model names sides."""
+    if sides is None:
+        return None
+    right, left = np.count_nonzero(sides[mask] == MODEL_RIGHT), np.count_nonzero(sides[mask] == MODEL_LEFT)
+    return None if right == left == 0 else ("left" if left > right else "right")
 
 
 def _spine_offset(series: LoadedSeries, box: tuple[slice, ...], centre: np.ndarray, midline: Midline) -> tuple[tuple[float, float] | None, float]:
@@ -192,6 +206,7 @@ def _kidney(
     centre: np.ndarray,
     box: tuple[slice, ...],
     offset: tuple[tuple[float, float] | None, float],
+    model_side: str | None,
 ) -> KidneyMeasurement:
     cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
     extent = max((s.stop - s.start) * d for s, d in zip(box, (series.spacing[2], series.spacing[1], series.spacing[0])))
@@ -209,6 +224,7 @@ def _kidney(
         _touches_edge(mask),
         offset[0],
         offset[1],
+        model_side,
     )
 
 

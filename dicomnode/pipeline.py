@@ -16,7 +16,7 @@ from dicomnode.files import write_atomically
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import QCReport, check
-from dicomnode.segment import Segmenter
+from dicomnode.segment import SeriesSegmenter
 from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
@@ -53,7 +53,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segmenter, uids: ResultUids = RANDOM_UIDS) -> Processed:
+def process_study(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids = RANDOM_UIDS) -> Processed:
     """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
 
     Where configured, a study without result gets a text SR that says why; not a study whose instances name
@@ -66,7 +66,7 @@ def process_study(instances: list[Instance], config: NodeConfig, segmenter: Segm
     return processed
 
 
-def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Segmenter, uids: ResultUids) -> Processed:
+def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids) -> Processed:
     timings: dict[str, float] = {}
     with _timed(timings, "select"):
         summaries = summarise(instances)

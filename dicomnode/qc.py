@@ -30,6 +30,7 @@ class Rule(str, enum.Enum):
     CORTICOMEDULLARY = "no corticomedullary differentiation"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
+    MODEL_SIDE = "model and anatomy disagree on the side"
     EXTRA = "another kidney-sized component"
 
 
@@ -93,6 +94,9 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
     if kidney.touches_edge:
         found.append(Finding(Rule.FIELD_OF_VIEW, side, "the kidney reaches the edge of the image and may be cut off"))
     found += _position_findings(kidney, limits)
+    if kidney.model_side is not None and kidney.model_side != side:
+        why = f"the model labelled the kidney on the patient's {side} as its {kidney.model_side} kidney (orientation or model fault)"
+        found.append(Finding(Rule.MODEL_SIDE, side, why))
     mean_hu = _mean_hu(kidney)
     low, high = limits.kidney_hu
     if not low <= mean_hu <= high:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
 from scipy import ndimage
 
+from dicomnode import __version__
 from dicomnode.anatomy import canonical_flips
 from dicomnode.load import LoadedSeries
 
@@ -40,12 +42,38 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Algorithm:
+    """A method that made one of the structures, as the SEG and SR name it."""
+
+    name: str
+    version: str
+    description: str  # what it did, e.g. "renal parenchyma by nnU-Net v2"
+    parameters: str = ""
+
+
+def model_algorithm(model: Model) -> Algorithm:
+    """The project's model as the algorithm of parenchyma, cortex and medulla."""
+    return Algorithm(model.name, str(model.card.get("version", __version__)), "Renal parenchyma and cortex segmented by nnU-Net v2")
+
+
+#: Sides in ``Segmentation.sides``: what the model said, where it names sides.
+MODEL_RIGHT, MODEL_LEFT = 1, 2
+
+
+@dataclass(frozen=True)
 class Segmentation:
-    """Predicted labels on the loaded series' grid: 0 background, 1 medulla, 2 cortex."""
+    """Predicted labels on the loaded series' grid: 0 background, 1 medulla, 2 cortex; the algorithm of each structure
+    (parenchyma, cortex, medulla); and, from a model with right and left labels, its side of each voxel."""
 
     labels: np.ndarray
     model: Model
     device: str
+    algorithms: dict[str, Algorithm] = field(default_factory=dict)  # by structure; none given: the model made all
+    sides: np.ndarray | None = None  # 0 none, MODEL_RIGHT, MODEL_LEFT
+
+    def algorithm(self, structure: str) -> Algorithm:
+        """What made ``structure`` (parenchyma, cortex or medulla)."""
+        return self.algorithms.get(structure) or model_algorithm(self.model)
 
 
 def resolve_device(setting: str) -> str:
@@ -56,30 +84,44 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def load_predictor(folder: Path, fold: str, device: str, mirroring: bool, tile_step_size: float, checkpoint: str = "checkpoint_final.pth") -> Any:
+    """An ``nnUNetPredictor`` with the weights of ``folder`` (an nnU-Net v2 results folder) in memory."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    os.environ.setdefault("nnUNet_extTrainer", str(TRAINERS_DIR))
+    predictor = nnUNetPredictor(
+        tile_step_size=tile_step_size,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=device == "cuda",
+        device=torch.device(device),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(int(fold) if fold.isdigit() else fold,), checkpoint_name=checkpoint)
+    return predictor
+
+
+class SeriesSegmenter(Protocol):
+    """What the pipeline needs of a segmenter: the project's (``Segmenter``) or an external model's."""
+
+    model: Model
+    device: str
+
+    def segment(self, series: LoadedSeries) -> Segmentation: ...
+
+
 class Segmenter:
     """Holds an ``nnUNetPredictor`` with the model's weights in memory."""
 
     def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = False) -> None:
-        import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        os.environ.setdefault("nnUNet_extTrainer", str(TRAINERS_DIR))
         self.model = model
         self.cascade = cascade
         self.tile_step_size = tile_step_size
         self.device = resolve_device(device)
-        self.predictor = nnUNetPredictor(
-            tile_step_size=tile_step_size,
-            use_gaussian=True,
-            use_mirroring=mirroring,
-            perform_everything_on_device=self.device == "cuda",
-            device=torch.device(self.device),
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
-        fold = int(model.fold) if model.fold.isdigit() else model.fold
-        self.predictor.initialize_from_trained_model_folder(str(model.folder), use_folds=(fold,))
+        self.predictor = load_predictor(model.folder, model.fold, self.device, mirroring, tile_step_size)
         log.info("model %s loaded on %s (mirroring %s)", model.name, self.device, "on" if mirroring else "off")
 
     def segment(self, series: LoadedSeries) -> Segmentation:

@@ -14,12 +14,13 @@ import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.complete import open_jobs, ready_studies
-from dicomnode.config import NodeConfig
+from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource
 from dicomnode.database import open_database
+from dicomnode.external import ExternalModel, ExternalSegmenter
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
-from dicomnode.segment import Model, Segmenter
+from dicomnode.segment import Model, Segmenter, SeriesSegmenter
 from dicomnode.send import send_due
 from dicomnode.states import JobState
 from dicomnode.store import Job, LeaseLost, Queued, Store
@@ -41,9 +42,18 @@ def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
     return removed
 
 
-def load_segmenter(config: NodeConfig) -> Segmenter:
-    model = Model.from_folder(config.path(config.model.folder) / config.model.name)
-    return Segmenter(model, config.model.device, config.model.mirroring, config.model.tile_step_size, config.model.cascade)
+def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
+    """The configured segmenter: the project's model, or an external model's parenchyma with the cortex method."""
+    settings = config.model
+    project = None
+    if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
+        model = Model.from_folder(config.path(settings.folder) / settings.name)
+        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade)
+    if settings.parenchyma is ParenchymaSource.PROJECT:
+        assert project is not None
+        return project
+    external = ExternalModel.from_config(settings.external, config.path(settings.external.folder))
+    return ExternalSegmenter(external, settings.cortex, project, settings.device)
 
 
 class Role(str, enum.Enum):
@@ -58,7 +68,7 @@ class Role(str, enum.Enum):
 class Node:
     """Owns the store, and as its role says: the SCP, the warm model, the senders; a scheduler drives them."""
 
-    def __init__(self, config: NodeConfig, segmenter: Segmenter | None = None, role: Role = Role.ALL) -> None:
+    def __init__(self, config: NodeConfig, segmenter: SeriesSegmenter | None = None, role: Role = Role.ALL) -> None:
         self.config, self.role = config, role
         self.store = Store(open_database(config.database, config.base_dir))
         self.embedded = self.store.db.dialect.name == "sqlite"

@@ -31,7 +31,7 @@ from dicomnode.codes import (
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements
 from dicomnode.qc import STUDY, QCReport
-from dicomnode.segment import Model
+from dicomnode.segment import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 MANUFACTURER = "dicomnode"
@@ -52,23 +52,37 @@ class Results:
     sc: list[pydicom.Dataset] = field(default_factory=list)  # Secondary Capture pages, where a destination wants them
 
 
-def _algorithm(model: Model) -> hd.AlgorithmIdentificationSequence:
+def _algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequence:
+    """A segment's algorithm (PS3.3 C.8.20.2, one item: the method that made the structure; its parameters name the
+    parenchyma's source where another model made it)."""
     return hd.AlgorithmIdentificationSequence(
-        name=model.name,
+        name=algorithm.name,
         family=codes.cid7162.ArtificialIntelligence,
-        version=str(model.card.get("version", __version__)),
+        version=algorithm.version or __version__,
         source=MANUFACTURER,
+        parameters={"input": algorithm.parameters} if algorithm.parameters else None,
     )
 
 
-def _equipment(model: Model) -> hd.ContributingEquipment:
-    return hd.ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=model.name,
-        software_versions=__version__,
-        contribution_description="Renal parenchyma and cortex segmented by nnU-Net v2",
-    )
+def _sr_algorithm(algorithm: Algorithm) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 of a measurement: name, version and parameters of the method that made the structure."""
+    parameters = [algorithm.parameters] if algorithm.parameters else None
+    return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version or __version__, parameters=parameters)
+
+
+def _equipment(measurements: Measurements) -> list[hd.ContributingEquipment]:
+    """One Contributing Equipment item per algorithm that made a structure (PS3.3 C.7.5.1 allows several)."""
+    distinct = {(a.name, a.version): a for a in measurements.algorithms.values()}
+    return [
+        hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer_model_name=algorithm.name[:64],
+            software_versions=algorithm.version or __version__,
+            contribution_description=algorithm.description[:64],
+        )
+        for algorithm in distinct.values()
+    ]
 
 
 def tracking_uids(measurements: Measurements, uids: ResultUids) -> dict[tuple[str, str], str]:
@@ -99,7 +113,7 @@ def write_seg(
             segmented_property_category=ANATOMICAL_STRUCTURE,
             segmented_property_type=STRUCTURE_CODES[structure],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=_algorithm(model),
+            algorithm_identification=_algorithm(measurements.algorithms[structure]),
             tracking_uid=tracking[(structure, side)],
             tracking_id=f"{side} renal {structure}",
             anatomic_regions=[KIDNEY],
@@ -127,7 +141,7 @@ def write_seg(
         content_label="KIDNEYS",
         content_description="Renal cortex, medulla and parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
-        contributing_equipment=[_equipment(model)],
+        contributing_equipment=_equipment(measurements),
         coding_schemes=[PRIVATE_CODING_SCHEME],
     )
     return seg, numbers
@@ -145,10 +159,10 @@ def write_sr(
 ) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
     verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
-    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=str(model.card.get("version", __version__)))
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for (structure, side), number in numbers.items():
         kidney = measurements.kidneys[side]
+        algorithm = _sr_algorithm(measurements.algorithms[structure])
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[(structure, side)], identifier=f"{side} renal {structure}"),
@@ -168,7 +182,7 @@ def write_sr(
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side)])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
-        algorithm_id=algorithm,
+        algorithm_id=_sr_algorithm(measurements.algorithms["parenchyma"]),
         qualitative_evaluations=[_qc_evaluation(qc)],
     )
     reported_sides = {side for _, side in numbers}
@@ -191,7 +205,7 @@ def write_sr(
         evidence=[*series.datasets, seg],
         content=report[0],
         series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
-        contributing_equipment=[_equipment(model)],
+        contributing_equipment=_equipment(measurements),
         coding_schemes=[PRIVATE_CODING_SCHEME],
         **_new_sr_instance(uids, "sr"),
     )

@@ -52,11 +52,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from training.cases import read_manifest
-    from training.dataset_import import import_cases
+    from training.dataset_import import Convention, import_cases
 
     _set_nnunet_paths(args.work)
     cases = [case for manifest in args.manifest for case in read_manifest(manifest)]
-    dataset = import_cases(cases, args.work / "raw", args.dataset_id, args.name)
+    dataset = import_cases(cases, args.work / "raw", args.dataset_id, args.name, Convention(args.convention), args.spacing_mm)
     print(f"imported {len(dataset.groups)} cases into {dataset.folder}")
 
 
@@ -166,12 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, required=True, help="folder for nnU-Net raw/preprocessed/results")
     p.add_argument("--dataset-id", type=int, default=501)
     p.add_argument("--name", default="RenalCortex")
+    p.add_argument(
+        "--convention",
+        choices=["project", "totalsegmentator"],
+        default="project",
+        help="project: medulla 1, cortex 2 on the series' grid (default); totalsegmentator: RAS, isotropic --spacing-mm, kidney_right 2, kidney_left 3",
+    )
+    p.add_argument("--spacing-mm", type=float, default=1.5, help="isotropic spacing of the totalsegmentator convention (1.5 total, 3.0 --fast)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("train", help="plan, preprocess and train folds with the paper's recipe")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--dataset-id", type=int, default=501)
-    p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu or 3d_tiny")
+    p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu, 3d_cpu_iso (isotropic data) or 3d_tiny")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument(

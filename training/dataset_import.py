@@ -1,23 +1,40 @@
-"""Import annotated cases into an nnU-Net v2 raw dataset with region-based labels.
+"""Import annotated cases into an nnU-Net v2 raw dataset.
 
-nnU-Net labels: 1 = medulla (parenchyma outside the cortex), 2 = cortex. Regions trained:
-parenchyma = {1, 2} and cortex = {2}, so one model gives both of the paper's targets.
+The project's convention (default): region-based labels, 1 = medulla (parenchyma outside the cortex), 2 = cortex;
+regions trained: parenchyma = {1, 2} and cortex = {2}, so one model gives both of the paper's targets.
+
+TotalSegmentator's convention (``Convention.TOTALSEGMENTATOR``): images prepared as TotalSegmentator prepares them
+for its nnU-Net models (closest canonical RAS orientation, isotropic spacing, int32; see ``dicomnode.conventions``)
+and its ``total`` label numbers for the kidneys, 2 = right kidney and 3 = left kidney (1, its spleen, is declared and
+not drawn). It builds stand-ins for TotalSegmentator's models, to test the node's external model source.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
+from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
 from dicomnode.load import SeriesError, load_series
 from training.cases import CORTEX_VALUES, PARENCHYMA_VALUES, Case
 
 DATASET_LABELS = {"background": 0, "parenchyma": [1, 2], "cortex": 2}
 REGIONS_CLASS_ORDER = [1, 2]
+#: TotalSegmentator's ``total`` class map (``map_to_binary.class_map["total"]``) up to its left kidney.
+TOTALSEGMENTATOR_LABELS = {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3}
+
+
+class Convention(str, enum.Enum):
+    """How images and labels are written for nnU-Net."""
+
+    PROJECT = "project"  # the series' own grid and orientation; medulla 1, cortex 2 (region-based)
+    TOTALSEGMENTATOR = "totalsegmentator"  # RAS, isotropic, int32; kidney_right 2, kidney_left 3
 
 
 class CaseError(ValueError):
@@ -88,27 +105,71 @@ def case_labels(case: Case, image: sitk.Image, parenchyma_values=PARENCHYMA_VALU
     return labels
 
 
-def import_cases(cases: list[Case], raw_root: Path, dataset_id: int, name: str) -> ImportedDataset:
-    """Write ``raw_root/DatasetXXX_name`` (imagesTr, labelsTr, dataset.json, groups.json)."""
+def kidney_sides(image: sitk.Image, parenchyma: np.ndarray) -> np.ndarray:
+    """Labels 2 (right kidney) and 3 (left kidney) of TotalSegmentator: the two largest components of ``parenchyma``
+    are the kidneys; a voxel is left where it lies further to the patient's left (LPS +x) than the point halfway
+    between their centres (halfway between the kidney and the image's centre where there is one kidney)."""
+    components, count = ndimage.label(parenchyma)
+    if count == 0:
+        raise CaseError("the parenchyma label is empty")
+    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    x_per_index = direction[0] * np.array(image.GetSpacing())  # patient x (mm) per step along column, row, slice
+
+    def patient_x(index_zyx: np.ndarray) -> np.ndarray:
+        return image.GetOrigin()[0] + np.asarray(index_zyx, float)[..., ::-1] @ x_per_index
+
+    sizes = ndimage.sum_labels(parenchyma, components, np.arange(1, count + 1))
+    largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2]]
+    centres = [float(patient_x(np.array(c))) for c in ndimage.center_of_mass(parenchyma, components, largest)]
+    if len(centres) == 1:
+        centres.append(float(patient_x((np.array(parenchyma.shape) - 1) / 2)))
+    midline = sum(centres) / 2
+    sides = np.zeros(parenchyma.shape, np.uint8)
+    left = patient_x(np.argwhere(parenchyma)) > midline
+    sides[parenchyma] = np.where(left, TOTALSEGMENTATOR_LABELS["kidney_left"], TOTALSEGMENTATOR_LABELS["kidney_right"])
+    return sides
+
+
+def totalsegmentator_case(image: sitk.Image, labels: np.ndarray, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    """Image and label images as TotalSegmentator feeds its models: RAS, ``spacing_mm`` on every axis, int32 HU."""
+    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    turn = reorientation(direction, Orientation.RAS)
+    spacing = turn.spacing(image.GetSpacing())
+    volume = resample_image(turn.forward(sitk.GetArrayFromImage(image)), spacing, spacing_mm)
+    sides = resample_labels(turn.forward(kidney_sides(image, labels > 0)), volume.shape)
+    written = []
+    for array in (volume, sides):
+        out = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        out.SetSpacing((spacing_mm,) * 3)
+        out.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS in ITK's LPS terms
+        written.append(out)
+    return written[0], written[1]
+
+
+def import_cases(
+    cases: list[Case], raw_root: Path, dataset_id: int, name: str, convention: Convention = Convention.PROJECT, spacing_mm: float = 1.5
+) -> ImportedDataset:
+    """Write ``raw_root/DatasetXXX_name`` (imagesTr, labelsTr, dataset.json, groups.json) in ``convention``;
+    ``spacing_mm`` is the isotropic spacing of TotalSegmentator's convention (1.5 mm ``total``, 3 mm ``--fast``)."""
     folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     groups = {}
     for case in cases:
         image = read_image(case.image)
-        labels = sitk.GetImageFromArray(case_labels(case, image))
-        labels.CopyInformation(image)
+        drawn = case_labels(case, image)
+        if convention is Convention.TOTALSEGMENTATOR:
+            image, labels = totalsegmentator_case(image, drawn, spacing_mm)
+        else:
+            labels = sitk.GetImageFromArray(drawn)
+            labels.CopyInformation(image)
         sitk.WriteImage(image, str(folder / "imagesTr" / f"{case.case_id}_0000.nii.gz"))
         sitk.WriteImage(labels, str(folder / "labelsTr" / f"{case.case_id}.nii.gz"))
         groups[case.case_id] = case.group
-    dataset = {
-        "channel_names": {"0": "CT"},
-        "labels": DATASET_LABELS,
-        "regions_class_order": REGIONS_CLASS_ORDER,
-        "numTraining": len(cases),
-        "file_ending": ".nii.gz",
-        "name": name,
-    }
+    dataset: dict[str, object] = {"channel_names": {"0": "CT"}, "labels": DATASET_LABELS, "regions_class_order": REGIONS_CLASS_ORDER}
+    if convention is Convention.TOTALSEGMENTATOR:
+        dataset = {"channel_names": {"0": "CT"}, "labels": TOTALSEGMENTATOR_LABELS}
+    dataset.update(numTraining=len(cases), file_ending=".nii.gz", name=name)
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
     (folder / "groups.json").write_text(json.dumps(groups, indent=2))
     return ImportedDataset(folder, dataset_id, groups)

@@ -55,6 +55,30 @@ class nnUNetTrainerPaper_1epoch_3it(nnUNetTrainerPaper):
     ITERATIONS = 3
 
 
+class nnUNetTrainerPaper_NoMirroring(nnUNetTrainerPaper):
+    """No mirroring in augmentation or inference, as TotalSegmentator trains its models (``nnUNetTrainerNoMirroring``):
+    a model with separate right and left labels must not see mirrored patients."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:  # nnU-Net's own (misspelt) name
+        rotation, dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, patch_size, None
+
+
+class nnUNetTrainerPaper_NoMirroring_40epochs_100it(nnUNetTrainerPaper_NoMirroring):
+    """The schedule of the TotalSegmentator stand-in the tests use (``tests/data/totalseg_standin``)."""
+
+    EPOCHS = 40
+    ITERATIONS = 100
+
+
+class nnUNetTrainerPaper_NoMirroring_1epoch_3it(nnUNetTrainerPaper_NoMirroring):
+    """A smoke test of the TotalSegmentator convention's training path; the model it makes is not usable."""
+
+    EPOCHS = 1
+    ITERATIONS = 3
+
+
 #: Every schedule ``dicomnode-train train --trainer`` offers, by name.
 TRAINERS = {
     cls.__name__: cls
@@ -63,5 +87,8 @@ TRAINERS = {
         nnUNetTrainerPaper_160epochs_150it,
         nnUNetTrainerPaper_45epochs,
         nnUNetTrainerPaper_1epoch_3it,
+        nnUNetTrainerPaper_NoMirroring,
+        nnUNetTrainerPaper_NoMirroring_40epochs_100it,
+        nnUNetTrainerPaper_NoMirroring_1epoch_3it,
     )
 }
