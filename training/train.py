@@ -19,7 +19,8 @@ class FoldResult:
 
     @property
     def mean_dice(self) -> float:
-        return float(np.mean(list(self.dice.values())))
+        """Mean over the labels that were present (a declared label never drawn has no Dice)."""
+        return float(np.nanmean(list(self.dice.values())))
 
 
 def stratified_folds(groups: dict[str, str], n_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
@@ -70,7 +71,9 @@ def train_fold(preprocessed_dataset: Path, trainer_name: str, configuration: str
 
 def read_fold(folder: Path, fold: int) -> FoldResult:
     summary = json.loads((folder / "validation" / "summary.json").read_text())
-    names = {"(1, 2)": "parenchyma", "(2,)": "cortex", "2": "cortex"}
+    labels = json.loads((folder.parent / "dataset.json").read_text())["labels"]
+    names = {str(value): name for name, value in labels.items() if isinstance(value, int) and value}  # plain labels
+    names.update({"(1, 2)": "parenchyma", "(2,)": "cortex"} if "parenchyma" in labels else {})  # the project's regions
     dice = {names.get(key, key): float(value["Dice"]) for key, value in summary["mean"].items()}
     return FoldResult(fold, dice, folder)
 

@@ -65,10 +65,10 @@ class nnUNetTrainerPaper_NoMirroring(nnUNetTrainerPaper):
         return rotation, dummy_2d, patch_size, None
 
 
-class nnUNetTrainerPaper_NoMirroring_30epochs_100it(nnUNetTrainerPaper_NoMirroring):
+class nnUNetTrainerPaper_NoMirroring_40epochs_100it(nnUNetTrainerPaper_NoMirroring):
     """The schedule of the TotalSegmentator stand-in the tests use (``tests/data/totalseg_standin``)."""
 
-    EPOCHS = 30
+    EPOCHS = 40
     ITERATIONS = 100
 
 
@@ -88,7 +88,7 @@ TRAINERS = {
         nnUNetTrainerPaper_45epochs,
         nnUNetTrainerPaper_1epoch_3it,
         nnUNetTrainerPaper_NoMirroring,
-        nnUNetTrainerPaper_NoMirroring_30epochs_100it,
+        nnUNetTrainerPaper_NoMirroring_40epochs_100it,
         nnUNetTrainerPaper_NoMirroring_1epoch_3it,
     )
 }
