@@ -121,6 +121,7 @@ class ExternalSegmenter:
         turn = reorientation(series.direction, self.external.orientation)
         spacing = turn.spacing((float(series.spacing[0]), float(series.spacing[1]), float(series.spacing[2])))
         volume = turn.forward(series.hu)
+        shape = volume.shape
         if self.external.spacing_mm:
             volume = resample_image(volume, spacing, self.external.spacing_mm)
             spacing = (self.external.spacing_mm,) * 3
@@ -132,7 +133,7 @@ class ExternalSegmenter:
         sides[labels == self.external.right_label] = MODEL_RIGHT
         sides[labels == self.external.left_label] = MODEL_LEFT
         if self.external.spacing_mm:
-            sides = resample_labels(sides, turn.forward(series.hu).shape)
+            sides = resample_labels(sides, shape)
         return np.ascontiguousarray(turn.backward(sides))
 
     def segment(self, series: LoadedSeries) -> Segmentation:
@@ -140,8 +141,7 @@ class ExternalSegmenter:
         parenchyma = sides > 0
         if self.cortex is CortexMethod.INTENSITY:
             kidneys = [sides == MODEL_RIGHT, sides == MODEL_LEFT]
-            spacing = (series.spacing[2], series.spacing[1], series.spacing[0])
-            cortex = split_cortex(series.hu, kidneys, spacing) & parenchyma
+            cortex = split_cortex(series.hu, kidneys, series.spacing_zyx) & parenchyma
             method = Algorithm(
                 "Renal cortex by intensity",
                 INTENSITY_SPLIT_VERSION,
@@ -170,7 +170,6 @@ def model_cortex(project: Segmenter, series: LoadedSeries, parenchyma: np.ndarra
     """The project model's cortex inside ``parenchyma``, predicted only around each of its kidneys (with
     ``CASCADE_MARGIN_MM`` of context), not over the whole volume."""
     cortex = np.zeros(parenchyma.shape, bool)
-    spacing = np.array([series.spacing[2], series.spacing[1], series.spacing[0]], float)
-    for box in kidney_boxes(parenchyma, spacing):
+    for box in kidney_boxes(parenchyma, np.array(series.spacing_zyx)):
         cortex[box] |= project.segment(series.crop(box)).labels == CORTEX
     return cortex & parenchyma

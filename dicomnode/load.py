@@ -40,6 +40,11 @@ class LoadedSeries:
     direction: np.ndarray  # 3x3
 
     @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing (mm) along the array's slice, row and column axes, the order of ``hu``."""
+        return (float(self.spacing[2]), float(self.spacing[1]), float(self.spacing[0]))
+
+    @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing) / 1000.0)
 

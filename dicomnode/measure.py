@@ -209,7 +209,7 @@ def _kidney(
     model_side: str | None,
 ) -> KidneyMeasurement:
     cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
-    extent = max((s.stop - s.start) * d for s, d in zip(box, (series.spacing[2], series.spacing[1], series.spacing[0])))
+    extent = max((s.stop - s.start) * d for s, d in zip(box, series.spacing_zyx))
     return KidneyMeasurement(
         side,
         float(mask.sum() * series.voxel_ml),

@@ -133,7 +133,7 @@ class Segmenter:
         """
         flips = canonical_flips(series.direction)
         volume = np.flip(series.hu, flips) if flips else series.hu
-        spacing = np.array([series.spacing[2], series.spacing[1], series.spacing[0]], float)
+        spacing = np.array(series.spacing_zyx)
         coarse = np.maximum(spacing, np.array(self.predictor.configuration_manager.spacing, float))
         reduce = bool(np.any(coarse > REDUCE_ABOVE * spacing))
         if reduce:

@@ -6,9 +6,6 @@ orientation than the training data; a wrong label map or folder is refused with 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from dicomnode.qc import Rule, check
 from dicomnode.segment import MODEL_LEFT, MODEL_RIGHT, Model, Segmentation
 from tests.peers import REPO, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts
+from tests.training_cli import TINY, cli_env, training_cli
 from training.phantom_dicom import StudyFiles, write_study
 from training.phantoms import Grid, Phase, make_phantom
 
@@ -37,7 +35,6 @@ STANDIN = (
     REPO / "tests" / "data" / "totalseg_standin" / "Dataset297_TotalSegStandInFast" / "nnUNetTrainerPaper_NoMirroring_40epochs_100it__nnUNetPlans__3d_cpu_iso"
 )
 GRID = Grid.centred(224, 1.6, 36, 5.0)
-TINY = ["--matrix", "64", "--pixel-mm", "5.6", "--slices", "20", "--slice-mm", "8"]
 
 
 def _external(**changes: Any) -> ExternalModel:
@@ -46,12 +43,10 @@ def _external(**changes: Any) -> ExternalModel:
 
 
 def test_training_cli_builds_a_results_folder_the_way_totalsegmentator_lays_out_its_models(tmp_path: Path) -> None:
-    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"}
+    env = cli_env()
 
     def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, env=env, timeout=1800)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
+        return training_cli(*args, env=env)
 
     work = tmp_path / "work"
     cli("phantoms", "--out", str(tmp_path / "cases"), "--count", "4", "--seed", "20", *TINY)

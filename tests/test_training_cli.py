@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +11,23 @@ import pytest
 import yaml
 
 from tests.peers import REAL_CT as REAL
+from tests.training_cli import TINY, cli_env, training_cli
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 
-TINY = ["--matrix", "64", "--pixel-mm", "5.6", "--slices", "20", "--slice-mm", "8"]
-
-
-def _cli(*args: str, env: dict) -> str:
-    result = subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, env=env, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
 
 def test_training_cli_round_trip(tmp_path: Path) -> None:
-    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"}
+    env = cli_env()
     work, models = tmp_path / "work", tmp_path / "models"
-    _cli("phantoms", "--out", str(tmp_path / "train"), "--count", "6", "--seed", "10", *TINY, env=env)
-    _cli("phantoms", "--out", str(tmp_path / "test"), "--count", "4", "--seed", "90", *TINY, env=env)
-    _cli("import", "--manifest", str(tmp_path / "train" / "manifest.csv"), "--work", str(work), "--dataset-id", "990", "--name", "Tiny", env=env)
+    training_cli("phantoms", "--out", str(tmp_path / "train"), "--count", "6", "--seed", "10", *TINY, env=env)
+    training_cli("phantoms", "--out", str(tmp_path / "test"), "--count", "4", "--seed", "90", *TINY, env=env)
+    training_cli("import", "--manifest", str(tmp_path / "train" / "manifest.csv"), "--work", str(work), "--dataset-id", "990", "--name", "Tiny", env=env)
     dataset = json.loads((work / "raw" / "Dataset990_Tiny" / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, "parenchyma": [1, 2], "cortex": 2}
     groups = json.loads((work / "raw" / "Dataset990_Tiny" / "groups.json").read_text())
     assert len(groups) == 6 and all(g.startswith("CKD") for g in groups.values())
 
-    out = _cli(
+    out = training_cli(
         "train",
         "--work",
         str(work),
@@ -61,7 +53,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
 
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"training_data": "6 tiny phantoms", "intended_use": "tests", "not_fit_for": ["patients"]}))
-    _cli(
+    training_cli(
         "export",
         "--work",
         str(work),
@@ -84,7 +76,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert exported["not_fit_for"] == ["patients"] and "cross_validation" in exported["metrics"]
     assert (models / "tiny" / "fold_0" / "checkpoint_final.pth").stat().st_size < 5_000_000
 
-    report = _cli(
+    report = training_cli(
         "evaluate",
         "--model",
         str(models / "tiny"),
@@ -105,7 +97,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert recorded["cases"] == 4 and recorded["parenchyma_dice"] == pytest.approx(metrics["mean"]["parenchyma"]["dice"], abs=1e-4)
 
     if REAL.exists():  # real pixels with per-side masks: the node's own segment -> measure -> QC path, per side
-        report = _cli(
+        report = training_cli(
             "evaluate-real",
             "--model",
             str(models / "tiny"),
