@@ -6,10 +6,12 @@ SCT 118565006, Anatomical Structure SCT 91723000, Tissue SCT 85756007, UCUM cm3,
 concepts below that PS3.16 lacks are written here.
 
 Renal cortex appears in no DICOM context group; SCT 50403003 "Structure of cortex of kidney" is the code HL7's
-TG263 mapping uses for it. Renal medulla has no code in the DICOM dictionary and no SNOMED CT browser was
-reachable to verify one, so it is sent under this node's private coding scheme (DICOM PS3.3 8.2: a "99" prefix
-marks a private scheme) rather than under an unverified SNOMED code: no concept for it is in DICOM's context groups,
-in pydicom's concept dictionary or in the TG-263 to SNOMED CT mapping searched here.
+TG263 mapping uses for it. Renal medulla has no code in the DICOM dictionary, in pydicom's concept dictionary or in
+the TG-263 to SNOMED CT mapping, and no SNOMED CT browser was reachable to verify one. It is sent as Uberon's
+UBERON:0000362 "renal medulla": UBERON is a coding scheme of PS3.16 Table 8-1 (dciodvfy knows the designator, so
+no Coding Scheme Identification Sequence is needed), the code value is written without the "UBERON:" prefix as
+dcmqi's and 3D Slicer's segmentation terminologies write Uberon codes, and the concept's identity was checked
+against Uberon's own files as several public ontology projects cite it (renal medulla, part of kidney).
 
 Renal parenchyma is what the model segments as the kidney (cortex and medulla, without sinus), so its segment and
 SR group are typed Kidney (SCT 64033007, in CID 7151, 7154 and 7192) with a laterality modifier and labelled "renal
@@ -20,7 +22,6 @@ context group holds a parenchyma concept.
 
 from __future__ import annotations
 
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -32,20 +33,16 @@ VOLUME = codes.SCT.Volume
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 TISSUE = codes.SCT.Tissue
 RENAL_CORTEX = Code("50403003", "SCT", "Renal cortex")
-PRIVATE_SCHEME = "99RENALNODE"
-#: Declared in the Coding Scheme Identification Sequence (0008,0110) of every object that uses the private codes.
-PRIVATE_CODING_SCHEME = CodingSchemeIdentificationItem(
-    designator=PRIVATE_SCHEME, name="dicomnode renal volumetry codes", responsible_organization="dicomnode project"
-)
-RENAL_MEDULLA = Code("RM001", PRIVATE_SCHEME, "Renal medulla")
+RENAL_MEDULLA = Code("0000362", "UBERON", "Renal medulla")
 CUBIC_CENTIMETRE = codes.UCUM.CubicCentimeter
 #: DICOM PS3.16 CID 7464/DCM: "Finding" (121071), the concept name of the QC findings' text items.
 FINDING = codes.DCM.Finding
-#: The QC gate's verdict as a qualitative evaluation. No DICOM or SNOMED concept names an automated plausibility
-#: check of a segmentation's output, so these are private (PS3.3 8.2).
-QC_RESULT = Code("QC001", PRIVATE_SCHEME, "Automated quality control")
-QC_PASSED = Code("QC002", PRIVATE_SCHEME, "Passed")
-QC_REVIEW = Code("QC003", PRIVATE_SCHEME, "Review required")
+#: The QC gate's verdict as a qualitative evaluation: DCM 111050 "Quality Assessment" valued from CID 6044, the
+#: assessments DICOM's CAD templates give an input against a quality control standard. A result that fails QC and
+#: is still sent (``qc.on_fail: flag``) is "usable" only after review, which the series description also says.
+QC_RESULT = codes.DCM.QualityAssessment
+QC_PASSED = codes.DCM.UsableMeetsTheQualityControlStandard
+QC_REVIEW = codes.DCM.UsableDoesNotMeetTheQualityControlStandard
 
 SIDE_CODES = {"left": LEFT, "right": RIGHT}
 STRUCTURE_CODES = {"parenchyma": KIDNEY, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}

@@ -20,7 +20,6 @@ from dicomnode.codes import (
     DISPLAY_LAB,
     FINDING,
     KIDNEY,
-    PRIVATE_CODING_SCHEME,
     QC_PASSED,
     QC_RESULT,
     QC_REVIEW,
@@ -142,7 +141,6 @@ def write_seg(
         content_description="Renal cortex, medulla and parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=_equipment(measurements),
-        coding_schemes=[PRIVATE_CODING_SCHEME],
     )
     return seg, numbers
 
@@ -206,7 +204,6 @@ def write_sr(
         content=report[0],
         series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
         contributing_equipment=_equipment(measurements),
-        coding_schemes=[PRIVATE_CODING_SCHEME],
         **_new_sr_instance(uids, "sr"),
     )
 

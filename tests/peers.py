@@ -64,9 +64,9 @@ def storescu(port: int, called: str, files: list[Path], calling: str = "STORESCU
 
 
 def dciodvfy(path: Path) -> list[str]:
-    """Error lines dciodvfy reports for a file (warnings are not errors)."""
+    """Error and warning lines dciodvfy reports for a file: the node's objects must have neither."""
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
 
 
 @dataclass

@@ -43,7 +43,7 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
                 elif child.ValueType == "NUM" and code == "118565006":
                     volume = float(child.MeasuredValueSequence[0].NumericValue)
                     unit = child.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue
-                elif child.ValueType == "CODE" and code == "QC001":
+                elif child.ValueType == "CODE" and code == "111050":  # Quality Assessment
                     qc = child.ConceptCodeSequence[0].CodeMeaning
                 elif child.ValueType == "TEXT" and code == "121071":
                     findings.append(child.TextValue)

@@ -210,7 +210,7 @@ def test_node_sends_external_parenchyma_with_the_projects_cortex_and_the_sides_r
             assert names >= {"TotalSegmentator stand-in", "renal-synth-cpu"}, names
         assert "parenchyma: TotalSegmentator stand-in" in sr_texts(sr)
         groups = [g for g in sr_groups(sr) if g.segment_number]
-        assert all(g.qc == "Passed" for g in groups), [g.findings for g in groups]
+        assert all(g.qc == "Usable - Meets the quality control standard" for g in groups), [g.findings for g in groups]
 
 
 def _sources(folder: Path, seg: pydicom.Dataset) -> list[pydicom.Dataset]:

@@ -70,7 +70,7 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     groups = sr_groups(sr)
     volumes = [g for g in groups if g.segment_number]
     assert {g.identifier for g in volumes} == {f"left renal {s}" for s in ("cortex", "medulla", "parenchyma")}
-    assert all(g.qc == "Review required" for g in groups)
+    assert all(g.qc == "Usable - Does not meet the quality control standard" for g in groups)
     study = next(g for g in groups if not g.segment_number)
     assert "QC right kidney: kidney missing: no right kidney found" not in volumes[0].findings
     assert any(text.startswith("QC study: not arterial phase") for text in study.findings)
@@ -82,14 +82,20 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     assert {g.identifier: g.tracking_uid for g in volumes} == segment_uids  # one UID per structure and side in both
     types = {
         s.SegmentLabel.lower(): (
+            s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
             s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
             s.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue,
         )
         for s in seg.SegmentSequence
     }
-    # parenchyma is the kidney itself (SCT 91772007 means "Organ" in DICOM's segmentation context groups)
-    assert types == {"left renal parenchyma": ("64033007", "7771000"), "left renal cortex": ("50403003", "7771000"), "left renal medulla": ("RM001", "7771000")}
-    for ds in (seg, sr):  # the private scheme used for medulla and the QC verdict is declared (PS3.3 C.12.1.1.4)
-        assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == ["99RENALNODE"]
+    # parenchyma is the kidney itself (SCT 91772007 means "Organ" in DICOM's segmentation context groups); medulla
+    # is Uberon's renal medulla, a scheme of PS3.16 Table 8-1, so no private scheme needs declaring
+    assert types == {
+        "left renal parenchyma": ("SCT", "64033007", "7771000"),
+        "left renal cortex": ("SCT", "50403003", "7771000"),
+        "left renal medulla": ("UBERON", "0000362", "7771000"),
+    }
+    for ds in (seg, sr):
+        assert not any(item.CodingSchemeDesignator.startswith("99") for item in ds.get("CodingSchemeIdentificationSequence", []))
     for saved in save_results(processed.results, tmp_path):
         assert dciodvfy(saved.path) == [], saved.path.name
