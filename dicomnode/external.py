@@ -15,11 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomnode.config import CortexMethod, ExternalModelConfig
+from dicomnode.config import CortexMethod, ExternalModelConfig, Runtime
 from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
 from dicomnode.cortex import split_cortex
 from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Model, Segmentation, Segmenter, kidney_boxes, load_predictor, resolve_device
+from dicomnode.segment import (
+    CORTEX,
+    MEDULLA,
+    MODEL_LEFT,
+    MODEL_RIGHT,
+    Algorithm,
+    Model,
+    Segmentation,
+    Segmenter,
+    boxes_around,
+    kidney_sized,
+    load_predictor,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +103,7 @@ class ExternalModel:
 class ExternalSegmenter:
     """Parenchyma by an external model, cortex and medulla by ``cortex``; the same ``segment`` as ``Segmenter``."""
 
-    def __init__(self, external: ExternalModel, cortex: CortexMethod, project: Segmenter | None, device: str = "auto") -> None:
+    def __init__(self, external: ExternalModel, cortex: CortexMethod, project: Segmenter | None, device: str = "auto", runtime: Runtime = Runtime.AUTO) -> None:
         found = external.problems()
         if found:
             raise ValueError("external model: " + "; ".join(found))
@@ -101,7 +114,7 @@ class ExternalSegmenter:
         self.project = project
         self.device = resolve_device(device)
         self.model = external.as_model()
-        self.predictor = load_predictor(external.folder, external.fold, self.device, False, external.tile_step_size, external.checkpoint)
+        self.predictor = load_predictor(external.folder, external.fold, self.device, False, external.tile_step_size, external.checkpoint, runtime)
         names = external.label_names()
         log.info(
             "external model %s %s loaded on %s: right kidney = label %d (%s), left = %d (%s), %s, %s",
@@ -170,6 +183,8 @@ def model_cortex(project: Segmenter, series: LoadedSeries, parenchyma: np.ndarra
     """The project model's cortex inside ``parenchyma``, predicted only around each of its kidneys (with
     ``CASCADE_MARGIN_MM`` of context), not over the whole volume."""
     cortex = np.zeros(parenchyma.shape, bool)
-    for box in kidney_boxes(parenchyma, np.array(series.spacing_zyx)):
-        cortex[box] |= project.segment(series.crop(box)).labels == CORTEX
+    spacing = np.array(series.spacing_zyx)
+    components, sizes = kidney_sized(parenchyma, spacing)
+    for box in boxes_around(components, list(sizes), spacing):
+        cortex[box] |= project.segment(series.crop(box), cascade=False).labels == CORTEX
     return cortex & parenchyma

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from dicomnode import __version__
 from dicomnode.anatomy import canonical_flips
+from dicomnode.config import Runtime
 from dicomnode.load import LoadedSeries
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,18 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def load_predictor(folder: Path, fold: str, device: str, mirroring: bool, tile_step_size: float, checkpoint: str = "checkpoint_final.pth") -> Any:
-    """An ``nnUNetPredictor`` with the weights of ``folder`` (an nnU-Net v2 results folder) in memory."""
+def uses_onnxruntime(runtime: Runtime, device: str) -> bool:
+    """Whether ``runtime`` on the resolved ``device`` means ONNX Runtime; it runs on the CPU only."""
+    if runtime is Runtime.ONNXRUNTIME and device != "cpu":
+        raise ValueError(f"runtime: onnxruntime runs on the CPU only, and the device is {device}")
+    return runtime is Runtime.ONNXRUNTIME or (runtime is Runtime.AUTO and device == "cpu")
+
+
+def load_predictor(
+    folder: Path, fold: str, device: str, mirroring: bool, tile_step_size: float, checkpoint: str = "checkpoint_final.pth", runtime: Runtime = Runtime.AUTO
+) -> Any:
+    """An ``nnUNetPredictor`` with the weights of ``folder`` (an nnU-Net v2 results folder) in memory; its network
+    runs in ONNX Runtime where ``runtime`` says so (``OnnxNetwork``)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -101,6 +112,12 @@ def load_predictor(folder: Path, fold: str, device: str, mirroring: bool, tile_s
         allow_tqdm=False,
     )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(int(fold) if fold.isdigit() else fold,), checkpoint_name=checkpoint)
+    if uses_onnxruntime(runtime, device):
+        from dicomnode.onnx_network import OnnxNetwork
+
+        channels = len(predictor.dataset_json["channel_names"])
+        tile = tuple(int(n) for n in predictor.configuration_manager.patch_size)
+        predictor.network = OnnxNetwork(predictor.network, predictor.list_of_parameters[0], tile, channels, torch.get_num_threads())
     return predictor
 
 
@@ -116,20 +133,24 @@ class SeriesSegmenter(Protocol):
 class Segmenter:
     """Holds an ``nnUNetPredictor`` with the model's weights in memory."""
 
-    def __init__(self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = False) -> None:
+    def __init__(
+        self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = True, runtime: Runtime = Runtime.AUTO
+    ) -> None:
         self.model = model
         self.cascade = cascade
         self.tile_step_size = tile_step_size
         self.device = resolve_device(device)
-        self.predictor = load_predictor(model.folder, model.fold, self.device, mirroring, tile_step_size)
-        log.info("model %s loaded on %s (mirroring %s)", model.name, self.device, "on" if mirroring else "off")
+        self.runtime = Runtime.ONNXRUNTIME if uses_onnxruntime(runtime, self.device) else Runtime.TORCH
+        self.predictor = load_predictor(model.folder, model.fold, self.device, mirroring, tile_step_size, runtime=self.runtime)
+        log.info("model %s loaded on %s in %s (mirroring %s)", model.name, self.device, self.runtime.value, "on" if mirroring else "off")
 
-    def segment(self, series: LoadedSeries) -> Segmentation:
+    def segment(self, series: LoadedSeries, cascade: bool | None = None) -> Segmentation:
         """Predict on the series, flipped into the axis directions the model was trained in and back.
 
         A series finer than the model's spacing is first reduced to it here (smoothed, then linearly resampled), and
         the labels are brought back to the series grid by nearest neighbour: nnU-Net would otherwise resample its
-        class probabilities to the full grid, several GB for a thin-slice abdomen.
+        class probabilities to the full grid, several GB for a thin-slice abdomen. ``cascade`` overrides the
+        segmenter's setting for this call.
         """
         flips = canonical_flips(series.direction)
         volume = np.flip(series.hu, flips) if flips else series.hu
@@ -141,7 +162,7 @@ class Segmenter:
             volume = reduced(volume, shape)
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         grid = coarse if reduce else spacing
-        labels = self._cascade(volume, grid) if self.cascade else self._predict(volume, grid, self.tile_step_size)
+        labels = self._cascade(volume, grid) if (self.cascade if cascade is None else cascade) else self._predict(volume, grid, self.tile_step_size)
         if reduce:
             labels = nearest_resize(labels, series.hu.shape)
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device)
@@ -153,36 +174,43 @@ class Segmenter:
 
     def _cascade(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         """Coarse to fine: the whole volume with tiles that do not overlap (a fraction of the tiles), then the usual
-        overlapping tiles over a box with a margin around every kidney-sized component it found (a third one too, so
-        QC still sees a large prediction away from the kidneys). Smaller coarse specks, artefacts of tiles that do
-        not overlap, are dropped. Where the coarse pass finds no kidney-sized component, the whole volume gets the
-        usual pass."""
-        boxes = kidney_boxes(self._predict(volume, spacing, 1.0) > 0, spacing)
-        if not boxes:
+        overlapping tiles over a box with a margin around each of the CASCADE_REFINED largest components it found.
+        Every other kidney-sized component keeps its coarse labels, so QC still sees a prediction away from the
+        kidneys; smaller coarse specks, artefacts of tiles that do not overlap, are dropped. Where the coarse pass
+        finds no kidney-sized component, the whole volume gets the usual pass."""
+        coarse = self._predict(volume, spacing, 1.0)
+        components, sizes = kidney_sized(coarse > 0, spacing)
+        if not sizes:
             log.info("cascade: no kidney-sized component in the coarse pass; segmenting the whole volume")
             return self._predict(volume, spacing, self.tile_step_size)
-        labels = np.zeros(volume.shape, np.uint8)
-        for box in boxes:
-            labels[box] = np.maximum(labels[box], self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size))
+        labels = np.where(np.isin(components, list(sizes)), coarse, 0).astype(np.uint8)
+        refined = sorted(sizes, key=sizes.__getitem__, reverse=True)[:CASCADE_REFINED]
+        for box in boxes_around(components, refined, spacing):
+            labels[box] = self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size)
         return labels
 
 
-#: The cascade refines every component of the coarse pass of at least this many ml.
+#: A component of the coarse pass of at least this many ml is kept; smaller ones are tile artefacts.
 CASCADE_MIN_ML = 10.0
-#: Margin around each kidney's box for the fine pass, mm.
+#: The cascade refines this many of the largest coarse components: the two kidneys, and one more where a large
+#: prediction elsewhere outranks a kidney.
+CASCADE_REFINED = 3
+#: Margin around each refined component's box for the fine pass, mm.
 CASCADE_MARGIN_MM = 30.0
 
 
-def kidney_boxes(mask: np.ndarray, spacing: np.ndarray) -> list[tuple[slice, ...]]:
-    """Boxes (with margin) around every component of at least CASCADE_MIN_ML; overlapping boxes merged."""
+def kidney_sized(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """The mask's connected components, and the ml of each of at least CASCADE_MIN_ML by component number."""
     components, count = ndimage.label(mask)
-    if count == 0:
-        return []
-    sizes = np.bincount(components.ravel())[1:] * float(np.prod(spacing)) / 1000.0
-    keep = [int(i) + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= CASCADE_MIN_ML]
+    ml = np.bincount(components.ravel(), minlength=count + 1)[1:] * float(np.prod(spacing)) / 1000.0
+    return components, {int(i) + 1: float(v) for i, v in enumerate(ml) if v >= CASCADE_MIN_ML}
+
+
+def boxes_around(components: np.ndarray, numbers: list[int], spacing: np.ndarray) -> list[tuple[slice, ...]]:
+    """Boxes with a CASCADE_MARGIN_MM margin around the given components; overlapping boxes merged."""
     margin = np.ceil(CASCADE_MARGIN_MM / spacing).astype(int)
     found = ndimage.find_objects(components)
-    spans = [[(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[i - 1], margin, mask.shape)] for i in keep]
+    spans = [[(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[i - 1], margin, components.shape)] for i in numbers]
     merged: list[list[tuple[int, int]]] = []
     for span in spans:
         for other in merged:

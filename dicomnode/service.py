@@ -48,12 +48,12 @@ def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
     project = None
     if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
         model = Model.from_folder(config.path(settings.folder) / settings.name)
-        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade)
+        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime)
     if settings.parenchyma is ParenchymaSource.PROJECT:
         assert project is not None
         return project
     external = ExternalModel.from_config(settings.external, config.path(settings.external.folder))
-    return ExternalSegmenter(external, settings.cortex, project, settings.device)
+    return ExternalSegmenter(external, settings.cortex, project, settings.device, settings.runtime)
 
 
 class Role(str, enum.Enum):

@@ -1,4 +1,4 @@
-"""Coarse-to-fine inference (``model.cascade``, off by default) against the whole volume at full overlap:
+"""Coarse-to-fine inference (``model.cascade``, on by default) against the whole volume at full overlap:
 per-side parenchyma Dice against the truth drops by no more than 0.01, on a phantom and on the shared real CT, with
 the kidneys measured as the node measures them and the same QC verdict on predictions outside the kidneys; and the
 cascade falls back to the whole volume when its coarse pass finds no kidney."""
@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from dicomnode.config import QCConfig
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import measure
-from dicomnode.segment import Model, Segmenter, kidney_boxes
+from dicomnode.segment import Model, Segmenter, boxes_around, kidney_sized
 from tests.peers import REAL_CT, REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom
@@ -59,20 +59,24 @@ def test_cascade_keeps_the_accuracy_of_whole_volume_inference_on_the_real_ct(seg
     _compare(series, truth, segmenters)
 
 
-def test_kidney_boxes_surround_every_kidney_sized_component_with_a_margin() -> None:
+def test_refined_boxes_surround_the_chosen_kidney_sized_components_with_a_margin() -> None:
     mask = np.zeros((40, 100, 100), bool)
     mask[10:30, 20:40, 10:30] = True  # 8 ml at 1 mm
     mask[10:30, 20:40, 70:90] = True
     mask[5:7, 90:92, 50:52] = True  # a speck: not a kidney
-    boxes = kidney_boxes(mask, np.array([1.0, 1.0, 1.0]))
-    assert boxes == []  # 8 ml each: below the 10 ml a kidney has at least
+    assert kidney_sized(mask, np.array([1.0, 1.0, 1.0]))[1] == {}  # 8 ml each: below the 10 ml a kidney has at least
     mask[10:40, 20:50, 10:40] = True
     mask[10:40, 20:50, 60:90] = True
-    boxes = kidney_boxes(mask, np.array([2.0, 1.0, 3.0]))  # (z, y, x) mm
+    spacing = np.array([2.0, 1.0, 3.0])  # (z, y, x) mm
+    components, sizes = kidney_sized(mask, spacing)
+    assert sorted(sizes.values()) == [162.0, 162.0]  # 30 x 30 x 30 voxels of 6 mm3; the speck is left out
+    boxes = boxes_around(components, list(sizes), spacing)
     assert len(boxes) == 2 and all(box[0] == slice(0, 40) for box in boxes)  # 30 mm margin = 15 slices, clipped
     assert sorted((box[2].start, box[2].stop) for box in boxes) == [(0, 50), (50, 100)]  # 10 columns of 3 mm each side
+    assert len(boxes_around(components, list(sizes)[:1], spacing)) == 1
     mask[10:40, 20:50, 40:60] = True  # joined into one component: one box
-    assert len(kidney_boxes(mask, np.array([2.0, 1.0, 3.0]))) == 1
+    components, sizes = kidney_sized(mask, spacing)
+    assert len(boxes_around(components, list(sizes), spacing)) == 1
 
 
 def test_without_a_kidney_in_the_coarse_pass_the_whole_volume_is_segmented(segmenters, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,14 +1,19 @@
 """The segment stage on a series finer than the model's grid: reduced before prediction, labels back on the
-series grid, and the kidneys still measured right against the phantom's truth."""
+series grid, and the kidneys still measured right against the phantom's truth; ONNX Runtime on the CPU gives the
+labels torch gives."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from dicomnode.config import ModelConfig, NodeConfig, Runtime, problems
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import measure
-from dicomnode.segment import Model, Segmenter, nearest_resize, reduced
+from dicomnode.onnx_network import OnnxNetwork
+from dicomnode.segment import Model, Segmenter, nearest_resize, reduced, uses_onnxruntime
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom
@@ -37,3 +42,41 @@ def test_thin_slices_are_segmented_on_the_models_grid_and_measured_on_theirs() -
         truth = phantom.kidney_mask(side, "parenchyma")
         assert dice(result.kidneys[side].parenchyma, truth) > 0.85, side
         assert result.kidneys[side].parenchyma_ml == pytest.approx(phantom.volumes_ml[f"parenchyma_{side}"], rel=0.10), side
+
+
+def test_onnxruntime_gives_the_same_labels_as_torch() -> None:
+    grid = Grid.centred(224, 1.6, 36, 5.0)
+    phantom = make_phantom(4244, grid=grid, ckd_stage=1)
+    crop = (slice(0, 36), slice(40, 184), slice(40, 136))  # the patient's right half with one kidney: 16 tiles
+    hu = np.ascontiguousarray(phantom.image[crop], dtype=np.float32)
+    series = LoadedSeries([], hu, np.array(grid.origin), np.array(grid.spacing), np.eye(3))
+    model = Model.from_folder(REPO / "models" / "renal-synth-cpu")
+    by_torch = Segmenter(model, "cpu", cascade=False, runtime=Runtime.TORCH)
+    by_onnx = Segmenter(model, "cpu", cascade=False, runtime=Runtime.AUTO)  # the CPU's default
+    assert (by_torch.runtime, by_onnx.runtime) == (Runtime.TORCH, Runtime.ONNXRUNTIME)
+    assert isinstance(by_onnx.predictor.network, OnnxNetwork)
+    torch_labels, onnx_labels = by_torch.segment(series).labels, by_onnx.segment(series).labels
+    assert (torch_labels > 0).sum() * np.prod(grid.spacing) / 1000 > 60  # a kidney (ml) was found: the comparison means something
+    assert np.array_equal(torch_labels, onnx_labels)
+
+
+def test_onnx_network_follows_the_weights_nnunet_loads() -> None:
+    torch = pytest.importorskip("torch")
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.InstanceNorm3d(2))
+    first = {k: v.clone() for k, v in network.state_dict().items()}
+    onnx = OnnxNetwork(network, first, (8, 16, 16), 1, 1)
+    tiles = torch.randn(2, 1, 8, 16, 16)  # a batch of two: the batch axis is not fixed
+    assert torch.allclose(onnx(tiles), network(tiles), atol=1e-4)
+    onnx.load_state_dict(first)  # the same weights: no new export
+    second = {k: v + 0.5 for k, v in first.items()}
+    onnx.load_state_dict(second)  # another fold's weights: exported again
+    assert torch.allclose(onnx(tiles), network(tiles), atol=1e-4) and torch.allclose(network.state_dict()["0.bias"], second["0.bias"])
+
+
+def test_onnxruntime_is_refused_on_cuda() -> None:
+    with pytest.raises(ValueError, match="runtime: onnxruntime runs on the CPU only"):
+        uses_onnxruntime(Runtime.ONNXRUNTIME, "cuda")
+    assert not uses_onnxruntime(Runtime.AUTO, "cuda") and uses_onnxruntime(Runtime.AUTO, "cpu")
+    assert problems(replace(NodeConfig(), model=ModelConfig(device="cuda", runtime=Runtime.ONNXRUNTIME))) == [
+        "model.runtime: onnxruntime runs on the CPU only; the device is cuda"
+    ]
