@@ -70,8 +70,12 @@ def slice_landmarks(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceLandm
     best, best_area = None, 0.0
     if count:
         index = np.arange(1, count + 1)
-        areas = ndimage.sum_labels(np.ones_like(bone), bone, index) * sx * sy
-        centres = ndimage.center_of_mass(np.ones_like(bone), bone, index)
+        # counts and centres of all bone regions in three passes (scipy's per-label statistics took 30 ms a slice)
+        flat = bone.ravel()
+        row_of, col_of = (axis.ravel() for axis in np.indices(bone.shape))
+        pixels = np.bincount(flat, minlength=count + 1)[1:]
+        areas = pixels * sx * sy
+        centres = zip(np.bincount(flat, row_of, count + 1)[1:] / pixels, np.bincount(flat, col_of, count + 1)[1:] / pixels)
         best_row = -1.0
         for label, area, (row, col) in zip(index, areas, centres):
             posterior = row * sy >= centre[1] + 5.0

@@ -107,13 +107,12 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     predicted_ml = float(parenchyma.sum() * series.voxel_ml)
     if count == 0:
         return Measurements({}, midline_source="nothing", predicted_ml=0.0, algorithms=algorithms)
-    sizes = ndimage.sum_labels(parenchyma, components, index=np.arange(1, count + 1))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
     candidates = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
     if not candidates:
         return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml, algorithms=algorithms)
     boxes = ndimage.find_objects(components)
-    # one pass over the volume for all candidates, not one per candidate
-    centres = {c: series.to_patient(np.array(m)) for c, m in zip(candidates, ndimage.center_of_mass(parenchyma, components, candidates))}
+    centres = {c: series.to_patient(_centre(components, boxes[c - 1], c)) for c in candidates}
     slices = np.unique(np.concatenate([np.arange(boxes[c - 1][0].start, boxes[c - 1][0].stop) for c in candidates]))
     midline = _midline(series, slices)
     midline_x, source = midline.x_at(_canonical_slices(series, slices))
@@ -157,6 +156,11 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
             notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
+
+
+def _centre(components: np.ndarray, box: tuple[slice, ...], label: int) -> np.ndarray:
+    """Centre of mass (voxel indices) of one component, computed inside its bounding box only."""
+    return np.argwhere(components[box] == label).mean(axis=0) + np.array([s.start for s in box])
 
 
 def _model_side(sides: np.ndarray | None, mask: np.ndarray) -> str | None:

@@ -197,7 +197,7 @@ def write_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
-        referenced_images=series.datasets,  # TID 1600 Image Library: the images the volumes were measured on
+        referenced_images=measured_images(series, measurements),  # TID 1600 Image Library
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
@@ -206,6 +206,15 @@ def write_sr(
         contributing_equipment=_equipment(measurements),
         **_new_sr_instance(uids, "sr"),
     )
+
+
+def measured_images(series: LoadedSeries, measurements: Measurements) -> list[pydicom.Dataset]:
+    """The source images a measured kidney lies on, for the SR's Image Library (TID 1600): a 1 mm series has some
+    500 slices and the kidneys about a quarter of them; listing every slice made the SR four times slower to write."""
+    occupied = np.zeros(len(series.datasets), bool)
+    for kidney in measurements.kidneys.values():
+        occupied |= kidney.parenchyma.any(axis=(1, 2))
+    return [ds for ds, used in zip(series.datasets, occupied) if used] or series.datasets
 
 
 def write_results(

@@ -22,7 +22,7 @@ from dicomnode.states import Outcome
 from dicomnode.store import Instance
 from tests.standins import PhantomLabels
 from training.phantom_dicom import SeriesFiles, write_study
-from training.phantoms import Grid, Phase
+from training.phantoms import Grid, Label, Phase
 
 BIN = Path(shutil.which("segimage2itkimage") or Path(__file__).resolve().parent.parent / ".venv" / "bin" / "segimage2itkimage").parent
 pytestmark = pytest.mark.skipif(not (BIN / "segimage2itkimage").exists(), reason="dcmqi not installed")
@@ -88,4 +88,10 @@ def test_the_sr_lists_the_measured_images_in_its_image_library(results) -> None:
     [library] = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "111028"]  # DCM Image Library
     entries = [entry for group in library.ContentSequence for entry in group.ContentSequence if entry.ValueType == "IMAGE"]
     uids = {entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for entry in entries}
-    assert uids == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series.files}
+    # the slices a kidney lies on, from the phantom's truth, matched to the files by their position along z
+    grid = series.phantom.grid
+    on_kidney = np.isin(series.phantom.labels, [Label.CORTEX, Label.MEDULLA]).any(axis=(1, 2))
+    truth_z = {round(float(grid.origin[2] + k * grid.spacing[2]), 2) for k in np.nonzero(on_kidney)[0]}
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    expected = {h.SOPInstanceUID for h in headers if round(float(h.ImagePositionPatient[2]), 2) in truth_z}
+    assert 0 < len(uids) < len(headers) and uids == expected
