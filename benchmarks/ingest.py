@@ -1,6 +1,7 @@
 """Ingest: images per second received over C-STORE from dcmtk storescu on loopback, for a 500-slice 512 x 512
 series, into the node, a pynetdicom SCP that keeps nothing (the ceiling of any pynetdicom receiver), dcmtk storescp
-and Orthanc in one run; prints the node's ratio to each.
+and Orthanc in one run; prints the node's ratio to each. Then the aggregate rate of several storescu processes
+sending a share of the series each at once (``--senders``, default 4), into the node and into storescp ``--fork``.
 
 Every peer runs at its best: storescu, storescp and Orthanc with TCP_NODELAY=1 (Debian's dcmtk keeps Nagle's
 algorithm on otherwise and stalls about 45 ms per instance), and storescp and Orthanc also at their largest PDU
@@ -31,16 +32,32 @@ def timed_send(port: int, called: str, files: list[Path]) -> float:
     return elapsed
 
 
+def timed_parallel_send(port: int, called: str, files: list[Path], senders: int) -> float:
+    """Seconds for ``senders`` storescu processes, one association each, to send every ``senders``-th file at once."""
+    command = ["storescu", "-R", "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port)]
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen([*command, *map(str, files[i::senders])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=PEER_ENV) for i in range(senders)
+    ]
+    errors = [p.communicate()[1] for p in processes if p.wait() != 0]
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(errors[0])
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--senders", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         files = big_study(work / "study", args.slices, 1.0).series[0].files
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         rates: dict[str, list[float]] = {"node": [], "pynetdicom bare": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
+        parallel: dict[str, list[float]] = {"node": [], "storescp --fork": []}
         for repeat in range(args.repeats):
             node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
             node.start()
@@ -48,6 +65,22 @@ def main() -> None:
                 rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
             finally:
                 node.stop()
+            node = NodeProcess(work / f"node-parallel{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
+            node.start()
+            try:
+                parallel["node"].append(len(files) / timed_parallel_send(node.port, node.ae_title, files, args.senders))
+            finally:
+                node.stop()
+            out = work / f"storescp-fork{repeat}"
+            out.mkdir()
+            port = free_port()
+            scp = subprocess.Popen(["storescp", "--fork", "-od", str(out), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV)
+            try:
+                time.sleep(0.5)
+                parallel["storescp --fork"].append(len(files) / timed_parallel_send(port, "STORESCP", files, args.senders))
+            finally:
+                scp.terminate()
+                scp.wait()
             port = free_port()  # pynetdicom itself, keeping nothing: what any pynetdicom receiver can reach at most
             bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_scp", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -83,6 +116,11 @@ def main() -> None:
     for name in best:
         if name != "node":
             print(f"node / {name}: {best['node'] / best[name]:.2f}")
+    together = {name: max(values) for name, values in parallel.items()}
+    print(f"{args.senders} storescu processes at once, one association each, a share of the series each:")
+    for name, rate in together.items():
+        print(f"{name:>16}: {rate:7.1f} images/s aggregate")
+    print(f"node / storescp --fork: {together['node'] / together['storescp --fork']:.2f}")
 
 
 if __name__ == "__main__":
