@@ -150,9 +150,11 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     notes: list[str] = []
     for side, component in zip(SIDES, best):
         if component is not None:
-            mask = components == component
-            model_side = _model_side(segmentation.sides, mask)
-            kidneys[side] = _kidney(series, labels, mask, side, centres[component], boxes[component - 1], offsets[component], model_side)
+            box = boxes[component - 1]
+            mask = np.zeros(components.shape, bool)
+            mask[box] = components[box] == component
+            model_side = _model_side(segmentation.sides, mask, box)
+            kidneys[side] = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side)
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
             notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
@@ -163,11 +165,12 @@ def _centre(components: np.ndarray, box: tuple[slice, ...], label: int) -> np.nd
     return np.argwhere(components[box] == label).mean(axis=0) + np.array([s.start for s in box])
 
 
-def _model_side(sides: np.ndarray | None, mask: np.ndarray) -> str | None:
-    """The side the model gave most of ``mask``'s voxels, where the model names sides."""
+def _model_side(sides: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ...]) -> str | None:
+    """The side the model gave most of ``mask``'s voxels (all inside ``box``), where the model names sides."""
     if sides is None:
         return None
-    right, left = np.count_nonzero(sides[mask] == MODEL_RIGHT), np.count_nonzero(sides[mask] == MODEL_LEFT)
+    named = sides[box][mask[box]]
+    right, left = np.count_nonzero(named == MODEL_RIGHT), np.count_nonzero(named == MODEL_LEFT)
     return None if right == left == 0 else ("left" if left > right else "right")
 
 
@@ -212,17 +215,21 @@ def _kidney(
     offset: tuple[tuple[float, float] | None, float],
     model_side: str | None,
 ) -> KidneyMeasurement:
-    cortex, medulla = mask & (labels == CORTEX), mask & (labels == MEDULLA)
+    """One kidney's volumes and intensities; ``mask`` lies inside ``box``, where all the work is done."""
+    inside, hu = mask[box], series.hu[box]
+    cortex, medulla = np.zeros_like(mask), np.zeros_like(mask)
+    cortex[box], medulla[box] = inside & (labels[box] == CORTEX), inside & (labels[box] == MEDULLA)
+    cortex_hu, medulla_hu = hu[cortex[box]], hu[medulla[box]]
     extent = max((s.stop - s.start) * d for s, d in zip(box, series.spacing_zyx))
     return KidneyMeasurement(
         side,
-        float(mask.sum() * series.voxel_ml),
-        float(cortex.sum() * series.voxel_ml),
-        float(medulla.sum() * series.voxel_ml),
+        float(inside.sum() * series.voxel_ml),
+        float(cortex_hu.size * series.voxel_ml),
+        float(medulla_hu.size * series.voxel_ml),
         cortex,
         medulla,
-        float(series.hu[cortex].mean()) if cortex.any() else float("nan"),
-        float(series.hu[medulla].mean()) if medulla.any() else float("nan"),
+        float(cortex_hu.mean()) if cortex_hu.size else float("nan"),
+        float(medulla_hu.mean()) if medulla_hu.size else float("nan"),
         (float(centre[0]), float(centre[1]), float(centre[2])),
         float(extent),
         _touches_edge(mask),

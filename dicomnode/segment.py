@@ -227,14 +227,32 @@ REDUCE_ABOVE = 1.2
 
 
 def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing."""
+    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing.
+
+    Gaussian smoothing and linear interpolation are separable, so each axis is smoothed and resampled in turn, the
+    most reduced first: the same result as smoothing and zooming the whole volume at once, in a third of the time
+    for a 1 mm series (the later axes work on an already reduced volume)."""
+    out = np.asarray(volume, np.float32)
     factors = np.array(volume.shape) / shape
-    sigma = np.where(factors > 1, (factors - 1) / 2, 0.0)
-    smooth = ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma) if np.any(sigma) else volume
-    return ndimage.zoom(smooth, shape / np.array(volume.shape), order=1, grid_mode=True, mode="nearest")
+    for axis in np.argsort(factors)[::-1]:
+        if factors[axis] <= 1:
+            continue
+        out = _linear_resize(ndimage.gaussian_filter1d(out, (factors[axis] - 1) / 2, axis=axis), axis, int(shape[axis]))
+    return out
+
+
+def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """``volume`` linearly resampled to ``n`` samples along ``axis``, voxel edges aligned and edge values repeated
+    (``scipy.ndimage.zoom`` with order 1, ``grid_mode`` and mode "nearest", on one axis)."""
+    m = volume.shape[axis]
+    position = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
+    below = np.minimum(position.astype(int), m - 2) if m > 1 else np.zeros(n, int)
+    weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
+    return np.take(volume, below, axis=axis) * (1 - weight) + np.take(volume, np.minimum(below + 1, m - 1), axis=axis) * weight
 
 
 def nearest_resize(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Labels brought to ``shape`` by nearest neighbour, voxel centres aligned."""
-    index = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, labels.shape)]
-    return labels[np.ix_(*index)]
+    """Labels brought to ``shape`` by nearest neighbour, voxel centres aligned (one axis at a time)."""
+    for axis, (n, m) in enumerate(zip(shape, labels.shape)):
+        labels = np.take(labels, np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1), axis=axis)
+    return labels

@@ -97,7 +97,8 @@ def write_seg(
     review: bool = False,
     uids: ResultUids = RANDOM_UIDS,
 ) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
-    """A BINARY SEG with one segment per structure and side found; returns it and the segment numbers."""
+    """A BINARY SEG with one segment per structure and side found, derived from the slices the kidneys lie on;
+    returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
     masks: list[np.ndarray] = []
     numbers: dict[tuple[str, str], int] = {}
@@ -124,9 +125,10 @@ def write_seg(
         descriptions.append(description)
         masks.append(kidney.mask(structure))
         numbers[(structure, side)] = number
+    used = measured_slices(series, measurements)
     seg = hd.seg.Segmentation(
-        source_images=series.datasets,
-        pixel_array=np.stack(masks, axis=-1).astype(np.uint8),
+        source_images=[ds for ds, on in zip(series.datasets, used) if on],
+        pixel_array=np.stack([mask[used] for mask in masks], axis=-1).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg/series"),
@@ -197,7 +199,7 @@ def write_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
-        referenced_images=measured_images(series, measurements),  # TID 1600 Image Library
+        referenced_images=[ds for ds, used in zip(series.datasets, measured_slices(series, measurements)) if used],  # TID 1600
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
@@ -208,13 +210,14 @@ def write_sr(
     )
 
 
-def measured_images(series: LoadedSeries, measurements: Measurements) -> list[pydicom.Dataset]:
-    """The source images a measured kidney lies on, for the SR's Image Library (TID 1600): a 1 mm series has some
-    500 slices and the kidneys about a quarter of them; listing every slice made the SR four times slower to write."""
+def measured_slices(series: LoadedSeries, measurements: Measurements) -> np.ndarray:
+    """Which of the series' slices a measured kidney lies on (all, where none is measured). The SEG derives from
+    these slices only and the SR's Image Library (TID 1600) lists them: a 1 mm series has some 500 slices and the
+    kidneys about a quarter of them, and carrying all of them made SEG and SR several times slower to write."""
     occupied = np.zeros(len(series.datasets), bool)
     for kidney in measurements.kidneys.values():
         occupied |= kidney.parenchyma.any(axis=(1, 2))
-    return [ds for ds, used in zip(series.datasets, occupied) if used] or series.datasets
+    return occupied if occupied.any() else np.ones(len(series.datasets), bool)
 
 
 def write_results(

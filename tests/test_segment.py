@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dicomnode.config import ModelConfig, NodeConfig, Runtime, problems
 from dicomnode.load import LoadedSeries
@@ -28,6 +29,14 @@ def test_reduce_and_nearest_resize_keep_the_grid() -> None:
     labels = (np.arange(12 * 45 * 45).reshape(12, 45, 45) % 3).astype(np.uint8)
     big = nearest_resize(labels, (60, 90, 90))
     assert big.shape == (60, 90, 90) and np.array_equal(big[::5, ::2, ::2], labels)
+
+
+def test_reduce_axis_by_axis_equals_smoothing_and_zooming_at_once() -> None:
+    volume = np.random.default_rng(1).normal(0, 100, size=(53, 77, 64)).astype(np.float32)
+    shape = np.array([11, 35, 64])  # factors 4.8, 2.2 and 1 (left alone)
+    sigma = np.maximum(np.array(volume.shape) / shape - 1, 0) / 2
+    at_once = ndimage.zoom(ndimage.gaussian_filter(volume, sigma), shape / np.array(volume.shape), order=1, grid_mode=True, mode="nearest")
+    assert np.abs(reduced(volume, shape) - at_once).max() < 1e-3
 
 
 def test_thin_slices_are_segmented_on_the_models_grid_and_measured_on_theirs() -> None:
