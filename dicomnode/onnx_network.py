@@ -2,16 +2,17 @@
 
 On a 2-core CPU torch spends about 450 ms on one 16 x 64 x 64 tile of the shipped model and ONNX Runtime about
 60 ms, with the same class at every voxel (``benchmarks/inference.py``). nnU-Net's sliding window keeps calling
-``predictor.network(tile)``; this module answers those calls. The network is exported once, in memory, when the
-predictor is loaded: nothing is written next to the model.
+``predictor.network(tile)``; this module answers those calls. The network is exported once, into a temporary folder
+that is removed at once, when the predictor is loaded: nothing is written next to the model.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,27 +36,27 @@ class OnnxNetwork(torch.nn.Module):
     def _export(self) -> Any:
         import onnxruntime
 
-        buffer = io.BytesIO()
         # torch warns that instance norm is exported with train=True: it normalises by each tile's own statistics,
         # which is what nnU-Net's instance norm (no running statistics) does in eval mode too.
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
             warnings.filterwarnings("ignore", message=".*instance_norm.*")
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             torch.onnx.export(
                 self._network[0],
                 (torch.zeros(self._tile),),
-                buffer,
+                Path(folder) / "network.onnx",
                 input_names=["image"],
                 output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
+            model = (Path(folder) / "network.onnx").read_bytes()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.log_severity_level = 3
-        log.info("network exported to ONNX (%.1f MB) for ONNX Runtime %s, %d threads", buffer.tell() / 1e6, onnxruntime.__version__, self._threads)
-        return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        log.info("network exported to ONNX (%.1f MB) for ONNX Runtime %s, %d threads", len(model) / 1e6, onnxruntime.__version__, self._threads)
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """nnU-Net loads each fold's weights before predicting: export again only when they are other weights."""
