@@ -94,11 +94,12 @@ def write_seg(
     measurements: Measurements,
     model: Model,
     tracking: dict[tuple[str, str], str],
+    slices: np.ndarray,
     review: bool = False,
     uids: ResultUids = RANDOM_UIDS,
 ) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
-    """A BINARY SEG with one segment per structure and side found, derived from the slices the kidneys lie on;
-    returns it and the segment numbers."""
+    """A BINARY SEG with one segment per structure and side found, derived from the series' ``slices`` (those the
+    kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
     masks: list[np.ndarray] = []
     numbers: dict[tuple[str, str], int] = {}
@@ -125,10 +126,9 @@ def write_seg(
         descriptions.append(description)
         masks.append(kidney.mask(structure))
         numbers[(structure, side)] = number
-    used = measured_slices(series, measurements)
     seg = hd.seg.Segmentation(
-        source_images=[ds for ds, on in zip(series.datasets, used) if on],
-        pixel_array=np.stack([mask[used] for mask in masks], axis=-1).astype(np.uint8),
+        source_images=[ds for ds, on in zip(series.datasets, slices) if on],
+        pixel_array=np.stack([mask[slices] for mask in masks], axis=-1).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg/series"),
@@ -155,6 +155,7 @@ def write_sr(
     numbers: dict[tuple[str, str], int],
     tracking: dict[tuple[str, str], str],
     model: Model,
+    slices: np.ndarray,
     uids: ResultUids = RANDOM_UIDS,
 ) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
@@ -199,7 +200,7 @@ def write_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
-        referenced_images=[ds for ds, used in zip(series.datasets, measured_slices(series, measurements)) if used],  # TID 1600
+        referenced_images=[ds for ds, on in zip(series.datasets, slices) if on],  # TID 1600 Image Library: the SEG's slices
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
@@ -226,10 +227,10 @@ def write_results(
     """SEG and SR of a measured study, and with ``pictures`` the Secondary Capture pages; where QC failed, all say
     "QC: review" and the SR lists every finding. ``uids`` derives every UID from the job, so a re-run makes the same
     instances."""
-    tracking = tracking_uids(measurements, uids)
-    seg, numbers = write_seg(series, measurements, model, tracking, review=not qc.passed, uids=uids)
+    tracking, slices = tracking_uids(measurements, uids), measured_slices(series, measurements)
+    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed, uids=uids)
     sc = write_sc(series, measurements, qc, model, uids) if pictures else []
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, uids), sc)
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids), sc)
 
 
 def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:

@@ -25,7 +25,7 @@ from dicomnode.qc import Rule, check
 from dicomnode.segment import MODEL_LEFT, MODEL_RIGHT, Model, Segmentation
 from tests.peers import REPO, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts
-from tests.training_cli import TINY, cli_env, training_cli
+from tests.training_cli import TINY, cli_env, tiny_training, training_cli
 from training.phantom_dicom import StudyFiles, write_study
 from training.phantoms import Grid, Phase, make_phantom
 
@@ -68,23 +68,7 @@ def test_training_cli_builds_a_results_folder_the_way_totalsegmentator_lays_out_
     raw = work / "raw" / "Dataset991_TS"
     assert json.loads((raw / "dataset.json").read_text())["labels"] == {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3}
     trainer = "nnUNetTrainerPaper_NoMirroring_1epoch_3it"
-    cli(
-        "train",
-        "--work",
-        str(work),
-        "--dataset-id",
-        "991",
-        "--configuration",
-        "3d_tiny",
-        "--folds",
-        "0",
-        "--n-folds",
-        "2",
-        "--trainer",
-        trainer,
-        "--device",
-        "cpu",
-    )
+    cli(*tiny_training(str(work), "991", trainer))
     folder = work / "results" / "Dataset991_TS" / f"{trainer}__nnUNetPlans__3d_tiny"
     external = ExternalModel.from_config(ExternalModelConfig(folder=str(folder), spacing_mm=6.0), folder)
     assert external.problems() == []

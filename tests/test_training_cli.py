@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.peers import REAL_CT as REAL
-from tests.training_cli import TINY, cli_env, training_cli
+from tests.training_cli import TINY, cli_env, tiny_training, training_cli
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 
@@ -27,24 +27,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     groups = json.loads((work / "raw" / "Dataset990_Tiny" / "groups.json").read_text())
     assert len(groups) == 6 and all(g.startswith("CKD") for g in groups.values())
 
-    out = training_cli(
-        "train",
-        "--work",
-        str(work),
-        "--dataset-id",
-        "990",
-        "--configuration",
-        "3d_tiny",
-        "--folds",
-        "0",
-        "--n-folds",
-        "2",
-        "--trainer",
-        "nnUNetTrainerPaper_1epoch_3it",
-        "--device",
-        "cpu",
-        env=env,
-    )
+    out = training_cli(*tiny_training(str(work), "990", "nnUNetTrainerPaper_1epoch_3it"), env=env)
     assert "best fold: 0" in out
     # the schedule is named in the results folder, as nnU-Net names its trainer variants
     assert (work / "results" / "Dataset990_Tiny" / "nnUNetTrainerPaper_1epoch_3it__nnUNetPlans__3d_tiny" / "fold_0" / "checkpoint_final.pth").exists()

@@ -10,6 +10,27 @@ import sys
 TINY = ["--matrix", "64", "--pixel-mm", "5.6", "--slices", "20", "--slice-mm", "8"]
 
 
+def tiny_training(work: str, dataset_id: str, trainer: str) -> list[str]:
+    """Arguments of ``dicomnode-train train`` for fold 0 of 2 on the ``3d_tiny`` plan, on the CPU."""
+    return [
+        "train",
+        "--work",
+        work,
+        "--dataset-id",
+        dataset_id,
+        "--configuration",
+        "3d_tiny",
+        "--folds",
+        "0",
+        "--n-folds",
+        "2",
+        "--trainer",
+        trainer,
+        "--device",
+        "cpu",
+    ]
+
+
 def cli_env() -> dict[str, str]:
     """The environment with nnU-Net limited to one worker process each for preprocessing and augmentation."""
     return {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"}
