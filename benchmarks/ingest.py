@@ -13,6 +13,7 @@ algorithm on otherwise and stalls about 45 ms per instance), and storescp and Or
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wai
 
 
 def timed_send(port: int, called: str, files: list[Path]) -> float:
+    os.sync()  # what the last receiver wrote is not flushed during this one's run
     start = time.perf_counter()
     result = storescu(port, called, files)
     elapsed = time.perf_counter() - start
@@ -35,6 +37,7 @@ def timed_send(port: int, called: str, files: list[Path]) -> float:
 def timed_parallel_send(port: int, called: str, files: list[Path], senders: int) -> float:
     """Seconds for ``senders`` storescu processes, one association each, to send every ``senders``-th file at once."""
     command = ["storescu", "-R", "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port)]
+    os.sync()
     start = time.perf_counter()
     processes = [
         subprocess.Popen([*command, *map(str, files[i::senders])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=PEER_ENV) for i in range(senders)

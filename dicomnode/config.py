@@ -272,6 +272,7 @@ class NodeConfig:
     max_associations: int = 20  # associations served at once; more are refused (local limit exceeded) and logged
     min_free_disk_mb: int = 500
     max_instance_mb: int = 2048  # larger instances are refused with 0xA700 after they arrived (on disk, not in memory)
+    network_timeout_s: float = 60.0  # an association silent this long is closed; its unfinished instance is discarded
     log_patient_data: bool = False
     send_text_sr_without_result: bool = False
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -357,6 +358,7 @@ def problems(config: NodeConfig) -> list[str]:
     check(config.max_wait_s >= config.quiet_period_s, "max_wait_s", f"{config.max_wait_s:g} is shorter than quiet_period_s")
     check(config.tick_s > 0, "tick_s", "must be positive")
     check(config.max_associations >= 1, "max_associations", "must be at least 1")
+    check(config.network_timeout_s > 0, "network_timeout_s", "must be more than 0")
     check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")
     check(config.retention.days >= 0, "retention.days", "must not be negative")
     check(config.retention.interval_s > 0, "retention.interval_s", "must be positive")

@@ -15,14 +15,9 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     return partial
 
 
-def move_atomically(source: Path, path: Path) -> None:
-    """fsync ``source`` (on the same file system) and rename it to ``path``."""
+def move_into_place(source: Path, path: Path) -> None:
+    """Rename ``source``, written and fsynced on the same file system, to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     os.replace(source, path)
 
 

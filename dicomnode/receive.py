@@ -1,22 +1,18 @@
-"""Receive stage: a pynetdicom SCP for C-ECHO and C-STORE that stores instances atomically and indexes them."""
+"""Receive stage: the node's SCP for C-ECHO and C-STORE (``acceptor.py`` speaks DICOM); what it accepts is stored
+atomically and indexed here."""
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 import shutil
-import socket
 import ssl
-import tempfile
 import threading
-from pathlib import Path
-from typing import cast
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
@@ -29,12 +25,12 @@ from pynetdicom.sop_class import (
     Verification,
     XRayRadiationDoseSRStorage,
 )
-from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
-from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode.acceptor import Acceptor, Policy, Received
 from dicomnode.config import NodeConfig
 from dicomnode.database import errors
-from dicomnode.files import move_atomically, remove_partial_writes
+from dicomnode.dimse import StoreStatus
+from dicomnode.files import move_into_place, remove_partial_writes
 from dicomnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -54,20 +50,7 @@ ACCEPTED_SOP_CLASSES = (
 )
 
 
-class StoreStatus(enum.IntEnum):
-    """The C-STORE statuses this SCP answers, named once; pynetdicom's STORAGE_SERVICE_CLASS_STATUS (PS3.4 Table
-    B.2-1) gives each its meaning, see :meth:`meaning`."""
-
-    SUCCESS = Status.SUCCESS
-    OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
-    CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
-
-    def meaning(self) -> str:
-        category, meaning = STORAGE_SERVICE_CLASS_STATUS[self.value]
-        return f"{category}: {meaning}" if meaning else category
-
-
-#: Folder under ``storage`` where pynetdicom writes data sets while they arrive.
+#: Folder under ``storage`` where data sets are written while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -124,8 +107,7 @@ class Receiver:
             log.warning("removed %s, left by a write that was cut off", partial)
         if store.db.dialect.name == "sqlite":
             self.reindex()
-        self._server: ThreadedAssociationServer | None = None
-        self._tempdir: str | None = None
+        self._acceptor: Acceptor | None = None
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
@@ -147,51 +129,34 @@ class Receiver:
             log.warning("indexed %d stored instances the index had lost (a power cut before its last commits reached the disk)", recovered)
         return recovered
 
-    def _receive_to_disk(self) -> None:
-        """Have pynetdicom write data sets to disk as they arrive, in a folder on the storage's file system so that
-        storing one is a rename; memory does not grow with instance size. Both settings are process-wide (pynetdicom
-        offers no other), so :meth:`stop` restores them."""
+    def start(self) -> None:
         incoming = self.storage / INCOMING
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir()
-        self._tempdir, tempfile.tempdir = tempfile.tempdir, str(incoming)
-        _config.STORE_RECV_CHUNKED_DATASET = True
-
-    def start(self) -> None:
-        self._receive_to_disk()
-        ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_pdu_size = 0
-        ae.add_supported_context(Verification)
-        for sop_class in ACCEPTED_SOP_CLASSES:
-            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        if self.config.allowed_callers:
-            ae.require_calling_aet = list(self.config.allowed_callers)  # others get A-ASSOCIATE-RJ (calling AE not recognised)
-        ae.require_called_aet = self.config.check_called_ae  # others get A-ASSOCIATE-RJ (called AE not recognised)
-        ae.maximum_associations = self.config.max_associations  # more get A-ASSOCIATE-RJ (local limit exceeded)
-        handlers: list[evt.EventHandlerType] = [
-            (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_C_ECHO, lambda event: StoreStatus.SUCCESS),
-            (evt.EVT_C_STORE, self.on_store),
-            (evt.EVT_RELEASED, self.on_closed),
-            (evt.EVT_ABORTED, self.on_closed),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
-        ]
-        server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context())
-        assert server is not None  # block=False returns the running server
-        server.verify_request = self._verify_address  # type: ignore[method-assign]  # socketserver's hook, before any DICOM is read
-        self._server = server
+        policy = Policy(
+            ae_title=self.config.ae_title,
+            contexts={Verification: (ImplicitVRLittleEndian, ExplicitVRLittleEndian)} | {c: tuple(ALL_TRANSFER_SYNTAXES) for c in ACCEPTED_SOP_CLASSES},
+            check_called_ae=self.config.check_called_ae,
+            allowed_callers=tuple(self.config.allowed_callers),
+            allowed_addresses=tuple(self.config.allowed_addresses),
+            max_associations=self.config.max_associations,
+            max_data_set_bytes=self.config.max_instance_mb * 2**20,
+            timeout_s=self.config.network_timeout_s,
+            incoming=incoming,
+            ssl_context=self._ssl_context(),
+        )
+        self._acceptor = Acceptor((self.config.host, self.config.port), policy, self)
+        self._acceptor.start()
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
     def listening(self) -> bool:
         """Whether the SCP is serving (for ``/healthz``)."""
-        return self._server is not None
+        return self._acceptor is not None
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            tempfile.tempdir = self._tempdir
-            _config.STORE_RECV_CHUNKED_DATASET = False
-            self._server = None
+        if self._acceptor is not None:
+            self._acceptor.stop()
+            self._acceptor = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls
@@ -202,88 +167,79 @@ class Receiver:
         context.load_cert_chain(self.config.path(tls.certificate), self.config.path(tls.private_key))
         return context
 
-    def _verify_address(self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]) -> bool:
-        allowed = self.config.allowed_addresses
-        if allowed and client_address[0] not in allowed:
-            log.warning("refused a connection from %s: address not in allowed_addresses", client_address[0])
-            return False
-        return True
+    def refused(self, calling_ae: str, address: str, reason: str) -> None:
+        """Log and record why an association was refused (A-ASSOCIATE-RJ has been sent)."""
+        log.warning("refused an association from %s at %s: %s", calling_ae, address, reason)
+        self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
 
-    def on_rejected(self, event: evt.Event) -> None:
-        """Log and record why an association was refused (pynetdicom has already sent A-ASSOCIATE-RJ)."""
-        requestor = event.assoc.requestor
-        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
-        calling = str(requestor.ae_title or "").strip()
-        if self.config.allowed_callers and calling not in self.config.allowed_callers:
-            reason = "calling AE title not in allowed_callers"
-        elif self.config.check_called_ae and called != self.config.ae_title:
-            reason = f"called AE title {called!r} is not this node's {self.config.ae_title!r}"
-        else:
-            reason = f"more than max_associations={self.config.max_associations} associations at once"
-        log.warning("refused an association from %s at %s: %s", calling, requestor.address, reason)
-        self.store.add_refusal(calling, "", "", f"association from {requestor.address} refused: {reason}")
-
-    def on_closed(self, event: evt.Event) -> None:
+    def closed(self, association: int) -> None:
         try:
-            self.open.closed(id(event.assoc))
+            self.open.closed(association)
         except self._database_errors as exc:  # its rows go with this receiver's heartbeat
             log.error("could not record the end of an association: %s", exc)
 
-    def on_store(self, event: evt.Event) -> int:
+    def receive(self, received: Received) -> tuple[int, str]:
         """Check and store one instance; acknowledged only once it is on disk and indexed. With the database down,
         the answer is 0xA700 (out of resources): nothing is acknowledged that is not indexed, the sender tries again."""
         try:
-            return self._store(event)
+            return self._store(received)
         except self._database_errors as exc:
-            log.error("refusing an instance from %s: the database does not answer (%s)", event.assoc.requestor.ae_title, exc)
-            return StoreStatus.OUT_OF_RESOURCES
+            log.error("refusing an instance from %s: the database does not answer (%s)", received.calling_ae, exc)
+            return StoreStatus.OUT_OF_RESOURCES, "database unavailable, send again later"
 
-    def _store(self, event: evt.Event) -> int:
-        """pynetdicom has written the data set to a file in ``storage/.incoming`` as it arrived."""
-        calling_ae = event.assoc.requestor.ae_title
-        received = Path(event.dataset_path)
-        size_mb = received.stat().st_size / 2**20
+    def _store(self, received: Received) -> tuple[int, str]:
+        """The data set is in a file of ``storage/.incoming``, after its File Meta Information; the checks run while
+        it is fsynced, and it is moved into place once it is on disk."""
+        calling_ae = received.calling_ae
+        if received.error:
+            log.error("refusing an instance from %s: %s", calling_ae, received.error)
+            self.store.add_refusal(calling_ae, "", "", received.error)
+            return StoreStatus.OUT_OF_RESOURCES, received.error
+        size_mb = received.size / 2**20
         if size_mb > self.config.max_instance_mb:
             log.error("refusing an instance from %s: %.0f MB, above max_instance_mb=%d", calling_ae, size_mb, self.config.max_instance_mb)
-            self.store.add_refusal(calling_ae, "", "", f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}")
-            return StoreStatus.OUT_OF_RESOURCES
+            reason = f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}"
+            self.store.add_refusal(calling_ae, "", "", reason)
+            return StoreStatus.OUT_OF_RESOURCES, reason
         try:
-            ds = pydicom.dcmread(received, stop_before_pixels=True)
+            ds = pydicom.dcmread(received.path, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
-            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}")
-        request = cast(C_STORE, event.request)
-        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or request.AffectedSOPInstanceUID or "")
+            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}", "data set cannot be parsed")
+        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or received.sop_instance_uid)
         study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")
         series_uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        sop_class = str(getattr(ds, "SOPClassUID", "") or request.AffectedSOPClassUID or "")
+        sop_class = str(getattr(ds, "SOPClassUID", "") or received.sop_class_uid)
         invalid = [
-            f"{name} {why}"
+            (name, why)
             for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
             for ok, why in [valid_uid(uid)]
             if not ok
         ]
         if invalid:
-            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], f"missing or invalid UID in the data set: {'; '.join(invalid)}")
-        self.open.touched(id(event.assoc), study_uid)
+            reason = f"missing or invalid UID in the data set: {'; '.join(f'{name} {why}' for name, why in invalid)}"
+            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], reason, f"invalid {', '.join(name for name, _ in invalid)}")
+        self.open.touched(received.association, study_uid)
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
-            return StoreStatus.SUCCESS
+            return StoreStatus.SUCCESS, ""
         free_mb = shutil.disk_usage(self.storage).free / 2**20
         if free_mb < self.config.min_free_disk_mb:
             log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free_mb, self.config.min_free_disk_mb)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free_mb:.0f} MB free)")
-            return StoreStatus.OUT_OF_RESOURCES
+            return StoreStatus.OUT_OF_RESOURCES, "disk nearly full"
         path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
         try:
-            move_atomically(received, path)
+            received.durable.result()
+            move_into_place(received.path, path)
         except OSError as exc:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
-            return StoreStatus.OUT_OF_RESOURCES
+            return StoreStatus.OUT_OF_RESOURCES, "write failed"
         self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae)
-        return StoreStatus.SUCCESS
+        return StoreStatus.SUCCESS, ""
 
-    def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> int:
+    def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str, comment: str) -> tuple[int, str]:
+        """0xC000 with ``comment`` (an Error Comment holds 64 characters); the whole ``reason`` is logged and recorded."""
         log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
         self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
-        return StoreStatus.CANNOT_UNDERSTAND
+        return StoreStatus.CANNOT_UNDERSTAND, comment

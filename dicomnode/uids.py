@@ -24,3 +24,8 @@ def job_seed(study_uid: str, version: int) -> str:
 
 #: Random UIDs, for results made outside a job (``dicomnode run``, tests).
 RANDOM_UIDS = ResultUids()
+
+
+#: (0002,0012) Implementation Class UID of the files the receiver writes and of its associations: fixed, derived
+#: from the project's name under pydicom's root.
+IMPLEMENTATION_CLASS_UID = str(generate_uid(entropy_srcs=["dicomnode implementation class"]))

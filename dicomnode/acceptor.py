@@ -1,0 +1,389 @@
+"""An association acceptor for the Verification and Storage services: one thread per association reading from a
+blocking socket (no polling), each data set written to a file as its fragments arrive, the C-STORE answered with what
+:class:`Services` decides. The DICOM side of the receive stage; what is stored and why is decided in ``receive.py``."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from dicomnode import __version__
+from dicomnode.dimse import CommandField, Request, StoreStatus, parse_request, response
+from dicomnode.uids import IMPLEMENTATION_CLASS_UID
+from dicomnode.upper_layer import (
+    DICOM_APPLICATION_CONTEXT,
+    MAX_ASSOCIATE_REQUEST,
+    MAX_COMMAND,
+    AbortReason,
+    AssociateRequest,
+    ContextAnswer,
+    ContextResult,
+    PduReader,
+    PduType,
+    ProtocolError,
+    Rejection,
+    abort,
+    associate_accept,
+    associate_reject,
+    p_data,
+    parse_associate_request,
+    release_response,
+)
+
+log = logging.getLogger(__name__)
+
+#: (0002,0013) Implementation Version Name, at most 16 characters.
+IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
+
+
+@dataclass(frozen=True)
+class Received:
+    """A data set that arrived in full, written after its File Meta Information to ``path``, which is being fsynced:
+    ``durable`` completes when it is on disk (or raises OSError), so that checks can run meanwhile. ``size`` counts
+    the data set's bytes, of which none past the policy's ``max_data_set_bytes`` were written; ``error`` says why
+    the data set could not be written whole, if it could not."""
+
+    association: int
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: Path
+    size: int
+    durable: futures.Future[None]
+    error: str = ""
+
+
+class Services(Protocol):
+    def receive(self, received: Received) -> tuple[int, str]:
+        """Status of the C-STORE-RSP, and its Error Comment (empty for none)."""
+
+    def refused(self, calling_ae: str, address: str, reason: str) -> None:
+        """An association was refused for ``reason`` (A-ASSOCIATE-RJ already sent)."""
+
+    def closed(self, association: int) -> None:
+        """An accepted association ended (released, aborted or cut off)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Who may associate and what they may send. ``contexts`` maps each accepted abstract syntax to the transfer
+    syntaxes accepted for it, in no order: each context gets the first of its proposed transfer syntaxes that is
+    accepted. A socket silent for ``timeout_s`` is closed."""
+
+    ae_title: str
+    contexts: Mapping[str, tuple[str, ...]]
+    check_called_ae: bool = True
+    allowed_callers: tuple[str, ...] = ()
+    allowed_addresses: tuple[str, ...] = ()
+    max_associations: int = 20
+    max_data_set_bytes: int = 2**40
+    timeout_s: float = 60.0
+    incoming: Path = Path(".")
+    ssl_context: ssl.SSLContext | None = None
+
+
+def _file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1), explicit VR little endian."""
+
+    def element(element: int, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0" if vr == b"UI" else b" "
+        if vr == b"OB":
+            return struct.pack("<HH2sHL", 2, element, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+    def text(value: str) -> bytes:
+        return value.encode("ascii", "replace")
+
+    body = (
+        element(0x0001, b"OB", b"\0\1")
+        + element(0x0002, b"UI", text(sop_class_uid))
+        + element(0x0003, b"UI", text(sop_instance_uid))
+        + element(0x0010, b"UI", text(transfer_syntax))
+        + element(0x0012, b"UI", text(IMPLEMENTATION_CLASS_UID))
+        + element(0x0013, b"SH", text(IMPLEMENTATION_VERSION))
+        + (element(0x0016, b"AE", text(calling_ae)) if calling_ae else b"")
+    )
+    return bytes(128) + b"DICM" + element(0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+class _Incoming:
+    """One data set being written to a hidden file under ``folder`` as it arrives; bytes past ``limit`` are counted,
+    not kept, and so are all bytes after a failed write (``error`` says why)."""
+
+    def __init__(self, folder: Path, meta: bytes, limit: int) -> None:
+        self.path = folder / f".{uuid.uuid4().hex}.tmp"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.size, self._limit, self.error = 0, limit, ""
+        self._write(memoryview(meta))
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def write(self, data: memoryview) -> None:
+        if self.size + len(data) <= self._limit and not self.error:
+            try:
+                self._write(data)
+            except OSError as exc:  # a full disk, an I/O error: the instance will be refused
+                self.error = f"write failed: {exc}"
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """fsync and close; once this returns without raising, the data set is on disk."""
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+
+    def discard(self) -> None:
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+
+class _Association:
+    """One association, from the A-ASSOCIATE-RQ to its release or abort."""
+
+    def __init__(self, acceptor: Acceptor, sock: socket.socket, address: str, number: int) -> None:
+        self.acceptor, self.sock, self.address, self.number = acceptor, sock, address, number
+        self.policy = acceptor.policy
+        self.reader = PduReader(sock)
+        self.incoming: _Incoming | None = None
+        self.admitted = False
+        self.contexts: dict[int, str] = {}  # accepted context ID: abstract syntax
+        self.transfer: dict[int, str] = {}  # accepted context ID: transfer syntax
+
+    def send(self, pdu: bytes) -> None:
+        self.sock.sendall(pdu)
+
+    def negotiate(self) -> AssociateRequest | None:
+        """Read the request, and accept it (returning it) or refuse it."""
+        kind, length = self.reader.header()
+        if kind is not PduType.ASSOCIATE_RQ:
+            raise ProtocolError(f"{kind.name} before A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU)
+        if length > MAX_ASSOCIATE_REQUEST:
+            raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
+        request = parse_associate_request(self.reader.read(length))
+        refusal = self.refusal(request)
+        if refusal is not None:
+            rejection, reason = refusal
+            self.send(associate_reject(rejection))
+            self.acceptor.services.refused(request.calling_ae, self.address, reason)
+            return None
+        answers = [self.answer(c.abstract_syntax, c.transfer_syntaxes, c.context_id) for c in request.contexts]
+        self.send(associate_accept(request, answers, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
+        self.contexts = {a.context_id: c.abstract_syntax for a, c in zip(answers, request.contexts, strict=True) if a.result is ContextResult.ACCEPTANCE}
+        self.transfer = {a.context_id: a.transfer_syntax for a in answers}
+        return request
+
+    def refusal(self, request: AssociateRequest) -> tuple[Rejection, str] | None:
+        policy = self.policy
+        if not request.protocol_version & 1:
+            return Rejection.PROTOCOL_VERSION_NOT_SUPPORTED, f"protocol version 0x{request.protocol_version:04x} not supported"
+        if request.application_context != DICOM_APPLICATION_CONTEXT:
+            return Rejection.APPLICATION_CONTEXT_NOT_SUPPORTED, f"application context {request.application_context!r} is not DICOM's"
+        if policy.allowed_callers and request.calling_ae not in policy.allowed_callers:
+            return Rejection.CALLING_AE_NOT_RECOGNISED, "calling AE title not in allowed_callers"
+        if policy.check_called_ae and request.called_ae != policy.ae_title:
+            return Rejection.CALLED_AE_NOT_RECOGNISED, f"called AE title {request.called_ae!r} is not this node's {policy.ae_title!r}"
+        self.admitted = self.acceptor.admit(self.number)
+        if not self.admitted:
+            return Rejection.LOCAL_LIMIT_EXCEEDED, f"more than max_associations={policy.max_associations} associations at once"
+        return None
+
+    def answer(self, abstract_syntax: str, transfer_syntaxes: tuple[str, ...], context_id: int) -> ContextAnswer:
+        accepted = self.policy.contexts.get(abstract_syntax, ())
+        if not accepted:
+            return ContextAnswer(context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfer_syntaxes[0])
+        chosen = next((ts for ts in transfer_syntaxes if ts in accepted), None)
+        if chosen is None:
+            return ContextAnswer(context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, transfer_syntaxes[0])
+        return ContextAnswer(context_id, ContextResult.ACCEPTANCE, chosen)
+
+    def messages(self, calling_ae: str) -> str:
+        """Serve DIMSE messages until the peer releases or aborts; returns which."""
+        command, request, context = bytearray(), None, 0
+        while True:
+            kind, length = self.reader.header()
+            if kind in (PduType.RELEASE_RQ, PduType.ABORT):
+                if length != 4:
+                    raise ProtocolError(f"{kind.name} of {length} bytes, not 4")
+                self.reader.read(length)
+                if kind is PduType.ABORT:
+                    return "aborted by the peer"
+                self.send(release_response())
+                return "released"
+            if kind is not PduType.P_DATA_TF:
+                raise ProtocolError(f"{kind.name} during the association", AbortReason.UNEXPECTED_PDU)
+            remaining = length
+            while remaining:
+                fragment = self.reader.fragment(remaining)
+                remaining -= 6 + fragment.length
+                if fragment.context_id not in self.contexts:
+                    raise ProtocolError(f"a PDV on presentation context {fragment.context_id}, which was not accepted")
+                if fragment.command:
+                    if request is not None or len(command) + fragment.length > MAX_COMMAND:
+                        raise ProtocolError("a command fragment where a data set was due, or a command set too long")
+                    command += self.reader.read(fragment.length)
+                    if fragment.last:
+                        request, context = parse_request(bytes(command)), fragment.context_id
+                        command.clear()
+                        if not request.has_data_set:
+                            self.answer_request(request, context)
+                            request = None
+                    continue
+                if request is None or fragment.context_id != context:
+                    raise ProtocolError("a data set fragment without its command")
+                if self.incoming is None:
+                    meta = _file_meta(request.sop_class_uid, request.sop_instance_uid, self.transfer[context], calling_ae)
+                    self.incoming = _Incoming(self.policy.incoming, meta, self.policy.max_data_set_bytes)
+                self.reader.copy(fragment.length, self.incoming.write)
+                if fragment.last:
+                    self.stored(request, context, calling_ae)
+                    request = None
+
+    def answer_request(self, request: Request, context: int) -> None:
+        if request.command is not CommandField.C_ECHO_RQ:
+            raise ProtocolError(f"{request.command.name} without a data set")
+        self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
+
+    def stored(self, request: Request, context: int, calling_ae: str) -> None:
+        incoming, self.incoming = self.incoming, None
+        assert incoming is not None
+        if request.command is not CommandField.C_STORE_RQ:
+            incoming.discard()
+            raise ProtocolError(f"{request.command.name} with a data set")
+        if self.contexts[context] != request.sop_class_uid:
+            incoming.discard()
+            status: int = StoreStatus.SOP_CLASS_NOT_SUPPORTED
+            comment = f"SOP class {request.sop_class_uid} sent on a context for {self.contexts[context]}"
+        else:
+            durable = self.acceptor.fsyncs.submit(incoming.finish)
+            try:
+                sop_class, sop_instance = request.sop_class_uid, request.sop_instance_uid
+                received = Received(self.number, calling_ae, sop_class, sop_instance, incoming.path, incoming.size, durable, incoming.error)
+                status, comment = self.acceptor.services.receive(received)
+            finally:
+                futures.wait([durable])
+                incoming.path.unlink(missing_ok=True)  # stored files were moved away; refused ones go
+        self.send(p_data(context, response(request, status, comment)))
+
+    def serve(self) -> None:
+        try:
+            request = self.negotiate()
+            if request is not None:
+                log.info("association %d from %s at %s accepted", self.number, request.calling_ae, self.address)
+                ended = self.messages(request.calling_ae)
+                log.info("association %d %s", self.number, ended)
+        except ProtocolError as exc:
+            log.warning("aborting association %d from %s: %s", self.number, self.address, exc)
+            try:
+                self.send(abort(exc.reason))
+            except OSError:
+                pass
+        except TimeoutError:
+            log.warning("closing association %d from %s: silent for %.0f s", self.number, self.address, self.policy.timeout_s)
+        except (OSError, ValueError) as exc:  # ConnectionError, ssl.SSLError, a socket shut by stop()
+            log.warning("association %d from %s ended: %s", self.number, self.address, exc or type(exc).__name__)
+        except Exception:
+            log.exception("association %d from %s aborted by an error of the node", self.number, self.address)
+            try:
+                self.send(abort(AbortReason.NOT_SPECIFIED))
+            except OSError:
+                pass
+        finally:
+            if self.incoming is not None:
+                self.incoming.discard()
+            self.reader.close()
+            if self.admitted:
+                self.acceptor.left(self.number)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+
+class Acceptor:
+    """Listens on ``address`` and serves each association in a thread of its own."""
+
+    def __init__(self, address: tuple[str, int], policy: Policy, services: Services) -> None:
+        self.policy, self.services = policy, services
+        self._lock = threading.Lock()
+        self._admitted: set[int] = set()
+        self._sockets: set[socket.socket] = set()
+        self._numbers = itertools.count(1)
+        acceptor = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                acceptor.connection(self.request, self.client_address[0])
+
+        self._server = _Server(address, Handler)
+        self.fsyncs = futures.ThreadPoolExecutor(policy.max_associations, thread_name_prefix="fsync")
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and cut off the associations still open (their partial data sets are discarded)."""
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.fsyncs.shutdown(wait=True)
+
+    def admit(self, number: int) -> bool:
+        with self._lock:
+            if len(self._admitted) >= self.policy.max_associations:
+                return False
+            self._admitted.add(number)
+            return True
+
+    def left(self, number: int) -> None:
+        with self._lock:
+            self._admitted.discard(number)
+        self.services.closed(number)
+
+    def connection(self, sock: socket.socket, address: str) -> None:
+        if self.policy.allowed_addresses and address not in self.policy.allowed_addresses:
+            log.warning("refused a connection from %s: address not in allowed_addresses", address)
+            sock.close()
+            return
+        sock.settimeout(self.policy.timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        number = next(self._numbers)
+        try:
+            if self.policy.ssl_context is not None:
+                sock = self.policy.ssl_context.wrap_socket(sock, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS handshake with %s failed: %s", address, exc)
+            sock.close()
+            return
+        with self._lock:
+            self._sockets.add(sock)
+        try:
+            _Association(self, sock, address, number).serve()
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+            sock.close()

@@ -1,0 +1,128 @@
+"""DIMSE command sets (PS3.7 section 9 and Annex E) for the C-STORE and C-ECHO services this node provides: requests
+decoded, responses encoded. Command sets are always implicit VR little endian (PS3.7 6.3.1)."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
+
+from dicomnode.upper_layer import ProtocolError
+
+#: (0000,0800) Command Data Set Type: this value says no data set follows; any other says one does.
+NO_DATA_SET = 0x0101
+
+
+class CommandField(enum.IntEnum):
+    """(0000,0100) values, PS3.7 Annex E."""
+
+    C_STORE_RQ = 0x0001
+    C_STORE_RSP = 0x8001
+    C_ECHO_RQ = 0x0030
+    C_ECHO_RSP = 0x8030
+
+
+class Tag(enum.IntEnum):
+    """The command elements read or written here, as (group << 16) | element."""
+
+    GROUP_LENGTH = 0x00000000
+    AFFECTED_SOP_CLASS_UID = 0x00000002
+    COMMAND_FIELD = 0x00000100
+    MESSAGE_ID = 0x00000110
+    MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
+    COMMAND_DATA_SET_TYPE = 0x00000800
+    STATUS = 0x00000900
+    ERROR_COMMENT = 0x00000902
+    AFFECTED_SOP_INSTANCE_UID = 0x00001000
+
+
+class StoreStatus(enum.IntEnum):
+    """The C-STORE and C-ECHO statuses this SCP answers, named once; pynetdicom's STORAGE_SERVICE_CLASS_STATUS (PS3.4 Table
+    B.2-1) gives each its meaning, see :meth:`meaning`."""
+
+    SUCCESS = Status.SUCCESS
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # the data set's SOP class is not the one its presentation context was accepted for
+    OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
+    CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
+
+    def meaning(self) -> str:
+        category, meaning = STORAGE_SERVICE_CLASS_STATUS[self.value]
+        return f"{category}: {meaning}" if meaning else category
+
+
+@dataclass(frozen=True)
+class Request:
+    """A C-STORE-RQ or C-ECHO-RQ."""
+
+    command: CommandField
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    has_data_set: bool
+
+
+def _elements(data: bytes) -> dict[int, bytes]:
+    values, offset = {}, 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            raise ProtocolError("a command element header is cut off")
+        group, element, length = struct.unpack_from("<HHL", data, offset)
+        if group != 0x0000:
+            raise ProtocolError(f"element ({group:04X},{element:04X}) in a command set")
+        offset += 8
+        if offset + length > len(data):
+            raise ProtocolError(f"command element (0000,{element:04X}) runs past the command set")
+        values[element] = data[offset : offset + length]
+        offset += length
+    return values
+
+
+def parse_request(data: bytes) -> Request:
+    """The request in command set ``data``; ProtocolError where it is malformed or not a request served here."""
+    values = _elements(data)
+
+    def number(tag: Tag) -> int:
+        value = values.get(tag)
+        if value is None or len(value) != 2:
+            raise ProtocolError(f"command set without a valid (0000,{tag:04X})")
+        return int.from_bytes(value, "little")
+
+    def uid(tag: Tag) -> str:
+        return values.get(tag, b"").decode("ascii", "replace").strip("\0 ")
+
+    try:
+        command = CommandField(number(Tag.COMMAND_FIELD))
+    except ValueError:
+        raise ProtocolError(f"DIMSE command 0x{number(Tag.COMMAND_FIELD):04X} is not served here") from None
+    if command not in (CommandField.C_STORE_RQ, CommandField.C_ECHO_RQ):
+        raise ProtocolError(f"{command.name} is not a request")
+    has_data_set = number(Tag.COMMAND_DATA_SET_TYPE) != NO_DATA_SET
+    return Request(command, number(Tag.MESSAGE_ID), uid(Tag.AFFECTED_SOP_CLASS_UID), uid(Tag.AFFECTED_SOP_INSTANCE_UID), has_data_set)
+
+
+def _element(tag: Tag, value: bytes) -> bytes:
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    data = value.encode("ascii")
+    return data + b"\0" if len(data) % 2 else data
+
+
+def response(request: Request, status: int, comment: str = "") -> bytes:
+    """The response to ``request``: C-STORE-RSP or C-ECHO-RSP with ``status``, and an Error Comment (LO, at most 64
+    characters) where ``comment`` is given."""
+    answer = CommandField.C_STORE_RSP if request.command is CommandField.C_STORE_RQ else CommandField.C_ECHO_RSP
+    body = _element(Tag.AFFECTED_SOP_CLASS_UID, _uid(request.sop_class_uid))
+    body += _element(Tag.COMMAND_FIELD, struct.pack("<H", answer))
+    body += _element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, struct.pack("<H", request.message_id))
+    body += _element(Tag.COMMAND_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET))
+    body += _element(Tag.STATUS, struct.pack("<H", status))
+    if comment:
+        text = comment.encode("ascii", "replace")[:64]
+        body += _element(Tag.ERROR_COMMENT, text + b" " if len(text) % 2 else text)
+    if answer is CommandField.C_STORE_RSP:
+        body += _element(Tag.AFFECTED_SOP_INSTANCE_UID, _uid(request.sop_instance_uid))
+    return _element(Tag.GROUP_LENGTH, struct.pack("<L", len(body))) + body

@@ -1,0 +1,282 @@
+"""The DICOM Upper Layer protocol (PS3.8 section 9) as an association acceptor needs it: the PDUs a requestor sends
+are read one at a time, P-DATA values fragment by fragment so that no data set is held in memory, and the PDUs an
+acceptor answers with are encoded. Multi-byte PDU fields are big endian (PS3.8 9.3.1)."""
+
+from __future__ import annotations
+
+import enum
+import io
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import cast
+
+#: PS3.7 Annex A.2.1: the one application context name DICOM defines.
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Largest A-ASSOCIATE-RQ read (a request proposing all 128 contexts with many transfer syntaxes stays far below).
+MAX_ASSOCIATE_REQUEST = 1 << 20
+#: Largest command set read; DIMSE command sets are a few hundred bytes.
+MAX_COMMAND = 1 << 16
+
+
+class PduType(enum.IntEnum):
+    """PS3.8 Table 9-11 and following: the PDU types."""
+
+    ASSOCIATE_RQ = 0x01
+    ASSOCIATE_AC = 0x02
+    ASSOCIATE_RJ = 0x03
+    P_DATA_TF = 0x04
+    RELEASE_RQ = 0x05
+    RELEASE_RP = 0x06
+    ABORT = 0x07
+
+
+class ItemType(enum.IntEnum):
+    """PS3.8 9.3.2 and Annex D: the items and sub-items of A-ASSOCIATE-RQ and -AC used here."""
+
+    APPLICATION_CONTEXT = 0x10
+    PRESENTATION_CONTEXT_RQ = 0x20
+    PRESENTATION_CONTEXT_AC = 0x21
+    ABSTRACT_SYNTAX = 0x30
+    TRANSFER_SYNTAX = 0x40
+    USER_INFORMATION = 0x50
+    MAXIMUM_LENGTH = 0x51
+    IMPLEMENTATION_CLASS_UID = 0x52
+    IMPLEMENTATION_VERSION_NAME = 0x55
+
+
+class ContextResult(enum.IntEnum):
+    """PS3.8 Table 9-18: the result of one proposed presentation context."""
+
+    ACCEPTANCE = 0
+    USER_REJECTION = 1
+    NO_REASON = 2
+    ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+    TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+class Rejection(enum.Enum):
+    """PS3.8 Table 9-21: (result, source, reason) of the A-ASSOCIATE-RJ this acceptor sends."""
+
+    APPLICATION_CONTEXT_NOT_SUPPORTED = (1, 1, 2)  # permanent, service user
+    CALLING_AE_NOT_RECOGNISED = (1, 1, 3)
+    CALLED_AE_NOT_RECOGNISED = (1, 1, 7)
+    PROTOCOL_VERSION_NOT_SUPPORTED = (1, 2, 2)  # permanent, service provider (ACSE)
+    LOCAL_LIMIT_EXCEEDED = (2, 3, 2)  # transient, service provider (presentation)
+
+
+class AbortReason(enum.IntEnum):
+    """PS3.8 Table 9-26: reasons of an A-ABORT whose source is the service provider."""
+
+    NOT_SPECIFIED = 0
+    UNRECOGNISED_PDU = 1
+    UNEXPECTED_PDU = 2
+    UNRECOGNISED_PDU_PARAMETER = 4
+    UNEXPECTED_PDU_PARAMETER = 5
+    INVALID_PDU_PARAMETER = 6
+
+
+class ProtocolError(ValueError):
+    """The peer broke the protocol; the association is aborted with ``reason``."""
+
+    def __init__(self, message: str, reason: AbortReason = AbortReason.INVALID_PDU_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProposedContext:
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AssociateRequest:
+    """What an A-ASSOCIATE-RQ asks for (PS3.8 9.3.2); ``maximum_length`` 0 means unlimited."""
+
+    protocol_version: int
+    called_ae: str
+    calling_ae: str
+    application_context: str
+    contexts: tuple[ProposedContext, ...]
+    maximum_length: int = 0
+    implementation_class_uid: str = ""
+
+
+@dataclass(frozen=True)
+class ContextAnswer:
+    """The acceptor's answer to one proposed context; ``transfer_syntax`` is significant only on acceptance."""
+
+    context_id: int
+    result: ContextResult
+    transfer_syntax: str
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One PDV of a P-DATA-TF (PS3.8 9.3.5.1 and Annex E.2): its value follows in the stream, ``length`` bytes."""
+
+    context_id: int
+    command: bool
+    last: bool
+    length: int
+
+
+def _text(value: bytes | memoryview) -> str:
+    """A UID or AE title from a PDU field: ASCII, padded with NUL (UIDs) or spaces (AE titles)."""
+    try:
+        return bytes(value).decode("ascii").strip("\0 ")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"field {bytes(value)!r} is not ASCII") from None
+
+
+def _items(data: memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(type, value) of each item or sub-item: type (1 byte), reserved (1), length (2), value."""
+    offset = 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise ProtocolError("an item header is cut off")
+        kind, length = data[offset], int.from_bytes(data[offset + 2 : offset + 4], "big")
+        end = offset + 4 + length
+        if end > len(data):
+            raise ProtocolError(f"item 0x{kind:02x} claims {length} bytes, more than its PDU holds")
+        yield kind, data[offset + 4 : end]
+        offset = end
+
+
+def _proposed_context(value: memoryview) -> ProposedContext:
+    if len(value) < 4:
+        raise ProtocolError("a presentation context item is cut off")
+    abstract, transfer = "", []
+    for kind, sub in _items(value[4:]):
+        if kind == ItemType.ABSTRACT_SYNTAX:
+            abstract = _text(sub)
+        elif kind == ItemType.TRANSFER_SYNTAX:
+            transfer.append(_text(sub))
+    if not abstract or not transfer:
+        raise ProtocolError(f"presentation context {value[0]} lacks its abstract syntax or transfer syntaxes")
+    return ProposedContext(value[0], abstract, tuple(transfer))
+
+
+def parse_associate_request(body: bytes) -> AssociateRequest:
+    """The A-ASSOCIATE-RQ whose PDU body (after the 6-byte header) is ``body``; ProtocolError if malformed."""
+    data = memoryview(body)
+    if len(data) < 68:
+        raise ProtocolError(f"A-ASSOCIATE-RQ of {len(data)} bytes, shorter than its 68 fixed bytes")
+    version = int.from_bytes(data[0:2], "big")
+    called, calling = _text(data[4:20]), _text(data[20:36])
+    application_context, contexts, maximum_length, implementation = "", [], 0, ""
+    for kind, value in _items(data[68:]):
+        if kind == ItemType.APPLICATION_CONTEXT:
+            application_context = _text(value)
+        elif kind == ItemType.PRESENTATION_CONTEXT_RQ:
+            contexts.append(_proposed_context(value))
+        elif kind == ItemType.USER_INFORMATION:
+            for sub_kind, sub in _items(value):
+                if sub_kind == ItemType.MAXIMUM_LENGTH and len(sub) == 4:
+                    maximum_length = int.from_bytes(sub, "big")
+                elif sub_kind == ItemType.IMPLEMENTATION_CLASS_UID:
+                    implementation = _text(sub)
+    return AssociateRequest(version, called, calling, application_context, tuple(contexts), maximum_length, implementation)
+
+
+def _pdu(kind: PduType, body: bytes) -> bytes:
+    return struct.pack(">BBL", kind, 0, len(body)) + body
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    return value.encode("ascii")
+
+
+def _ae(value: str) -> bytes:
+    return value.encode("ascii")[:16].ljust(16)
+
+
+def associate_accept(
+    request: AssociateRequest, answers: list[ContextAnswer], maximum_length: int, implementation_class_uid: str, implementation_version: str
+) -> bytes:
+    """A-ASSOCIATE-AC (PS3.8 9.3.3): the AE title fields repeat the request's, as the standard asks."""
+    contexts = b"".join(
+        _item(ItemType.PRESENTATION_CONTEXT_AC, struct.pack(">BBBB", a.context_id, 0, a.result, 0) + _item(ItemType.TRANSFER_SYNTAX, _uid(a.transfer_syntax)))
+        for a in answers
+    )
+    user = _item(
+        ItemType.USER_INFORMATION,
+        _item(ItemType.MAXIMUM_LENGTH, struct.pack(">L", maximum_length))
+        + _item(ItemType.IMPLEMENTATION_CLASS_UID, _uid(implementation_class_uid))
+        + _item(ItemType.IMPLEMENTATION_VERSION_NAME, implementation_version.encode("ascii")),
+    )
+    fixed = struct.pack(">HH", 1, 0) + _ae(request.called_ae) + _ae(request.calling_ae) + bytes(32)
+    return _pdu(PduType.ASSOCIATE_AC, fixed + _item(ItemType.APPLICATION_CONTEXT, _uid(DICOM_APPLICATION_CONTEXT)) + contexts + user)
+
+
+def associate_reject(rejection: Rejection) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    return _pdu(PduType.ASSOCIATE_RJ, bytes((0, *rejection.value)))
+
+
+def release_response() -> bytes:
+    """A-RELEASE-RP (PS3.8 9.3.7)."""
+    return _pdu(PduType.RELEASE_RP, bytes(4))
+
+
+def abort(reason: AbortReason) -> bytes:
+    """A-ABORT from the service provider (source 2, PS3.8 9.3.8)."""
+    return _pdu(PduType.ABORT, bytes((0, 0, 2, reason)))
+
+
+def p_data(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF holding one whole command set (message control header: command, last fragment)."""
+    return _pdu(PduType.P_DATA_TF, struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command)
+
+
+class PduReader:
+    """Reads an association's PDUs from its socket, through one buffer; a read that the peer cuts off raises
+    ConnectionError, one that outlasts the socket's timeout TimeoutError."""
+
+    def __init__(self, sock: socket.socket, chunk: int = 1 << 20) -> None:
+        self._stream = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 18))
+        self._chunk = memoryview(bytearray(chunk))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def read(self, length: int) -> bytes:
+        data = self._stream.read(length)
+        if len(data) < length:
+            raise ConnectionError("the peer closed the connection")
+        return data
+
+    def header(self) -> tuple[PduType, int]:
+        """The next PDU's type and length."""
+        kind, _, length = struct.unpack(">BBL", self.read(6))
+        try:
+            return PduType(kind), length
+        except ValueError:
+            raise ProtocolError(f"unknown PDU type 0x{kind:02x}", AbortReason.UNRECOGNISED_PDU) from None
+
+    def fragment(self, remaining: int) -> Fragment:
+        """The header of the next PDV of a P-DATA-TF that has ``remaining`` bytes left."""
+        if remaining < 6:
+            raise ProtocolError("a P-DATA-TF ends inside a PDV header")
+        length, context_id, control = struct.unpack(">LBB", self.read(6))
+        if length < 2 or length + 4 > remaining:
+            raise ProtocolError(f"a PDV of {length} bytes does not fit its P-DATA-TF ({remaining} bytes left)")
+        return Fragment(context_id, bool(control & 0x01), bool(control & 0x02), length - 2)
+
+    def copy(self, length: int, sink: Callable[[memoryview], object] | None) -> None:
+        """Pass the next ``length`` bytes to ``sink`` (or drop them), a chunk at a time."""
+        while length:
+            view = self._chunk[: min(length, len(self._chunk))]
+            got = self._stream.readinto(view)
+            if not got:
+                raise ConnectionError("the peer closed the connection")
+            if sink is not None:
+                sink(view[:got])
+            length -= got
