@@ -44,6 +44,9 @@ from dicomnode.upper_layer import (
 
 log = logging.getLogger(__name__)
 
+#: Seconds :meth:`Acceptor.stop` waits for the associations it cut off to finish.
+STOP_WAIT_S = 5.0
+
 #: (0002,0013) Implementation Version Name, at most 16 characters.
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
 
@@ -284,7 +287,8 @@ class _Association:
         try:
             request = self.negotiate()
             if request is not None:
-                log.info("association %d from %s at %s accepted", self.number, request.calling_ae, self.address)
+                peer = f"implementation {request.implementation_class_uid or '?'}, maximum PDU {request.maximum_length or 'unlimited'}"
+                log.info("association %d from %s at %s accepted (%s)", self.number, request.calling_ae, self.address, peer)
                 ended = self.messages(request.calling_ae)
                 log.info("association %d %s", self.number, ended)
         except ProtocolError as exc:
@@ -323,6 +327,7 @@ class Acceptor:
     def __init__(self, address: tuple[str, int], policy: Policy, services: Services) -> None:
         self.policy, self.services = policy, services
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when an association's socket is closed
         self._admitted: set[int] = set()
         self._sockets: set[socket.socket] = set()
         self._numbers = itertools.count(1)
@@ -340,7 +345,8 @@ class Acceptor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop listening and cut off the associations still open (their partial data sets are discarded)."""
+        """Stop listening and cut off the associations still open (their partial data sets are discarded); waits up to
+        ``STOP_WAIT_S`` for their threads to finish."""
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -350,6 +356,8 @@ class Acceptor:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        with self._lock:
+            self._idle.wait_for(lambda: not self._sockets, timeout=STOP_WAIT_S)
         self.fsyncs.shutdown(wait=True)
 
     def admit(self, number: int) -> bool:
@@ -386,4 +394,5 @@ class Acceptor:
         finally:
             with self._lock:
                 self._sockets.discard(sock)
+                self._idle.notify_all()
             sock.close()
