@@ -117,14 +117,14 @@ def _associate_rq(called: str) -> bytes:
     return _pdu(0x01, fixed + _item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
 
 
-def _c_store_rq(sop_instance: str) -> bytes:
+def _c_store_rq(sop_instance: str, sop_class: str = CTImageStorage) -> bytes:
     def element(element: int, value: bytes) -> bytes:
         return struct.pack("<HHL", 0, element, len(value)) + value
 
     def uid(value: str) -> bytes:
         return value.encode() + b"\0" * (len(value) % 2)
 
-    body = element(0x0002, uid(CTImageStorage)) + element(0x0100, struct.pack("<H", 1)) + element(0x0110, struct.pack("<H", 7))
+    body = element(0x0002, uid(sop_class)) + element(0x0100, struct.pack("<H", 1)) + element(0x0110, struct.pack("<H", 7))
     body += element(0x0700, struct.pack("<H", 0)) + element(0x0800, struct.pack("<H", 0)) + element(0x1000, uid(sop_instance))
     command = element(0x0000, struct.pack("<L", len(body))) + body
     return _pdu(0x04, struct.pack(">LBB", len(command) + 2, 1, 0x03) + command)
@@ -158,6 +158,31 @@ def test_a_sender_cut_off_mid_instance_leaves_nothing_behind_and_the_next_is_sto
     assert _stored(config) == [] and not store.has_instance("1.2.3.4.5")
     assert storescu(config.port, config.ae_title, [slice_file]).returncode == 0
     assert len(_stored(config)) == 1
+
+
+def _status(response: bytes) -> int:
+    """(0000,0900) of the command set in a P-DATA-TF holding one whole command."""
+    command, offset = response[12:], 0
+    while offset < len(command):
+        _, element, length = struct.unpack_from("<HHL", command, offset)
+        if element == 0x0900:
+            return int(struct.unpack_from("<H", command, offset + 8)[0])
+        offset += 8 + length
+    raise AssertionError("no status in the response")
+
+
+def test_a_data_set_sent_on_another_sop_class_context_is_refused(node, slice_file: Path) -> None:
+    config, store = node
+    sock = _connect(config)
+    sock.sendall(_associate_rq(config.ae_title))
+    accept = sock.recv(6)
+    sock.recv(struct.unpack(">L", accept[2:6])[0], socket.MSG_WAITALL)
+    data = slice_file.read_bytes()[200:1200]
+    sock.sendall(_c_store_rq("1.2.3.4.6", str(MRImageStorage)) + _pdu(0x04, struct.pack(">LBB", len(data) + 2, 1, 0x02) + data))
+    header = sock.recv(6, socket.MSG_WAITALL)
+    assert header[0] == 0x04 and _status(header + sock.recv(struct.unpack(">L", header[2:6])[0], socket.MSG_WAITALL)) == StoreStatus.SOP_CLASS_NOT_SUPPORTED
+    sock.close()
+    assert _stored(config) == [] and not store.has_instance("1.2.3.4.6")
 
 
 @pytest.mark.parametrize(
