@@ -50,6 +50,8 @@ ACCEPTED_SOP_CLASSES = (
 )
 
 
+#: The elements read from a received header (a header cut short or broken shows as a missing or invalid UID).
+INDEXED_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"]
 #: Folder under ``storage`` where data sets are written while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
@@ -119,7 +121,7 @@ class Receiver:
             if str(path) in indexed:
                 continue
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=INDEXED_TAGS)
             except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
                 log.warning("cannot index %s found in storage: %s", path, exc)
                 continue
@@ -202,7 +204,7 @@ class Receiver:
             self.store.add_refusal(calling_ae, "", "", reason)
             return StoreStatus.OUT_OF_RESOURCES, reason
         try:
-            ds = pydicom.dcmread(received.path, stop_before_pixels=True)
+            ds = pydicom.dcmread(received.path, stop_before_pixels=True, specific_tags=INDEXED_TAGS)
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
             return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}", "data set cannot be parsed")
         sop_uid = str(getattr(ds, "SOPInstanceUID", "") or received.sop_instance_uid)
