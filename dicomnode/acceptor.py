@@ -73,7 +73,7 @@ class Services(Protocol):
         """Status of the C-STORE-RSP, and its Error Comment (empty for none)."""
 
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
-        """An association was refused for ``reason`` (A-ASSOCIATE-RJ already sent)."""
+        """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
 
     def closed(self, association: int) -> None:
         """An accepted association ended (released, aborted or cut off)."""
@@ -182,8 +182,8 @@ class _Association:
         refusal = self.refusal(request)
         if refusal is not None:
             rejection, reason = refusal
+            self.acceptor.services.refused(request.calling_ae, self.address, reason)  # recorded before the peer hears it
             self.send(associate_reject(rejection))
-            self.acceptor.services.refused(request.calling_ae, self.address, reason)
             return None
         answers = [self.answer(c.abstract_syntax, c.transfer_syntaxes, c.context_id) for c in request.contexts]
         self.send(associate_accept(request, answers, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))

@@ -170,7 +170,7 @@ class Receiver:
         return context
 
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
-        """Log and record why an association was refused (A-ASSOCIATE-RJ has been sent)."""
+        """Log and record why an association is refused (A-ASSOCIATE-RJ follows)."""
         log.warning("refused an association from %s at %s: %s", calling_ae, address, reason)
         self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
 
