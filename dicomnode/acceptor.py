@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds :meth:`Acceptor.stop` waits for the associations it cut off to finish.
 STOP_WAIT_S = 5.0
+#: Connections open at once, negotiating or associated, per ``max_associations``; more are closed at once (a flood of
+#: idle connections would otherwise hold a thread and buffers each for ``timeout_s``).
+MAX_CONNECTIONS_PER_ASSOCIATION = 2
 
 #: (0002,0013) Implementation Version Name, at most 16 characters.
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
@@ -130,7 +133,10 @@ class _Incoming:
         self.path = folder / f".{uuid.uuid4().hex}.tmp"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size, self._limit, self.error = 0, limit, ""
-        self._write(memoryview(meta))
+        try:
+            self._write(memoryview(meta))
+        except OSError as exc:  # a full disk: the data set is read and refused, the file removed with it
+            self.error = f"write failed: {exc}"
 
     def _write(self, view: memoryview) -> None:
         while view:
@@ -217,7 +223,7 @@ class _Association:
 
     def messages(self, calling_ae: str) -> str:
         """Serve DIMSE messages until the peer releases or aborts; returns which."""
-        command, request, context = bytearray(), None, 0
+        command, request, context = bytearray(), None, 0  # context: of the command being read, then of its data set
         while True:
             kind, length = self.reader.header()
             if kind in (PduType.RELEASE_RQ, PduType.ABORT):
@@ -239,9 +245,12 @@ class _Association:
                 if fragment.command:
                     if request is not None or len(command) + fragment.length > MAX_COMMAND:
                         raise ProtocolError("a command fragment where a data set was due, or a command set too long")
+                    if command and fragment.context_id != context:
+                        raise ProtocolError("the fragments of one command set on two presentation contexts")
+                    context = fragment.context_id
                     command += self.reader.read(fragment.length)
                     if fragment.last:
-                        request, context = parse_request(bytes(command)), fragment.context_id
+                        request = parse_request(bytes(command))
                         command.clear()
                         if not request.has_data_set:
                             self.answer_request(request, context)
@@ -273,14 +282,17 @@ class _Association:
             status: int = StoreStatus.SOP_CLASS_NOT_SUPPORTED
             comment = f"SOP class {request.sop_class_uid} sent on a context for {self.contexts[context]}"
         else:
-            durable = self.acceptor.fsyncs.submit(incoming.finish)
+            try:
+                durable = self.acceptor.fsyncs.submit(incoming.finish)
+            except RuntimeError:  # the acceptor is stopping
+                incoming.discard()
+                raise ConnectionError("the node is stopping") from None
             try:
                 sop_class, sop_instance = request.sop_class_uid, request.sop_instance_uid
                 received = Received(self.number, calling_ae, sop_class, sop_instance, incoming.path, incoming.size, durable, incoming.error)
                 status, comment = self.acceptor.services.receive(received)
             finally:
-                futures.wait([durable])
-                incoming.path.unlink(missing_ok=True)  # stored files were moved away; refused ones go
+                incoming.path.unlink(missing_ok=True)  # stored files were moved away; refused ones go, their fsync unawaited
         self.send(p_data(context, response(request, status, comment)))
 
     def serve(self) -> None:
@@ -329,6 +341,7 @@ class Acceptor:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when an association's socket is closed
         self._admitted: set[int] = set()
+        self._stopping = False
         self._sockets: set[socket.socket] = set()
         self._numbers = itertools.count(1)
         acceptor = self
@@ -347,6 +360,8 @@ class Acceptor:
     def stop(self) -> None:
         """Stop listening and cut off the associations still open (their partial data sets are discarded); waits up to
         ``STOP_WAIT_S`` for their threads to finish."""
+        with self._lock:
+            self._stopping = True
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -362,7 +377,7 @@ class Acceptor:
 
     def admit(self, number: int) -> bool:
         with self._lock:
-            if len(self._admitted) >= self.policy.max_associations:
+            if self._stopping or len(self._admitted) >= self.policy.max_associations:
                 return False
             self._admitted.add(number)
             return True
@@ -377,22 +392,32 @@ class Acceptor:
             log.warning("refused a connection from %s: address not in allowed_addresses", address)
             sock.close()
             return
-        sock.settimeout(self.policy.timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        number = next(self._numbers)
-        try:
-            if self.policy.ssl_context is not None:
-                sock = self.policy.ssl_context.wrap_socket(sock, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("TLS handshake with %s failed: %s", address, exc)
+        with self._lock:
+            refuse = "the node is stopping" if self._stopping else ""
+            if len(self._sockets) >= MAX_CONNECTIONS_PER_ASSOCIATION * self.policy.max_associations:
+                refuse = f"{len(self._sockets)} connections open, {MAX_CONNECTIONS_PER_ASSOCIATION} x max_associations"
+            if not refuse:
+                self._sockets.add(sock)
+        if refuse:
+            log.warning("closed a connection from %s at once: %s", address, refuse)
             sock.close()
             return
-        with self._lock:
-            self._sockets.add(sock)
+        connection = sock
         try:
-            _Association(self, sock, address, number).serve()
+            sock.settimeout(self.policy.timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.policy.ssl_context is not None:
+                connection = self.policy.ssl_context.wrap_socket(sock, server_side=True)
+                with self._lock:  # the plain socket is detached now: stop() cuts off the TLS one
+                    self._sockets.discard(sock)
+                    self._sockets.add(connection)
+            _Association(self, connection, address, next(self._numbers)).serve()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS handshake with %s failed: %s", address, exc)
         finally:
             with self._lock:
                 self._sockets.discard(sock)
+                self._sockets.discard(connection)
                 self._idle.notify_all()
+            connection.close()
             sock.close()

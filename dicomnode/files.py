@@ -15,10 +15,26 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     return partial
 
 
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so that the names created in it survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def move_into_place(source: Path, path: Path) -> None:
-    """Rename ``source``, written and fsynced on the same file system, to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Rename ``source``, written and fsynced on the same file system, to ``path``, and fsync the folders that
+    gained a name (``path``'s, and the parents of the folders made for it), so that ``path`` survives a power cut."""
+    made = []
+    for folder in reversed(path.parents):
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            made.append(folder)
     os.replace(source, path)
+    for folder in [path.parent, *(f.parent for f in reversed(made))]:
+        fsync_folder(folder)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -172,7 +172,10 @@ class Receiver:
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
         """Log and record why an association is refused (A-ASSOCIATE-RJ follows)."""
         log.warning("refused an association from %s at %s: %s", calling_ae, address, reason)
-        self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
+        try:
+            self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
+        except self._database_errors as exc:  # the refusal is still sent, and logged
+            log.error("could not record the refusal: %s", exc)
 
     def closed(self, association: int) -> None:
         try:
@@ -205,7 +208,7 @@ class Receiver:
             return StoreStatus.OUT_OF_RESOURCES, reason
         try:
             ds = pydicom.dcmread(received.path, stop_before_pixels=True, specific_tags=INDEXED_TAGS)
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001  # whatever a peer's bytes make pydicom raise, the data set is not understood
             return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}", "data set cannot be parsed")
         sop_uid = str(getattr(ds, "SOPInstanceUID", "") or received.sop_instance_uid)
         study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")

@@ -241,8 +241,9 @@ class PduReader:
     ConnectionError, one that outlasts the socket's timeout TimeoutError."""
 
     def __init__(self, sock: socket.socket, chunk: int = 1 << 20) -> None:
-        self._stream = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 18))
-        self._chunk = memoryview(bytearray(chunk))
+        self._stream = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 16))
+        self._chunk_size = chunk
+        self._chunk: memoryview | None = None  # allocated with the first data set, not for every connection
 
     def close(self) -> None:
         self._stream.close()
@@ -272,6 +273,8 @@ class PduReader:
 
     def copy(self, length: int, sink: Callable[[memoryview], object] | None) -> None:
         """Pass the next ``length`` bytes to ``sink`` (or drop them), a chunk at a time."""
+        if self._chunk is None:
+            self._chunk = memoryview(bytearray(self._chunk_size))
         while length:
             view = self._chunk[: min(length, len(self._chunk))]
             got = self._stream.readinto(view)

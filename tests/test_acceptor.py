@@ -210,3 +210,22 @@ def test_a_silent_peer_is_disconnected_after_network_timeout_s(node) -> None:
     assert _answer(sock) == b""
     assert 0.9 < time.monotonic() - start < 5  # network_timeout_s=1
     sock.close()
+
+
+def test_connections_beyond_twice_max_associations_are_closed_at_once(tmp_path: Path) -> None:
+    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_associations=1, network_timeout_s=5.0, base_dir=tmp_path)
+    store = Store(tmp_path / "node.sqlite")
+    receiver = Receiver(config, store, OpenAssociations(store, "test"))
+    receiver.start()
+    idle = [_connect(config) for _ in range(2)]  # held open without a word: each holds a thread until network_timeout_s
+    try:
+        time.sleep(0.3)
+        extra = _connect(config)
+        start = time.monotonic()
+        assert _answer(extra) == b"" and time.monotonic() - start < 2
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        receiver.stop()
+        store.close()
