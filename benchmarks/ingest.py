@@ -1,7 +1,7 @@
 """Ingest: images per second received over C-STORE from dcmtk storescu on loopback, for a 500-slice 512 x 512
-series, into the node (its own Upper Layer, an fsync per instance), a pynetdicom SCP that keeps nothing, dcmtk
+series, into the node (its own Upper Layer; each instance fsynced, renamed and its folder fsynced before the answer), a pynetdicom SCP that keeps nothing, dcmtk
 storescp and Orthanc in one run; prints the node's ratio to each, and the most a receiver that fsyncs each instance
-before answering can reach here (storescp's time per instance plus one fsync). Then the aggregate rate of several storescu processes
+before answering can reach here (storescp's time per instance plus that). Then the aggregate rate of several storescu processes
 sending a share of the series each at once (``--senders``, default 4), into the node and into storescp ``--fork``.
 
 Every peer runs at its best: storescu, storescp and Orthanc with TCP_NODELAY=1 (Debian's dcmtk keeps Nagle's
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.series import big_study, machine
+from dicomnode.files import fsync_folder
 from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wait_for
 
 
@@ -50,18 +51,20 @@ def timed_parallel_send(port: int, called: str, files: list[Path], senders: int)
     return elapsed
 
 
-def fsync_ms(folder: Path, size: int, count: int = 50) -> float:
-    """Median milliseconds to write and fsync a new file of ``size`` bytes in ``folder`` (the node does one per
-    instance before it answers; storescp does none)."""
+def durable_store_ms(folder: Path, size: int, count: int = 50) -> float:
+    """Median milliseconds to make a new file of ``size`` bytes durable under its name in ``folder`` as the node does
+    for each instance before it answers: fsync the file, rename it, fsync the folder (storescp does none of it)."""
     data, times = os.urandom(size), []
     for k in range(count):
-        path = folder / f"fsync{k}"
-        with open(path, "wb") as handle:
+        temporary, path = folder / f".durable{k}.tmp", folder / f"durable{k}"
+        with open(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()
             start = time.perf_counter()
             os.fsync(handle.fileno())
-            times.append(time.perf_counter() - start)
+        os.replace(temporary, path)
+        fsync_folder(folder)
+        times.append(time.perf_counter() - start)
         path.unlink()
     return sorted(times)[count // 2] * 1000
 
@@ -137,10 +140,12 @@ def main() -> None:
         if name != "node":
             print(f"node / {name}: {best['node'] / best[name]:.2f}")
     together = {name: max(values) for name, values in parallel.items()}
-    fsync = fsync_ms(Path(tempfile.gettempdir()), int(size_mb * 2**20 / len(files)))
-    ceiling = 1 / (1 / best["storescp"] + fsync / 1000)
-    print(f"one fsync of an instance-sized new file here: {fsync:.2f} ms (median of 50); a receiver that fsyncs each instance")
-    print(f"before answering reaches at most 1 / (1 / storescp + fsync) = {ceiling:.1f} images/s, {ceiling / best['storescp']:.2f} of storescp")
+    with tempfile.TemporaryDirectory() as tmp:
+        durable = durable_store_ms(Path(tmp), int(size_mb * 2**20 / len(files)))
+    ceiling = 1 / (1 / best["storescp"] + durable / 1000)
+    print(f"making an instance-sized new file durable here (fsync, rename, fsync of its folder): {durable:.2f} ms (median of 50);")
+    share = ceiling / best["storescp"]
+    print(f"a receiver that does so before answering reaches at most 1 / (1 / storescp + that) = {ceiling:.1f} images/s, {share:.2f} of storescp")
     print(f"{args.senders} storescu processes at once, one association each, a share of the series each:")
     for name, rate in together.items():
         print(f"{name:>16}: {rate:7.1f} images/s aggregate")
