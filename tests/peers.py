@@ -12,11 +12,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from dicomnode.config import NodeConfig
+from dicomnode.receive import OpenAssociations, Receiver
+from dicomnode.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 #: The shared data beside the checkout (real CT, KiTS19 labels); tests that need it skip when it is absent.
@@ -256,6 +262,21 @@ class NodeProcess:
 
 #: What the ``node_process`` fixture gives: ``NodeProcess``'s constructor, with every node stopped at teardown.
 NodeFactory = Callable[..., NodeProcess]
+
+
+@contextmanager
+def receiver_in_process(folder: Path, **settings: Any) -> Iterator[tuple[NodeConfig, Store]]:
+    """The node's receiver alone, in this process, on a free port, storing under ``folder``; ``settings`` override
+    NodeConfig's defaults."""
+    config = replace(NodeConfig(), port=free_port(), storage=str(folder / "storage"), base_dir=folder, **settings)
+    store = Store(folder / "node.sqlite")
+    receiver = Receiver(config, store, OpenAssociations(store, "test"))
+    receiver.start()
+    try:
+        yield config, store
+    finally:
+        receiver.stop()
+        store.close()
 
 
 def tools_missing() -> list[str]:

@@ -8,7 +8,6 @@ import socket
 import struct
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -18,9 +17,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import OpenAssociations, Receiver, StoreStatus
-from dicomnode.store import Store
-from tests.peers import free_port, storescu
+from dicomnode.receive import StoreStatus
+from tests.peers import receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -29,13 +27,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 
 @pytest.fixture()
 def node(tmp_path: Path):
-    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), network_timeout_s=1.0, base_dir=tmp_path)
-    store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations(store, "test"))
-    receiver.start()
-    yield config, store
-    receiver.stop()
-    store.close()
+    with receiver_in_process(tmp_path, network_timeout_s=1.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -213,19 +206,14 @@ def test_a_silent_peer_is_disconnected_after_network_timeout_s(node) -> None:
 
 
 def test_connections_beyond_twice_max_associations_are_closed_at_once(tmp_path: Path) -> None:
-    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_associations=1, network_timeout_s=5.0, base_dir=tmp_path)
-    store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations(store, "test"))
-    receiver.start()
-    idle = [_connect(config) for _ in range(2)]  # held open without a word: each holds a thread until network_timeout_s
-    try:
-        time.sleep(0.3)
-        extra = _connect(config)
-        start = time.monotonic()
-        assert _answer(extra) == b"" and time.monotonic() - start < 2
-        extra.close()
-    finally:
-        for sock in idle:
-            sock.close()
-        receiver.stop()
-        store.close()
+    with receiver_in_process(tmp_path, max_associations=1, network_timeout_s=5.0) as (config, _):
+        idle = [_connect(config) for _ in range(2)]  # held open without a word: each holds a thread until network_timeout_s
+        try:
+            time.sleep(0.3)
+            extra = _connect(config)
+            start = time.monotonic()
+            assert _answer(extra) == b"" and time.monotonic() - start < 2
+            extra.close()
+        finally:
+            for sock in idle:
+                sock.close()

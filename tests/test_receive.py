@@ -15,7 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dicomnode.config import NodeConfig
 from dicomnode.receive import OpenAssociations, Receiver, StoreStatus, valid_uid
 from dicomnode.store import Store
-from tests.peers import NodeFactory, free_port, storescu
+from tests.peers import NodeFactory, free_port, receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -24,13 +24,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the
 
 @pytest.fixture()
 def node(tmp_path: Path):
-    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_associations=2, base_dir=tmp_path)
-    store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations(store, "test"))
-    receiver.start()
-    yield config, store
-    receiver.stop()
-    store.close()
+    with receiver_in_process(tmp_path, max_associations=2) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +98,13 @@ def test_associations_beyond_the_limit_are_refused_and_logged(node) -> None:
 
 
 def test_an_instance_above_max_instance_mb_is_refused_and_nothing_kept(tmp_path: Path, slice_file: Path) -> None:
-    config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), max_instance_mb=1, base_dir=tmp_path)
-    store = Store(tmp_path / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations(store, "test"))
-    receiver.start()
-    try:
+    with receiver_in_process(tmp_path, max_instance_mb=1) as (config, store):
         ds = pydicom.dcmread(slice_file)
         ds.Rows = ds.Columns = 1024
         ds.PixelData = bytes(1024 * 1024 * 2)  # 2 MB
         assert _store(config, ds) == StoreStatus.OUT_OF_RESOURCES
         assert "above max_instance_mb=1" in store.refusals()[-1]["reason"]
         assert [p for p in Path(config.storage).rglob("*") if p.is_file()] == []
-    finally:
-        receiver.stop()
-        store.close()
 
 
 def _peak_rss_mb(pid: int) -> float:
