@@ -27,14 +27,14 @@ def fsync_folder(folder: Path) -> None:
 def move_into_place(source: Path, path: Path) -> None:
     """Rename ``source``, written and fsynced on the same file system, to ``path``, and fsync the folders that
     gained a name (``path``'s, and the parents of the folders made for it), so that ``path`` survives a power cut."""
-    made = []
-    for folder in reversed(path.parents):
-        if not folder.exists():
-            folder.mkdir(exist_ok=True)
-            made.append(folder)
+    missing, folder = [], path.parent
+    while not folder.exists():  # usually none: one check per instance
+        missing.append(folder)
+        folder = folder.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, path)
-    for folder in [path.parent, *(f.parent for f in reversed(made))]:
-        fsync_folder(folder)
+    for gained in {path.parent, *(m.parent for m in missing)}:
+        fsync_folder(gained)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
