@@ -11,9 +11,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tests.peers import SHARED
+from training.anatomies import VALIDATION, anatomy_sources, tissue_of
 from training.cases import read_manifest
 from training.dataset_import import case_labels, read_image
-from training.synth import CORTEX, MEDULLA, load_sources, make_synth_case, write_synth_cases
+from training.synth import CORTEX, MEDULLA, AnatomySet, View, anatomy_names, load_sources, make_synth_case, write_synth_cases
 from training.synth_anatomy import Tissue, lps_volume, principal_axis
 
 KITS_SUBSET = tuple(f"case_{i:05d}" for i in range(6))
@@ -38,14 +39,23 @@ OUTSIDE_KIDNEY = (
 def sources(tmp_path_factory):
     if not SHARED.exists():
         pytest.skip(f"{SHARED} is absent: no real anatomy or KiTS19 labels to build cases from")
-    return load_sources(SHARED / "data", tmp_path_factory.mktemp("synth_cache"), KITS_SUBSET)
+    return load_sources(SHARED / "data", tmp_path_factory.mktemp("synth_cache"), KITS_SUBSET, AnatomySet.SHARED)
 
 
 @pytest.fixture(scope="module")
 def cases(sources):
-    """Three cases, the first in the arterial phase."""
-    arterial = next(c for c in (make_synth_case(seed, sources) for seed in range(12)) if c.metadata["phase"] == "arterial")
-    return [arterial, make_synth_case(101, sources), make_synth_case(102, sources)]
+    """Three cases with both kidneys whole in view, the first in the arterial phase."""
+    whole = (c for c in (make_synth_case(seed, sources) for seed in range(100, 140)) if c.metadata["view"] == View.KIDNEYS.value)
+    arterial = next(c for c in (make_synth_case(seed, sources) for seed in range(60)) if _arterial_with_contrast(c.metadata))
+    return [arterial, next(whole), next(whole)]
+
+
+def _arterial_with_contrast(metadata: dict) -> bool:
+    """Arterial, both kidneys in view, and the cortex drawn at least 60 HU above the medulla (most arterial cases; a
+    share has weak corticomedullary contrast on purpose)."""
+    hu = metadata["hu"]
+    strong = all(hu[f"cortex_{side}"] - hu[f"medulla_{side}"] >= 60 for side in ("right", "left"))
+    return metadata["phase"] == "arterial" and metadata["view"] == View.KIDNEYS.value and strong
 
 
 def _x_mm(case, mask: np.ndarray) -> float:
@@ -83,18 +93,24 @@ def test_cortex_is_an_outer_shell_of_plausible_share(cases) -> None:
             assert (case.labels[cortex] == 2).all() and (case.labels[medulla] == 1).all()
 
 
+def test_arterial_corticomedullary_contrast_spans_none_to_strong(sources) -> None:
+    metadata = [make_synth_case(seed, sources).metadata for seed in range(200, 240)]
+    differences = [m["hu"][f"cortex_{s}"] - m["hu"][f"medulla_{s}"] for m in metadata if m["phase"] == "arterial" for s in ("right", "left")]
+    assert min(differences) < 40 and max(differences) > 100 and np.median(differences) > 60
+
+
 def test_arterial_cortex_enhances_more_than_medulla(cases) -> None:
     case = cases[0]
     for side in ("right", "left"):
         cortex = np.median(case.image[case.tissues == CORTEX[side]])
         medulla = np.median(case.image[case.tissues == MEDULLA[side]])
-        assert cortex - medulla > 50, (side, cortex, medulla)
+        assert cortex - medulla > 25, (side, cortex, medulla)  # drawn 60 HU or more apart, then blurred by the scan
     assert np.median(case.image[case.tissues == Tissue.AORTA]) > 180
     assert -130 < np.median(case.image[case.tissues == Tissue.FAT]) < -50
 
 
 def test_same_seed_same_case_other_seed_other_case(sources, cases) -> None:
-    again = make_synth_case(101, sources)
+    again = make_synth_case(cases[1].metadata["seed"], sources)
     assert np.array_equal(again.image, cases[1].image) and np.array_equal(again.labels, cases[1].labels)
     assert again.metadata == cases[1].metadata
     assert cases[1].image.shape != cases[2].image.shape or not np.array_equal(cases[1].image, cases[2].image)
@@ -144,3 +160,72 @@ def test_written_cases_load_and_import(sources, tmp_path: Path) -> None:
     metadata = json.loads((tmp_path / "synth" / "synth_00007.json").read_text())
     assert metadata["phase"] == manifest[0].group and metadata["kits_cases"]
     assert "KiTS19" in (tmp_path / "synth" / "README.md").read_text()
+
+
+# --- many anatomies (synthetic data v3) ----------------------------------------------------------------------------
+
+ANATOMY = SHARED / "data" / "anatomy"
+#: One anatomy of each source that has kidneys, and the one without.
+MANY = ("word_0014", "s0001", "amos_0013", "s0000")
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    if not ANATOMY.exists():
+        pytest.skip(f"{ANATOMY} is absent")
+    return load_sources(SHARED / "data", tmp_path_factory.mktemp("many_cache"), KITS_SUBSET, MANY)
+
+
+def test_every_label_of_every_source_is_mapped_to_a_tissue() -> None:
+    if not ANATOMY.exists():
+        pytest.skip(f"{ANATOMY} is absent")
+    sources = anatomy_sources(ANATOMY)
+    assert {s.source for s in sources} == {"word", "totalsegmentator", "amos"} and len(sources) == 37
+    unmapped = {name for s in sources for name in s.labels.values() if tissue_of(name) is None and not name.startswith("kidney")}
+    assert unmapped == set()
+
+
+def test_validation_anatomies_are_kept_out_of_training() -> None:
+    if not ANATOMY.exists():
+        pytest.skip(f"{ANATOMY} is absent")
+    found = {s.name: s for s in anatomy_sources(ANATOMY)}
+    train, validation = anatomy_names(found, AnatomySet.TRAIN), anatomy_names(found, AnatomySet.VALIDATION)
+    assert validation == list(VALIDATION) and not set(train) & set(validation)
+    assert "real_ct" in train and len(train) + len(validation) == len(found) + 1
+
+
+def test_a_word_anatomy_gets_what_its_source_lacks(many) -> None:
+    """WORD labels organs only: the generator adds spine, psoas, aorta left of the IVC, body wall and fat."""
+    atlas = next(a.atlas for a in many.anatomies if a.name == "word_0014")
+    tissues = atlas.tissues
+    assert 255 not in np.unique(tissues)  # nothing left unlabelled
+    for tissue in (Tissue.VERTEBRA, Tissue.SPINAL_CANAL, Tissue.PSOAS, Tissue.AORTA, Tissue.IVC, Tissue.FAT, Tissue.MUSCLE, Tissue.OUTSIDE):
+        assert (tissues == tissue).any(), tissue.name
+
+    def x_mm(tissue: Tissue) -> float:
+        return float(np.argwhere(tissues == tissue)[:, 2].mean() * 1.5 + atlas.origin[0])
+
+    sites = atlas.sites
+    assert sites["right"].centre[0] < x_mm(Tissue.VERTEBRA) < sites["left"].centre[0]
+    assert x_mm(Tissue.IVC) < x_mm(Tissue.AORTA)  # LPS: the IVC on the patient's right
+    assert not np.isin(tissues, (Tissue.CORTEX_LEFT, Tissue.CORTEX_RIGHT)).any()  # its own kidneys were taken out
+    assert 80 < sites["left"].volume_ml < 250 and 80 < sites["right"].volume_ml < 250
+
+
+def test_cases_without_kidney_cut_kidneys_and_lesions_are_made(many) -> None:
+    cases = [make_synth_case(seed, many) for seed in range(24)]
+    views = {case.metadata["view"] for case in cases}
+    assert views == {v.value for v in View}
+    assert {case.metadata["anatomy"] for case in cases} == set(MANY)
+    for case in cases:
+        kidney = case.labels > 0
+        if case.metadata["view"] == View.NO_KIDNEY.value:
+            assert not kidney.any() and not np.isin(case.tissues, tuple(CORTEX.values())).any()
+        else:
+            assert kidney.any()
+        on_edge = kidney[0].any() or kidney[-1].any() or kidney[:, 0].any() or kidney[:, -1].any() or kidney[:, :, 0].any() or kidney[:, :, -1].any()
+        assert on_edge == (case.metadata["view"] == View.CUT.value)
+        lesion = case.tissues == Tissue.LESION
+        if lesion.any():  # inside the liver or spleen: never in the kidney's labels
+            assert not (case.labels[lesion] > 0).any()
+    assert any((case.tissues == Tissue.LESION).any() for case in cases)

@@ -94,8 +94,6 @@ def case_labels(case: Case, image: sitk.Image, parenchyma_values=PARENCHYMA_VALU
         parenchyma, cortex = masks
     else:
         raise CaseError(f"{case.case_id}: give either a labels file or both parenchyma and cortex masks")
-    if not parenchyma.any():
-        raise CaseError(f"{case.case_id}: the parenchyma label is empty")
     outside = cortex & ~parenchyma
     if outside.sum() > 0.01 * cortex.sum():
         raise CaseError(f"{case.case_id}: {int(outside.sum())} cortex voxels lie outside the parenchyma")
@@ -110,8 +108,8 @@ def kidney_sides(image: sitk.Image, parenchyma: np.ndarray) -> np.ndarray:
     are the kidneys; a voxel is left where it lies further to the patient's left (LPS +x) than the point halfway
     between their centres (halfway between the kidney and the image's centre where there is one kidney)."""
     components, count = ndimage.label(parenchyma)
-    if count == 0:
-        raise CaseError("the parenchyma label is empty")
+    if count == 0:  # no kidney in view
+        return np.zeros(parenchyma.shape, np.uint8)
     direction = np.array(image.GetDirection(), float).reshape(3, 3)
     x_per_index = direction[0] * np.array(image.GetSpacing())  # patient x (mm) per step along column, row, slice
 

@@ -1,15 +1,18 @@
 """Synthetic training cases on real anatomy (``dicomnode-train synth``), in the manner of SynthSeg.
 
-One real patient's label map (:mod:`training.synth_anatomy`) gets two real kidneys of other people
-(KiTS19 shapes, rescaled and placed at the patient's own kidney sites), a synthesized cortex, medulla,
-sinus and pelvis inside each, renal vessels, and a random affine + elastic deformation. The label map
-is then rendered as CT: per-structure HU drawn for a contrast phase (or fully at random), texture,
-partial-volume blur of a random acquisition, noise, a smooth offset field and occasional streaks.
+Each case takes one of many real patients' label maps (:mod:`training.anatomies`, and the shared real CT's in
+:mod:`training.synth_anatomy`), gives it two real kidneys of other people (KiTS19 shapes, rescaled and placed at
+the patient's own kidney sites, sometimes lower, rotated, small or large), a synthesized cortex, medulla, sinus and
+pelvis inside each, renal vessels, lesions and cysts in the liver and spleen, and a random affine + elastic
+deformation. Its field of view may cut a kidney at any edge or hold no kidney at all. The label map is then
+rendered as CT: per-structure HU drawn for a contrast phase (or fully at random), texture, partial-volume blur of a
+random acquisition, noise, a smooth offset field and occasional streaks.
 Each case is deterministic from its seed. Arrays are ``[z, y, x]`` in LPS; spacings are (x, y, z) mm.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -19,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from training.anatomies import ANATOMY_CREDITS, SHARED_ATLAS, VALIDATION, AnatomySource, anatomy_sources, load_anatomy
 from training.cases import Case, write_manifest
 from training.phantom_dicom import to_sitk
 from training.phantoms import Grid, Phase
@@ -88,10 +92,16 @@ _HU: dict[Tissue, tuple] = {
     Tissue.RENAL_VEIN: ((30, 55), (100, 200), (120, 200), (90, 150)),
     Tissue.CORTEX_RIGHT: ((25, 45), (150, 250), (130, 210), (100, 170)),
     Tissue.CORTEX_LEFT: ((25, 45), (150, 250), (130, 210), (100, 170)),
+    Tissue.BLADDER: ((0, 20), (0, 20), (0, 25), (150, 900)),
+    Tissue.HEART: ((35, 55), (150, 350), (120, 200), (100, 160)),
+    Tissue.DISC: (70, 110),
 }
+#: Liver and spleen lesions: cysts, hypodense lesions, and lesions that enhance like renal cortex (arterial and later).
+_LESION_SHARE, _LESION_HU = 0.6, ((0.0, 20.0), (20.0, 60.0), (120.0, 260.0))
 #: Medulla HU relative to the cortex of the same case, per phase; arterial medulla is drawn on its own.
 _MEDULLA_OFFSET = {Phase.NONCONTRAST: (-10, 5), Phase.NEPHROGRAPHIC: (-15, 20), Phase.DELAYED: (-5, 30)}
-_ARTERIAL_MEDULLA, _MIN_CORTICOMEDULLARY = (60.0, 120.0), 90.0
+#: Arterial medulla: below the cortex by 0-150 HU (most often by more than 60), never below this HU.
+_CORTICOMEDULLARY_HU, _WEAK_CORTICOMEDULLARY_SHARE, _MIN_MEDULLA_HU = (60.0, 150.0), 0.2, 25.0
 #: Texture (HU standard deviation) range per tissue; others get _TEXTURE_DEFAULT.
 _TEXTURE = {
     Tissue.OUTSIDE: (0, 2),
@@ -121,10 +131,19 @@ class OutputGrid:
 
 
 @dataclass(frozen=True)
-class Sources:
-    """The atlas patient and the pool of KiTS19 kidneys."""
+class Anatomy:
+    """One patient's completed anatomy, its name and whom to credit for it."""
 
+    name: str
+    credit: str
     atlas: Atlas
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The atlases (real patients' anatomies by name) and the pool of KiTS19 kidneys."""
+
+    anatomies: tuple[Anatomy, ...]
     kidneys: tuple[KitsKidney, ...]
 
 
@@ -182,27 +201,70 @@ class Acquisition:
     streaks: bool
 
 
+class AnatomySet(str, enum.Enum):
+    """Which anatomies ``load_sources`` builds cases on."""
+
+    TRAIN = "train"  # every anatomy but those kept for validation, and the shared real CT's
+    VALIDATION = "validation"  # the anatomies kept out of training (``anatomies.VALIDATION``)
+    SHARED = "shared"  # the shared real CT's alone (the generator's first version)
+
+
 @functools.lru_cache(maxsize=4)
-def load_sources(data: Path = DEFAULT_DATA, cache_dir: Path = DEFAULT_CACHE, kits_cases: tuple[str, ...] | None = None) -> Sources:
-    """Atlas and KiTS kidneys (all cases, or ``kits_cases``), parsed once per process and cached on disk."""
-    atlas = load_atlas(data / "real_ct", cache_dir)
+def load_sources(
+    data: Path = DEFAULT_DATA,
+    cache_dir: Path = DEFAULT_CACHE,
+    kits_cases: tuple[str, ...] | None = None,
+    anatomies: AnatomySet | tuple[str, ...] = AnatomySet.TRAIN,
+) -> Sources:
+    """Atlases and KiTS kidneys (all cases, or ``kits_cases``), parsed once per process and cached on disk.
+
+    ``anatomies`` is a set of them or a tuple of names (``real_ct`` is the shared real CT's)."""
+    found = {source.name: source for source in anatomy_sources(data / "anatomy")} if (data / "anatomy").exists() else {}
+    names = anatomy_names(found, anatomies)
+    built = tuple(
+        Anatomy(name, CREDITS[1], load_atlas(data / "real_ct", cache_dir))
+        if name == SHARED_ATLAS
+        else Anatomy(name, ANATOMY_CREDITS[found[name].source], load_anatomy(found[name], cache_dir))
+        for name in names
+    )
+    if not built:
+        raise ValueError(f"anatomies: none found under {data}")
     kidneys = load_kits_kidneys(data / "kits19_labels", cache_dir, list(kits_cases) if kits_cases else None)
     if not kidneys:
         raise ValueError(f"no usable KiTS19 kidneys under {data / 'kits19_labels'}")
-    return Sources(atlas, tuple(kidneys))
+    return Sources(built, tuple(kidneys))
+
+
+def anatomy_names(found: dict[str, AnatomySource], anatomies: AnatomySet | tuple[str, ...]) -> list[str]:
+    """The names of the anatomies in a set (of those ``found``), or the names given, checked."""
+    if isinstance(anatomies, tuple):
+        unknown = sorted(set(anatomies) - set(found) - {SHARED_ATLAS})
+        if unknown:
+            raise ValueError(f"anatomies: {', '.join(unknown)} not found")
+        return list(anatomies)
+    if anatomies is AnatomySet.VALIDATION:
+        return [name for name in VALIDATION if name in found]
+    if anatomies is AnatomySet.SHARED:
+        return [SHARED_ATLAS]
+    return [SHARED_ATLAS, *(name for name in found if name not in VALIDATION)]
 
 
 def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()) -> SynthCase:
     """One synthetic case, deterministic from ``seed``."""
-    rng = np.random.default_rng([seed, 20261124])
-    atlas_tissues = sources.atlas.tissues.copy()
+    rng = np.random.default_rng([seed, 20261202])
+    anatomy = sources.anatomies[int(rng.integers(len(sources.anatomies)))]
+    atlas = anatomy.atlas
+    tissues_atlas = atlas.tissues.copy()
     deformation = _draw_deformation(rng)
     growth = 1.0 / float(np.prod(deformation.scale))  # the deformation's change of volume
-    kidneys = [place_kidney(atlas_tissues, sources.atlas, sources.atlas.sites[side], sources.kidneys, growth, rng) for side in (_R, _L)]
+    lesions = _draw_lesions(tissues_atlas, atlas, rng)
+    sites = {side: _varied_site(atlas.sites[side], rng) for side in (_R, _L) if side in atlas.sites}
+    kidneys = [place_kidney(tissues_atlas, atlas, site, sources.kidneys, growth, rng) for site in sites.values()]
     for kidney in kidneys:
-        _draw_renal_vessels(atlas_tissues, sources.atlas, kidney, rng)
-    out_grid, factors = _field_of_view(atlas_tissues, sources.atlas, grid, rng)
-    work = _deform(atlas_tissues, sources.atlas, out_grid, factors, deformation, rng)
+        _draw_renal_vessels(tissues_atlas, atlas, kidney, rng)
+    view = View(rng.choice([v.value for v in View], p=list(_VIEW_SHARES.values())))
+    out_grid, factors, view = _field_of_view(tissues_atlas, atlas, grid, view, rng)
+    work = _deform(tissues_atlas, atlas, out_grid, factors, deformation, rng)
     phase = _draw_phase(rng)
     oral = phase not in (None, Phase.NONCONTRAST) and rng.random() < _ORAL_CONTRAST_SHARE
     hu_table = _hu_table(phase, oral, rng)
@@ -214,12 +276,17 @@ def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()
     labels = np.zeros(tissues.shape, np.uint8)
     labels[np.isin(tissues, tuple(MEDULLA.values()))] = 1
     labels[np.isin(tissues, tuple(CORTEX.values()))] = 2
+    if view is not View.NO_KIDNEY:  # the deformation moves the kidneys: say what the image shows
+        view = View.CUT if _on_edge(labels > 0) else View.KIDNEYS
     metadata = {
         "seed": seed,
         "phase": phase.value if phase is not None else "random",
         "intensities": "phase" if phase is not None else "random",
         "oral_contrast": oral,
         "hu": {t.name.lower(): round(float(v), 1) for t, v in zip(Tissue, hu_table)},
+        "anatomy": anatomy.name,
+        "view": view.value,
+        "lesions": lesions,
         "kidneys": {k.side: _rounded(asdict(k)) for k in kidneys},
         "kits_cases": sorted({k.kits_case for k in kidneys}),
         "volumes_ml": volumes_ml(tissues, out_grid),
@@ -227,7 +294,7 @@ def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()
         "acquisition": _rounded(asdict(acquisition)),
         "spacing_mm": list(out_grid.spacing),
         "shape_zyx": list(tissues.shape),
-        "credits": list(CREDITS),
+        "credits": [CREDITS[0], anatomy.credit],
     }
     return SynthCase(image, labels, tissues, out_grid, metadata)
 
@@ -259,7 +326,9 @@ def write_synth_cases(folder: Path, seeds: list[int], sources: Sources, grid: Ou
     (folder / "README.md").write_text(
         "# Synthetic renal CT cases (dicomnode-train synth)\n\n"
         "Labels: 0 background, 1 medulla, 2 cortex (parenchyma = 1 + 2). `*_anatomy.nii.gz` holds the full map:\n"
-        f"{legend}\n\nCredits and licence:\n" + "\n".join(f"- {line}" for line in CREDITS) + "\n"
+        f"{legend}\n\nCredits and licence (each case's JSON names its anatomy):\n"
+        + "\n".join(f"- {line}" for line in (*CREDITS, *ANATOMY_CREDITS.values()))
+        + "\n"
     )
     return cases
 
@@ -268,6 +337,10 @@ def write_synth_cases(folder: Path, seeds: list[int], sources: Sources, grid: Ou
 
 _SCALE = (0.8, 1.2)
 _KIDNEY_ML = (70.0, 380.0)  # the whole mask (sinus included) after the case's deformation
+#: Shares of small (chronic kidney disease) and large kidneys, with the whole mask's volume (ml) each is scaled to.
+_SMALL_KIDNEY, _LARGE_KIDNEY = (0.15, (45.0, 100.0)), (0.1, (260.0, 420.0))
+#: Kidney sites moved down (a low or ptotic kidney) and tilted: share, and how far (mm, degrees).
+_LOW_SITE, _TILTED_SITE = (0.15, (20.0, 60.0)), (0.2, 25.0)
 _TUMOUR_KEPT_SHARE = 0.35  # else the tumour is dropped from the kidney and rendered as a mass
 
 
@@ -284,7 +357,12 @@ def place_kidney(tissues: np.ndarray, atlas: Atlas, site: KidneySite, pool: tupl
     long_axis = principal_axis((points - centre_idx)[:, ::-1])
     rotation = _spin(np.array(site.long_axis), rng.uniform(-10, 10)) @ _align(long_axis, np.array(site.long_axis))
     total_ml = float(np.sum(shape > 0)) * ATLAS_MM**3 / 1000.0 * growth
-    scale = float(np.clip(rng.uniform(*_SCALE), (_KIDNEY_ML[0] / total_ml) ** (1 / 3), (_KIDNEY_ML[1] / total_ml) ** (1 / 3)))
+    size = rng.random()
+    if size < _SMALL_KIDNEY[0] + _LARGE_KIDNEY[0]:
+        target = rng.uniform(*(_SMALL_KIDNEY[1] if size < _SMALL_KIDNEY[0] else _LARGE_KIDNEY[1]))
+        scale = float((target / total_ml) ** (1 / 3))
+    else:
+        scale = float(np.clip(rng.uniform(*_SCALE), (_KIDNEY_ML[0] / total_ml) ** (1 / 3), (_KIDNEY_ML[1] / total_ml) ** (1 / 3)))
     centre = np.array(site.centre) + rng.normal(0.0, 3.0, 3)
     box, kidney, tumour = _resample_kidney(shape, centre_idx, rotation, scale, centre, atlas, tissues.shape)
     mode = "none" if not tumour.any() else "kept" if rng.random() < _TUMOUR_KEPT_SHARE else "dropped"
@@ -313,6 +391,36 @@ def place_kidney(tissues: np.ndarray, atlas: Atlas, site: KidneySite, pool: tupl
         tuple(hilum),
         tuple(interior.sinus_centre + origin_mm),
     )
+
+
+def _varied_site(site: KidneySite, rng: np.random.Generator) -> KidneySite:
+    """The atlas patient's kidney site, sometimes lower (a low or ptotic kidney) or tilted further."""
+    centre, axis = np.array(site.centre), np.array(site.long_axis)
+    if rng.random() < _LOW_SITE[0]:
+        centre[2] -= rng.uniform(*_LOW_SITE[1])
+    if rng.random() < _TILTED_SITE[0]:
+        axis = _rotation(rng.uniform(-_TILTED_SITE[1], _TILTED_SITE[1], 3) * np.array([1.0, 1.0, 0.0])) @ axis
+    return KidneySite(site.side, triple(centre), triple(axis / np.linalg.norm(axis)), site.volume_ml)
+
+
+_LESION_RADIUS_MM, _LESIONS_PER_ORGAN = (5.0, 25.0), {Tissue.LIVER: 4, Tissue.SPLEEN: 2}
+
+
+def _draw_lesions(tissues: np.ndarray, atlas: Atlas, rng: np.random.Generator) -> list[dict]:
+    """Round lesions or cysts inside the liver and spleen (in a share of cases); returns where, for the metadata."""
+    if rng.random() >= _LESION_SHARE:
+        return []
+    drawn = []
+    for organ, most in _LESIONS_PER_ORGAN.items():
+        inside = np.argwhere(tissues[::3, ::3, ::3] == organ) * 3
+        for _ in range(int(rng.integers(0, most + 1)) if inside.size else 0):
+            centre = inside[int(rng.integers(len(inside)))][::-1] * ATLAS_MM + np.array(atlas.origin)
+            radii = rng.uniform(*_LESION_RADIUS_MM) * rng.uniform(0.7, 1.3, 3)
+            box = _atlas_box(atlas, centre - radii, centre + radii, tissues.shape)
+            region = tissues[box]
+            region[(np.sum(((_box_points(atlas, box) - centre) / radii) ** 2, axis=-1) <= 1.0) & (region == organ)] = Tissue.LESION
+            drawn.append({"organ": organ.name.lower(), "centre_mm": _rounded(centre), "radii_mm": _rounded(radii)})
+    return drawn
 
 
 def _resample_kidney(shape, centre_idx, rotation, scale, centre, atlas: Atlas, atlas_shape):
@@ -489,25 +597,76 @@ def _box_points(atlas: Atlas, box: tuple[slice, ...]) -> np.ndarray:
 # --- field of view and deformation -----------------------------------------------------------------------------
 
 
-def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, rng: np.random.Generator) -> tuple[Grid, tuple[int, int, int]]:
-    """An output grid around both kidneys with random margins (x: either side, y: front/back, z: below/above),
-    reaching the body's sides, the pelvis and the lung bases in many cases."""
+class View(str, enum.Enum):
+    """What a case's field of view holds."""
+
+    KIDNEYS = "kidneys"  # both kidneys whole, with random margins
+    CUT = "cut"  # a kidney cut by one edge of the image
+    NO_KIDNEY = "no kidney"  # above or below the kidneys (or an anatomy without any): nothing to find
+
+
+_VIEW_SHARES = {View.KIDNEYS: 0.7, View.CUT: 0.15, View.NO_KIDNEY: 0.15}
+_NO_KIDNEY_MIN_MM = 40.0  # the least height of a field of view without kidney
+
+
+def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, view: View, rng: np.random.Generator) -> tuple[Grid, tuple[int, int, int], View]:
+    """An output grid for ``view``: around both kidneys with random margins (x: either side, y: front/back,
+    z: below/above, reaching the body's sides, the pelvis and the lung bases in many cases); the same with one edge
+    moved into a kidney; or a slab above or below the kidneys. Returns the view it could make (a slab without kidney
+    needs room in the atlas; an atlas without kidneys gives nothing else)."""
     kidney = np.argwhere(np.isin(tissues, KIDNEY_TISSUES))
     origin = np.array(atlas.origin)
-    lo = kidney.min(axis=0)[::-1] * ATLAS_MM + origin
-    hi = kidney.max(axis=0)[::-1] * ATLAS_MM + origin
-    # wide margins down to the pelvis and up to the lung bases: the model must see what is not kidney there
-    lo -= [rng.uniform(5, 150), rng.uniform(50, 250), rng.uniform(0, 220)]
-    hi += [rng.uniform(5, 150), rng.uniform(5, 60), rng.uniform(0, 100)]
+    axis, upper = 0, False  # the cutting edge of View.CUT
+    top = origin + (np.array(tissues.shape[::-1]) - 1) * ATLAS_MM
+    body = np.argwhere(tissues[::4, ::4, ::4] != Tissue.OUTSIDE) * 4
+    body_lo, body_hi = body.min(axis=0)[::-1] * ATLAS_MM + origin, body.max(axis=0)[::-1] * ATLAS_MM + origin
+    if not kidney.size:
+        view = View.NO_KIDNEY
+        centre = body_lo + rng.uniform(0.2, 0.8, 3) * (body_hi - body_lo)
+        lo, hi = centre - rng.uniform(80, 250, 3), centre + rng.uniform(80, 250, 3)
+    else:
+        k_lo = kidney.min(axis=0)[::-1] * ATLAS_MM + origin
+        k_hi = kidney.max(axis=0)[::-1] * ATLAS_MM + origin
+        # wide margins down to the pelvis and up to the lung bases: the model must see what is not kidney there
+        lo = k_lo - [rng.uniform(5, 150), rng.uniform(50, 250), rng.uniform(0, 220)]
+        hi = k_hi + [rng.uniform(5, 150), rng.uniform(5, 60), rng.uniform(0, 100)]
+        room_below, room_above = k_lo[2] - origin[2], top[2] - k_hi[2]
+        if view is View.NO_KIDNEY and max(room_below, room_above) < _NO_KIDNEY_MIN_MM + 5:
+            view = View.KIDNEYS
+        if view is View.NO_KIDNEY:
+            above = room_above >= _NO_KIDNEY_MIN_MM + 5 and (room_below < _NO_KIDNEY_MIN_MM + 5 or rng.random() < 0.5)
+            if above:
+                lo[2], hi[2] = k_hi[2] + 5.0, k_hi[2] + 5.0 + rng.uniform(_NO_KIDNEY_MIN_MM, max(room_above - 5.0, _NO_KIDNEY_MIN_MM))
+            else:
+                hi[2], lo[2] = k_lo[2] - 5.0, k_lo[2] - 5.0 - rng.uniform(_NO_KIDNEY_MIN_MM, max(room_below - 5.0, _NO_KIDNEY_MIN_MM))
+        elif view is View.CUT:  # one kidney's box, cut from one side by 15-45 % of its size
+            side = (_R, _L)[int(rng.integers(2))]
+            one = np.argwhere(np.isin(tissues, (CORTEX[side], MEDULLA[side])))
+            if not one.size:
+                one = kidney
+            c_lo, c_hi = one.min(axis=0)[::-1] * ATLAS_MM + origin, one.max(axis=0)[::-1] * ATLAS_MM + origin
+            axis, upper = int(rng.integers(3)), bool(rng.random() < 0.5)
+            depth = rng.uniform(0.15, 0.45) * (c_hi[axis] - c_lo[axis])
+            if upper:
+                hi[axis] = c_hi[axis] - depth
+            else:
+                lo[axis] = c_lo[axis] + depth
     lo = np.maximum(lo, origin)
-    hi = np.minimum(hi, origin + (np.array(tissues.shape[::-1]) - 1) * ATLAS_MM)
+    hi = np.minimum(hi, top)
     spacing = np.array(grid.spacing)
     excess = np.maximum(hi - lo - np.array(grid.max_shape[::-1]) * spacing, 0.0)
-    lo += rng.uniform(0, 1, 3) * excess
-    shape_xyz = np.minimum(np.floor((hi - lo) / spacing).astype(int), grid.max_shape[::-1])
+    shift = rng.uniform(0, 1, 3) * excess
+    if view is View.CUT:  # keep the cutting edge where it was put
+        shift[axis] = excess[axis] if upper else 0.0
+    lo += shift
+    shape_xyz = np.maximum(np.minimum(np.floor((hi - lo) / spacing).astype(int), grid.max_shape[::-1]), 8)
     fx, fy, fz = (_odd_factor(s, m) for s, m in zip(grid.spacing[::-1], grid.max_work_mm[::-1]))
     nz, ny, nx = (int(n) for n in shape_xyz[::-1])
-    return Grid((nz, ny, nx), triple(grid.spacing), triple(lo)), (fx, fy, fz)
+    return Grid((nz, ny, nx), triple(grid.spacing), triple(lo)), (fx, fy, fz), view
+
+
+def _on_edge(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
 def _odd_factor(spacing: float, finest: float) -> int:
@@ -591,6 +750,8 @@ def _hu_table(phase: Phase | None, oral: bool, rng: np.random.Generator) -> np.n
         table[MEDULLA[side]] = _medulla_hu(phase, float(table[CORTEX[side]]), rng)
     if rng.random() < _CYST_SHARE:
         table[Tissue.RENAL_MASS] = rng.uniform(*_CYST_HU)
+    kind = int(rng.integers(len(_LESION_HU))) if phase is not Phase.NONCONTRAST else int(rng.integers(2))
+    table[Tissue.LESION] = rng.uniform(*_LESION_HU[kind])
     filled = [t for t in BOWEL if rng.random() < 0.6] if oral else []
     table[filled] = rng.uniform(*_ORAL_CONTRAST_HU, len(filled))
     return table
@@ -599,7 +760,9 @@ def _hu_table(phase: Phase | None, oral: bool, rng: np.random.Generator) -> np.n
 def _medulla_hu(phase: Phase, cortex: float, rng: np.random.Generator) -> float:
     """Arterial: its own range, well below the cortex; other phases: close to the cortex."""
     if phase is Phase.ARTERIAL:
-        return min(rng.uniform(*_ARTERIAL_MEDULLA), cortex - _MIN_CORTICOMEDULLARY)
+        weak = rng.random() < _WEAK_CORTICOMEDULLARY_SHARE
+        difference = rng.uniform(0.0, _CORTICOMEDULLARY_HU[0]) if weak else rng.uniform(*_CORTICOMEDULLARY_HU)
+        return max(cortex - difference, _MIN_MEDULLA_HU)
     return cortex + rng.uniform(*_MEDULLA_OFFSET[phase])
 
 

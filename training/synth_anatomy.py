@@ -69,6 +69,10 @@ class Tissue(enum.IntEnum):
     MEDULLA_RIGHT = 32
     CORTEX_LEFT = 33
     MEDULLA_LEFT = 34
+    BLADDER = 35
+    HEART = 36
+    DISC = 37  # intervertebral disc
+    LESION = 38  # a lesion or cyst of the liver or spleen
 
 
 #: TotalSegmentator 'total' class -> tissue (kidneys 2/3 come from the full-length masks instead).

@@ -42,11 +42,14 @@ def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: in
     (preprocessed_dataset / "splits_final.json").write_text(json.dumps(stratified_folds(groups, n_folds), indent=2))
 
 
-def train_fold(preprocessed_dataset: Path, trainer_name: str, configuration: str, fold: int, device: str, resume: bool = False) -> FoldResult:
+def train_fold(
+    preprocessed_dataset: Path, trainer_name: str, configuration: str, fold: int, device: str, resume: bool = False, pretrained: Path | None = None
+) -> FoldResult:
     """Train and validate one fold with the named trainer (a schedule of ``TRAINERS``); returns its validation Dice per region.
 
     With ``resume``, training continues from the fold's latest checkpoint where there is one (nnU-Net saves it
-    every few epochs), so a long CPU run can be split over several sessions.
+    every few epochs), so a long CPU run can be split over several sessions. With ``pretrained`` (a checkpoint of the
+    same network, e.g. a shipped model's), a new training starts from its weights, every layer included: fine-tuning.
     """
     import torch
 
@@ -64,9 +67,24 @@ def train_fold(preprocessed_dataset: Path, trainer_name: str, configuration: str
     trainer = trainer_class(plans, configuration, fold, dataset_json, torch.device(device))
     if resume:
         trainer.load_checkpoint(str(checkpoint))
+    elif pretrained is not None:
+        start_from(trainer, pretrained)
     trainer.run_training()
     trainer.perform_actual_validation()
     return read_fold(Path(trainer.output_folder), fold)
+
+
+def start_from(trainer, checkpoint: Path) -> None:
+    """Load every weight of ``checkpoint`` into the trainer's network; the shapes must match (the same plan)."""
+    import torch
+
+    trainer.initialize()
+    weights = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["network_weights"]
+    own = trainer.network.state_dict()
+    wrong = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+    if wrong:
+        raise ValueError(f"pretrained: {checkpoint} is not a checkpoint of this network ({len(wrong)} weights differ, e.g. {wrong[0]})")
+    trainer.network.load_state_dict(weights)
 
 
 def read_fold(folder: Path, fold: int) -> FoldResult:

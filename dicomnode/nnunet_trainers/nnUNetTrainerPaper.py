@@ -42,6 +42,20 @@ class nnUNetTrainerPaper_160epochs_150it(nnUNetTrainerPaper):
     ITERATIONS = 150
 
 
+class nnUNetTrainerPaper_50epochs_100it(nnUNetTrainerPaper):
+    """The schedule of the kidney localizer (models/renal-localizer-cpu, 3d_loc plan) on 2 CPU cores."""
+
+    EPOCHS = 50
+    ITERATIONS = 100
+
+
+class nnUNetTrainerPaper_40epochs_100it(nnUNetTrainerPaper):
+    """Fine-tuning a trained model (``dicomnode-train train --pretrained``) on new cases: 40 epochs of 100 iterations."""
+
+    EPOCHS = 40
+    ITERATIONS = 100
+
+
 class nnUNetTrainerPaper_45epochs(nnUNetTrainerPaper):
     """The schedule of models/renal-phantom-cpu: 45 epochs of 250 iterations."""
 
@@ -85,6 +99,8 @@ TRAINERS = {
     for cls in (
         nnUNetTrainerPaper,
         nnUNetTrainerPaper_160epochs_150it,
+        nnUNetTrainerPaper_50epochs_100it,
+        nnUNetTrainerPaper_40epochs_100it,
         nnUNetTrainerPaper_45epochs,
         nnUNetTrainerPaper_1epoch_3it,
         nnUNetTrainerPaper_NoMirroring,
