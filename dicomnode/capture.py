@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import SIDES, Measurements
-from dicomnode.qc import QCReport
+from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
 from dicomnode.segment import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -23,7 +23,7 @@ SC_DESCRIPTION = "Renal volumes key images (research)"
 SIZE = 768
 #: Abdomen window (level, width) in HU.
 WINDOW = (40.0, 400.0)
-OUTLINES = {"cortex": "#ff3030", "medulla": "#ffd400"}
+OUTLINES = {"cortex": "#ff3030", "medulla": "#ffd400", "parenchyma": "#ff9a30"}
 #: Shown on every page unless the model's card says ``for_diagnosis: true``.
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - research result"
 
@@ -48,9 +48,10 @@ def _page(draw: Callable[[Figure], None]) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str) -> np.ndarray:
-    """The key slice of one kidney, both kidneys' outlines drawn, displayed as radiologists read axial CT (patient's
-    right on the image's left, anterior up)."""
+def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
+    """The key slice of one kidney, both kidneys' outlines drawn (cortex and medulla where they are sent, else the
+    parenchyma), displayed as radiologists read axial CT (patient's right on the image's left, anterior up)."""
+    outlined = CORTEX_AND_MEDULLA if "cortex" in structures else ("parenchyma",)
     canonical = series.in_patient_axes
     k = key_slice(series, measurements, side)
     level, width = WINDOW
@@ -61,7 +62,8 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: str, capt
         axes = figure.add_axes((0, 0.06, 1, 0.88))
         axes.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
         for kidney in measurements.kidneys.values():
-            for structure, colour in OUTLINES.items():
+            for structure in outlined:
+                colour = OUTLINES[structure]
                 mask = canonical(kidney.mask(structure))[k]
                 if mask.any():
                     axes.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
@@ -69,22 +71,26 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: str, capt
         axes.text(0.01, 0.5, "R", color="white", fontsize=16, transform=axes.transAxes, va="center")
         axes.text(0.97, 0.5, "L", color="white", fontsize=16, transform=axes.transAxes, va="center")
         figure.text(0.01, 0.97, caption, color="white", fontsize=12, va="top")
-        figure.text(0.01, 0.01, "cortex: red   medulla: yellow", color="white", fontsize=11)
+        legend = "cortex: red   medulla: yellow" if "cortex" in outlined else "parenchyma: orange"
+        figure.text(0.01, 0.01, legend, color="white", fontsize=11)
         figure.text(0.99, 0.01, NOT_FOR_DIAGNOSIS, color="#ff8080", fontsize=11, ha="right")
 
     return _page(draw)
 
 
-def summary_page(measurements: Measurements, qc: QCReport, model: Model) -> np.ndarray:
-    """The volumes per side, the QC verdict with its findings, the model and its intended use."""
+def summary_page(measurements: Measurements, qc: QCReport, model: Model, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
+    """The volumes per side of the structures sent, the QC verdict with its findings and notes, the model and its
+    intended use."""
     lines = [("Renal volumes (ml)", "white", 16), ("", "white", 12)]
     lines.append((f"{'':<12}{'right':>10}{'left':>10}", "white", 13))
-    for structure in ("parenchyma", "cortex", "medulla"):
-        cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if side in measurements.kidneys else f"{'-':>10}" for side in SIDES[::-1]]
-        lines.append((f"{structure:<12}{''.join(cells)}", "white", 13))
+    for structure in STRUCTURES:
+        sent = structure in structures
+        cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if side in measurements.kidneys and sent else f"{'-':>10}" for side in SIDES[::-1]]
+        lines.append((f"{structure:<12}{''.join(cells)}" + ("" if sent else "  not reported"), "white", 13))
     lines.append(("", "white", 12))
-    lines.append((qc.verdict, "#80ff80" if qc.passed else "#ffb060", 13))
-    lines += [(f"  {finding}"[:90], "#ffb060", 10) for finding in qc.lines()[:8]]
+    passed = qc.passed_for(structures)
+    lines.append((qc.verdict if passed == qc.passed else f"QC passed for renal {' and '.join(structures)}", "#80ff80" if passed else "#ffb060", 13))
+    lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][:8]]
     lines.append(("", "white", 12))
     for structure, algorithm in {"parenchyma": measurements.algorithms.get("parenchyma"), "cortex": measurements.algorithms.get("cortex")}.items():
         if algorithm is not None:
@@ -101,14 +107,16 @@ def summary_page(measurements: Measurements, qc: QCReport, model: Model) -> np.n
     return _page(draw)
 
 
-def write_sc(series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, uids: ResultUids = RANDOM_UIDS) -> list[pydicom.Dataset]:
+def write_sc(
+    series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, uids: ResultUids = RANDOM_UIDS, structures: tuple[str, ...] = STRUCTURES
+) -> list[pydicom.Dataset]:
     """One Secondary Capture series: the summary page, then the key slice of each kidney found."""
-    pages = [summary_page(measurements, qc, model)]
+    pages = [summary_page(measurements, qc, model, structures)]
     for side in SIDES[::-1]:
         if side in measurements.kidneys:
-            pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice"))
+            pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice", structures))
     series_uid = uids.uid("sc/series")
-    description = SC_DESCRIPTION + ("" if qc.passed else " QC: review")
+    description = SC_DESCRIPTION + ("" if qc.passed_for(structures) else " QC: review")
     images: list[pydicom.Dataset] = []
     for number, pixels in enumerate(pages, 1):
         sc = hd.sc.SCImage.from_ref_dataset(

@@ -71,10 +71,10 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
-            lists = ("notes", "qc_findings")
+            lists = ("notes", "qc_findings", "qc_notes", "sent")
             figures = {k: v for k, v in job.measurements.items() if k not in lists}
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-            for line in [*job.measurements.get("notes", []), *job.measurements.get("qc_findings", [])]:
+            for line in [*job.measurements.get("notes", []), *job.measurements.get("qc_findings", []), *job.measurements.get("qc_notes", [])]:
                 print(f"    {line}")
         for delivery in store.deliveries(job.id):
             detail = f" ({delivery.last_error})" if delivery.last_error else ""

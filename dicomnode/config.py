@@ -135,7 +135,10 @@ class ModelConfig:
     device: str = "auto"  # auto (cuda if present), cuda or cpu
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
-    cascade: bool = True  # coarse pass without tile overlap, then the usual pass only around the largest components it found (see README)
+    cascade: bool = True  # without a localizer: coarse pass without tile overlap, then the usual pass only around the largest components it found (see README)
+    localizer: str = (
+        "auto"  # a model in ``folder`` that finds the kidneys, the model then runs only around them: auto (the one the model's card names), none, or a name
+    )
     runtime: Runtime = Runtime.AUTO
     parenchyma: ParenchymaSource = ParenchymaSource.PROJECT
     cortex: CortexMethod = CortexMethod.MODEL  # inside an external model's parenchyma (see README for the figures)
@@ -184,6 +187,7 @@ class Selection:
     arterial_window_s: tuple[float, float] = (15.0, 50.0)
     min_slices: int = 20
     preferred_slice_mm: float = 5.0  # between thin and thick reconstructions of one phase (the paper's model: 5 mm)
+    parenchyma_fallback: bool = True  # no arterial series: the best other CT series gives parenchyma volumes only; false: no result
 
 
 class OnFail(str, enum.Enum):
@@ -213,6 +217,9 @@ class QCConfig:
     anteroposterior_mm: tuple[float, float] = KIDNEY_ANTEROPOSTERIOR_MM  # kidney centre from the spine's centre (+: behind)
     min_spine_share: float = 0.3  # share of a kidney's slices on which the vertebral column must be found
     max_height_difference_mm: float = 100.0  # between the two kidneys' centres
+    max_cut_share: float = 0.3  # a kidney whose face on an image edge is at most this share of its largest cross-section: a lower bound; more: withheld
+    per_structure: bool = True  # parenchyma sent when its own checks pass, cortex and medulla only when theirs pass too; false: all or nothing
+    require_arterial_image: bool = True  # cortex and medulla only where the image check finds the arterial phase; false: also where it finds none
 
     def __post_init__(self) -> None:
         try:

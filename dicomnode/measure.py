@@ -13,10 +13,15 @@ from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorith
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
-#: Components smaller than this (ml) are specks, not kidneys; at most this many of the largest are considered.
-MIN_KIDNEY_ML, MAX_CANDIDATES = 10.0, 8
+#: Components smaller than this (ml) are not kidneys: half the smallest of 416 hand-drawn KiTS19 kidneys (43 ml), or,
+#: for a component the image's edge cuts, a quarter; at most MAX_CANDIDATES of the largest are considered.
+MIN_KIDNEY_ML, MIN_CUT_KIDNEY_ML, MAX_CANDIDATES = 20.0, 10.0, 8
 #: Two kidneys' centres at most this far apart in height (mm) count as a pair.
 SAME_HEIGHT_MM = 100.0
+#: A kidney lies in the retroperitoneum, wrapped in perirenal fat: the share of a component's shell (1-3 voxels
+#: outside it) below FAT_HU. Reference kidneys of the shared real CTs measure 0.72-0.91; a kidney-sized blob inside
+#: the liver 0.04. A component with less than RETROPERITONEAL_FAT_SHARE is not preferred as a kidney.
+FAT_HU, RETROPERITONEAL_FAT_SHARE = -20.0, 0.25
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,11 @@ class KidneyMeasurement:
     centre_mm: tuple[float, float, float]  # patient (x, y, z), LPS
     extent_mm: float  # longest side of its bounding box
     touches_edge: bool  # reaches the first or last row, column or slice
+    cut_share: float  # the largest face of it on an image edge, as a share of its largest cross-section on that axis
     spine_offset_mm: tuple[float, float] | None  # (x, y) of its centre from the spine's centre on its slices
     spine_slices: float  # share of its slices on which a vertebra was found
     model_side: str | None = None  # the side most of its voxels have in the model's own labels, where it has them
+    fat_share: float = float("nan")  # share of its shell that is fat (FAT_HU): perirenal fat
 
     @property
     def parenchyma(self) -> np.ndarray:
@@ -82,6 +89,7 @@ class Measurements:
             figures.update({f"cortex_{side}_hu": round(k.cortex_hu, 1), f"medulla_{side}_hu": round(k.medulla_hu, 1)})
         figures.update(
             total_parenchyma_ml=round(self.total_parenchyma_ml, 2),
+            predicted_ml=round(self.predicted_ml, 2),
             cortex_ratio=None if self.cortex_ratio is None else round(self.cortex_ratio, 4),
             left_split=None if self.left_split is None else round(self.left_split, 4),
             midline_x_mm=None if not np.isfinite(self.midline_x) else round(self.midline_x, 1),
@@ -98,7 +106,10 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     outline's centre; where neither is found, the point between the two largest components. LPS: +x is the
     patient's left. The two kidneys are the pair of components, one per side, that best look like kidneys: beside
     the spine at its depth, of a kidney's volume, at one height, inside the field of view (the pelvis and the lung
-    bases often reach the image's edge; kidneys rarely do), and then the largest. Everything else is stray.
+    bases often reach the image's edge), and then the largest. A kidney is chosen by anatomy before size: beside
+    the spine at its depth, wrapped in perirenal fat (a blob in the liver or spleen is not), of a kidney's volume, at
+    one height with the other, and then the larger. Touching the image's edge does not count against a component: a
+    kidney cut off by the field of view is still the kidney (QC reports it). Everything else is stray.
     """
     labels = segmentation.labels
     algorithms = {structure: segmentation.algorithm(structure) for structure in STRUCTURES}
@@ -108,10 +119,11 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     if count == 0:
         return Measurements({}, midline_source="nothing", predicted_ml=0.0, algorithms=algorithms)
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
-    candidates = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_KIDNEY_ML]
+    boxes = ndimage.find_objects(components)
+    largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_CUT_KIDNEY_ML]
+    candidates = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], components.shape)]
     if not candidates:
         return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml, algorithms=algorithms)
-    boxes = ndimage.find_objects(components)
     centres = {c: series.to_patient(_centre(components, boxes[c - 1], c)) for c in candidates}
     slices = np.unique(np.concatenate([np.arange(boxes[c - 1][0].start, boxes[c - 1][0].stop) for c in candidates]))
     midline = _midline(series, slices)
@@ -126,20 +138,21 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
     sides = {c: "left" if centres[c][0] > midline_x else "right" for c in candidates}
     in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
-    inside = {c: not _box_touches_edge(boxes[c - 1], components.shape) for c in candidates}
+    fat = {c: _fat_share(series.hu, components, boxes[c - 1], c) for c in candidates}
+    wrapped = {c: fat[c] >= RETROPERITONEAL_FAT_SHARE for c in candidates}
 
     kidney_sized = {c: KIDNEY_ML[0] <= sizes[c - 1] * series.voxel_ml <= KIDNEY_ML[1] for c in candidates}
 
-    def preference(pair: tuple[int | None, int | None]) -> tuple[int, int, bool, int, float]:
-        """Kidneys in their place first, then of a kidney's size, at one height, inside the field of view, larger."""
+    def preference(pair: tuple[int | None, int | None]) -> tuple[int, int, int, bool, float]:
+        """Kidneys in their place first, wrapped in fat, then of a kidney's size, at one height, larger."""
         chosen = [c for c in pair if c is not None]
         heights = [centres[c][2] for c in chosen]
         same_height = len(chosen) == 2 and abs(heights[0] - heights[1]) <= SAME_HEIGHT_MM
         return (
             sum(in_place[c] for c in chosen),
+            sum(wrapped[c] for c in chosen),
             sum(kidney_sized[c] for c in chosen),
             same_height,
-            sum(inside[c] for c in chosen),
             float(sum(sizes[c - 1] for c in chosen)),
         )
 
@@ -154,7 +167,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
             mask = np.zeros(components.shape, bool)
             mask[box] = components[box] == component
             model_side = _model_side(segmentation.sides, mask, box)
-            kidneys[side] = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side)
+            kidneys[side] = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side, fat[component])
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
             notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
@@ -214,6 +227,7 @@ def _kidney(
     box: tuple[slice, ...],
     offset: tuple[tuple[float, float] | None, float],
     model_side: str | None,
+    fat_share: float,
 ) -> KidneyMeasurement:
     """One kidney's volumes and intensities; ``mask`` lies inside ``box``, where all the work is done."""
     inside, hu = mask[box], series.hu[box]
@@ -233,14 +247,37 @@ def _kidney(
         (float(centre[0]), float(centre[1]), float(centre[2])),
         float(extent),
         _touches_edge(mask),
+        _cut_share(inside, box, mask.shape),
         offset[0],
         offset[1],
         model_side,
+        fat_share,
     )
 
 
 def _box_touches_edge(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
     return any(s.start == 0 or s.stop == n for s, n in zip(box, shape))
+
+
+def _fat_share(hu: np.ndarray, components: np.ndarray, box: tuple[slice, ...], label: int) -> float:
+    """The share of a component's shell (1 to 3 voxels outside it, in-plane and across slices) that is fat."""
+    padded = tuple(slice(max(s.start - 3, 0), min(s.stop + 3, n)) for s, n in zip(box, components.shape))
+    mask = components[padded] == label
+    shell = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
+    values = hu[padded][shell]
+    return float(np.mean(values < FAT_HU)) if values.size else 0.0
+
+
+def _cut_share(inside: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> float:
+    """How much of a kidney the image's edge cuts: its largest face on an edge of the image, as a share of its
+    largest cross-section on the same axis (0: it does not reach an edge; about 1: cut through its middle)."""
+    share = 0.0
+    for axis in range(3):
+        areas = inside.sum(axis=tuple(a for a in range(3) if a != axis))
+        for on_edge, face in ((box[axis].start == 0, 0), (box[axis].stop == shape[axis], -1)):
+            if on_edge and areas.max():
+                share = max(share, float(areas[face] / areas.max()))
+    return share
 
 
 def _touches_edge(mask: np.ndarray) -> bool:

@@ -15,7 +15,7 @@ from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import write_atomically
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
-from dicomnode.qc import QCReport, check
+from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
 from dicomnode.segment import SeriesSegmenter
 from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.states import Outcome
@@ -26,6 +26,7 @@ from dicomnode.write import Results, write_no_result_sr, write_results
 log = logging.getLogger(__name__)
 
 WITHHELD = "QC failed: volumes withheld"
+PARENCHYMA_ONLY = "renal parenchyma only: cortex and medulla withheld"
 IDENTITY_CONFLICT = "patient identity conflict"
 
 
@@ -42,6 +43,7 @@ class Processed:
     qc: QCReport | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    structures: tuple[str, ...] = ()  # what the results report: all three, or the parenchyma alone
 
 
 @contextmanager
@@ -95,18 +97,26 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     with _timed(timings, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:
-        return Processed(Outcome.NO_RESULT, "no kidney found in the arterial series", reasons + measurements.notes, series_uid, measurements, timings=timings)
+        return Processed(Outcome.NO_RESULT, "no kidney found in the series", reasons + measurements.notes, series_uid, measurements, timings=timings)
     with _timed(timings, "qc"):
         report = check(measurements, selection.image_phase(series_uid), config.qc)
-    reasons += report.lines()
-    if not report.passed:
+    reasons += report.lines() + [str(note) for note in report.notes]
+    allowed = ("parenchyma",) if selection.parenchyma_only else STRUCTURES
+    structures = tuple(s for s in report.deliverable(config.qc.per_structure) if s in allowed)
+    if not structures:
         log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
         if config.qc.on_fail is OnFail.WITHHOLD:
             return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
+        structures = allowed
     with _timed(timings, "write"):
-        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC), uids=uids)
-    verdict = selection.verdict if report.passed else f"{selection.verdict}; {report.verdict}"
-    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings)
+        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC), uids=uids, structures=structures)
+    if report.passed_for(structures):
+        verdict = selection.verdict if structures == STRUCTURES else f"{selection.verdict}; {PARENCHYMA_ONLY}"
+    else:
+        verdict = f"{selection.verdict}; {report.verdict}"
+    if structures != STRUCTURES:
+        log.info("renal cortex and medulla not reported: %s", "; ".join(f.message for f in report.against(CORTEX_AND_MEDULLA)) or selection.verdict)
+    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, structures=structures)
 
 
 def failed(exc: BaseException) -> Processed:

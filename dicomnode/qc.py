@@ -1,14 +1,16 @@
 """QC stage: judge whether measured kidneys are plausible before anything is sent, with a reason per finding.
 
 Each rule looks at one thing a reader would check by eye: size, shape, place beside the spine, the field of view,
-the cortex, the contrast phase, and the two sides. A study with any finding fails QC; what happens then is
-``qc.on_fail`` (withhold the volumes, or send them flagged for review).
+the cortex, the contrast phase, and the two sides. Each rule concerns some structures: the cortex's and the phase's
+only cortex and medulla, the others the parenchyma and so everything. A structure passes when no finding concerns
+it; with ``qc.per_structure`` the parenchyma is sent when it passes even where cortex and medulla do not. What
+happens to a structure that fails is ``qc.on_fail`` (withhold, or send flagged for review).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +35,16 @@ class Rule(str, enum.Enum):
     MODEL_SIDE = "model and anatomy disagree on the side"
     EXTRA = "another kidney-sized component"
 
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """The structures a finding of this rule withholds."""
+        return CORTEX_AND_MEDULLA if self in _CORTEX_RULES else STRUCTURES
+
+
+STRUCTURES = ("parenchyma", "cortex", "medulla")
+CORTEX_AND_MEDULLA = ("cortex", "medulla")
+_CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE})
+
 
 STUDY = "study"
 
@@ -51,14 +63,41 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Note:
+    """What the reader should know of a result that passed, e.g. that a volume is a lower bound."""
+
+    scope: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.scope} kidney" if self.scope in SIDES else "study"
+        return f"QC note, {where}: {self.message}"
+
+
+@dataclass(frozen=True)
 class QCReport:
-    """All findings of one study; it passes when there are none."""
+    """All findings of one study, and notes for the reader; it passes when there are no findings."""
 
     findings: list[Finding]
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.findings
+
+    def passed_for(self, structures: tuple[str, ...]) -> bool:
+        """Whether no finding concerns any of ``structures``."""
+        return not any(set(f.rule.structures) & set(structures) for f in self.findings)
+
+    def deliverable(self, per_structure: bool) -> tuple[str, ...]:
+        """The structures that passed: all three, the parenchyma alone (``per_structure`` only), or none."""
+        if self.passed:
+            return STRUCTURES
+        return ("parenchyma",) if per_structure and self.passed_for(("parenchyma",)) else ()
+
+    def against(self, structures: tuple[str, ...]) -> list[Finding]:
+        """The findings that concern any of ``structures``."""
+        return [f for f in self.findings if set(f.rule.structures) & set(structures)]
 
     @property
     def verdict(self) -> str:
@@ -81,7 +120,12 @@ def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QC
             continue
         findings += _kidney_findings(kidney, phase, limits)
     findings += _study_findings(measurements, phase, limits)
-    return QCReport(findings)
+    notes = [
+        Note(k.side, f"the kidney touches the image's edge (its face there is {k.cut_share:.0%} of its largest cross-section): its volume is a lower bound")
+        for k in measurements.kidneys.values()
+        if 0 < k.cut_share <= limits.max_cut_share
+    ]
+    return QCReport(findings, notes)
 
 
 def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCConfig) -> list[Finding]:
@@ -91,8 +135,9 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
         found.append(Finding(Rule.VOLUME, side, f"parenchyma {kidney.parenchyma_ml:.0f} ml, outside {low:.0f}-{high:.0f} ml"))
     if kidney.extent_mm > limits.max_extent_mm:
         found.append(Finding(Rule.SHAPE, side, f"{kidney.extent_mm:.0f} mm long, longer than {limits.max_extent_mm:.0f} mm"))
-    if kidney.touches_edge:
-        found.append(Finding(Rule.FIELD_OF_VIEW, side, "the kidney reaches the edge of the image and may be cut off"))
+    if kidney.cut_share > limits.max_cut_share:
+        why = f"the image's edge cuts the kidney (its face there is {kidney.cut_share:.0%} of its largest cross-section, more than {limits.max_cut_share:.0%})"
+        found.append(Finding(Rule.FIELD_OF_VIEW, side, why))
     found += _position_findings(kidney, limits)
     if kidney.model_side is not None and kidney.model_side != side:
         why = f"the model labelled the kidney on the patient's {side} as its {kidney.model_side} kidney (orientation or model fault)"
@@ -142,6 +187,8 @@ def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCCon
     found = []
     if phase in (ImagePhase.UNENHANCED, ImagePhase.ENHANCED):
         found.append(Finding(Rule.PHASE, STUDY, f"the image check found {phase.value}: renal cortex and medulla are measured in the arterial phase only"))
+    elif phase is ImagePhase.UNKNOWN and limits.require_arterial_image:
+        found.append(Finding(Rule.PHASE, STUDY, "the image check could not confirm the arterial phase: renal cortex and medulla are measured in it only"))
     if measurements.kidneys and measurements.midline_source not in ("spine", "body outline"):
         found.append(Finding(Rule.SIDES, STUDY, f"no spine or body outline found; sides taken from {measurements.midline_source}"))
     kept = sum(k.parenchyma_ml for k in measurements.kidneys.values())

@@ -130,11 +130,25 @@ class SeriesSegmenter(Protocol):
     def segment(self, series: LoadedSeries) -> Segmentation: ...
 
 
+def localizer_of(model: Model, setting: str, folder: Path) -> Model | None:
+    """The localizer a ``model.localizer`` setting names: auto, the one ``model``'s card names (none if it names
+    none); "none" or "", none; else a model of that name. Models are looked up in ``folder``."""
+    name = str(model.card.get("localizer") or "") if setting == "auto" else setting
+    return Model.from_folder(folder / name) if name and name != "none" else None
+
+
 class Segmenter:
-    """Holds an ``nnUNetPredictor`` with the model's weights in memory."""
+    """Holds an ``nnUNetPredictor`` with the model's weights in memory, and the localizer's where there is one."""
 
     def __init__(
-        self, model: Model, device: str = "auto", mirroring: bool = False, tile_step_size: float = 0.5, cascade: bool = True, runtime: Runtime = Runtime.AUTO
+        self,
+        model: Model,
+        device: str = "auto",
+        mirroring: bool = False,
+        tile_step_size: float = 0.5,
+        cascade: bool = True,
+        runtime: Runtime = Runtime.AUTO,
+        localizer: Model | None = None,
     ) -> None:
         self.model = model
         self.cascade = cascade
@@ -142,7 +156,16 @@ class Segmenter:
         self.device = resolve_device(device)
         self.runtime = Runtime.ONNXRUNTIME if uses_onnxruntime(runtime, self.device) else Runtime.TORCH
         self.predictor = load_predictor(model.folder, model.fold, self.device, mirroring, tile_step_size, runtime=self.runtime)
-        log.info("model %s loaded on %s in %s (mirroring %s)", model.name, self.device, self.runtime.value, "on" if mirroring else "off")
+        self.localizer = localizer
+        self.locator = None if localizer is None else load_predictor(localizer.folder, localizer.fold, self.device, False, 0.5, runtime=self.runtime)
+        log.info(
+            "model %s%s loaded on %s in %s (mirroring %s)",
+            model.name,
+            f" with localizer {localizer.name}" if localizer else "",
+            self.device,
+            self.runtime.value,
+            "on" if mirroring else "off",
+        )
 
     def segment(self, series: LoadedSeries, cascade: bool | None = None) -> Segmentation:
         """Predict on the series, flipped into the axis directions the model was trained in and back.
@@ -162,10 +185,51 @@ class Segmenter:
             volume = reduced(volume, shape)
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         grid = coarse if reduce else spacing
-        labels = self._cascade(volume, grid) if (self.cascade if cascade is None else cascade) else self._predict(volume, grid, self.tile_step_size)
+        if self.locator is not None:
+            labels = self._localized(volume, grid)
+        elif self.cascade if cascade is None else cascade:
+            labels = self._cascade(volume, grid)
+        else:
+            labels = self._predict(volume, grid, self.tile_step_size)
         if reduce:
             labels = nearest_resize(labels, series.hu.shape)
-        return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device)
+        algorithms = {} if self.localizer is None else {structure: self.algorithm for structure in ("parenchyma", "cortex", "medulla")}
+        return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The model, and the localizer that said where it looked, as the SEG and SR name them."""
+        found = model_algorithm(self.model)
+        if self.localizer is None:
+            return found
+        where = f"{found.description} inside the kidneys found by {self.localizer.name}"
+        return Algorithm(found.name, found.version, where, f"localizer {self.localizer.name}")
+
+    def locate(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+        """The localizer's kidneys on ``volume``'s grid: its prediction at its own, coarser spacing, brought back."""
+        assert self.locator is not None
+        own = np.maximum(spacing, np.array(self.locator.configuration_manager.spacing, float))
+        shape = np.maximum(np.round(np.array(volume.shape) * spacing / own).astype(int), 1)
+        small = np.ascontiguousarray(reduced(volume, shape), dtype=np.float32) if np.any(shape < volume.shape) else volume
+        labels = self.locator.predict_single_npy_array(small[None], {"spacing": [float(v) for v in own]}, None, None, False)
+        found = np.asarray(labels) > 0
+        return nearest_resize(found, volume.shape) if found.shape != volume.shape else found
+
+    def _localized(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+        """The localizer finds the kidneys; the model runs only in a box around each, and keeps only what lies within
+        LOCALIZER_GATE_MM of the localizer's kidney. Where the localizer finds no kidney-sized component, nothing is
+        predicted: the image shows no kidney."""
+        components, sizes = kidney_sized(self.locate(volume, spacing), spacing)
+        labels = np.zeros(volume.shape, np.uint8)
+        if not sizes:
+            log.info("localizer: no kidney-sized component")
+            return labels
+        found = np.isin(components, list(sizes))
+        steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
+        for box in boxes_around(components, list(sizes), spacing):
+            gate = _dilated(found[box], steps)
+            labels[box] = np.where(gate, self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size), 0)
+        return labels
 
     def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
         self.predictor.tile_step_size = step
@@ -220,6 +284,17 @@ def boxes_around(components: np.ndarray, numbers: list[int], spacing: np.ndarray
         else:
             merged.append(span)
     return [tuple(slice(a, b) for a, b in span) for span in merged]
+
+
+#: The model's labels are kept this far (mm) around the localizer's kidneys.
+LOCALIZER_GATE_MM = 10.0
+
+
+def _dilated(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """``mask`` grown by ``steps`` voxels along each axis (z, y, x), one axis at a time (a box, not a ball)."""
+    for axis, n in enumerate(steps):
+        mask = ndimage.maximum_filter1d(mask.astype(np.uint8), size=2 * int(n) + 1, axis=axis).astype(bool)
+    return mask
 
 
 #: A series is reduced to the model's spacing before prediction where it is finer by more than this factor.

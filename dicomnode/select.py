@@ -21,6 +21,7 @@ from dicomnode.store import Instance
 log = logging.getLogger(__name__)
 
 SELECTED, NO_ARTERIAL = "arterial series selected", "no arterial series"
+PARENCHYMA_SERIES = "no arterial series: another series selected for renal parenchyma only"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Selection:
     reasons: list[str]
     candidates: list[Candidate] = field(default_factory=list)
     fallbacks: list[SeriesSummary] = field(default_factory=list)  # next-best arterial candidates, best first
+    parenchyma_only: bool = False  # no arterial series: the best other one, for parenchyma volumes only
 
     def image_phase(self, series_uid: str) -> ImagePhase:
         """What the image check said of one series (UNKNOWN where it was not checked)."""
@@ -235,7 +237,12 @@ def select_series(summaries: list[SeriesSummary], rules: SelectionRules) -> Sele
     ranked = sorted((c for c in candidates if c.eligible and c.score > 0), key=preference, reverse=True)
     lines = [f"series {c.description or c.series_uid}: score {c.score:+.0f}; " + "; ".join(c.reasons) for c in candidates]
     if not ranked:
-        return Selection(None, NO_ARTERIAL, lines, candidates)
+        others = sorted((c for c in candidates if c.eligible), key=preference, reverse=True) if rules.parenchyma_fallback else []
+        if not others:
+            return Selection(None, NO_ARTERIAL, lines, candidates)
+        chosen = by_uid[others[0].series_uid]
+        chosen_line = f"selected {chosen.description or chosen.series_uid} for renal parenchyma only (no arterial series)"
+        return Selection(chosen, PARENCHYMA_SERIES, [chosen_line] + lines, candidates, [by_uid[c.series_uid] for c in others[1:]], parenchyma_only=True)
     chosen = by_uid[ranked[0].series_uid]
     fallbacks = [by_uid[c.series_uid] for c in ranked[1:]]
     return Selection(chosen, SELECTED, [f"selected {chosen.description or chosen.series_uid}"] + lines, candidates, fallbacks)

@@ -20,7 +20,7 @@ from dicomnode.external import ExternalModel, ExternalSegmenter
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
-from dicomnode.segment import Model, Segmenter, SeriesSegmenter
+from dicomnode.segment import Model, Segmenter, SeriesSegmenter, localizer_of
 from dicomnode.send import send_due
 from dicomnode.states import JobState
 from dicomnode.store import Job, LeaseLost, Queued, Store
@@ -48,7 +48,8 @@ def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
     project = None
     if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
         model = Model.from_folder(config.path(settings.folder) / settings.name)
-        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime)
+        localizer = localizer_of(model, settings.localizer, config.path(settings.folder))
+        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime, localizer)
     if settings.parenchyma is ParenchymaSource.PROJECT:
         assert project is not None
         return project
@@ -169,7 +170,9 @@ class Node:
             processed, saved = failed(exc), []
         figures = processed.measurements.summary() if processed.measurements else None
         if figures is not None and processed.qc is not None:
-            figures.update(qc=processed.qc.verdict, qc_findings=processed.qc.lines())
+            figures.update(
+                qc=processed.qc.verdict, qc_findings=processed.qc.lines(), qc_notes=[str(n) for n in processed.qc.notes], sent=list(processed.structures)
+            )
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:
             self.store.finish_job(

@@ -29,7 +29,7 @@ from dicomnode.codes import (
 )
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements
-from dicomnode.qc import STUDY, QCReport
+from dicomnode.qc import STRUCTURES, STUDY, QCReport
 from dicomnode.segment import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -84,9 +84,13 @@ def _equipment(measurements: Measurements) -> list[hd.ContributingEquipment]:
     ]
 
 
-def tracking_uids(measurements: Measurements, uids: ResultUids) -> dict[tuple[str, str], str]:
-    """One Tracking UID per structure and side found, shared by its SEG segment and its SR group."""
-    return {(structure, side): uids.uid(f"tracking/{structure}/{side}") for structure, side in SEGMENT_ORDER if side in measurements.kidneys}
+def tracking_uids(measurements: Measurements, uids: ResultUids, structures: tuple[str, ...] = STRUCTURES) -> dict[tuple[str, str], str]:
+    """One Tracking UID per structure sent and side found, shared by its SEG segment and its SR group."""
+    return {
+        (structure, side): uids.uid(f"tracking/{structure}/{side}")
+        for structure, side in SEGMENT_ORDER
+        if side in measurements.kidneys and structure in structures
+    }
 
 
 def write_seg(
@@ -98,14 +102,14 @@ def write_seg(
     review: bool = False,
     uids: ResultUids = RANDOM_UIDS,
 ) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
-    """A BINARY SEG with one segment per structure and side found, derived from the series' ``slices`` (those the
-    kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
+    """A BINARY SEG with one segment per structure and side in ``tracking`` (those sent and found), derived from the
+    series' ``slices`` (those the kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
     masks: list[np.ndarray] = []
     numbers: dict[tuple[str, str], int] = {}
     for structure, side in SEGMENT_ORDER:
         kidney = measurements.kidneys.get(side)
-        if kidney is None:
+        if kidney is None or (structure, side) not in tracking:
             continue
         number = len(descriptions) + 1
         description = hd.seg.SegmentDescription(
@@ -140,7 +144,7 @@ def write_seg(
         software_versions=__version__,
         device_serial_number="1",
         content_label="KIDNEYS",
-        content_description="Renal cortex, medulla and parenchyma",
+        content_description="Renal cortex, medulla and parenchyma" if any(s == "cortex" for s, _ in numbers) else "Renal parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=_equipment(measurements),
     )
@@ -158,8 +162,10 @@ def write_sr(
     slices: np.ndarray,
     uids: ResultUids = RANDOM_UIDS,
 ) -> pydicom.Dataset:
-    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side, volumes in cm3, each with the QC
-    verdict and its side's findings; a TID 1501 group holds the study's QC verdict and findings."""
+    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure sent and side, volumes in cm3, each with its
+    QC verdict and its side's findings and notes; a TID 1501 group holds the study's QC verdict, its findings, and
+    why structures are absent (e.g. cortex and medulla outside the arterial phase)."""
+    sent = tuple(dict.fromkeys(structure for structure, _ in numbers))
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for (structure, side), number in numbers.items():
         kidney = measurements.kidneys[side]
@@ -177,18 +183,20 @@ def write_sr(
                 finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
                 algorithm_id=algorithm,
                 measurements=[hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)],
-                qualitative_evaluations=[_qc_evaluation(qc)],
+                qualitative_evaluations=[_qc_evaluation(qc.passed_for((structure,)))],
             )
         )
-        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side)])
+        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
         algorithm_id=_sr_algorithm(measurements.algorithms["parenchyma"]),
-        qualitative_evaluations=[_qc_evaluation(qc)],
+        qualitative_evaluations=[_qc_evaluation(qc.passed_for(sent))],
     )
     reported_sides = {side for _, side in numbers}
     unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in reported_sides]  # e.g. a missing kidney
-    _add_findings(study_group, [qc.verdict, *(str(f) for f in unreported)])
+    absent = [structure for structure in STRUCTURES if structure not in sent]
+    why_absent = [f"Renal {' and '.join(absent)} not reported: {'; '.join(f.message for f in qc.against(tuple(absent)))}"] if absent and reported_sides else []
+    _add_findings(study_group, [verdict_text(qc, sent), *why_absent, *(str(f) for f in unreported)])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -205,7 +213,7 @@ def write_sr(
     return hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
         content=report[0],
-        series_description=SR_DESCRIPTION + ("" if qc.passed else QC_REVIEW_SUFFIX),
+        series_description=SR_DESCRIPTION + ("" if qc.passed_for(sent) else QC_REVIEW_SUFFIX),
         contributing_equipment=_equipment(measurements),
         **_new_sr_instance(uids, "sr"),
     )
@@ -222,19 +230,32 @@ def measured_slices(series: LoadedSeries, measurements: Measurements) -> np.ndar
 
 
 def write_results(
-    series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, pictures: bool = False, uids: ResultUids = RANDOM_UIDS
+    series: LoadedSeries,
+    measurements: Measurements,
+    qc: QCReport,
+    model: Model,
+    pictures: bool = False,
+    uids: ResultUids = RANDOM_UIDS,
+    structures: tuple[str, ...] = STRUCTURES,
 ) -> Results:
-    """SEG and SR of a measured study, and with ``pictures`` the Secondary Capture pages; where QC failed, all say
-    "QC: review" and the SR lists every finding. ``uids`` derives every UID from the job, so a re-run makes the same
-    instances."""
-    tracking, slices = tracking_uids(measurements, uids), measured_slices(series, measurements)
-    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed, uids=uids)
-    sc = write_sc(series, measurements, qc, model, uids) if pictures else []
+    """SEG and SR of the ``structures`` of a measured study, and with ``pictures`` the Secondary Capture pages; where
+    a structure sent failed QC, all say "QC: review" and the SR lists every finding. ``uids`` derives every UID from
+    the job, so a re-run makes the same instances."""
+    tracking, slices = tracking_uids(measurements, uids, structures), measured_slices(series, measurements)
+    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed_for(structures), uids=uids)
+    sc = write_sc(series, measurements, qc, model, uids, structures) if pictures else []
     return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids), sc)
 
 
-def _qc_evaluation(qc: QCReport) -> hd.sr.QualitativeEvaluation:
-    return hd.sr.QualitativeEvaluation(name=QC_RESULT, value=QC_PASSED if qc.passed else QC_REVIEW)
+def verdict_text(qc: QCReport, sent: tuple[str, ...]) -> str:
+    """The QC verdict on what was sent."""
+    if qc.passed or not qc.passed_for(sent):
+        return qc.verdict
+    return f"QC passed for renal {' and '.join(sent)}"
+
+
+def _qc_evaluation(passed: bool) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(name=QC_RESULT, value=QC_PASSED if passed else QC_REVIEW)
 
 
 def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy import ndimage
 
+from dicomnode.aorta import ImagePhase
+from dicomnode.config import QCConfig
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import measure
+from dicomnode.qc import check
 from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from tests.peers import REAL_CT
+from tests.readback import dice
+from training.evaluate import as_series
 from training.phantoms import Grid, Label, Phase, make_phantom
 
 MODEL = Model("truth", None, {}, "0")
@@ -121,6 +128,22 @@ def test_no_kidney() -> None:
     assert result.kidneys == {} and result.predicted_ml == 0.0
 
 
+def test_a_blob_smaller_than_any_kidney_is_no_kidney_unless_the_edge_cuts_it() -> None:
+    """15 ml inside the image cannot be a whole kidney (the smallest hand-drawn KiTS19 kidney is 43 ml); at the
+    image's edge it may be the part of one that is in view."""
+    _, series, labels = _series_and_truth(23)
+    blob = np.zeros(labels.shape, bool)
+    side = int(round((15.0 / series.voxel_ml) ** (1 / 3)))
+    z0, y0, x0 = labels.shape[0] // 2, labels.shape[1] // 2 + 8, labels.shape[2] // 2 + 20  # beside the spine
+    blob[z0 : z0 + side, y0 : y0 + side, x0 : x0 + side] = True
+    inside = measure(series, Segmentation(np.where(blob, CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
+    assert inside.kidneys == {} and inside.predicted_ml == pytest.approx(blob.sum() * series.voxel_ml)
+    on_edge = np.roll(blob, labels.shape[0] - z0, axis=0)  # the same blob on the first slice
+    assert on_edge[0].any()
+    cut = measure(series, Segmentation(np.where(on_edge, CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
+    assert list(cut.kidneys) == ["left"] and cut.kidneys["left"].touches_edge
+
+
 def test_the_pair_at_one_height_is_taken_over_a_component_lower_down() -> None:
     phantom = make_phantom(28, grid=Grid.centred(96, 3.6, 44, 6.0))
     labels = np.zeros_like(phantom.labels)
@@ -134,3 +157,82 @@ def test_the_pair_at_one_height_is_taken_over_a_component_lower_down() -> None:
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert result.kidneys["left"].parenchyma_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"], rel=1e-6)
     assert result.kidneys["left"].touches_edge
+
+
+# --- real pixels: a kidney is chosen by anatomy before size --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_ct():
+    """The shared real CT as a series, its reference kidney masks and liver mask (model-made, TotalSegmentator)."""
+    if not REAL_CT.exists():
+        pytest.skip("shared real CT not present")
+    image = sitk.ReadImage(str(REAL_CT / "example_ct.nii.gz"))
+    masks = {name: sitk.ReadImage(str(REAL_CT / "example_ct_labels" / f"{name}.nii.gz")) for name in ("kidney_left", "kidney_right", "liver")}
+    return image, masks
+
+
+def _kidney_labels(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """The reference kidneys as a prediction: cortex with a medulla inside."""
+    both = masks["kidney_left"] | masks["kidney_right"]
+    labels = np.where(both, CORTEX, 0).astype(np.uint8)
+    labels[ndimage.binary_erosion(both, iterations=2)] = MEDULLA
+    return labels
+
+
+def _blob_in_liver(series: LoadedSeries, liver: np.ndarray, kidney: np.ndarray, radius_mm: float) -> np.ndarray:
+    """A ball inside the liver, as far up as it fits above ``kidney`` (in a kidney's place beside the spine)."""
+    spacing = np.array(series.spacing_zyx)
+    deep = ndimage.distance_transform_edt(np.pad(liver, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > radius_mm + 3  # the image's edge too
+    centre = np.argwhere(kidney).mean(axis=0)
+    points = np.argwhere(deep)
+    target = points[np.argmin(np.sum(((points - centre) * spacing * [0.3, 1.0, 1.0]) ** 2, axis=1))]
+    z, y, x = np.indices(liver.shape)
+    return ((z - target[0]) * spacing[0]) ** 2 + ((y - target[1]) * spacing[1]) ** 2 + ((x - target[2]) * spacing[2]) ** 2 <= radius_mm**2
+
+
+def _arrays(image, masks, lowest: int = 0):
+    series = as_series(image[:, :, lowest:])
+    return series, {name: sitk.GetArrayFromImage(mask[:, :, lowest:]) > 0 for name, mask in masks.items()}
+
+
+def test_a_low_kidney_on_the_lower_edge_is_kept_over_a_smaller_blob_in_the_liver(real_ct) -> None:
+    """Real CT A: a low right kidney reached the lower edge and a 45 ml piece of liver was kept instead of it."""
+    image, masks = real_ct
+    right = sitk.GetArrayFromImage(masks["kidney_right"]) > 0
+    z = np.flatnonzero(right.any(axis=(1, 2)))  # slices from the feet up
+    lowest = int(z[0] + 0.3 * (z[-1] - z[0]))  # the image now starts 30 % up the right kidney
+    series, cut = _arrays(image, masks, lowest)
+    blob = _blob_in_liver(series, cut["liver"], cut["kidney_right"], 22.0)
+    labels = _kidney_labels(cut)
+    labels[blob & ~(cut["kidney_left"] | cut["kidney_right"])] = CORTEX
+    assert 35 < blob.sum() * series.voxel_ml < cut["kidney_right"].sum() * series.voxel_ml
+    result = measure(series, Segmentation(labels, MODEL, "cpu"))
+    kept = result.kidneys["right"]
+    assert dice(kept.parenchyma, cut["kidney_right"]) > 0.99
+    assert kept.touches_edge and kept.cut_share > 0.3 and kept.fat_share > 0.5
+    assert dice(result.kidneys["left"].parenchyma, cut["kidney_left"]) > 0.99
+    report = check(result, ImagePhase.UNENHANCED, QCConfig())
+    assert ("cut off by the field of view", "right") in {(f.rule.value, f.scope) for f in report.findings}
+
+
+def test_a_blob_in_the_liver_larger_than_the_kidney_is_not_taken_for_it(real_ct) -> None:
+    """Real CT B: kidney predicted inside the liver; a blob there has liver around it, a kidney perirenal fat."""
+    image, masks = real_ct
+    series, whole = _arrays(image, masks)
+    spacing = np.array(series.spacing_zyx)
+    inner = ndimage.distance_transform_edt(np.pad(whole["liver"], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    centre = np.unravel_index(np.argmax(inner), inner.shape)
+    z, y, x = np.indices(inner.shape)
+    ellipsoid = sum(((i - c) * d / r) ** 2 for i, c, d, r in zip((z, y, x), centre, spacing, (70.0, 45.0, 45.0))) <= 1
+    blob = ellipsoid & (inner > 6.0)  # inside the liver, liver all around it
+    labels = _kidney_labels(whole)
+    labels[blob & ~(whole["kidney_left"] | whole["kidney_right"])] = CORTEX
+    assert blob.sum() > whole["kidney_right"].sum()
+    result = measure(series, Segmentation(labels, MODEL, "cpu"))
+    assert dice(result.kidneys["right"].parenchyma, whole["kidney_right"]) > 0.99
+    assert result.kidneys["right"].fat_share > 0.5
+    stray = result.predicted_ml - result.total_parenchyma_ml
+    assert stray == pytest.approx(blob.sum() * series.voxel_ml, rel=0.02)
+    findings = check(result, ImagePhase.UNENHANCED, QCConfig()).lines()
+    assert any("predicted as kidney outside the kidneys kept" in line for line in findings)

@@ -72,13 +72,48 @@ def test_prediction_outside_the_kidneys(good: Measurements) -> None:
     assert _rules(stray) == {(Rule.SHAPE, "study")}
 
 
-def test_cut_off_by_the_field_of_view() -> None:
-    measurements, series, labels = _measured()
+def _cut_left(columns_into: int) -> Measurements:
+    """The phantom with its image's last columns (+x, the patient's left) removed, ``columns_into`` of the left
+    kidney's included."""
+    _, series, labels = _measured()
     left_x = int(np.argmax(labels.any(axis=(0, 1))[::-1]))  # columns are +x: the left kidney's last column
-    cut = LoadedSeries([], series.hu[:, :, : labels.shape[2] - left_x - 3], series.origin, series.spacing, np.eye(3))
-    cut_measured = measure(cut, Segmentation(labels[:, :, : labels.shape[2] - left_x - 3], MODEL, "cpu"))
+    keep = labels.shape[2] - left_x - columns_into
+    cut = LoadedSeries([], series.hu[:, :, :keep], series.origin, series.spacing, np.eye(3))
+    return measure(cut, Segmentation(labels[:, :, :keep], MODEL, "cpu"))
+
+
+def test_cut_off_by_the_field_of_view() -> None:
+    cut_measured = _cut_left(12)  # 31 mm of the kidney's width
+    assert cut_measured.kidneys["left"].cut_share > LIMITS.max_cut_share
     assert (Rule.FIELD_OF_VIEW, "left") in _rules(cut_measured)
     assert (Rule.FIELD_OF_VIEW, "right") not in _rules(cut_measured)
+
+
+def test_a_kidney_grazing_the_edge_is_sent_as_a_lower_bound() -> None:
+    grazed = _cut_left(1)
+    kidney = grazed.kidneys["left"]
+    assert kidney.touches_edge and 0 < kidney.cut_share <= LIMITS.max_cut_share
+    report = check(grazed, ImagePhase.ARTERIAL, LIMITS)
+    assert (Rule.FIELD_OF_VIEW, "left") not in {(f.rule, f.scope) for f in report.findings}
+    assert [(n.scope, "lower bound" in n.message) for n in report.notes] == [("left", True)]
+
+
+def test_each_finding_withholds_only_the_structures_it_concerns(good: Measurements) -> None:
+    not_arterial = check(good, ImagePhase.UNENHANCED, LIMITS)
+    assert not not_arterial.passed and not_arterial.deliverable(per_structure=True) == ("parenchyma",)
+    assert not_arterial.deliverable(per_structure=False) == ()
+    no_cortex = check(_with_left(good, cortex_ml=5.0), ImagePhase.ARTERIAL, LIMITS)
+    assert no_cortex.deliverable(per_structure=True) == ("parenchyma",)
+    too_small = check(_with_left(good, parenchyma_ml=25.0), ImagePhase.UNENHANCED, LIMITS)
+    assert too_small.deliverable(per_structure=True) == ()
+    assert check(good, ImagePhase.ARTERIAL, LIMITS).deliverable(per_structure=True) == ("parenchyma", "cortex", "medulla")
+
+
+def test_cortex_needs_the_arterial_phase_confirmed_by_the_image(good: Measurements) -> None:
+    unknown = check(good, ImagePhase.UNKNOWN, LIMITS)
+    assert {(f.rule, f.scope) for f in unknown.findings} == {(Rule.PHASE, "study")}
+    assert unknown.deliverable(per_structure=True) == ("parenchyma",)
+    assert check(good, ImagePhase.UNKNOWN, replace(LIMITS, require_arterial_image=False)).passed
 
 
 @pytest.mark.parametrize(
@@ -118,7 +153,7 @@ def test_implausible_cortex_share(good: Measurements, cortex_ml: float) -> None:
 def test_no_corticomedullary_difference_in_the_arterial_phase(good: Measurements) -> None:
     flat = _with_left(good, cortex_hu=120.0, medulla_hu=115.0)
     assert _rules(flat, ImagePhase.ARTERIAL) == {(Rule.CORTICOMEDULLARY, "left")}
-    assert _rules(flat, ImagePhase.UNKNOWN) == {(Rule.CORTICOMEDULLARY, "left")}
+    assert _rules(flat, ImagePhase.UNKNOWN) == {(Rule.CORTICOMEDULLARY, "left"), (Rule.PHASE, "study")}
 
 
 @pytest.mark.parametrize("phase", [ImagePhase.UNENHANCED, ImagePhase.ENHANCED])

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from dicomnode.config import NodeConfig, OnFail, QCConfig
 from dicomnode.load import LoadedSeries
-from dicomnode.pipeline import WITHHELD, process_study, save_results
+from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study, save_results
 from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
@@ -99,3 +99,41 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
         assert not any(item.CodingSchemeDesignator.startswith("99") for item in ds.get("CodingSchemeIdentificationSequence", []))
     for saved in save_results(processed.results, tmp_path):
         assert dciodvfy(saved.path) == [], saved.path.name
+
+
+class BothReferenceKidneys(ReferenceLabels):
+    """Both reference kidneys of the shared real CT as the prediction."""
+
+    def segment(self, series: LoadedSeries) -> Segmentation:
+        both = np.zeros(series.hu.shape, bool)
+        for side in ("left", "right"):
+            both |= sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "example_ct_labels" / f"kidney_{side}.nii.gz"))) > 0
+        labels = np.where(both, CORTEX, 0).astype(np.uint8)
+        labels[ndimage.binary_erosion(both, iterations=2)] = MEDULLA
+        return Segmentation(labels, self.model, "cpu")
+
+
+def test_non_contrast_study_sends_parenchyma_alone_and_says_why(instances: list[Instance], tmp_path: Path) -> None:
+    """The real CT is non-contrast: its parenchyma passes QC and is sent; cortex and medulla are not, and the SR says why."""
+    processed = process_study(instances, NodeConfig(), BothReferenceKidneys())
+    assert processed.outcome is Outcome.RESULT and processed.structures == ("parenchyma",), processed.reasons
+    assert processed.verdict.endswith(PARENCHYMA_ONLY)
+    seg, sr = processed.results.seg, processed.results.sr
+    assert not seg.SeriesDescription.endswith("QC: review") and not sr.SeriesDescription.endswith("QC: review")
+    assert {s.SegmentLabel.lower() for s in seg.SegmentSequence} == {"left renal parenchyma", "right renal parenchyma"}
+    groups = sr_groups(sr)
+    volumes = {g.identifier: g.volume_ml for g in groups if g.segment_number}
+    assert set(volumes) == {"left renal parenchyma", "right renal parenchyma"}
+    assert volumes["right renal parenchyma"] == pytest.approx(188.8, abs=0.2) and volumes["left renal parenchyma"] == pytest.approx(138.9, abs=0.2)
+    assert all(g.qc == "Usable - Meets the quality control standard" for g in groups)
+    study = next(g for g in groups if not g.segment_number)
+    assert study.findings[0] == "QC passed for renal parenchyma"
+    assert any(text.startswith("Renal cortex and medulla not reported:") and "arterial phase" in text for text in study.findings)
+    for saved in save_results(processed.results, tmp_path):
+        assert dciodvfy(saved.path) == [], saved.path.name
+
+
+def test_all_or_nothing_is_one_setting_away(instances: list[Instance]) -> None:
+    config = replace(NodeConfig(), qc=QCConfig(per_structure=False))
+    processed = process_study(instances, config, BothReferenceKidneys())
+    assert processed.outcome is Outcome.NO_RESULT and processed.verdict == WITHHELD

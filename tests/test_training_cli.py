@@ -100,7 +100,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
         )
         scores = json.loads((tmp_path / "real" / "real_ct.json").read_text())[0]
         assert [(s["side"], s["reference_ml"]) for s in scores["sides"]] == [("left", 138.9), ("right", 188.8)]
-        assert "TotalSegmentator v1 (a model)" in report and scores["qc_verdict"].startswith("QC ")
+        assert "TotalSegmentator v1 (a model)" in report and scores["verdict"] and scores["stray_ml"] >= 0
 
     # The node loads the exported model by name from its configuration and runs a study with it.
     config = tmp_path / "node.yaml"

@@ -38,16 +38,17 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from training.synth import DEFAULT_CACHE, DEFAULT_DATA, OutputGrid, load_sources, write_synth_cases
+    from training.synth import DEFAULT_CACHE, DEFAULT_DATA, AnatomySet, OutputGrid, load_sources, write_synth_cases
 
     data = args.data or DEFAULT_DATA
     kits = None
     if args.kits_cases:
         kits = tuple(sorted(p.name.removesuffix(".nii.gz") for p in (data / "kits19_labels").glob("case_*.nii.gz"))[: args.kits_cases])
-    sources = load_sources(data, args.cache or DEFAULT_CACHE, kits)
+    anatomies = AnatomySet(args.anatomies) if args.anatomies in {a.value for a in AnatomySet} else tuple(args.anatomies.split(","))
+    sources = load_sources(data, args.cache or DEFAULT_CACHE, kits, anatomies)
     grid = OutputGrid((args.pixel_mm, args.pixel_mm, args.slice_mm), tuple(args.max_shape))
     cases = write_synth_cases(args.out, list(range(args.seed, args.seed + args.count)), sources, grid)
-    print(f"wrote {len(cases)} synthetic cases ({len(sources.kidneys)} KiTS19 kidneys) and {args.out / 'manifest.csv'}")
+    print(f"wrote {len(cases)} synthetic cases on {len(sources.anatomies)} anatomies ({len(sources.kidneys)} KiTS19 kidneys) and {args.out / 'manifest.csv'}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     plan_and_preprocess(args.dataset_id, args.work / "preprocessed", name, args.configuration, int(os.environ["nnUNet_def_n_proc"]))
     groups = json.loads((args.work / "raw" / name / "groups.json").read_text())
     write_splits(preprocessed, groups, args.n_folds)
-    results = [train_fold(preprocessed, args.trainer, args.configuration, fold, args.device, args.resume) for fold in args.folds]
+    results = [train_fold(preprocessed, args.trainer, args.configuration, fold, args.device, args.resume, args.pretrained) for fold in args.folds]
     for result in results:
         print(f"fold {result.fold}: " + ", ".join(f"{k} Dice {v:.4f}" for k, v in result.dice.items()))
     best = select_best(results)
@@ -82,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.cases import read_manifest
     from training.evaluate import evaluate_model, record_in_card, write_report
 
-    evaluation = evaluate_model(args.model, read_manifest(args.manifest), args.device, args.mirroring)
+    evaluation = evaluate_model(args.model, read_manifest(args.manifest), args.device, args.mirroring, args.localizer)
     report = write_report(evaluation, args.out)
     if args.update_card:
         record_in_card(args.model / "model.yaml", evaluation, report, args.manifest)
@@ -90,10 +91,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
-    from training.evaluate_real import RealCase, evaluate_real, write_real_report
+    from training.evaluate_real import RealCase, evaluate_real, shared_cases, write_real_report
+    from training.synth import DEFAULT_DATA
 
-    case = RealCase(args.case_id, args.image, args.left, args.right, args.reference)
-    report = write_real_report(evaluate_real(args.model, [case], args.device), args.model.name, args.out)
+    if args.image is not None:
+        cases = [RealCase(args.case_id, args.image, args.left, args.right, args.reference)]
+    else:
+        cases = shared_cases(args.data or DEFAULT_DATA)
+    report = write_real_report(evaluate_real(args.model, cases, args.device, args.localizer), args.model.name, args.out)
     print(report.read_text())
 
 
@@ -130,6 +135,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         intended_use=described.get("intended_use", ""),
         not_fit_for=described.get("not_fit_for", []),
         licence=described.get("licence", ""),
+        localizer=described.get("localizer", ""),
     )
     print(f"exported {export_model(result_folder, fold, args.models, card)}")
 
@@ -156,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="folder holding real_ct/ and kits19_labels/ (default: shared/data next to the repository)")
     p.add_argument("--cache", type=Path, help="folder for the parsed anatomy and kidneys (default: ~/.cache/dicomnode-train)")
     p.add_argument("--kits-cases", type=int, help="use only the first N KiTS19 cases (a faster first run)")
+    p.add_argument(
+        "--anatomies",
+        default="train",
+        help="train: every anatomy under anatomy/ but the validation ones, and real_ct's (default); validation: the ones kept out; "
+        "shared: real_ct's alone; or names separated by commas (real_ct, word_0014, s0001, ...)",
+    )
     p.add_argument("--pixel-mm", type=float, default=1.6)
     p.add_argument("--slice-mm", type=float, default=5.0)
     p.add_argument("--max-shape", type=int, nargs=3, default=[72, 256, 256], metavar=("Z", "Y", "X"))
@@ -178,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="plan, preprocess and train folds with the paper's recipe")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--dataset-id", type=int, default=501)
-    p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu, 3d_cpu_iso (isotropic data) or 3d_tiny")
+    p.add_argument("--configuration", default="3d_fullres", help="3d_fullres (paper), 3d_cpu, 3d_cpu_iso (isotropic), 3d_loc (kidney localizer) or 3d_tiny")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument(
@@ -188,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")
+    p.add_argument("--pretrained", type=Path, help="start from this checkpoint's weights (same plan), e.g. models/NAME/fold_0/checkpoint_final.pth")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, volume error per case and group; ANOVA; Bland-Altman")
@@ -196,16 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (8x slower)")
+    p.add_argument("--localizer", default="auto", help="as model.localizer: auto (the one the model's card names, beside it), none, or a name")
     p.add_argument("--update-card", action="store_true", help="record the mean figures in the model's model.yaml")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("evaluate-real", help="per-side parenchyma Dice and volume on a real CT, sides and QC as the node does them")
+    p = sub.add_parser("evaluate-real", help="real CT through the node's pipeline: per-side parenchyma Dice and volume, stray ml, verdict, what is sent")
     p.add_argument("--model", type=Path, required=True, help="an exported model folder (models/NAME)")
-    p.add_argument("--image", type=Path, required=True, help="CT volume (NIfTI, NRRD)")
-    p.add_argument("--left", type=Path, required=True, help="left kidney mask on the image's grid")
-    p.add_argument("--right", type=Path, required=True, help="right kidney mask on the image's grid")
-    p.add_argument("--reference", required=True, help="who drew the masks, e.g. 'TotalSegmentator v1 (a model)'")
+    p.add_argument("--localizer", default="auto", help="as model.localizer: auto (the one the model's card names, beside it), none, or a name")
+    p.add_argument("--image", type=Path, help="one CT (NIfTI, NRRD or a folder of DICOM slices); default: every real case under --data")
+    p.add_argument("--left", type=Path, help="left kidney mask on the image's grid (none: no kidney in view)")
+    p.add_argument("--right", type=Path, help="right kidney mask on the image's grid")
+    p.add_argument("--reference", default="", help="who drew the masks, e.g. 'TotalSegmentator v1 (a model)'")
     p.add_argument("--case-id", default="real_ct")
+    p.add_argument("--data", type=Path, help="folder holding real_ct/ and real_ct2/ (default: shared/data next to the repository)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.set_defaults(func=cmd_evaluate_real)

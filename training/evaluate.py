@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import stats
 
 from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, Model, Segmenter
+from dicomnode.segment import CORTEX, Model, Segmenter, localizer_of
 from training.cases import Case
 from training.dataset_import import case_labels, read_image
 
@@ -87,9 +87,11 @@ def as_series(image: sitk.Image) -> LoadedSeries:
     )
 
 
-def evaluate_model(model_folder: Path, cases: list[Case], device: str = "cpu", mirroring: bool = False) -> Evaluation:
-    """Segment every case with the node's own segmenter and score it against its labels."""
-    segmenter = Segmenter(Model.from_folder(model_folder), device, mirroring)
+def evaluate_model(model_folder: Path, cases: list[Case], device: str = "cpu", mirroring: bool = False, localizer: str = "auto") -> Evaluation:
+    """Segment every case with the node's own segmenter (with the localizer ``model.localizer`` names) and score it
+    against its labels."""
+    model = Model.from_folder(model_folder)
+    segmenter = Segmenter(model, device, mirroring, localizer=localizer_of(model, localizer, model_folder.parent))
     scores = []
     for case in cases:
         image = read_image(case.image)

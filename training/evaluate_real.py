@@ -1,35 +1,59 @@
-"""Evaluate a model on real CT with per-side kidney masks: the node's own segment -> measure -> QC path.
+"""Evaluate a model on real CT through the node's own pipeline: select -> load -> segment -> measure -> QC -> write.
 
-Real cases here have parenchyma masks per side (no cortex labels), so the figures are per-side parenchyma Dice
-and volume, the side the node assigned, and the QC verdict the node would have given.
+Each case is a real CT (a NIfTI/NRRD volume, written as a DICOM series whose header records no contrast agent, or a
+folder of real DICOM slices) with one parenchyma mask per side, or none where no kidney is in view. Real cases here
+have no cortex labels, so the figures are per-side parenchyma Dice and volume, the prediction outside the kidneys
+kept (stray), the node's verdict and what it would have delivered.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from pydicom.uid import CTImageStorage, generate_uid
 
-from dicomnode.aorta import ImagePhase
-from dicomnode.config import QCConfig
-from dicomnode.measure import SIDES, measure
-from dicomnode.qc import check
-from dicomnode.segment import Model, Segmenter
-from training.evaluate import as_series, score
+from dicomnode.config import NodeConfig
+from dicomnode.pipeline import process_study
+from dicomnode.segment import Model, Segmenter, localizer_of
+from dicomnode.states import Outcome
+from dicomnode.store import Instance
+from training.evaluate import score
+from training.volume_dicom import SeriesTags, write_volume_series
 
 
 @dataclass(frozen=True)
 class RealCase:
-    """A real CT volume and one parenchyma mask per side on its grid; ``reference`` says who drew the masks."""
+    """A real CT and its reference: a parenchyma mask per side on its grid, or none (no kidney in view)."""
 
     case_id: str
-    image: Path
-    left: Path
-    right: Path
-    reference: str
+    image: Path  # a volume file, or a folder of DICOM slices
+    left: Path | None
+    right: Path | None
+    reference: str  # who drew the masks, or why there are none
+
+
+def shared_cases(data: Path) -> list[RealCase]:
+    """The real cases under ``shared/data``: ``real_ct`` (model-made masks), ``real_ct2/s0009`` (people-corrected
+    masks, non-contrast) and ``real_ct/example_ct_dicom`` (real DICOM, no kidney in view)."""
+    real, second = data / "real_ct", data / "real_ct2" / "s0009"
+    return [
+        RealCase(
+            "real_ct",
+            real / "example_ct.nii.gz",
+            real / "example_ct_labels" / "kidney_left.nii.gz",
+            real / "example_ct_labels" / "kidney_right.nii.gz",
+            "TotalSegmentator v1 (a model)",
+        ),
+        RealCase("s0009", second / "ct.nii.gz", second / "kidney_left.nii.gz", second / "kidney_right.nii.gz", "TotalSegmentator, corrected by people"),
+        RealCase("example_ct_dicom", real / "example_ct_dicom", None, None, "no kidney in view (T11-T12)"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -41,41 +65,93 @@ class SideScore:
 
     @property
     def volume_error_pct(self) -> float:
-        return 100.0 * (self.predicted_ml - self.reference_ml) / self.reference_ml
+        return 100.0 * (self.predicted_ml - self.reference_ml) / self.reference_ml if self.reference_ml else float("nan")
 
 
 @dataclass(frozen=True)
 class RealScore:
     case_id: str
     reference: str
-    sides: list[SideScore]
-    qc_verdict: str
+    sides: list[SideScore]  # empty where the case has no kidney in view
+    predicted_ml: float  # everything the model called kidney
+    stray_ml: float  # of that, outside the kidneys kept
+    verdict: str
+    delivered: list[str]  # the structures whose volumes the node would send
     qc_findings: list[str]
     seconds: float
 
 
-def evaluate_real(model_folder: Path, cases: list[RealCase], device: str = "cpu") -> list[RealScore]:
-    """Segment each case, measure it as the node does (sides from the anatomy) and score each side."""
-    import time
-
-    segmenter = Segmenter(Model.from_folder(model_folder), device)
+def evaluate_real(model_folder: Path, cases: list[RealCase], device: str = "cpu", localizer: str = "auto") -> list[RealScore]:
+    """Run each case through the node's pipeline with the default settings and score what it measured; ``localizer``
+    as the setting ``model.localizer`` (auto: the one the model's card names, beside it)."""
+    config = NodeConfig()
+    model = Model.from_folder(model_folder)
+    segmenter = Segmenter(model, device, localizer=localizer_of(model, localizer, model_folder.parent))
     scores = []
-    for case in cases:
-        image = sitk.ReadImage(str(case.image))
-        series = as_series(image)
-        start = time.perf_counter()
-        measurements = measure(series, segmenter.segment(series))
-        seconds = time.perf_counter() - start
-        report = check(measurements, ImagePhase.UNKNOWN, QCConfig())
-        sides = []
-        for side in SIDES:
-            reference = sitk.GetArrayFromImage(sitk.ReadImage(str(case.left if side == "left" else case.right))) > 0
-            kidney = measurements.kidneys.get(side)
-            predicted = kidney.parenchyma if kidney is not None else np.zeros_like(reference)
-            region = score(reference, predicted, series.voxel_ml)
-            sides.append(SideScore(side, round(region.dice, 4), round(region.reference_ml, 1), round(region.predicted_ml, 1)))
-        scores.append(RealScore(case.case_id, case.reference, sides, report.verdict, report.lines(), round(seconds, 1)))
+    with tempfile.TemporaryDirectory() as scratch:
+        for case in cases:
+            files = _series_files(case, Path(scratch) / case.case_id)
+            start = time.perf_counter()
+            processed = process_study(_instances(files), config, segmenter)
+            seconds = time.perf_counter() - start
+            measurements = processed.measurements
+            sides = []
+            for side, path in (("left", case.left), ("right", case.right)):
+                if path is None:
+                    continue
+                reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+                kidney = measurements.kidneys.get(side) if measurements else None
+                predicted = kidney.parenchyma if kidney is not None else np.zeros_like(reference)
+                voxel_ml = float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
+                region = score(reference, predicted, voxel_ml)
+                sides.append(SideScore(side, round(region.dice, 4), round(region.reference_ml, 1), round(region.predicted_ml, 1)))
+            predicted_ml = measurements.predicted_ml if measurements else 0.0
+            kept = measurements.total_parenchyma_ml if measurements else 0.0
+            delivered = list(processed.structures) if processed.outcome is Outcome.RESULT else []
+            findings = processed.qc.lines() if processed.qc else []
+            scores.append(
+                RealScore(
+                    case.case_id,
+                    case.reference,
+                    sides,
+                    round(predicted_ml, 1),
+                    round(predicted_ml - kept, 1),
+                    processed.verdict,
+                    delivered,
+                    findings,
+                    round(seconds, 1),
+                )
+            )
     return scores
+
+
+def _series_files(case: RealCase, folder: Path) -> list[Path]:
+    """DICOM slices of the case: a volume written as a series that records no contrast agent (the node then finds
+    the phase from the image), or a copy of real slices with any empty Study, Series or SOP Instance UID filled in."""
+    if not case.image.is_dir():
+        tags = SeriesTags(description="Abdomen", seconds_after_bolus=None, study_seed=case.case_id)
+        return write_volume_series(sitk.ReadImage(str(case.image)), folder, tags)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, files = generate_uid(entropy_srcs=[case.case_id, "study"]), generate_uid(entropy_srcs=[case.case_id, "series"]), []
+    for path in sorted(p for p in case.image.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or study
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or series
+        ds.SOPInstanceUID = ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID
+        files.append(folder / path.name)
+        ds.save_as(files[-1])
+    return files
+
+
+def _instances(files: list[Path]) -> list[Instance]:
+    instances = []
+    for seq, path in enumerate(files):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        instances.append(
+            Instance(seq, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.get("SOPClassUID", CTImageStorage)), path)
+        )
+    return instances
 
 
 def write_real_report(scores: list[RealScore], model: str, out: Path) -> Path:
@@ -85,18 +161,18 @@ def write_real_report(scores: list[RealScore], model: str, out: Path) -> Path:
     lines = [
         f"# {model} on real CT",
         "",
-        "Per-side parenchyma against the case's reference masks (who drew them is in the table); sides as the node",
-        "assigns them (midline from the spine); QC as the node's gate judges the measurements (phase not checked here).",
+        "Each case through the node's pipeline with the default settings (selection, image phase check, segment,",
+        "measure, QC): per-side parenchyma against the case's reference masks (who drew them is in the table), the",
+        "prediction outside the kidneys kept (stray), the verdict, and the structures whose volumes would be sent.",
         "",
-        "| case | reference | side | Dice | reference ml | predicted ml | volume error | QC |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | reference | side | Dice | reference ml | predicted ml | volume error | stray ml | delivered | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for case in scores:
-        for side in case.sides:
-            lines.append(
-                f"| {case.case_id} | {case.reference} | {side.side} | {side.dice:.3f} | {side.reference_ml:.1f} | "
-                f"{side.predicted_ml:.1f} | {side.volume_error_pct:+.1f} % | {case.qc_verdict} |"
-            )
+        delivered = ", ".join(case.delivered) or "nothing"
+        rows = [f"{s.side} | {s.dice:.3f} | {s.reference_ml:.1f} | {s.predicted_ml:.1f} | {s.volume_error_pct:+.1f} %" for s in case.sides]
+        for figures in rows or ["- | - | - | - | -"]:
+            lines.append(f"| {case.case_id} | {case.reference} | {figures} | {case.stray_ml:.1f} | {delivered} | {case.verdict} |")
     for case in scores:
         if case.qc_findings:
             lines += ["", f"QC findings for {case.case_id}:", *(f"- {line}" for line in case.qc_findings)]
