@@ -78,8 +78,8 @@ class Services(Protocol):
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
         """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
 
-    def closed(self, association: int) -> None:
-        """An accepted association ended (released, aborted or cut off)."""
+    def closed(self, association: int, released: bool) -> None:
+        """An accepted association ended: released by its peer, or not (aborted, cut off, timed out)."""
 
 
 @dataclass(frozen=True)
@@ -296,12 +296,14 @@ class _Association:
         self.send(p_data(context, response(request, status, comment)))
 
     def serve(self) -> None:
+        released = False
         try:
             request = self.negotiate()
             if request is not None:
                 peer = f"implementation {request.implementation_class_uid or '?'}, maximum PDU {request.maximum_length or 'unlimited'}"
                 log.info("association %d from %s at %s accepted (%s)", self.number, request.calling_ae, self.address, peer)
                 ended = self.messages(request.calling_ae)
+                released = ended == "released"
                 log.info("association %d %s", self.number, ended)
         except ProtocolError as exc:
             log.warning("aborting association %d from %s: %s", self.number, self.address, exc)
@@ -324,7 +326,7 @@ class _Association:
                 self.incoming.discard()
             self.reader.close()
             if self.admitted:
-                self.acceptor.left(self.number)
+                self.acceptor.left(self.number, released)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -382,10 +384,10 @@ class Acceptor:
             self._admitted.add(number)
             return True
 
-    def left(self, number: int) -> None:
+    def left(self, number: int, released: bool) -> None:
         with self._lock:
             self._admitted.discard(number)
-        self.services.closed(number)
+        self.services.closed(number, released)
 
     def connection(self, sock: socket.socket, address: str) -> None:
         if self.policy.allowed_addresses and address not in self.policy.allowed_addresses:

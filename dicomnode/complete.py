@@ -28,18 +28,28 @@ class Completion:
     waiting: dict[str, str]
 
 
-def ready_studies(store: Store, open_since: dict[str, float], quiet_period_s: float, max_wait_s: float, now: float | None = None) -> Completion:
+def ready_studies(
+    store: Store, open_since: dict[str, float], quiet_period_s: float, max_wait_s: float, now: float | None = None, interrupted: dict[str, str] | None = None
+) -> Completion:
     """Studies with new instances that are complete: no open association sent to them and no instance came for
     ``quiet_period_s``; or, whatever their associations, no instance came for ``max_wait_s`` (force-complete, for
     senders that keep an association open). ``open_since`` maps a study to when its oldest open association first
-    sent to it."""
+    sent to it. An ``interrupted`` study (an association sending it was aborted or cut off, or the node stopped
+    while one was open; study -> why) may be partial: it waits for ``max_wait_s`` too, unless a later association
+    sending it was released."""
     now = time.time() if now is None else now
+    interrupted = interrupted or {}
     ready, waiting = [], {}
     for row in store.studies_with_new_instances():
         study, quiet = row["study_uid"], now - row["last_received_at"]
         if study in open_since and quiet >= max_wait_s:
             log.warning("study %s: association still open, no instance for %.0f s: processed (max_wait_s)", study, quiet)
             ready.append(ReadyStudy(study, row["max_seq"]))
+        elif study in interrupted and quiet >= max_wait_s:
+            log.warning("study %s: %s; no instance for %.0f s: processed (max_wait_s)", study, interrupted[study], quiet)
+            ready.append(ReadyStudy(study, row["max_seq"]))
+        elif study in interrupted and study not in open_since:
+            waiting[study] = f"{interrupted[study]}: it may be partial, complete {max_wait_s:.0f} s after its last instance"
         elif study in open_since:
             since = time.strftime("%H:%M:%S", time.localtime(open_since[study]))
             waiting[study] = f"waiting for association release since {since} (at most {max_wait_s:.0f} s after its last instance)"

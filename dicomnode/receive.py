@@ -88,11 +88,11 @@ class OpenAssociations:
         with self._lock:
             self._seen.setdefault(assoc_id, set()).add(study_uid)
 
-    def closed(self, assoc_id: int) -> None:
+    def closed(self, assoc_id: int, released: bool) -> None:
         with self._lock:
             if self._seen.pop(assoc_id, None) is None:
                 return
-        self.store.association_closed(self.receiver, str(assoc_id))
+        self.store.association_closed(self.receiver, str(assoc_id), released)
 
 
 class Receiver:
@@ -177,9 +177,9 @@ class Receiver:
         except self._database_errors as exc:  # the refusal is still sent, and logged
             log.error("could not record the refusal: %s", exc)
 
-    def closed(self, association: int) -> None:
+    def closed(self, association: int, released: bool) -> None:
         try:
-            self.open.closed(association)
+            self.open.closed(association, released)
         except self._database_errors as exc:  # its rows go with this receiver's heartbeat
             log.error("could not record the end of an association: %s", exc)
 

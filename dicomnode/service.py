@@ -120,7 +120,8 @@ class Node:
     def complete_studies(self) -> None:
         self.store.receiver_alive(self.receiver_name)
         open_since = self.store.open_studies(self.config.cluster.receiver_timeout_s)
-        completion = ready_studies(self.store, open_since, self.config.quiet_period_s, self.config.max_wait_s, now=self.store.now())
+        interrupted = self.store.interrupted_studies()
+        completion = ready_studies(self.store, open_since, self.config.quiet_period_s, self.config.max_wait_s, self.store.now(), interrupted)
         if completion.waiting != self._waiting:  # written only when it changes, not every tick
             self.store.set_waiting(completion.waiting)
             self._waiting = completion.waiting

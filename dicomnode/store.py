@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS associations (
     since {real} NOT NULL,
     PRIMARY KEY (receiver, association, study_uid)
 );
+CREATE TABLE IF NOT EXISTS interrupted (
+    study_uid TEXT PRIMARY KEY,
+    since {real} NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id {id},
     job_id BIGINT NOT NULL REFERENCES jobs (id),
@@ -275,12 +280,28 @@ class Store:
             (receiver, association, study_uid),
         )
 
-    def association_closed(self, receiver: str, association: str) -> None:
-        self.db.execute("DELETE FROM associations WHERE receiver = ? AND association = ?", (receiver, association))
+    def association_closed(self, receiver: str, association: str, released: bool) -> None:
+        """An association ended. Released, it also settles any earlier interruption of the studies it sent; ended
+        any other way (aborted, cut off, timed out), its studies count as interrupted until a job covers them or an
+        association sending to them is released."""
+        where = "receiver = ? AND association = ?"
+        with self.db.transaction() as tx:
+            if released:
+                tx.execute(f"DELETE FROM interrupted WHERE study_uid IN (SELECT study_uid FROM associations WHERE {where})", (receiver, association))
+            else:
+                _interrupt(tx, where, (receiver, association), "an association sending it ended without release (aborted or cut off)")
+            tx.execute(f"DELETE FROM associations WHERE {where}", (receiver, association))
 
     def forget_associations(self, receiver: str) -> None:
-        """A receiver starting anew: the associations its previous process had open are gone with it."""
-        self.db.execute("DELETE FROM associations WHERE receiver = ?", (receiver,))
+        """A receiver starting anew: the associations its previous process had open are gone with it, and the
+        studies they were sending count as interrupted."""
+        with self.db.transaction() as tx:
+            _interrupt(tx, "receiver = ?", (receiver,), "the node stopped while an association was sending it")
+            tx.execute("DELETE FROM associations WHERE receiver = ?", (receiver,))
+
+    def interrupted_studies(self) -> dict[str, str]:
+        """Studies whose sending was interrupted (study -> why), which wait for ``max_wait_s``, not the quiet period."""
+        return {r["study_uid"]: r["reason"] for r in self.db.query("SELECT study_uid, reason FROM interrupted")}
 
     def open_studies(self, alive_within_s: float) -> dict[str, float]:
         """Studies an open association is sending, on any receiver whose heartbeat is younger than ``alive_within_s``:
@@ -393,6 +414,7 @@ class Store:
                     (study_uid, latest["v"] + 1, upto_seq, JobState.PENDING.value, now, now),
                 )
                 made.append(_job(row))
+                tx.execute("DELETE FROM interrupted WHERE study_uid = ?", (study_uid,))
         return made
 
     def job(self, job_id: int) -> Job:
@@ -560,6 +582,15 @@ def _job(row: Row) -> Job:
         json.loads(row["timings"]),
         row["created_at"],
         row["updated_at"],
+    )
+
+
+def _interrupt(tx: Session, where: str, params: tuple, reason: str) -> None:
+    """Mark the studies of the associations selected by ``where`` as interrupted (the first reason stays)."""
+    tx.execute(
+        f"INSERT INTO interrupted (study_uid, since, reason) SELECT DISTINCT study_uid, {{now}}, ? FROM associations WHERE {where}"
+        " ON CONFLICT (study_uid) DO NOTHING",
+        (reason, *params),
     )
 
 
