@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 from dicomnode.conventions import Orientation
 
 
@@ -131,7 +131,7 @@ class ModelConfig:
     """Which model segments and how."""
 
     folder: str = "models"
-    name: str = "renal-synth-cpu"
+    name: str = "renal-synth3-cpu"
     device: str = "auto"  # auto (cuda if present), cuda or cpu
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
@@ -210,7 +210,7 @@ class QCConfig:
     kidney_ml: tuple[float, float] = KIDNEY_ML  # parenchyma per kidney
     max_extent_mm: float = 200.0  # longest side of a kidney's bounding box
     max_stray_ml: float = 20.0  # predicted kidney outside the two kidneys kept
-    kidney_hu: tuple[float, float] = (0.0, 350.0)  # mean attenuation of the parenchyma
+    kidney_hu: tuple[float, float] = KIDNEY_HU  # mean attenuation of the parenchyma
     cortex_share: tuple[float, float] = (0.2, 0.9)  # cortex / parenchyma
     min_corticomedullary_hu: float = 15.0  # cortex minus medulla, checked unless the image shows another phase
     lateral_mm: tuple[float, float] = KIDNEY_LATERAL_MM  # kidney centre to the side of the spine's centre

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
+from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
 
@@ -121,7 +121,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
     boxes = ndimage.find_objects(components)
     largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_CUT_KIDNEY_ML]
-    candidates = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], components.shape)]
+    sized = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], components.shape)]
+    candidates = [c for c in sized if KIDNEY_HU[0] <= float(series.hu[boxes[c - 1]][components[boxes[c - 1]] == c].mean()) <= KIDNEY_HU[1]]
     if not candidates:
         return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml, algorithms=algorithms)
     centres = {c: series.to_patient(_centre(components, boxes[c - 1], c)) for c in candidates}

@@ -97,6 +97,7 @@ def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
     x = np.broadcast_to(series.origin[0] + np.arange(labels.shape[2]) * series.spacing[0], labels.shape)
     labels[x > 0] = 0  # the right kidney only ...
     labels[:6, 40:46, 8:14] = CORTEX  # ... and a 17 ml block low down at the body's right side
+    series.hu[:6, 40:46, 8:14] = 40.0  # of soft tissue's attenuation
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"right"}
     assert result.notes == ["more than one kidney-sized component beside the spine on the right side; one was kept"]
@@ -136,6 +137,7 @@ def test_a_blob_smaller_than_any_kidney_is_no_kidney_unless_the_edge_cuts_it() -
     side = int(round((15.0 / series.voxel_ml) ** (1 / 3)))
     z0, y0, x0 = labels.shape[0] // 2, labels.shape[1] // 2 + 8, labels.shape[2] // 2 + 20  # beside the spine
     blob[z0 : z0 + side, y0 : y0 + side, x0 : x0 + side] = True
+    series.hu[blob | np.roll(blob, labels.shape[0] - z0, axis=0)] = 40.0  # soft tissue, here and on the first slice
     inside = measure(series, Segmentation(np.where(blob, CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
     assert inside.kidneys == {} and inside.predicted_ml == pytest.approx(blob.sum() * series.voxel_ml)
     on_edge = np.roll(blob, labels.shape[0] - z0, axis=0)  # the same blob on the first slice
@@ -236,3 +238,12 @@ def test_a_blob_in_the_liver_larger_than_the_kidney_is_not_taken_for_it(real_ct)
     assert stray == pytest.approx(blob.sum() * series.voxel_ml, rel=0.02)
     findings = check(result, ImagePhase.UNENHANCED, QCConfig()).lines()
     assert any("predicted as kidney outside the kidneys kept" in line for line in findings)
+
+
+def test_a_component_too_dense_for_parenchyma_is_no_kidney() -> None:
+    """Bone or excreted contrast (mean above 350 HU) predicted as kidney is stray prediction, not a kidney."""
+    _, series, labels = _series_and_truth(23)
+    dense = series.hu.copy()
+    dense[labels > 0] = 600.0
+    result = measure(LoadedSeries([], dense, series.origin, series.spacing, series.direction), Segmentation(labels, MODEL, "cpu"))
+    assert result.kidneys == {} and result.predicted_ml > 80
