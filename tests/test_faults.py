@@ -125,7 +125,9 @@ def test_only_allowed_callers_and_addresses(tmp_path: Path, study: StudyFiles, n
 
 def test_no_arterial_series_sends_a_text_sr_when_configured(tmp_path: Path, study: StudyFiles, orthanc: Orthanc, node_process: NodeFactory) -> None:
     orthanc.start()
-    node = node_process(tmp_path / "node", _destination(orthanc), extra={"send_text_sr_without_result": True})
+    # with the parenchyma fallback off (on by default, it would measure the parenchyma of the native series)
+    extra = {"send_text_sr_without_result": True, "selection": {"parenchyma_fallback": False}}
+    node = node_process(tmp_path / "node", _destination(orthanc), extra=extra)
     node.start()
     assert storescu(node.port, node.ae_title, study.by_phase(Phase.NONCONTRAST).files).returncode == 0
     wait_for(lambda: _result_counts(orthanc) == (0, 1), 120, 0.5, "a text SR in Orthanc")

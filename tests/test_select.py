@@ -9,7 +9,7 @@ from pathlib import Path
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Selection as Rules
-from dicomnode.select import NO_ARTERIAL, SELECTED, SeriesSummary, select_series, summarise
+from dicomnode.select import NO_ARTERIAL, PARENCHYMA_SERIES, SELECTED, SeriesSummary, select_series, summarise
 from dicomnode.store import Instance
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
@@ -63,7 +63,7 @@ def test_timing_decides_when_descriptions_say_nothing() -> None:
 
 
 def test_no_arterial_series_is_a_verdict_with_reasons() -> None:
-    selection = select_series([series("1", "Abdomen native", None), series("2", "Abdomen portal venous", 80.0)], Rules())
+    selection = select_series([series("1", "Abdomen native", None), series("2", "Abdomen portal venous", 80.0)], Rules(parenchyma_fallback=False))
     assert selection.series is None and selection.verdict == NO_ARTERIAL
     assert len(selection.reasons) == 2 and "native" in selection.reasons[0]
 
@@ -86,7 +86,7 @@ def test_exclusions_scout_derived_reformat_short_and_non_ct() -> None:
 
 def test_keywords_match_whole_words_only() -> None:
     # "art" must not match inside "partial" or "start"
-    selection = select_series([series("1", "Partial start", None)], Rules())
+    selection = select_series([series("1", "Partial start", None)], Rules(parenchyma_fallback=False))
     assert selection.series is None
 
 
@@ -139,3 +139,9 @@ def test_six_series_study_picks_the_thick_axial_arterial_reconstruction() -> Non
     assert selection.series.series_uid == "art-thick"
     assert [s.series_uid for s in selection.fallbacks] == ["art-thin"]
     assert any("modality SR, not CT" in reason for reason in selection.reasons)
+
+
+def test_without_an_arterial_series_the_best_other_one_gives_parenchyma_only() -> None:
+    selection = select_series([series("1", "Abdomen native", None), series("2", "Abdomen portal venous", 80.0)], Rules())
+    assert selection.parenchyma_only and selection.series is not None and selection.verdict == PARENCHYMA_SERIES
+    assert selection.reasons[0].endswith("for renal parenchyma only (no arterial series)")
