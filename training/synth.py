@@ -276,8 +276,8 @@ def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()
     labels = np.zeros(tissues.shape, np.uint8)
     labels[np.isin(tissues, tuple(MEDULLA.values()))] = 1
     labels[np.isin(tissues, tuple(CORTEX.values()))] = 2
-    kidney = labels > 0  # the deformation moves the kidneys: say what the image shows
-    view = View.NO_KIDNEY if not kidney.any() else View.CUT if _on_edge(kidney) else View.KIDNEYS
+    in_view = labels > 0  # the deformation moves the kidneys: say what the image shows
+    view = View.NO_KIDNEY if not in_view.any() else View.CUT if _on_edge(in_view) else View.KIDNEYS
     metadata = {
         "seed": seed,
         "phase": phase.value if phase is not None else "random",
