@@ -16,7 +16,7 @@ import numpy as np
 
 from dicomnode.aorta import ImagePhase
 from dicomnode.config import QCConfig
-from dicomnode.measure import SIDES, KidneyMeasurement, Measurements
+from dicomnode.measure import SIDES, STRUCTURES, KidneyMeasurement, Measurements
 
 
 class Rule(str, enum.Enum):
@@ -41,7 +41,6 @@ class Rule(str, enum.Enum):
         return CORTEX_AND_MEDULLA if self in _CORTEX_RULES else STRUCTURES
 
 
-STRUCTURES = ("parenchyma", "cortex", "medulla")
 CORTEX_AND_MEDULLA = ("cortex", "medulla")
 _CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE})
 
@@ -58,8 +57,7 @@ class Finding:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.scope} kidney" if self.scope in SIDES else "study"
-        return f"QC {where}: {self.rule.value}: {self.message}"
+        return f"QC {_where(self.scope)}: {self.rule.value}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,11 @@ class Note:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.scope} kidney" if self.scope in SIDES else "study"
-        return f"QC note, {where}: {self.message}"
+        return f"QC note, {_where(self.scope)}: {self.message}"
+
+
+def _where(scope: str) -> str:
+    return f"{scope} kidney" if scope in SIDES else "study"
 
 
 @dataclass(frozen=True)
