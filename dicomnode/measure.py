@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
 from dicomnode.load import LoadedSeries
@@ -22,6 +23,9 @@ SAME_HEIGHT_MM = 100.0
 #: outside it) below FAT_HU. Reference kidneys of the shared real CTs measure 0.72-0.91; a kidney-sized blob inside
 #: the liver 0.04. A component with less than RETROPERITONEAL_FAT_SHARE is not preferred as a kidney.
 FAT_HU, RETROPERITONEAL_FAT_SHARE = -20.0, 0.25
+#: The outline's ring: how deep (voxels, in-plane) into each slice's convex hull of the kidney the outer surface is
+#: taken, so that the sinus, inside the hull, is not part of it.
+OUTLINE_RING_VOXELS = 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class KidneyMeasurement:
     spine_slices: float  # share of its slices on which a vertebra was found
     model_side: str | None = None  # the side most of its voxels have in the model's own labels, where it has them
     fat_share: float = float("nan")  # share of its shell that is fat (FAT_HU): perirenal fat
+    outline_medulla_share: float = float("nan")  # share of its outer surface the model labelled medulla
 
     @property
     def parenchyma(self) -> np.ndarray:
@@ -253,6 +258,7 @@ def _kidney(
         offset[1],
         model_side,
         fat_share,
+        _outline_medulla_share(cortex[box], medulla[box]),
     )
 
 
@@ -267,6 +273,21 @@ def _fat_share(hu: np.ndarray, components: np.ndarray, box: tuple[slice, ...], l
     shell = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
     values = hu[padded][shell]
     return float(np.mean(values < FAT_HU)) if values.size else 0.0
+
+
+def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:
+    """The share of a kidney's outer surface that is labelled medulla: its voxels in the ring just inside each slice's
+    convex hull of the kidney (the sinus and the hilum lie deeper in the hull, so they are not part of it). Cortex
+    covers the medulla everywhere but at the sinus, so a high share says the outline runs into a neighbour whose
+    density is the medulla's (the spleen or liver in the arterial phase)."""
+    parenchyma = cortex | medulla
+    on_ring = in_medulla = 0
+    for z in np.flatnonzero(parenchyma.any(axis=(1, 2))):
+        hull = convex_hull_image(parenchyma[z])
+        ring = hull & ~ndimage.binary_erosion(hull, iterations=OUTLINE_RING_VOXELS) & parenchyma[z]
+        on_ring += int(ring.sum())
+        in_medulla += int((ring & medulla[z]).sum())
+    return in_medulla / on_ring if on_ring else 0.0
 
 
 def _cut_share(inside: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> float:

@@ -30,6 +30,7 @@ class Rule(str, enum.Enum):
     ATTENUATION = "implausible attenuation"
     CORTEX_SHARE = "implausible cortex share"
     CORTICOMEDULLARY = "no corticomedullary differentiation"
+    OUTLINE = "the outline runs into a neighbouring organ"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
     MODEL_SIDE = "model and anatomy disagree on the side"
@@ -162,6 +163,13 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
                     f"{limits.min_corticomedullary_hu:.0f} HU, so cortex and medulla cannot be told apart",
                 )
             )
+    if phase is ImagePhase.ARTERIAL and kidney.outline_medulla_share > limits.max_outline_medulla_share:
+        why = (
+            f"{kidney.outline_medulla_share:.0%} of the kidney's outer surface is medulla (at most "
+            f"{limits.max_outline_medulla_share:.0%} expected: in the arterial phase cortex covers the medulla), so the "
+            "outline likely takes in a neighbouring organ of the medulla's density, such as the spleen or liver"
+        )
+        found.append(Finding(Rule.OUTLINE, side, why))
     return found
 
 

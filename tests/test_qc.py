@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dicomnode.aorta import ImagePhase
 from dicomnode.config import OnFail, QCConfig
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import Rule, check
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation, Segmenter, localizer_of
 from training.phantoms import Grid, Label, make_phantom
 
+REPO = Path(__file__).resolve().parent.parent
 LIMITS = QCConfig()
 MODEL = Model("truth", None, {}, "0")
 
@@ -70,6 +73,39 @@ def test_long_kidney_is_not_compact(good: Measurements) -> None:
 def test_prediction_outside_the_kidneys(good: Measurements) -> None:
     stray = replace(good, predicted_ml=good.total_parenchyma_ml + 129.0)
     assert _rules(stray) == {(Rule.SHAPE, "study")}
+
+
+def test_an_outline_that_runs_into_the_spleen_is_withheld_in_the_arterial_phase() -> None:
+    """The shipped model's failure on phantoms whose spleen wraps the left kidney, rebuilt from the truth: the
+    spleen next to the kidney labelled medulla (its density in the arterial phase). The cortex of the truth covers
+    its medulla; the merged outline does not, and QC says so where the phase lets cortex be told from medulla."""
+    truth, series, labels = _measured()
+    assert max(k.outline_medulla_share for k in truth.kidneys.values()) == 0.0
+    phantom = make_phantom(40, grid=GRID, ckd_stage=0)
+    kidney = np.isin(phantom.labels, (Label.CORTEX, Label.MEDULLA))
+    beside = ndimage.binary_dilation(kidney, iterations=4) & (phantom.labels == Label.SPLEEN)
+    merged = labels.copy()
+    merged[beside] = MEDULLA
+    leaked = measure(series, Segmentation(merged, MODEL, "cpu"))
+    left = leaked.kidneys["left"]
+    assert left.parenchyma_ml > 1.1 * truth.kidneys["left"].parenchyma_ml
+    assert left.outline_medulla_share > LIMITS.max_outline_medulla_share
+    assert _rules(leaked) == {(Rule.OUTLINE, "left")}
+    assert _rules(leaked, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}  # no cortex to tell it by: not judged
+
+
+@pytest.mark.slow
+def test_the_shipped_model_taking_in_the_spleen_is_withheld() -> None:
+    """Phantom 7709: the shipped model takes 45 ml of spleen into the left kidney (+64 %); QC withholds it."""
+    model = Model.from_folder(REPO / "models" / "renal-synth3-cpu")
+    segmenter = Segmenter(model, "cpu", localizer=localizer_of(model, "auto", REPO / "models"))
+    phantom = make_phantom(7709)
+    series = LoadedSeries([], phantom.image.astype(np.float32), np.array(phantom.grid.origin), np.array(phantom.grid.spacing), np.eye(3))
+    measured = measure(series, segmenter.segment(series))
+    truth_ml = float(phantom.kidney_mask("left", "parenchyma").sum() * phantom.grid.voxel_ml)
+    assert measured.kidneys["left"].parenchyma_ml > 1.3 * truth_ml
+    assert (Rule.OUTLINE, "left") in _rules(measured)
+    assert (Rule.OUTLINE, "right") not in _rules(measured)
 
 
 def _cut_left(columns_into: int) -> Measurements:
