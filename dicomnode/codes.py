@@ -44,6 +44,17 @@ QC_RESULT = codes.DCM.QualityAssessment
 QC_PASSED = codes.DCM.UsableMeetsTheQualityControlStandard
 QC_REVIEW = codes.DCM.UsableDoesNotMeetTheQualityControlStandard
 
+#: The title of the node's rejection notes (IHE IOCM): DCM 113001 "Rejected for Quality Reasons", from PS3.16
+#: CID 7010 "Key Object Selection Document Title". DICOM has no concept for "superseded"; IOCM sends a result its
+#: maker no longer stands by as rejected for quality reasons. The reader accepts every rejection title of CID 7010.
+REJECTED_FOR_QUALITY_REASONS = codes.DCM.RejectedForQualityReasons
+REJECTION_TITLES = (
+    REJECTED_FOR_QUALITY_REASONS,
+    codes.DCM.RejectedForPatientSafetyReasons,
+    codes.DCM.IncorrectModalityWorklistEntry,
+    codes.DCM.DataRetentionPolicyExpired,
+)
+
 SIDE_CODES = {"left": LEFT, "right": RIGHT}
 STRUCTURE_CODES = {"parenchyma": KIDNEY, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}
 #: Recommended display colours (CIELab L*, a*, b*): cortex warm red, medulla yellow, parenchyma orange.

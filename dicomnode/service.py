@@ -24,6 +24,7 @@ from dicomnode.segment import Model, Segmenter, SeriesSegmenter, localizer_of
 from dicomnode.send import send_due
 from dicomnode.states import JobState
 from dicomnode.store import Job, LeaseLost, Queued, Store
+from dicomnode.supersede import reject_superseded
 from dicomnode.uids import ResultUids, job_seed
 from dicomnode.web import WebServer
 
@@ -192,8 +193,10 @@ class Node:
             log.error("job %d: result discarded: %s", job.id, exc)
             return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
+        reject_superseded(self.store, self.config.path(self.config.results))
 
     def deliver(self) -> None:
+        reject_superseded(self.store, self.config.path(self.config.results))
         send_due(self.config, self.store, sender=self.worker_name)
 
     def clean(self) -> None:

@@ -33,6 +33,7 @@ class DeliveryState(str, enum.Enum):
     QUEUED = "queued"
     SENT = "sent"
     DEAD = "dead"  # parked after the last try or for a destination no longer configured; ``dicomnode retry`` queues it again
+    SUPERSEDED = "superseded"  # not sent: a later version of the study's result replaced it first
 
 
 class JobDelivery(str, enum.Enum):
@@ -42,6 +43,7 @@ class JobDelivery(str, enum.Enum):
     SENDING = "sending"  # at least one file still queued
     DELIVERED = "delivered"  # every file confirmed by every destination
     FAILED = "failed"  # nothing queued and at least one file parked
+    SUPERSEDED = "superseded"  # nothing queued or parked, and a later version replaced what was not sent yet
 
 
 @dataclass(frozen=True)
@@ -58,4 +60,6 @@ def job_delivery(states: set[DeliveryState]) -> JobDelivery:
         return JobDelivery.NONE
     if DeliveryState.QUEUED in states:
         return JobDelivery.SENDING
-    return JobDelivery.FAILED if DeliveryState.DEAD in states else JobDelivery.DELIVERED
+    if DeliveryState.DEAD in states:
+        return JobDelivery.FAILED
+    return JobDelivery.SUPERSEDED if DeliveryState.SUPERSEDED in states else JobDelivery.DELIVERED

@@ -94,8 +94,22 @@ CREATE TABLE IF NOT EXISTS deliveries (
     claimed_until {real},
     updated_at {real} NOT NULL,
     UNIQUE (job_id, destination, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    delivery_id BIGINT PRIMARY KEY REFERENCES deliveries (id),
+    note_sop_uid TEXT NOT NULL,
+    created_at {real} NOT NULL
 )
 """
+#: Deliveries that are rejection notes (IHE IOCM): never superseded, never rejected, sent before results.
+_NOTES = "SELECT note_sop_uid FROM rejections WHERE note_sop_uid != ''"
+#: A delivery ``d`` of a result (not a note) that was sent and that no rejection note names yet.
+_UNREJECTED_SENT = "d.state = 'sent' AND NOT EXISTS (SELECT 1 FROM rejections r WHERE r.delivery_id = d.id) AND d.sop_uid NOT IN (" + _NOTES + ")"
+#: For a queued delivery ``q``: an earlier version of its study sent a result to its destination that no note names.
+_WAITING_FOR_NOTE = (
+    "SELECT 1 FROM deliveries d JOIN jobs e ON e.id = d.job_id JOIN jobs jq ON jq.id = q.job_id"
+    " WHERE d.destination = q.destination AND e.study_uid = jq.study_uid AND e.version < jq.version AND " + _UNREJECTED_SENT
+)
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,21 @@ class DeliveryRecord:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A result sent to a destination, and the later version of its study whose rejection note is to name it."""
+
+    delivery: DeliveryRecord
+    study_uid: str
+    version: int
+    by_job: int
+    by_version: int
+
+
+class _AlreadyNamed(Exception):
+    """Another sender queued a rejection note for one of these deliveries first."""
 
 
 class LeaseLost(ValueError):
@@ -500,6 +529,7 @@ class Store:
             )
             _move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
             _settle(tx, job_id)
+            _supersede_earlier(tx, job_id)
 
     # -- deliveries ----------------------------------------------------------------------------------------------
     def release_delivery_claims(self) -> int:
@@ -508,26 +538,77 @@ class Store:
 
     def claim_deliveries(self, sender: str, now: float, lease_s: float, limit: int = 200) -> list[DeliveryRecord]:
         """Queued deliveries due at ``now``, claimed by ``sender`` for ``lease_s`` seconds of the database's clock so
-        that no other sender tries them meanwhile; recording an attempt (:meth:`update_delivery`) ends the claim."""
+        that no other sender tries them meanwhile; recording an attempt (:meth:`update_delivery`) ends the claim.
+        Rejection notes come first; a result waits while an earlier version's result sent to its destination has no
+        rejection note queued yet."""
         with self.db.transaction() as tx:
             rows = tx.query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
-                "SELECT id FROM deliveries WHERE state = ? AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until < {now})"
-                " ORDER BY id LIMIT ?{skip_locked}) RETURNING *",
+                "SELECT q.id FROM deliveries q WHERE q.state = ? AND q.next_attempt_at <= ? AND (q.claimed_until IS NULL OR q.claimed_until < {now})"
+                " AND (q.sop_uid IN (" + _NOTES + ") OR NOT EXISTS (" + _WAITING_FOR_NOTE + "))"
+                " ORDER BY q.id LIMIT ?{skip_locked}) RETURNING *",
                 (sender, lease_s, DeliveryState.QUEUED.value, now, limit),
             )
-        return sorted((_delivery(r) for r in rows), key=lambda d: d.id)
+            notes = {r["note_sop_uid"] for r in tx.query(_NOTES)} if rows else set()
+        return sorted((_delivery(r) for r in rows), key=lambda d: (d.sop_uid not in notes, d.id))
+
+    def superseded_sent(self) -> list[Superseded]:
+        """Results sent to a destination whose study has a later version done since, and that no rejection note
+        names yet, each with the latest done job of its study (the one whose note will reject it)."""
+        rows = self.db.query(
+            "SELECT d.*, j.study_uid, j.version AS rejected_version, k.id AS by_job, k.version AS by_version FROM deliveries d"
+            " JOIN jobs j ON j.id = d.job_id"
+            " JOIN jobs k ON k.study_uid = j.study_uid AND k.version = (SELECT MAX(version) FROM jobs WHERE study_uid = j.study_uid AND state = 'done')"
+            " WHERE k.version > j.version AND " + _UNREJECTED_SENT + " ORDER BY d.id"
+        )
+        return [Superseded(_delivery(r), r["study_uid"], r["rejected_version"], r["by_job"], r["by_version"]) for r in rows]
+
+    def queue_rejection(self, job_id: int, destination: str, note: Queued | None, rejected: list[int]) -> bool:
+        """Queue the rejection ``note`` (as a delivery of ``job_id``) for the sent deliveries ``rejected``, or, with
+        no note (their files are gone), record that none can be sent; False, with nothing changed, when another
+        sender named any of them first."""
+        now = time.time()
+        try:
+            with self.db.transaction() as tx:
+                self._name_rejected(tx, job_id, destination, note, rejected, now)
+        except _AlreadyNamed:
+            return False
+        return True
+
+    @staticmethod
+    def _name_rejected(tx: Session, job_id: int, destination: str, note: Queued | None, rejected: list[int], now: float) -> None:
+        uid = note.sop_uid if note is not None else ""
+        named = tx.query(
+            "INSERT INTO rejections (delivery_id, note_sop_uid, created_at) VALUES "
+            + ", ".join("(?, ?, ?)" for _ in rejected)
+            + " ON CONFLICT DO NOTHING RETURNING delivery_id",
+            [value for delivery_id in rejected for value in (delivery_id, uid, now)],
+        )
+        if len(named) != len(rejected):
+            raise _AlreadyNamed
+        if note is not None:
+            tx.execute(
+                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, destination, str(note.path), note.sop_uid, DeliveryState.QUEUED.value, now, now),
+            )
+            _settle(tx, job_id)
+
+    def rejection_notes(self) -> set[str]:
+        """SOP Instance UIDs of every rejection note queued."""
+        return {r["note_sop_uid"] for r in self.db.query(_NOTES)}
 
     def deliveries(self, job_id: int) -> list[DeliveryRecord]:
         return [_delivery(r) for r in self.db.query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))]
 
     def update_delivery(self, delivery_id: int, state: DeliveryState, attempts: int, next_attempt_at: float, last_error: str | None) -> None:
-        """Record one attempt's result; the job's delivery progress follows in the same transaction."""
+        """Record one attempt's result; the job's delivery progress follows in the same transaction. A delivery
+        superseded while it was being sent stays superseded unless it was sent (then a rejection note follows)."""
         with self.db.transaction() as tx:
             rows = tx.query(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ?"
-                " WHERE id = ? RETURNING job_id",
-                (DeliveryState(state).value, attempts, next_attempt_at, last_error, time.time(), delivery_id),
+                "UPDATE deliveries SET state = CASE WHEN state = ? AND ? != ? THEN state ELSE ? END, attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ? RETURNING job_id",
+                (DeliveryState.SUPERSEDED.value, DeliveryState(state).value, DeliveryState.SENT.value, DeliveryState(state).value)
+                + (attempts, next_attempt_at, last_error, time.time(), delivery_id),
             )
             if not rows:
                 raise ValueError(f"delivery_id: no delivery {delivery_id}")
@@ -557,6 +638,20 @@ def _move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobStat
     changed = tx.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before)))
     if changed != 1:
         raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
+
+
+def _supersede_earlier(tx: Session, job_id: int) -> None:
+    """What earlier versions of the job's study queued or parked, and has not been sent, is not sent any more."""
+    rows = tx.query(
+        "UPDATE deliveries SET state = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE state IN (?, ?)"
+        " AND sop_uid NOT IN ("
+        + _NOTES
+        + ") AND job_id IN (SELECT e.id FROM jobs e JOIN jobs j ON j.study_uid = e.study_uid WHERE j.id = ? AND e.version < j.version)"
+        " RETURNING job_id",
+        (DeliveryState.SUPERSEDED.value, time.time(), DeliveryState.QUEUED.value, DeliveryState.DEAD.value, job_id),
+    )
+    for earlier in {r["job_id"] for r in rows}:
+        _settle(tx, earlier)
 
 
 def _settle(tx: Session, job_id: int) -> None:
