@@ -16,6 +16,7 @@ import pydicom
 from scipy import ndimage
 
 from dicomnode.anatomy import disc, slice_landmarks
+from dicomnode.rescale import to_hu
 
 #: Aorta attenuation (HU) at or above which a series looks arterial, and below which it looks unenhanced.
 ARTERIAL_HU, UNENHANCED_HU = 200.0, 100.0
@@ -113,7 +114,7 @@ def _read_slice(path: Path) -> tuple[np.ndarray, tuple[float, float]] | None:
     """One slice in HU, flipped into patient axes, with its (x, y) pixel size; None where unreadable."""
     try:
         ds = pydicom.dcmread(path)
-        hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        hu = to_hu(ds, ds.pixel_array)
         row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
         orientation = [float(v) for v in ds.ImageOrientationPatient]
     except Exception:  # no usable pixels or geometry: no image evidence from this slice

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.anatomy import canonical_flips
+from dicomnode.rescale import to_hu
 
 
 class SeriesError(ValueError):
@@ -88,20 +89,21 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
             raise PixelDataError(f"{path.name} cannot be read: {exc}") from exc
     if len(datasets) < 2:
         raise GeometryError("fewer than two slices")
-    orientations = {tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", [])) for ds in datasets}
-    if len(orientations) != 1 or len(next(iter(orientations))) != 6:
+    orientations = {tuple(round(v, 4) for v in _numbers(ds, "ImageOrientationPatient", 6)) for ds in datasets}
+    if len(orientations) != 1:
         raise GeometryError(f"{len(orientations)} different image orientations in one series")
     row_dir, col_dir = np.array(next(iter(orientations))[:3]), np.array(next(iter(orientations))[3:])
+    if abs(np.linalg.norm(row_dir) - 1) > 0.01 or abs(np.linalg.norm(col_dir) - 1) > 0.01 or abs(float(row_dir @ col_dir)) > 0.01:
+        raise GeometryError(f"ImageOrientationPatient {list(next(iter(orientations)))} is not two orthogonal unit vectors")
     normal = np.cross(row_dir, col_dir)
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     shape = next(iter(shapes))
-    pixel_spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in datasets}
+    pixel_spacings = {tuple(round(v, 4) for v in _numbers(ds, "PixelSpacing", 2)) for ds in datasets}
     if len(shapes) != 1 or len(pixel_spacings) != 1:
         raise GeometryError("slices differ in matrix size or pixel spacing")
-    try:
-        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise GeometryError(f"missing or invalid ImagePositionPatient: {exc}") from exc
+    if min(next(iter(pixel_spacings))) <= 0:
+        raise GeometryError(f"PixelSpacing {list(next(iter(pixel_spacings)))}: a pixel's size must be above 0 mm")
+    positions = np.array([_numbers(ds, "ImagePositionPatient", 3) for ds in datasets])
     order = np.argsort(positions @ normal)
     datasets = [datasets[i] for i in order]
     positions = positions[order]
@@ -133,6 +135,18 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
         spacing=np.array([col_spacing, row_spacing, step]),
         direction=np.stack([row_dir, col_dir, normal], axis=1),
     )
+
+
+def _numbers(ds: pydicom.Dataset, keyword: str, count: int) -> list[float]:
+    """``count`` finite numbers of a geometry attribute, or a GeometryError naming it and the slice."""
+    where = f"instance {ds.get('InstanceNumber', '?')}"
+    try:
+        values = [float(v) for v in ds[keyword].value]
+    except (KeyError, TypeError, ValueError):
+        raise GeometryError(f"{where}: {keyword} is missing or not numbers") from None
+    if len(values) != count or not all(np.isfinite(values)):
+        raise GeometryError(f"{where}: {keyword} {values} is not {count} finite numbers")
+    return values
 
 
 #: Above this HU only metal lies (even on extended CT scales, a small share of voxels); below -1100 HU lies padding
@@ -184,9 +198,12 @@ def check_hu(hu: np.ndarray) -> None:
 
 def _hu(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:
     try:
-        pixels = ds.pixel_array.astype(np.float32)
+        pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types for truncated or unsupported data
         raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data cannot be decoded: {exc}") from exc
     if pixels.shape != shape:
         raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data is {pixels.shape}, expected {shape}")
-    return pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    try:
+        return to_hu(ds, pixels)
+    except ValueError as exc:
+        raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: {exc}") from exc

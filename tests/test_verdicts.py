@@ -71,6 +71,9 @@ def test_a_blank_name_in_one_series_is_no_conflict(tmp_path: Path) -> None:
     [
         ({"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7}, "BitsAllocated"),  # 16-bit pixels declared 8-bit
         ({"PixelRepresentation": 0}, "PixelRepresentation"),  # signed pixels declared unsigned: -1000 reads 64536
+        ({"RescaleSlope": "0"}, "RescaleSlope 0"),  # was read as 1 and measured (finding 7 of the second adversarial run)
+        ({"PixelSpacing": ["0", "0"]}, "PixelSpacing"),  # was "no kidney found" (finding 6)
+        ({"ImagePositionPatient": ["nan", "0", "0"]}, "ImagePositionPatient"),  # was a ValueError from inside nnU-Net
     ],
 )
 def test_arterial_series_with_a_wrong_pixel_description_is_refused_not_measured(tmp_path: Path, values: dict, named: str) -> None:
