@@ -19,6 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    UncompressedTransferSyntaxes,
+)
+
 from dicomnode import __version__
 from dicomnode.dimse import CommandField, Request, StoreStatus, parse_request, response
 from dicomnode.uids import IMPLEMENTATION_CLASS_UID
@@ -37,6 +50,7 @@ from dicomnode.upper_layer import (
     abort,
     associate_accept,
     associate_reject,
+    context_problem,
     p_data,
     parse_associate_request,
     release_response,
@@ -49,6 +63,24 @@ STOP_WAIT_S = 5.0
 #: Connections open at once, negotiating or associated, per ``max_associations``; more are closed at once (a flood of
 #: idle connections would otherwise hold a thread and buffers each for ``timeout_s``).
 MAX_CONNECTIONS_PER_ASSOCIATION = 2
+
+#: Transfer syntaxes that keep every pixel value (PS3.5 Annex A): the uncompressed, deflated and lossless ones. A
+#: context gets the first of these its proposer offers, and a lossy one only where it offers no other (finding 8 of
+#: the second adversarial run: JPEG Baseline proposed first beside lossless syntaxes was accepted).
+LOSSLESS_SYNTAXES = frozenset(
+    {
+        *UncompressedTransferSyntaxes,
+        DeflatedExplicitVRLittleEndian,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        JPEG2000MCLossless,
+        HTJ2KLossless,
+        HTJ2KLosslessRPCL,
+        RLELossless,
+    }
+)
 
 #: (0002,0013) Implementation Version Name, at most 16 characters.
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
@@ -86,7 +118,7 @@ class Services(Protocol):
 class Policy:
     """Who may associate and what they may send. ``contexts`` maps each accepted abstract syntax to the transfer
     syntaxes accepted for it, in no order: each context gets the first of its proposed transfer syntaxes that is
-    accepted. A socket silent for ``timeout_s`` is closed."""
+    accepted and lossless, else the first accepted. A socket silent for ``timeout_s`` is closed."""
 
     ae_title: str
     contexts: Mapping[str, tuple[str, ...]]
@@ -203,6 +235,9 @@ class _Association:
             return Rejection.PROTOCOL_VERSION_NOT_SUPPORTED, f"protocol version 0x{request.protocol_version:04x} not supported"
         if request.application_context != DICOM_APPLICATION_CONTEXT:
             return Rejection.APPLICATION_CONTEXT_NOT_SUPPORTED, f"application context {request.application_context!r} is not DICOM's"
+        problem = context_problem(request.contexts)
+        if problem:
+            return Rejection.NO_REASON_GIVEN, problem
         if policy.allowed_callers and request.calling_ae not in policy.allowed_callers:
             return Rejection.CALLING_AE_NOT_RECOGNISED, "calling AE title not in allowed_callers"
         if policy.check_called_ae and request.called_ae != policy.ae_title:
@@ -216,7 +251,8 @@ class _Association:
         accepted = self.policy.contexts.get(abstract_syntax, ())
         if not accepted:
             return ContextAnswer(context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfer_syntaxes[0])
-        chosen = next((ts for ts in transfer_syntaxes if ts in accepted), None)
+        usable = [ts for ts in transfer_syntaxes if ts in accepted]
+        chosen = next((ts for ts in usable if ts in LOSSLESS_SYNTAXES), usable[0] if usable else None)
         if chosen is None:
             return ContextAnswer(context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, transfer_syntaxes[0])
         return ContextAnswer(context_id, ContextResult.ACCEPTANCE, chosen)

@@ -45,6 +45,7 @@ class StoreStatus(enum.IntEnum):
     SUCCESS = Status.SUCCESS
     SOP_CLASS_NOT_SUPPORTED = 0x0122  # the data set's SOP class is not the one its presentation context was accepted for
     OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
+    DATA_SET_MISMATCH = 0xA900  # "Data Set does not match SOP Class": its SOP class or instance UID is not the command's
     CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
 
     def meaning(self) -> str:

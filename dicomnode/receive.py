@@ -8,6 +8,10 @@ import re
 import shutil
 import ssl
 import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -52,6 +56,8 @@ ACCEPTED_SOP_CLASSES = (
 
 #: The elements read from a received header (a header cut short or broken shows as a missing or invalid UID).
 INDEXED_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"]
+#: (FFFF,FFFF): a length to be found from a delimiter (PS3.5 7.1.1).
+UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Folder under ``storage`` where data sets are written while they arrive.
 INCOMING = ".incoming"
 #: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
@@ -95,6 +101,30 @@ class OpenAssociations:
         self.store.association_closed(self.receiver, str(assoc_id), released)
 
 
+class KeyedLocks:
+    """One lock per key, held by one thread at a time and dropped when no thread holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.get(key, (threading.Lock(), 0))
+            self._held[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._held[key]
+                if users == 1:
+                    del self._held[key]
+                else:
+                    self._held[key] = (lock, users - 1)
+
+
 class Receiver:
     """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
 
@@ -110,11 +140,13 @@ class Receiver:
         if store.db.dialect.name == "sqlite":
             self.reindex()
         self._acceptor: Acceptor | None = None
+        self._instances = KeyedLocks()
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
         index commits without waiting for the disk (SQLite WAL, ``synchronous=NORMAL``), so a power cut may lose its
-        last rows, never an acknowledged file; this puts them back at start."""
+        last rows, never an acknowledged file; this puts them back at start. A second copy of an indexed instance
+        is removed, with a warning."""
         indexed = self.store.indexed_paths()
         recovered = 0
         for path in sorted(self.storage.glob("*/*/*.dcm")):
@@ -127,6 +159,14 @@ class Receiver:
                 continue
             if self.store.add_instance(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path, "(recovered)"):
                 recovered += 1
+            else:  # a second copy of an instance indexed elsewhere (sent twice at once before the receiver serialised it)
+                log.warning(
+                    "removed %s: a second copy of instance %s, which is stored at %s",
+                    path,
+                    ds.SOPInstanceUID,
+                    ", ".join(self.store.paths_of(str(ds.SOPInstanceUID))),
+                )
+                path.unlink(missing_ok=True)
         if recovered:
             log.warning("indexed %d stored instances the index had lost (a power cut before its last commits reached the disk)", recovered)
         return recovered
@@ -206,24 +246,36 @@ class Receiver:
             reason = f"instance of {size_mb:.0f} MB, above max_instance_mb={self.config.max_instance_mb}"
             self.store.add_refusal(calling_ae, "", "", reason)
             return StoreStatus.OUT_OF_RESOURCES, reason
-        try:
-            ds = pydicom.dcmread(received.path, stop_before_pixels=True, specific_tags=INDEXED_TAGS)
-        except Exception as exc:  # noqa: BLE001  # whatever a peer's bytes make pydicom raise, the data set is not understood
-            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {exc}", "data set cannot be parsed")
-        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or received.sop_instance_uid)
-        study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")
-        series_uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        sop_class = str(getattr(ds, "SOPClassUID", "") or received.sop_class_uid)
+        ds, broken = parse_data_set(received.path)
+        if ds is None:
+            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {broken}", "data set cannot be parsed")
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        if broken:
+            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], broken, broken[:64])
         invalid = [
             (name, why)
             for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
             for ok, why in [valid_uid(uid)]
             if not ok
         ]
+        if not sop_class:
+            invalid.append(("SOPClassUID", "missing"))
         if invalid:
             reason = f"missing or invalid UID in the data set: {'; '.join(f'{name} {why}' for name, why in invalid)}"
             return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], reason, f"invalid {', '.join(name for name, _ in invalid)}")
+        for name, command, data_set in (("SOP Class", received.sop_class_uid, sop_class), ("SOP Instance", received.sop_instance_uid, sop_uid)):
+            if command != data_set:
+                reason = f"the data set's {name} UID {data_set} is not the command's Affected {name} UID {command}"
+                return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], reason, f"{name} UID differs from the command's", StoreStatus.DATA_SET_MISMATCH)
         self.open.touched(received.association, study_uid)
+        with self._instances.hold(sop_uid):  # the same instance from two associations at once: one after the other
+            return self._store_new(received, sop_uid, study_uid, series_uid, sop_class)
+
+    def _store_new(self, received: Received, sop_uid: str, study_uid: str, series_uid: str, sop_class: str) -> tuple[int, str]:
+        calling_ae = received.calling_ae
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
             return StoreStatus.SUCCESS, ""
@@ -240,11 +292,45 @@ class Receiver:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
             return StoreStatus.OUT_OF_RESOURCES, "write failed"
-        self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae)
+        if not self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae):
+            # indexed meanwhile by another receiver of the cluster, maybe in another series: keep one copy, the indexed one
+            if str(path) not in self.store.paths_of(sop_uid):
+                path.unlink(missing_ok=True)
+            log.info("duplicate instance %s acknowledged: another receiver stored it first", sop_uid)
         return StoreStatus.SUCCESS, ""
 
-    def _refuse(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str, comment: str) -> tuple[int, str]:
-        """0xC000 with ``comment`` (an Error Comment holds 64 characters); the whole ``reason`` is logged and recorded."""
+    def _refuse(
+        self, calling_ae: str, study_uid: str, sop_uid: str, reason: str, comment: str, status: StoreStatus = StoreStatus.CANNOT_UNDERSTAND
+    ) -> tuple[int, str]:
+        """``status`` (0xC000 unless named) with ``comment`` (an Error Comment holds 64 characters); the whole ``reason``
+        is logged and recorded."""
         log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
         self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
-        return StoreStatus.CANNOT_UNDERSTAND, comment
+        return status, comment
+
+
+def parse_data_set(path: Path) -> tuple[pydicom.Dataset | None, str]:
+    """Read a received data set's structure, values longer than 256 bytes left on disk; returns it and why it is
+    broken ("" if it is whole), or None and why it cannot be read. Broken: an element whose declared length runs past
+    the end (a data set cut short), an undefined length without its delimiter, or bytes of the other VR encoding than
+    the transfer syntax of its presentation context (PS3.5 7.1: a context fixes the encoding)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size=256)
+            size = path.stat().st_size
+            lengths = [ds.get_item(tag, keep_deferred=True) for tag in ds.keys()]
+    except Exception as exc:  # noqa: BLE001  # whatever a peer's bytes make pydicom raise, the data set is not understood
+        return None, str(exc)
+    messages = [str(w.message) for w in caught]
+    if any("found implicit VR" in m or "found explicit VR" in m for m in messages):
+        return ds, "the data set's VR encoding is not that of its presentation context's transfer syntax"
+    if any("End of file" in m for m in messages):
+        return ds, "the data set ends inside an element (an undefined length without its delimiter)"
+    if ds.file_meta.TransferSyntaxUID.is_deflated:  # positions are in the inflated stream; a cut stream fails to inflate
+        return ds, ""
+    for element in lengths:
+        length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
+        if length is not None and start is not None and length != UNDEFINED_LENGTH and start + length > size:
+            return ds, f"the data set ends inside element {element.tag}: {length} bytes declared, {size - start} sent"
+    return ds, ""

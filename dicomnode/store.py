@@ -270,6 +270,10 @@ class Store:
             == 1
         )
 
+    def paths_of(self, sop_uid: str) -> set[str]:
+        """Where the instance ``sop_uid`` is stored (one path, or none if it is not indexed)."""
+        return {r["path"] for r in self.db.query("SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,))}
+
     def indexed_paths(self) -> set[str]:
         return {r["path"] for r in self.db.query("SELECT path FROM instances")}
 

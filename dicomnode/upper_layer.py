@@ -64,6 +64,7 @@ class Rejection(enum.Enum):
     CALLED_AE_NOT_RECOGNISED = (1, 1, 7)
     PROTOCOL_VERSION_NOT_SUPPORTED = (1, 2, 2)  # permanent, service provider (ACSE)
     LOCAL_LIMIT_EXCEEDED = (2, 3, 2)  # transient, service provider (presentation)
+    NO_REASON_GIVEN = (1, 1, 1)  # permanent, service user: a request PS3.8 does not allow (its contexts)
 
 
 class AbortReason(enum.IntEnum):
@@ -158,6 +159,27 @@ def _proposed_context(value: memoryview) -> ProposedContext:
     if not abstract or not transfer:
         raise ProtocolError(f"presentation context {value[0]} lacks its abstract syntax or transfer syntaxes")
     return ProposedContext(value[0], abstract, tuple(transfer))
+
+
+#: PS3.8 9.3.2.2: a presentation context ID is an odd integer from 1 to 255, so a request proposes at most 128.
+MAX_PROPOSED_CONTEXTS = 128
+
+
+def context_problem(contexts: tuple[ProposedContext, ...]) -> str:
+    """Why the proposed presentation contexts break PS3.8 9.3.2.2 ("" if they do not): none, more than 128, an even
+    or out-of-range ID, or one ID proposed twice (the later proposal would silently win)."""
+    if not contexts:
+        return "no presentation context proposed"
+    if len(contexts) > MAX_PROPOSED_CONTEXTS:
+        return f"{len(contexts)} presentation contexts proposed, more than the {MAX_PROPOSED_CONTEXTS} odd IDs there are"
+    ids = [c.context_id for c in contexts]
+    odd = [i for i in ids if not (1 <= i <= 255 and i % 2)]
+    if odd:
+        return f"presentation context ID {odd[0]} is not an odd number from 1 to 255"
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        return f"presentation context ID {twice[0]} proposed twice"
+    return ""
 
 
 def parse_associate_request(body: bytes) -> AssociateRequest:
