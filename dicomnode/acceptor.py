@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import socket
 import socketserver
 import ssl
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +35,7 @@ from pydicom.uid import (
 )
 
 from dicomnode import __version__
-from dicomnode.dimse import CommandField, Request, StoreStatus, parse_request, response
+from dicomnode.dimse import CommandField, Request, StoreStatus, event_report, parse_request, response
 from dicomnode.uids import IMPLEMENTATION_CLASS_UID
 from dicomnode.upper_layer import (
     DICOM_APPLICATION_CONTEXT,
@@ -52,6 +54,7 @@ from dicomnode.upper_layer import (
     associate_reject,
     context_problem,
     p_data,
+    p_data_fragments,
     parse_associate_request,
     release_response,
 )
@@ -82,6 +85,11 @@ LOSSLESS_SYNTAXES = frozenset(
     }
 )
 
+#: Storage Commitment Push Model (PS3.4 J.3): its SOP class, its well-known instance, and the one action it defines.
+STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, REQUEST_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1
+#: An N-ACTION data set is read into memory: a request naming 100,000 instances fits.
+MAX_ACTION_BYTES = 16 * 2**20
+
 #: (0002,0013) Implementation Version Name, at most 16 characters.
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
 
@@ -103,9 +111,28 @@ class Received:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class CommitmentReport:
+    """The answer to a storage commitment request: its event type (1: all committed; 2: failures exist) and
+    N-EVENT-REPORT data set (``encoded`` in the request's transfer syntax), for the requesting AE."""
+
+    calling_ae: str
+    transaction_uid: str
+    event_type: int
+    encoded: bytes
+    transfer_syntax: str
+    message_id: int = 1
+
+
 class Services(Protocol):
     def receive(self, received: Received) -> tuple[int, str]:
         """Status of the C-STORE-RSP, and its Error Comment (empty for none)."""
+
+    def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
+        """Which instances of a storage commitment request are committed; None where the request is malformed."""
+
+    def report_later(self, report: CommitmentReport) -> None:
+        """Send a commitment report that its request's association could not take, on a new association."""
 
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
         """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
@@ -118,7 +145,9 @@ class Services(Protocol):
 class Policy:
     """Who may associate and what they may send. ``contexts`` maps each accepted abstract syntax to the transfer
     syntaxes accepted for it, in no order: each context gets the first of its proposed transfer syntaxes that is
-    accepted and lossless, else the first accepted. A socket silent for ``timeout_s`` is closed."""
+    accepted and lossless, else the first accepted. A socket silent for ``timeout_s`` is closed; so is one whose
+    A-ASSOCIATE-RQ is not in within ``timeout_s`` of connecting, whose other PDUs each take longer than that, or whose
+    message (a command and its data set) takes longer than ``instance_timeout_s``, however slowly it trickles in."""
 
     ae_title: str
     contexts: Mapping[str, tuple[str, ...]]
@@ -128,6 +157,7 @@ class Policy:
     max_associations: int = 20
     max_data_set_bytes: int = 2**40
     timeout_s: float = 60.0
+    instance_timeout_s: float = 600.0
     incoming: Path = Path(".")
     ssl_context: ssl.SSLContext | None = None
 
@@ -197,20 +227,25 @@ class _Incoming:
 class _Association:
     """One association, from the A-ASSOCIATE-RQ to its release or abort."""
 
-    def __init__(self, acceptor: Acceptor, sock: socket.socket, address: str, number: int) -> None:
-        self.acceptor, self.sock, self.address, self.number = acceptor, sock, address, number
+    def __init__(self, acceptor: Acceptor, sock: socket.socket, address: str, number: int, opened: float) -> None:
+        self.acceptor, self.sock, self.address, self.number, self.opened = acceptor, sock, address, number, opened
         self.policy = acceptor.policy
         self.reader = PduReader(sock)
         self.incoming: _Incoming | None = None
         self.admitted = False
         self.contexts: dict[int, str] = {}  # accepted context ID: abstract syntax
         self.transfer: dict[int, str] = {}  # accepted context ID: transfer syntax
+        self.action = bytearray()  # an N-ACTION data set being read
+        self.report: CommitmentReport | None = None  # sent on this association, not acknowledged yet
+        self.peer_maximum_length = 0
 
     def send(self, pdu: bytes) -> None:
         self.sock.sendall(pdu)
 
     def negotiate(self) -> AssociateRequest | None:
-        """Read the request, and accept it (returning it) or refuse it."""
+        """Read the request, and accept it (returning it) or refuse it; the whole request must arrive within
+        ``timeout_s`` of the connection (the ARTIM timer of PS3.8 9.1.5), not only each read."""
+        self.reader.deadline, self.reader.waiting_for = self.opened + self.policy.timeout_s, "the A-ASSOCIATE-RQ"
         kind, length = self.reader.header()
         if kind is not PduType.ASSOCIATE_RQ:
             raise ProtocolError(f"{kind.name} before A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU)
@@ -260,8 +295,16 @@ class _Association:
     def messages(self, calling_ae: str) -> str:
         """Serve DIMSE messages until the peer releases or aborts; returns which."""
         command, request, context = bytearray(), None, 0  # context: of the command being read, then of its data set
+        message_due = math.inf  # the deadline of the message (command and data set) under way
         while True:
+            started = time.monotonic()
+            in_message = message_due < math.inf
+            self.reader.deadline = message_due if in_message else started + self.policy.timeout_s
+            self.reader.waiting_for = "an instance" if in_message else "a PDU"
             kind, length = self.reader.header()
+            if kind is PduType.P_DATA_TF and not in_message:
+                message_due = self.reader.deadline = started + self.policy.instance_timeout_s
+                self.reader.waiting_for = "an instance"
             if kind in (PduType.RELEASE_RQ, PduType.ABORT):
                 if length != 4:
                     raise ProtocolError(f"{kind.name} of {length} bytes, not 4")
@@ -290,22 +333,57 @@ class _Association:
                         command.clear()
                         if not request.has_data_set:
                             self.answer_request(request, context)
-                            request = None
+                            request, message_due = None, math.inf
                     continue
                 if request is None or fragment.context_id != context:
                     raise ProtocolError("a data set fragment without its command")
+                if request.command is CommandField.N_ACTION_RQ:
+                    if len(self.action) + fragment.length > MAX_ACTION_BYTES:
+                        raise ProtocolError(f"an N-ACTION data set of more than {MAX_ACTION_BYTES} bytes")
+                    self.action += self.reader.read(fragment.length)
+                    if fragment.last:
+                        self.commit(request, context, calling_ae)
+                        request, message_due = None, math.inf
+                    continue
                 if self.incoming is None:
                     meta = _file_meta(request.sop_class_uid, request.sop_instance_uid, self.transfer[context], calling_ae)
                     self.incoming = _Incoming(self.policy.incoming, meta, self.policy.max_data_set_bytes)
                 self.reader.copy(fragment.length, self.incoming.write)
                 if fragment.last:
                     self.stored(request, context, calling_ae)
-                    request = None
+                    request, message_due = None, math.inf
 
     def answer_request(self, request: Request, context: int) -> None:
+        if request.command is CommandField.N_EVENT_REPORT_RSP and self.report is not None and request.message_id == self.report.message_id:
+            log.info("association %d: storage commitment report %s acknowledged (status 0x%04X)", self.number, self.report.transaction_uid, request.status)
+            self.report = None
+            return
         if request.command is not CommandField.C_ECHO_RQ:
             raise ProtocolError(f"{request.command.name} without a data set")
         self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
+
+    def commit(self, request: Request, context: int, calling_ae: str) -> None:
+        """An N-ACTION-RQ of the Storage Commitment Push Model: answered, then its report sent on this association
+        (a new one follows where this one ends before the peer acknowledges it, see :meth:`serve`)."""
+        data, self.action = bytes(self.action), bytearray()
+        if self.contexts[context] != STORAGE_COMMITMENT or request.sop_class_uid != STORAGE_COMMITMENT:
+            self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, "N-ACTION for another SOP class")))
+            return
+        if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+            self.send(p_data(context, response(request, StoreStatus.NO_SUCH_SOP_INSTANCE, "not the well-known Storage Commitment instance")))
+            return
+        if request.action_type != REQUEST_STORAGE_COMMITMENT:
+            self.send(p_data(context, response(request, StoreStatus.NO_SUCH_ACTION, f"action type {request.action_type}")))
+            return
+        report = self.acceptor.services.commit(calling_ae, data, self.transfer[context])
+        if report is None:
+            self.send(p_data(context, response(request, StoreStatus.PROCESSING_FAILURE, "no Transaction UID or Referenced SOP Sequence")))
+            return
+        self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
+        self.report = replace(report, message_id=request.message_id + 1 & 0xFFFF)
+        self.send(p_data(context, event_report(self.report.message_id, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, report.event_type)))
+        for pdu in p_data_fragments(context, report.encoded, self.peer_maximum_length):
+            self.send(pdu)
 
     def stored(self, request: Request, context: int, calling_ae: str) -> None:
         incoming, self.incoming = self.incoming, None
@@ -335,7 +413,9 @@ class _Association:
         released = False
         try:
             request = self.negotiate()
+            self.acceptor.negotiated(self.sock)
             if request is not None:
+                self.peer_maximum_length = request.maximum_length
                 peer = f"implementation {request.implementation_class_uid or '?'}, maximum PDU {request.maximum_length or 'unlimited'}"
                 log.info("association %d from %s at %s accepted (%s)", self.number, request.calling_ae, self.address, peer)
                 ended = self.messages(request.calling_ae)
@@ -347,8 +427,9 @@ class _Association:
                 self.send(abort(exc.reason))
             except OSError:
                 pass
-        except TimeoutError:
-            log.warning("closing association %d from %s: silent for %.0f s", self.number, self.address, self.policy.timeout_s)
+        except TimeoutError as exc:
+            why = str(exc) or f"silent for {self.policy.timeout_s:.0f} s"
+            log.warning("closing association %d from %s: %s", self.number, self.address, why)
         except (OSError, ValueError) as exc:  # ConnectionError, ssl.SSLError, a socket shut by stop()
             log.warning("association %d from %s ended: %s", self.number, self.address, exc or type(exc).__name__)
         except Exception:
@@ -358,11 +439,21 @@ class _Association:
             except OSError:
                 pass
         finally:
+            if self.report is not None:  # ended before the peer acknowledged the report: it goes on a new association
+                self.acceptor.services.report_later(self.report)
             if self.incoming is not None:
                 self.incoming.discard()
             self.reader.close()
             if self.admitted:
                 self.acceptor.left(self.number, released)
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a connection's reads and writes; the thread serving it then ends and closes it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -381,6 +472,7 @@ class Acceptor:
         self._admitted: set[int] = set()
         self._stopping = False
         self._sockets: set[socket.socket] = set()
+        self._pending: dict[socket.socket, float] = {}  # connections not associated yet: when each was opened
         self._numbers = itertools.count(1)
         acceptor = self
 
@@ -405,13 +497,16 @@ class Acceptor:
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(sock)
         with self._lock:
             self._idle.wait_for(lambda: not self._sockets, timeout=STOP_WAIT_S)
         self.fsyncs.shutdown(wait=True)
+
+    def negotiated(self, connection: socket.socket) -> None:
+        """An association's negotiation ended: its connection may no longer be closed to make room."""
+        with self._lock:
+            for sock in [s for s in self._pending if s is connection or s.fileno() == connection.fileno()]:
+                del self._pending[sock]
 
     def admit(self, number: int) -> bool:
         with self._lock:
@@ -430,12 +525,23 @@ class Acceptor:
             log.warning("refused a connection from %s: address not in allowed_addresses", address)
             sock.close()
             return
+        opened = time.monotonic()
+        evicted: socket.socket | None = None
+        evicted_since = opened
         with self._lock:
             refuse = "the node is stopping" if self._stopping else ""
-            if len(self._sockets) >= MAX_CONNECTIONS_PER_ASSOCIATION * self.policy.max_associations:
-                refuse = f"{len(self._sockets)} connections open, {MAX_CONNECTIONS_PER_ASSOCIATION} x max_associations"
+            if not refuse and len(self._sockets) >= MAX_CONNECTIONS_PER_ASSOCIATION * self.policy.max_associations:
+                if self._pending:  # make room: the connection that has waited longest without associating goes
+                    evicted = min(self._pending, key=self._pending.__getitem__)
+                    evicted_since = self._pending.pop(evicted)
+                else:
+                    refuse = f"{len(self._sockets)} connections open and associated, {MAX_CONNECTIONS_PER_ASSOCIATION} x max_associations"
             if not refuse:
                 self._sockets.add(sock)
+                self._pending[sock] = opened
+        if evicted is not None:
+            log.warning("closed a connection that had not associated in %.0f s, to admit one from %s", opened - evicted_since, address)
+            _shut(evicted)
         if refuse:
             log.warning("closed a connection from %s at once: %s", address, refuse)
             sock.close()
@@ -449,11 +555,12 @@ class Acceptor:
                 with self._lock:  # the plain socket is detached now: stop() cuts off the TLS one
                     self._sockets.discard(sock)
                     self._sockets.add(connection)
-            _Association(self, connection, address, next(self._numbers)).serve()
+            _Association(self, connection, address, next(self._numbers), opened).serve()
         except (OSError, ssl.SSLError) as exc:
             log.warning("TLS handshake with %s failed: %s", address, exc)
         finally:
             with self._lock:
+                self._pending.pop(sock, None)
                 self._sockets.discard(sock)
                 self._sockets.discard(connection)
                 self._idle.notify_all()

@@ -77,6 +77,15 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A DICOM AE the node opens associations to: here, where a Storage Commitment requester takes its report."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Delivery:
     """Retry policy for sending results."""
 
@@ -281,6 +290,7 @@ class NodeConfig:
     min_free_disk_mb: int = 500
     max_instance_mb: int = 2048  # larger instances are refused with 0xA700 after they arrived (on disk, not in memory)
     network_timeout_s: float = 60.0  # an association silent this long is closed; its unfinished instance is discarded
+    instance_timeout_s: float = 600.0  # a C-STORE (command and data set) must arrive within this, however it trickles in
     log_patient_data: bool = False
     send_text_sr_without_result: bool = False
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -292,6 +302,7 @@ class NodeConfig:
     web: WebConfig = field(default_factory=WebConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     destinations: tuple[Destination, ...] = ()
+    commitment_peers: tuple[Peer, ...] = ()  # where Storage Commitment requesters that are not destinations take their reports
     base_dir: Path = Path(".")
 
     def wants(self, output: OutputFormat) -> bool:
@@ -301,6 +312,10 @@ class NodeConfig:
     def path(self, value: str) -> Path:
         """A configured path, relative to the configuration file's folder."""
         return Path(value) if Path(value).is_absolute() else self.base_dir / value
+
+
+#: Settings that are lists of settings, and the class of each entry.
+_LISTS: dict[str, type] = {"destinations": Destination, "commitment_peers": Peer}
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
@@ -317,8 +332,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
         hint, key = hints[name], prefix + name
         if isinstance(hint, type) and is_dataclass(hint):
             values[name] = _build(hint, value or {}, key + ".")
-        elif name == "destinations":
-            values[name] = tuple(_build(Destination, d, f"{key}[{n}].") for n, d in enumerate(value or ()))
+        elif name in _LISTS:
+            values[name] = tuple(_build(_LISTS[name], d, f"{key}[{n}].") for n, d in enumerate(value or ()))
         else:
             values[name] = _typed(value, hint, key)
     return cls(**values)
@@ -367,6 +382,7 @@ def problems(config: NodeConfig) -> list[str]:
     check(config.tick_s > 0, "tick_s", "must be positive")
     check(config.max_associations >= 1, "max_associations", "must be at least 1")
     check(config.network_timeout_s > 0, "network_timeout_s", "must be more than 0")
+    check(config.instance_timeout_s >= config.network_timeout_s, "instance_timeout_s", "must be at least network_timeout_s")
     check(config.max_instance_mb >= 1, "max_instance_mb", "must be at least 1")
     check(config.retention.days >= 0, "retention.days", "must not be negative")
     check(config.retention.interval_s > 0, "retention.interval_s", "must be positive")

@@ -1,5 +1,6 @@
-"""DIMSE command sets (PS3.7 section 9 and Annex E) for the C-STORE and C-ECHO services this node provides: requests
-decoded, responses encoded. Command sets are always implicit VR little endian (PS3.7 6.3.1)."""
+"""DIMSE command sets (PS3.7 section 9, 10 and Annex E) for the services this node provides: C-STORE, C-ECHO and the
+Storage Commitment Push Model's N-ACTION and N-EVENT-REPORT; requests decoded, responses encoded. Command sets are
+always implicit VR little endian (PS3.7 6.3.1)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class CommandField(enum.IntEnum):
     C_STORE_RSP = 0x8001
     C_ECHO_RQ = 0x0030
     C_ECHO_RSP = 0x8030
+    N_ACTION_RQ = 0x0130
+    N_ACTION_RSP = 0x8130
+    N_EVENT_REPORT_RQ = 0x0100
+    N_EVENT_REPORT_RSP = 0x8100
 
 
 class Tag(enum.IntEnum):
@@ -29,6 +34,7 @@ class Tag(enum.IntEnum):
 
     GROUP_LENGTH = 0x00000000
     AFFECTED_SOP_CLASS_UID = 0x00000002
+    REQUESTED_SOP_CLASS_UID = 0x00000003
     COMMAND_FIELD = 0x00000100
     MESSAGE_ID = 0x00000110
     MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
@@ -36,6 +42,9 @@ class Tag(enum.IntEnum):
     STATUS = 0x00000900
     ERROR_COMMENT = 0x00000902
     AFFECTED_SOP_INSTANCE_UID = 0x00001000
+    REQUESTED_SOP_INSTANCE_UID = 0x00001001
+    EVENT_TYPE_ID = 0x00001002
+    ACTION_TYPE_ID = 0x00001008
 
 
 class StoreStatus(enum.IntEnum):
@@ -46,6 +55,9 @@ class StoreStatus(enum.IntEnum):
     SOP_CLASS_NOT_SUPPORTED = 0x0122  # the data set's SOP class is not the one its presentation context was accepted for
     OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
     DATA_SET_MISMATCH = 0xA900  # "Data Set does not match SOP Class": its SOP class or instance UID is not the command's
+    PROCESSING_FAILURE = 0x0110  # N-ACTION: the request's data set lacks what it must hold
+    NO_SUCH_ACTION = 0x0123  # N-ACTION: an Action Type ID the SOP class does not define
+    NO_SUCH_SOP_INSTANCE = 0x0112  # N-ACTION: not the well-known Storage Commitment instance
     CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
 
     def meaning(self) -> str:
@@ -55,13 +67,16 @@ class StoreStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Request:
-    """A C-STORE-RQ or C-ECHO-RQ."""
+    """A C-STORE-RQ, C-ECHO-RQ or N-ACTION-RQ (its SOP class and instance are the requested ones), or the
+    N-EVENT-REPORT-RSP a peer returns to this node's report (``message_id`` the one it responds to)."""
 
     command: CommandField
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
     has_data_set: bool
+    action_type: int = 0
+    status: int = 0
 
 
 def _elements(data: bytes) -> dict[int, bytes]:
@@ -97,9 +112,14 @@ def parse_request(data: bytes) -> Request:
         command = CommandField(number(Tag.COMMAND_FIELD))
     except ValueError:
         raise ProtocolError(f"DIMSE command 0x{number(Tag.COMMAND_FIELD):04X} is not served here") from None
+    has_data_set = number(Tag.COMMAND_DATA_SET_TYPE) != NO_DATA_SET
+    if command is CommandField.N_ACTION_RQ:
+        requested = uid(Tag.REQUESTED_SOP_CLASS_UID), uid(Tag.REQUESTED_SOP_INSTANCE_UID)
+        return Request(command, number(Tag.MESSAGE_ID), *requested, has_data_set, action_type=number(Tag.ACTION_TYPE_ID))
+    if command is CommandField.N_EVENT_REPORT_RSP:
+        return Request(command, number(Tag.MESSAGE_ID_BEING_RESPONDED_TO), uid(Tag.AFFECTED_SOP_CLASS_UID), "", has_data_set, status=number(Tag.STATUS))
     if command not in (CommandField.C_STORE_RQ, CommandField.C_ECHO_RQ):
         raise ProtocolError(f"{command.name} is not a request")
-    has_data_set = number(Tag.COMMAND_DATA_SET_TYPE) != NO_DATA_SET
     return Request(command, number(Tag.MESSAGE_ID), uid(Tag.AFFECTED_SOP_CLASS_UID), uid(Tag.AFFECTED_SOP_INSTANCE_UID), has_data_set)
 
 
@@ -112,10 +132,17 @@ def _uid(value: str) -> bytes:
     return data + b"\0" if len(data) % 2 else data
 
 
+_RESPONSES = {
+    CommandField.C_STORE_RQ: CommandField.C_STORE_RSP,
+    CommandField.C_ECHO_RQ: CommandField.C_ECHO_RSP,
+    CommandField.N_ACTION_RQ: CommandField.N_ACTION_RSP,
+}
+
+
 def response(request: Request, status: int, comment: str = "") -> bytes:
-    """The response to ``request``: C-STORE-RSP or C-ECHO-RSP with ``status``, and an Error Comment (LO, at most 64
-    characters) where ``comment`` is given."""
-    answer = CommandField.C_STORE_RSP if request.command is CommandField.C_STORE_RQ else CommandField.C_ECHO_RSP
+    """The response to ``request``: C-STORE-RSP, C-ECHO-RSP or N-ACTION-RSP with ``status``, and an Error Comment (LO,
+    at most 64 characters) where ``comment`` is given."""
+    answer = _RESPONSES[request.command]
     body = _element(Tag.AFFECTED_SOP_CLASS_UID, _uid(request.sop_class_uid))
     body += _element(Tag.COMMAND_FIELD, struct.pack("<H", answer))
     body += _element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, struct.pack("<H", request.message_id))
@@ -124,6 +151,19 @@ def response(request: Request, status: int, comment: str = "") -> bytes:
     if comment:
         text = comment.encode("ascii", "replace")[:64]
         body += _element(Tag.ERROR_COMMENT, text + b" " if len(text) % 2 else text)
-    if answer is CommandField.C_STORE_RSP:
+    if answer in (CommandField.C_STORE_RSP, CommandField.N_ACTION_RSP):
         body += _element(Tag.AFFECTED_SOP_INSTANCE_UID, _uid(request.sop_instance_uid))
+    if answer is CommandField.N_ACTION_RSP and status == Status.SUCCESS:
+        body += _element(Tag.ACTION_TYPE_ID, struct.pack("<H", request.action_type))
+    return _element(Tag.GROUP_LENGTH, struct.pack("<L", len(body))) + body
+
+
+def event_report(message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
+    """An N-EVENT-REPORT-RQ command set (PS3.7 10.3.1), a data set to follow."""
+    body = _element(Tag.AFFECTED_SOP_CLASS_UID, _uid(sop_class_uid))
+    body += _element(Tag.COMMAND_FIELD, struct.pack("<H", CommandField.N_EVENT_REPORT_RQ))
+    body += _element(Tag.MESSAGE_ID, struct.pack("<H", message_id))
+    body += _element(Tag.COMMAND_DATA_SET_TYPE, struct.pack("<H", 0x0000))
+    body += _element(Tag.AFFECTED_SOP_INSTANCE_UID, _uid(sop_instance_uid))
+    body += _element(Tag.EVENT_TYPE_ID, struct.pack("<H", event_type))
     return _element(Tag.GROUP_LENGTH, struct.pack("<L", len(body))) + body

@@ -30,7 +30,8 @@ from pynetdicom.sop_class import (
     XRayRadiationDoseSRStorage,
 )
 
-from dicomnode.acceptor import Acceptor, Policy, Received
+from dicomnode.acceptor import STORAGE_COMMITMENT, Acceptor, CommitmentReport, Policy, Received
+from dicomnode.commitment import Reporter, commitment_report
 from dicomnode.config import NodeConfig
 from dicomnode.database import errors
 from dicomnode.dimse import StoreStatus
@@ -141,6 +142,7 @@ class Receiver:
             self.reindex()
         self._acceptor: Acceptor | None = None
         self._instances = KeyedLocks()
+        self._reporter = Reporter(config)
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
@@ -177,13 +179,15 @@ class Receiver:
         incoming.mkdir()
         policy = Policy(
             ae_title=self.config.ae_title,
-            contexts={Verification: (ImplicitVRLittleEndian, ExplicitVRLittleEndian)} | {c: tuple(ALL_TRANSFER_SYNTAXES) for c in ACCEPTED_SOP_CLASSES},
+            contexts={c: (ImplicitVRLittleEndian, ExplicitVRLittleEndian) for c in (Verification, STORAGE_COMMITMENT)}
+            | {c: tuple(ALL_TRANSFER_SYNTAXES) for c in ACCEPTED_SOP_CLASSES},
             check_called_ae=self.config.check_called_ae,
             allowed_callers=tuple(self.config.allowed_callers),
             allowed_addresses=tuple(self.config.allowed_addresses),
             max_associations=self.config.max_associations,
             max_data_set_bytes=self.config.max_instance_mb * 2**20,
             timeout_s=self.config.network_timeout_s,
+            instance_timeout_s=self.config.instance_timeout_s,
             incoming=incoming,
             ssl_context=self._ssl_context(),
         )
@@ -216,6 +220,17 @@ class Receiver:
             self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
         except self._database_errors as exc:  # the refusal is still sent, and logged
             log.error("could not record the refusal: %s", exc)
+
+    def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
+        """A Storage Commitment request: which of its instances the node holds (``commitment.py``)."""
+        try:
+            return commitment_report(self.store, calling_ae, data_set, transfer_syntax)
+        except self._database_errors as exc:
+            log.error("storage commitment request from %s not answered: the database does not answer (%s)", calling_ae, exc)
+            return None
+
+    def report_later(self, report: CommitmentReport) -> None:
+        self._reporter.later(report)
 
     def closed(self, association: int, released: bool) -> None:
         try:

@@ -270,6 +270,11 @@ class Store:
             == 1
         )
 
+    def instance_class(self, sop_uid: str) -> str | None:
+        """The SOP Class UID the instance ``sop_uid`` was stored under; None if it is not indexed."""
+        rows = self.db.query("SELECT sop_class_uid FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return str(rows[0]["sop_class_uid"]) if rows else None
+
     def paths_of(self, sop_uid: str) -> set[str]:
         """Where the instance ``sop_uid`` is stored (one path, or none if it is not indexed)."""
         return {r["path"] for r in self.db.query("SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,))}

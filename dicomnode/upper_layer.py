@@ -5,9 +5,10 @@ acceptor answers with are encoded. Multi-byte PDU fields are big endian (PS3.8 9
 from __future__ import annotations
 
 import enum
-import io
+import math
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -258,22 +259,56 @@ def p_data(context_id: int, command: bytes) -> bytes:
     return _pdu(PduType.P_DATA_TF, struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command)
 
 
+def p_data_fragments(context_id: int, data: bytes, maximum_length: int, command: bool = False) -> list[bytes]:
+    """P-DATA-TF PDUs carrying ``data`` (a command or a data set) in PDVs that fit the peer's ``maximum_length``
+    (0: no limit), the last marked last."""
+    room = max(maximum_length - 6, 1024) if maximum_length else max(len(data), 1)
+    pdus = []
+    for start in range(0, max(len(data), 1), room):
+        last = start + room >= len(data)
+        control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+        chunk = data[start : start + room]
+        pdus.append(_pdu(PduType.P_DATA_TF, struct.pack(">LBB", len(chunk) + 2, context_id, control) + chunk))
+    return pdus
+
+
 class PduReader:
     """Reads an association's PDUs from its socket, through one buffer; a read that the peer cuts off raises
-    ConnectionError, one that outlasts the socket's timeout TimeoutError."""
+    ConnectionError, one that outlasts the socket's timeout or the reader's ``deadline`` TimeoutError."""
 
     def __init__(self, sock: socket.socket, chunk: int = 1 << 20) -> None:
-        self._stream = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 16))
+        self._sock = sock
+        self._buffer = bytearray()  # received, not yet read
         self._chunk_size = chunk
         self._chunk: memoryview | None = None  # allocated with the first data set, not for every connection
+        self._silence = sock.gettimeout()
+        self.deadline = math.inf  # time.monotonic() by which the read under way must be done; a slow peer is cut off
+        self.waiting_for = ""  # what the deadline is for, for the error
 
     def close(self) -> None:
-        self._stream.close()
+        self._buffer.clear()
+
+    def _receive(self, into: memoryview | None = None) -> int | bytes:
+        """One socket read, waiting at most the socket's timeout and never past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{self.waiting_for or 'a read'} not in within its deadline")
+        self._sock.settimeout(left if self._silence is None else min(self._silence, left))
+        try:
+            got = self._sock.recv_into(into) if into is not None else self._sock.recv(1 << 16)
+        except TimeoutError:
+            if time.monotonic() >= self.deadline:
+                raise TimeoutError(f"{self.waiting_for or 'a read'} not in within its deadline") from None
+            raise TimeoutError(f"silent for {self._silence or 0:.0f} s") from None
+        if not got:
+            raise ConnectionError("the peer closed the connection")
+        return got
 
     def read(self, length: int) -> bytes:
-        data = self._stream.read(length)
-        if len(data) < length:
-            raise ConnectionError("the peer closed the connection")
+        while len(self._buffer) < length:
+            self._buffer += cast(bytes, self._receive())
+        data = bytes(self._buffer[:length])
+        del self._buffer[:length]
         return data
 
     def header(self) -> tuple[PduType, int]:
@@ -295,13 +330,18 @@ class PduReader:
 
     def copy(self, length: int, sink: Callable[[memoryview], object] | None) -> None:
         """Pass the next ``length`` bytes to ``sink`` (or drop them), a chunk at a time."""
-        if self._chunk is None:
+        if self._buffer:
+            buffered = bytes(self._buffer[:length])
+            del self._buffer[:length]
+            if sink is not None:
+                sink(memoryview(buffered))
+            length -= len(buffered)
+        if self._chunk is None and length:
             self._chunk = memoryview(bytearray(self._chunk_size))
         while length:
+            assert self._chunk is not None
             view = self._chunk[: min(length, len(self._chunk))]
-            got = self._stream.readinto(view)
-            if not got:
-                raise ConnectionError("the peer closed the connection")
+            got = cast(int, self._receive(view))
             if sink is not None:
                 sink(view[:got])
             length -= got

@@ -4,6 +4,7 @@ garbage, a sender cut off mid-instance and a silent peer."""
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import subprocess
@@ -18,7 +19,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicomnode.config import NodeConfig
 from dicomnode.receive import StoreStatus
-from tests.peers import receiver_in_process, storescu
+from tests.peers import echoscu, receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -205,15 +206,51 @@ def test_a_silent_peer_is_disconnected_after_network_timeout_s(node) -> None:
     sock.close()
 
 
-def test_connections_beyond_twice_max_associations_are_closed_at_once(tmp_path: Path) -> None:
-    with receiver_in_process(tmp_path, max_associations=1, network_timeout_s=5.0) as (config, _):
-        idle = [_connect(config) for _ in range(2)]  # held open without a word: each holds a thread until network_timeout_s
+def test_a_flood_of_idle_connections_cannot_lock_out_a_real_sender(tmp_path: Path) -> None:
+    """Finding 2 of the second adversarial run: idle connections at twice max_associations made the node close every
+    new connection at once. Now a new one closes the connection that has waited longest without associating."""
+    with receiver_in_process(tmp_path, max_associations=1, network_timeout_s=30.0) as (config, _):
+        idle = [_connect(config) for _ in range(2)]  # held open without a word
         try:
             time.sleep(0.3)
-            extra = _connect(config)
-            start = time.monotonic()
-            assert _answer(extra) == b"" and time.monotonic() - start < 2
-            extra.close()
+            assert echoscu(config.port, config.ae_title)
+            assert _answer(idle[0]) == b""  # the oldest idle one was closed to make room
         finally:
             for sock in idle:
                 sock.close()
+
+
+def _trickle(sock: socket.socket, data: bytes, every_s: float, limit_s: float) -> float:
+    """Send ``data`` a byte at a time; seconds until the node closes the connection (or ``limit_s``)."""
+    start = time.monotonic()
+    for byte in data:
+        try:
+            sock.sendall(bytes((byte,)))
+        except OSError:
+            break
+        if time.monotonic() - start > limit_s:
+            break
+        time.sleep(every_s)
+        ready, _, _ = select.select([sock], [], [], 0)
+        if ready and sock.recv(65536) == b"":
+            break
+    return time.monotonic() - start
+
+
+def test_a_request_that_trickles_in_is_cut_off_after_network_timeout_s(node) -> None:
+    """Finding 2: a connection sending a byte a second was never dropped, because the timeout applied per read."""
+    config, _ = node
+    with _connect(config) as sock:
+        assert 0.9 < _trickle(sock, _associate_rq(config.ae_title), 0.25, 10) < 3  # network_timeout_s=1
+
+
+def test_an_instance_that_trickles_in_is_cut_off_after_instance_timeout_s(tmp_path: Path, slice_file: Path) -> None:
+    with receiver_in_process(tmp_path, network_timeout_s=1.0, instance_timeout_s=2.0) as (config, store):
+        with _connect(config) as sock:
+            sock.sendall(_associate_rq(config.ae_title))
+            assert sock.recv(1)[0] == 0x02
+            data = slice_file.read_bytes()[200:1200]
+            sent = _c_store_rq("1.2.3.4.9") + _pdu(0x04, struct.pack(">LBB", len(data) + 2, 1, 0x02) + data)
+            sock.sendall(sent[:12])  # the PDU and PDV headers at once: the instance has begun
+            assert 1.4 < _trickle(sock, sent[12:], 0.25, 10) < 4  # instance_timeout_s=2, each byte within network_timeout_s
+        assert not store.has_instance("1.2.3.4.9")

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dicomnode"
 #: Modules that run the node; the stages of the pipeline must not import them (data flows forward, not back).
-ORCHESTRATION = {"cli", "service", "pipeline", "receive", "complete", "send", "supersede", "retention", "web"}
+ORCHESTRATION = {"cli", "service", "pipeline", "receive", "complete", "send", "supersede", "commitment", "retention", "web"}
 
 
 def _imports() -> dict[str, set[str]]:

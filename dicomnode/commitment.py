@@ -1,0 +1,134 @@
+"""Storage Commitment Push Model SCP (PS3.4 J.3): a scanner or PACS that sent instances asks the node to take
+responsibility for them before it deletes its own copies. An instance is committed only when the node holds it
+durably and indexed (every stored instance is fsynced before it is indexed); the others are listed as failures
+with a reason. The report (N-EVENT-REPORT) goes on the request's association while it is open; where the requester
+releases it first (Orthanc does), on a new association to the requester's address, from ``commitment_peers`` or a
+destination with its AE title, with SCP/SCU role selection, retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+from pynetdicom import AE, build_role
+
+from dicomnode.acceptor import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, CommitmentReport
+from dicomnode.config import NodeConfig
+from dicomnode.store import Store
+
+log = logging.getLogger(__name__)
+
+#: PS3.4 J.3.3 Event Type IDs, and the Failure Reasons (PS3.3 C.14.1.1) the node gives.
+ALL_COMMITTED, FAILURES_EXIST = 1, 2
+NO_SUCH_OBJECT_INSTANCE, CLASS_INSTANCE_CONFLICT, PROCESSING_FAILURE = 0x0112, 0x0119, 0x0110
+#: Tries of a report on a new association, the first at once, then after 2, 4, 8 ... seconds.
+REPORT_TRIES = 6
+
+
+def commitment_report(store: Store, calling_ae: str, data: bytes, transfer_syntax: str) -> CommitmentReport | None:
+    """The report on the request in ``data`` (an N-ACTION data set): each referenced instance committed where the
+    node holds it under that SOP class, else failed; None where the request lacks its Transaction UID or its
+    Referenced SOP Sequence."""
+    syntax = UID(transfer_syntax)
+    try:
+        request = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        transaction = str(request.get("TransactionUID", "") or "")
+        referenced = list(request.get("ReferencedSOPSequence", []))
+    except Exception as exc:  # noqa: BLE001  # a peer's bytes that pydicom cannot read: a malformed request
+        log.warning("storage commitment request from %s cannot be read: %s", calling_ae, exc)
+        return None
+    if not transaction or not referenced:
+        return None
+    committed, failed = [], []
+    for item in referenced:
+        sop_class, sop_uid = str(item.get("ReferencedSOPClassUID", "")), str(item.get("ReferencedSOPInstanceUID", ""))
+        held = store.instance_class(sop_uid)
+        reason = NO_SUCH_OBJECT_INSTANCE if held is None else CLASS_INSTANCE_CONFLICT if held != sop_class else 0
+        if not reason and not all(Path(path).exists() for path in store.paths_of(sop_uid)):
+            reason = PROCESSING_FAILURE  # indexed, but its file is gone (retention, or storage lost)
+        entry = Dataset()
+        entry.ReferencedSOPClassUID, entry.ReferencedSOPInstanceUID = sop_class, sop_uid
+        if reason:
+            entry.FailureReason = reason
+            failed.append(entry)
+        else:
+            committed.append(entry)
+    report = Dataset()
+    report.TransactionUID = transaction
+    if committed:
+        report.ReferencedSOPSequence = committed
+    if failed:
+        report.FailedSOPSequence = failed
+    log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling_ae, len(committed), len(failed))
+    return CommitmentReport(calling_ae, transaction, FAILURES_EXIST if failed else ALL_COMMITTED, _encode(report, syntax), str(syntax))
+
+
+def read_report(report: CommitmentReport) -> Dataset:
+    """The N-EVENT-REPORT data set of ``report`` (the reader of :func:`commitment_report`)."""
+    syntax = UID(report.transfer_syntax)
+    return read_dataset(BytesIO(report.encoded), syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+def _encode(ds: Dataset, syntax: UID) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+class Reporter:
+    """Sends reports on new associations, one thread per report, each tried ``REPORT_TRIES`` times."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+
+    def later(self, report: CommitmentReport) -> None:
+        threading.Thread(target=self._send, args=(report,), name="commitment-report", daemon=True).start()
+
+    def address(self, ae_title: str) -> tuple[str, int] | None:
+        """The requester's address: a ``commitment_peers`` entry, else a DIMSE destination with its AE title."""
+        peers = [(p.ae_title, p.host, p.port) for p in self.config.commitment_peers]
+        peers += [(d.ae_title, d.host, d.port) for d in self.config.destinations]
+        return next(((host, port) for title, host, port in peers if title == ae_title and host and port), None)
+
+    def _send(self, report: CommitmentReport) -> None:
+        address = self.address(report.calling_ae)
+        if address is None:
+            log.error(
+                "storage commitment %s: no address for %s in commitment_peers or destinations; report not sent", report.transaction_uid, report.calling_ae
+            )
+            return
+        for attempt in range(REPORT_TRIES):
+            outcome = self._try(report, address)
+            if not outcome:
+                log.info("storage commitment %s reported to %s at %s:%d", report.transaction_uid, report.calling_ae, *address)
+                return
+            log.warning(
+                "storage commitment %s: report to %s failed (%s), try %d of %d", report.transaction_uid, report.calling_ae, outcome, attempt + 1, REPORT_TRIES
+            )
+            time.sleep(2 ** (attempt + 1))
+        log.error("storage commitment %s: report to %s given up after %d tries", report.transaction_uid, report.calling_ae, REPORT_TRIES)
+
+    def _try(self, report: CommitmentReport, address: tuple[str, int]) -> str:
+        """Send once; "" on success, else why not."""
+        ae = AE(ae_title=self.config.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.delivery.timeout_s
+        ae.add_requested_context(STORAGE_COMMITMENT, [report.transfer_syntax])
+        assoc = ae.associate(*address, ae_title=report.calling_ae, ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)])
+        if not assoc.is_established:
+            return "association rejected" if assoc.is_rejected else "no association"
+        try:
+            status, _ = assoc.send_n_event_report(read_report(report), report.event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+            code = getattr(status, "Status", None)
+            return "" if code == 0 else f"status {code}" if code is not None else "no N-EVENT-REPORT-RSP (timeout or abort)"
+        finally:
+            assoc.release()
