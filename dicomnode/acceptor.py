@@ -35,7 +35,17 @@ from pydicom.uid import (
 )
 
 from dicomnode import __version__
-from dicomnode.dimse import CommandField, Request, StoreStatus, event_report, parse_request, response
+from dicomnode.dimse import (
+    REQUEST_STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    CommandField,
+    Request,
+    StoreStatus,
+    event_report,
+    parse_request,
+    response,
+)
 from dicomnode.uids import IMPLEMENTATION_CLASS_UID
 from dicomnode.upper_layer import (
     DICOM_APPLICATION_CONTEXT,
@@ -85,8 +95,6 @@ LOSSLESS_SYNTAXES = frozenset(
     }
 )
 
-#: Storage Commitment Push Model (PS3.4 J.3): its SOP class, its well-known instance, and the one action it defines.
-STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, REQUEST_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1
 #: An N-ACTION data set is read into memory: a request naming 100,000 instances fits.
 MAX_ACTION_BYTES = 16 * 2**20
 
@@ -133,6 +141,9 @@ class Services(Protocol):
 
     def report_later(self, report: CommitmentReport) -> None:
         """Send a commitment report that its request's association could not take, on a new association."""
+
+    def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
+        """A destination reports on results the node asked it to commit; False where the report cannot be read."""
 
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
         """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
@@ -259,7 +270,8 @@ class _Association:
             self.send(associate_reject(rejection))
             return None
         answers = [self.answer(c.abstract_syntax, c.transfer_syntaxes, c.context_id) for c in request.contexts]
-        self.send(associate_accept(request, answers, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
+        roles = tuple((uid, scu, scp) for uid, scu, scp in request.roles if uid == STORAGE_COMMITMENT)  # its reports may come to the node
+        self.send(associate_accept(request, answers, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, roles))
         self.contexts = {a.context_id: c.abstract_syntax for a, c in zip(answers, request.contexts, strict=True) if a.result is ContextResult.ACCEPTANCE}
         self.transfer = {a.context_id: a.transfer_syntax for a in answers}
         return request
@@ -337,12 +349,12 @@ class _Association:
                     continue
                 if request is None or fragment.context_id != context:
                     raise ProtocolError("a data set fragment without its command")
-                if request.command is CommandField.N_ACTION_RQ:
+                if request.command in (CommandField.N_ACTION_RQ, CommandField.N_EVENT_REPORT_RQ):
                     if len(self.action) + fragment.length > MAX_ACTION_BYTES:
-                        raise ProtocolError(f"an N-ACTION data set of more than {MAX_ACTION_BYTES} bytes")
+                        raise ProtocolError(f"an {request.command.name} data set of more than {MAX_ACTION_BYTES} bytes")
                     self.action += self.reader.read(fragment.length)
                     if fragment.last:
-                        self.commit(request, context, calling_ae)
+                        (self.commit if request.command is CommandField.N_ACTION_RQ else self.reported)(request, context, calling_ae)
                         request, message_due = None, math.inf
                     continue
                 if self.incoming is None:
@@ -361,6 +373,16 @@ class _Association:
         if request.command is not CommandField.C_ECHO_RQ:
             raise ProtocolError(f"{request.command.name} without a data set")
         self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
+
+    def reported(self, request: Request, context: int, calling_ae: str) -> None:
+        """An N-EVENT-REPORT-RQ: a destination's storage commitment report on results the node sent it."""
+        data, self.action = bytes(self.action), bytearray()
+        if self.contexts[context] != STORAGE_COMMITMENT or request.sop_class_uid != STORAGE_COMMITMENT:
+            self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, "N-EVENT-REPORT for another SOP class")))
+            return
+        understood = self.acceptor.services.commitment_reported(calling_ae, request.action_type, data, self.transfer[context])
+        status = StoreStatus.SUCCESS if understood else StoreStatus.PROCESSING_FAILURE
+        self.send(p_data(context, response(request, status, "" if understood else "report not understood")))
 
     def commit(self, request: Request, context: int, calling_ae: str) -> None:
         """An N-ACTION-RQ of the Storage Commitment Push Model: answered, then its report sent on this association

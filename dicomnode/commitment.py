@@ -21,8 +21,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_role
 
-from dicomnode.acceptor import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, CommitmentReport
+from dicomnode.acceptor import CommitmentReport
 from dicomnode.config import NodeConfig
+from dicomnode.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,15 @@ def commitment_report(store: Store, calling_ae: str, data: bytes, transfer_synta
     """The report on the request in ``data`` (an N-ACTION data set): each referenced instance committed where the
     node holds it under that SOP class, else failed; None where the request lacks its Transaction UID or its
     Referenced SOP Sequence."""
+    request = read_data_set(data, transfer_syntax)
+    if request is None:
+        log.warning("storage commitment request from %s cannot be read", calling_ae)
+        return None
     syntax = UID(transfer_syntax)
     try:
-        request = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
         transaction = str(request.get("TransactionUID", "") or "")
         referenced = list(request.get("ReferencedSOPSequence", []))
-    except Exception as exc:  # noqa: BLE001  # a peer's bytes that pydicom cannot read: a malformed request
+    except Exception as exc:  # noqa: BLE001  # values pydicom cannot decode: a malformed request
         log.warning("storage commitment request from %s cannot be read: %s", calling_ae, exc)
         return None
     if not transaction or not referenced:
@@ -70,6 +74,17 @@ def commitment_report(store: Store, calling_ae: str, data: bytes, transfer_synta
         report.FailedSOPSequence = failed
     log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling_ae, len(committed), len(failed))
     return CommitmentReport(calling_ae, transaction, FAILURES_EXIST if failed else ALL_COMMITTED, _encode(report, syntax), str(syntax))
+
+
+def read_data_set(data: bytes, transfer_syntax: str) -> Dataset | None:
+    """A data set that came in a DIMSE message, decoded in its context's transfer syntax; None where it cannot be."""
+    syntax = UID(transfer_syntax)
+    try:
+        ds = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        ds.get("TransactionUID")  # elements are decoded lazily: fail here, not later
+        return ds
+    except Exception:  # noqa: BLE001  # a peer's bytes that pydicom cannot read
+        return None
 
 
 def read_report(report: CommitmentReport) -> Dataset:

@@ -61,6 +61,7 @@ class Destination:
     auth: Auth = Auth.NONE  # stow-rs
     credentials_env: str = ""  # stow-rs: the environment variable holding the credentials for ``auth``
     formats: tuple[OutputFormat, ...] = (OutputFormat.SEG, OutputFormat.SR)
+    storage_commitment: bool = False  # dimse: a result is delivered only when the destination reports it committed
 
     def __post_init__(self) -> None:
         for name, kind in (("protocol", Protocol), ("auth", Auth)):
@@ -93,6 +94,7 @@ class Delivery:
     backoff_s: float = 5.0
     max_backoff_s: float = 600.0
     timeout_s: float = 30.0
+    commitment_timeout_s: float = 300.0  # a destination with storage_commitment that has not reported by then: sent again
 
 
 class ParenchymaSource(str, enum.Enum):

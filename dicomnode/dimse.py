@@ -12,6 +12,9 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 
 from dicomnode.upper_layer import ProtocolError
 
+#: Storage Commitment Push Model (PS3.4 J.3): its SOP class, its well-known instance, and the one action it defines.
+STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, REQUEST_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1
+
 #: (0000,0800) Command Data Set Type: this value says no data set follows; any other says one does.
 NO_DATA_SET = 0x0101
 
@@ -75,7 +78,7 @@ class Request:
     sop_class_uid: str
     sop_instance_uid: str
     has_data_set: bool
-    action_type: int = 0
+    action_type: int = 0  # N-ACTION: Action Type ID; N-EVENT-REPORT: Event Type ID
     status: int = 0
 
 
@@ -116,6 +119,9 @@ def parse_request(data: bytes) -> Request:
     if command is CommandField.N_ACTION_RQ:
         requested = uid(Tag.REQUESTED_SOP_CLASS_UID), uid(Tag.REQUESTED_SOP_INSTANCE_UID)
         return Request(command, number(Tag.MESSAGE_ID), *requested, has_data_set, action_type=number(Tag.ACTION_TYPE_ID))
+    if command is CommandField.N_EVENT_REPORT_RQ:
+        affected = uid(Tag.AFFECTED_SOP_CLASS_UID), uid(Tag.AFFECTED_SOP_INSTANCE_UID)
+        return Request(command, number(Tag.MESSAGE_ID), *affected, has_data_set, action_type=number(Tag.EVENT_TYPE_ID))
     if command is CommandField.N_EVENT_REPORT_RSP:
         return Request(command, number(Tag.MESSAGE_ID_BEING_RESPONDED_TO), uid(Tag.AFFECTED_SOP_CLASS_UID), "", has_data_set, status=number(Tag.STATUS))
     if command not in (CommandField.C_STORE_RQ, CommandField.C_ECHO_RQ):
@@ -151,10 +157,12 @@ def response(request: Request, status: int, comment: str = "") -> bytes:
     if comment:
         text = comment.encode("ascii", "replace")[:64]
         body += _element(Tag.ERROR_COMMENT, text + b" " if len(text) % 2 else text)
-    if answer in (CommandField.C_STORE_RSP, CommandField.N_ACTION_RSP):
+    if answer in (CommandField.C_STORE_RSP, CommandField.N_ACTION_RSP, CommandField.N_EVENT_REPORT_RSP):
         body += _element(Tag.AFFECTED_SOP_INSTANCE_UID, _uid(request.sop_instance_uid))
     if answer is CommandField.N_ACTION_RSP and status == Status.SUCCESS:
         body += _element(Tag.ACTION_TYPE_ID, struct.pack("<H", request.action_type))
+    if answer is CommandField.N_EVENT_REPORT_RSP and status == Status.SUCCESS:
+        body += _element(Tag.EVENT_TYPE_ID, struct.pack("<H", request.action_type))
     return _element(Tag.GROUP_LENGTH, struct.pack("<L", len(body))) + body
 
 

@@ -26,6 +26,8 @@ FAT_HU, RETROPERITONEAL_FAT_SHARE = -20.0, 0.25
 #: The outline's ring: how deep (voxels, in-plane) into each slice's convex hull of the kidney the outer surface is
 #: taken, so that the sinus, inside the hull, is not part of it.
 OUTLINE_RING_VOXELS = 1
+#: At most about this many of a kidney's slices are looked at for its outline (evenly spaced; thin-slice series).
+OUTLINE_SLICES = 40
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,8 @@ def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:
     density is the medulla's (the spleen or liver in the arterial phase)."""
     parenchyma = cortex | medulla
     on_ring = in_medulla = 0
-    for z in np.flatnonzero(parenchyma.any(axis=(1, 2))):
+    slices = np.flatnonzero(parenchyma.any(axis=(1, 2)))
+    for z in slices[:: max(1, len(slices) // OUTLINE_SLICES)]:
         hull = convex_hull_image(parenchyma[z])
         ring = hull & ~ndimage.binary_erosion(hull, iterations=OUTLINE_RING_VOXELS) & parenchyma[z]
         on_ring += int(ring.sum())

@@ -30,12 +30,13 @@ from pynetdicom.sop_class import (
     XRayRadiationDoseSRStorage,
 )
 
-from dicomnode.acceptor import STORAGE_COMMITMENT, Acceptor, CommitmentReport, Policy, Received
-from dicomnode.commitment import Reporter, commitment_report
+from dicomnode.acceptor import Acceptor, CommitmentReport, Policy, Received
+from dicomnode.commitment import Reporter, commitment_report, read_data_set
 from dicomnode.config import NodeConfig
 from dicomnode.database import errors
-from dicomnode.dimse import StoreStatus
+from dicomnode.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.files import move_into_place, remove_partial_writes
+from dicomnode.send import record_commitment
 from dicomnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,18 @@ class Receiver:
 
     def report_later(self, report: CommitmentReport) -> None:
         self._reporter.later(report)
+
+    def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
+        report = read_data_set(data_set, transfer_syntax)
+        if report is None or "TransactionUID" not in report:
+            log.warning("a storage commitment report from %s cannot be read", calling_ae)
+            return False
+        try:
+            record_commitment(self.config, self.store, calling_ae, report)
+        except self._database_errors as exc:  # the report is refused; the destination may send it again
+            log.error("storage commitment report from %s not recorded: the database does not answer (%s)", calling_ae, exc)
+            return False
+        return True
 
     def closed(self, association: int, released: bool) -> None:
         try:

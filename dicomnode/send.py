@@ -7,11 +7,16 @@ import time
 from collections.abc import Sequence
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from dicomnode.config import Delivery, Destination, NodeConfig, Protocol
+from dicomnode.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.states import DeliveryState, SendOutcome
 from dicomnode.store import DeliveryRecord, Store
 from dicomnode.stow import stow_rs
@@ -19,12 +24,15 @@ from dicomnode.stow import stow_rs
 log = logging.getLogger(__name__)
 
 
-def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset]) -> list[SendOutcome]:
-    """Send datasets over one association; one outcome per dataset."""
+def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset]) -> tuple[list[SendOutcome], str | None]:
+    """Send datasets over one association; one outcome per dataset, and, for a destination with
+    ``storage_commitment``, the Transaction UID of the commitment it was asked for those it stored (None if none)."""
     ae = AE(ae_title=config.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.delivery.timeout_s
     for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
         ae.add_requested_context(sop_class, [syntax])
+    if destination.storage_commitment:
+        ae.add_requested_context(StorageCommitmentPushModel)
     tls_args = None
     if destination.tls:
         import ssl
@@ -38,8 +46,8 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[p
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)  # type: ignore[arg-type]
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"
-        return [SendOutcome(False, reason)] * len(datasets)
-    outcomes = []
+        return [SendOutcome(False, reason)] * len(datasets), None
+    outcomes, transaction = [], None
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
@@ -50,9 +58,56 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[p
                 category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), "no meaning defined"))
                 ok = category in (STATUS_SUCCESS, STATUS_WARNING)  # a warning (e.g. coercion) still means stored
                 outcomes.append(SendOutcome(ok, f"status 0x{code:04X} ({': '.join(filter(None, (category, meaning)))})"))
+        stored = [ds for ds, outcome in zip(datasets, outcomes) if outcome.ok]
+        if destination.storage_commitment and stored:
+            transaction = _request_commitment(assoc, stored, outcomes, datasets)
     finally:
         assoc.release()
-    return outcomes
+    return outcomes, transaction
+
+
+def _request_commitment(assoc: Association, stored: list[pydicom.Dataset], outcomes: list[SendOutcome], datasets: Sequence[pydicom.Dataset]) -> str | None:
+    """Ask the destination to commit ``stored`` (N-ACTION, PS3.4 J.3.2); its Transaction UID, or None where it
+    refused, after marking those outcomes failed."""
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = []
+    for ds in stored:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        request.ReferencedSOPSequence.append(item)
+    status, _ = assoc.send_n_action(request, REQUEST_STORAGE_COMMITMENT, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+    code = getattr(status, "Status", None)
+    if code == 0:
+        return str(request.TransactionUID)
+    why = f"stored, but the storage commitment request was refused ({'no answer' if code is None else f'status 0x{code:04X}'})"
+    for n, ds in enumerate(datasets):
+        if any(ds is s for s in stored):
+            outcomes[n] = SendOutcome(False, why)
+    return None
+
+
+def record_commitment(config: NodeConfig, store: Store, calling_ae: str, report: pydicom.Dataset) -> int:
+    """A destination's storage commitment report (N-EVENT-REPORT): what it committed is delivered, what it did not
+    is sent again (or parked after the last try); returns how many it committed."""
+    transaction = str(report.get("TransactionUID", ""))
+    committed = {str(i.ReferencedSOPInstanceUID) for i in report.get("ReferencedSOPSequence", [])}
+    failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0)) for i in report.get("FailedSOPSequence", [])}
+    titles = {d.name: d.ae_title for d in config.destinations}
+    now, count = time.time(), 0
+    for record in store.committing(transaction):
+        if titles.get(record.destination) != calling_ae:
+            log.warning("storage commitment %s reported by %s, not by %s's AE title: ignored", transaction, calling_ae, record.destination)
+            continue
+        if record.sop_uid in committed:
+            store.update_delivery(record.id, DeliveryState.SENT, record.attempts, record.next_attempt_at, None)
+            count += 1
+        elif record.sop_uid in failed:
+            _failed(config, store, record, now, f"{record.destination} did not commit it (failure reason 0x{failed[record.sop_uid]:04X})")
+        else:
+            _failed(config, store, record, now, f"{record.destination}'s commitment report does not name it")
+    log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling_ae, count, len(failed))
+    return count
 
 
 def backoff(policy: Delivery, attempts: int) -> float:
@@ -64,6 +119,8 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None, sender:
     """Try every queued delivery that is due, grouped per destination, claimed for this sender (others in a cluster
     skip them); returns how many were sent."""
     now = time.time() if now is None else now
+    for record in store.committing(overdue_at=now):
+        _failed(config, store, record, now, f"no storage commitment report within delivery.commitment_timeout_s={config.delivery.commitment_timeout_s:g}")
     due = store.claim_deliveries(sender, now, lease_s=4 * config.delivery.timeout_s + 60)
     destinations = {d.name: d for d in config.destinations}
     sent = 0
@@ -81,7 +138,16 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None, sender:
                 readable.append(record)
             except (OSError, InvalidDicomError) as exc:
                 _failed(config, store, record, now, f"result file unreadable: {exc}", final=True)
-        for record, outcome in zip(readable, _send(config, destination, readable, datasets) if datasets else []):
+        outcomes, transaction = _send(config, destination, readable, datasets) if datasets else ([], None)
+        if transaction is not None:
+            stored = [r for r, o in zip(readable, outcomes) if o.ok]
+            deadline = now + config.delivery.commitment_timeout_s
+            store.await_commitment([r.id for r in stored], transaction, {r.id: r.attempts + 1 for r in stored}, deadline)
+            log.info("%d results of %s stored by %s, commitment %s asked for", len(stored), name, name, transaction)
+            sent += len(stored)
+        for record, outcome in zip(readable, outcomes):
+            if outcome.ok and transaction is not None:
+                continue
             if outcome.ok:
                 store.update_delivery(record.id, DeliveryState.SENT, record.attempts + 1, record.next_attempt_at, None)
                 log.info("sent %s of job %d to %s (%s)", record.sop_uid, record.job_id, name, outcome.detail)
@@ -91,9 +157,11 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None, sender:
     return sent
 
 
-def _send(config: NodeConfig, destination: Destination, records: list[DeliveryRecord], datasets: Sequence[pydicom.Dataset]) -> list[SendOutcome]:
+def _send(
+    config: NodeConfig, destination: Destination, records: list[DeliveryRecord], datasets: Sequence[pydicom.Dataset]
+) -> tuple[list[SendOutcome], str | None]:
     if destination.protocol is Protocol.STOW_RS:
-        return stow_rs(config, destination, [r.path for r in records], [r.sop_uid for r in records])
+        return stow_rs(config, destination, [r.path for r in records], [r.sop_uid for r in records]), None
     return store_scu(config, destination, datasets)
 
 

@@ -31,7 +31,8 @@ class DeliveryState(str, enum.Enum):
     """One result file for one destination."""
 
     QUEUED = "queued"
-    SENT = "sent"
+    SENT = "sent"  # stored by the destination (and, where it was asked, committed)
+    COMMITTING = "committing"  # stored; the destination was asked for storage commitment and has not reported yet
     DEAD = "dead"  # parked after the last try or for a destination no longer configured; ``dicomnode retry`` queues it again
     SUPERSEDED = "superseded"  # not sent: a later version of the study's result replaced it first
 
@@ -40,7 +41,7 @@ class JobDelivery(str, enum.Enum):
     """A job's deliveries taken together; derived from its ``DeliveryState`` rows."""
 
     NONE = "none"  # nothing to send (no result file or no destination)
-    SENDING = "sending"  # at least one file still queued
+    SENDING = "sending"  # at least one file still queued, or stored and awaiting the destination's commitment
     DELIVERED = "delivered"  # every file confirmed by every destination
     FAILED = "failed"  # nothing queued and at least one file parked
     SUPERSEDED = "superseded"  # nothing queued or parked, and a later version replaced what was not sent yet
@@ -58,7 +59,7 @@ def job_delivery(states: set[DeliveryState]) -> JobDelivery:
     """The job's delivery progress from the states of its delivery rows."""
     if not states:
         return JobDelivery.NONE
-    if DeliveryState.QUEUED in states:
+    if DeliveryState.QUEUED in states or DeliveryState.COMMITTING in states:
         return JobDelivery.SENDING
     if DeliveryState.DEAD in states:
         return JobDelivery.FAILED

@@ -95,6 +95,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at {real} NOT NULL,
     UNIQUE (job_id, destination, sop_uid)
 );
+CREATE TABLE IF NOT EXISTS commitment_requests (
+    delivery_id BIGINT PRIMARY KEY REFERENCES deliveries (id),
+    transaction_uid TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commitment_requests_transaction ON commitment_requests (transaction_uid);
 CREATE TABLE IF NOT EXISTS rejections (
     delivery_id BIGINT PRIMARY KEY REFERENCES deliveries (id),
     note_sop_uid TEXT NOT NULL,
@@ -601,6 +606,34 @@ class Store:
                 (job_id, destination, str(note.path), note.sop_uid, DeliveryState.QUEUED.value, now, now),
             )
             _settle(tx, job_id)
+
+    def await_commitment(self, delivery_ids: list[int], transaction_uid: str, attempts: dict[int, int], deadline: float) -> None:
+        """Deliveries stored by their destination, which was asked to commit them in ``transaction_uid``: committing
+        until its report comes or ``deadline`` passes."""
+        with self.db.transaction() as tx:
+            for delivery_id in delivery_ids:
+                tx.execute(
+                    "INSERT INTO commitment_requests (delivery_id, transaction_uid) VALUES (?, ?)"
+                    " ON CONFLICT (delivery_id) DO UPDATE SET transaction_uid = excluded.transaction_uid",
+                    (delivery_id, transaction_uid),
+                )
+                rows = tx.query(
+                    "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, attempts = ?, next_attempt_at = ?, last_error = NULL,"
+                    " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ? RETURNING job_id",
+                    (DeliveryState.SUPERSEDED.value, DeliveryState.COMMITTING.value, attempts[delivery_id], deadline, time.time(), delivery_id),
+                )
+                _settle(tx, rows[0]["job_id"])
+
+    def committing(self, transaction_uid: str | None = None, overdue_at: float | None = None) -> list[DeliveryRecord]:
+        """Deliveries awaiting a commitment report: those of ``transaction_uid``, or those whose deadline passed by
+        ``overdue_at``."""
+        query = "SELECT d.* FROM deliveries d JOIN commitment_requests c ON c.delivery_id = d.id WHERE d.state = ?"
+        params: list[object] = [DeliveryState.COMMITTING.value]
+        if transaction_uid is not None:
+            query, params = query + " AND c.transaction_uid = ?", [*params, transaction_uid]
+        if overdue_at is not None:
+            query, params = query + " AND d.next_attempt_at <= ?", [*params, overdue_at]
+        return [_delivery(r) for r in self.db.query(query + " ORDER BY d.id", params)]
 
     def rejection_notes(self) -> set[str]:
         """SOP Instance UIDs of every rejection note queued."""

@@ -44,6 +44,7 @@ class ItemType(enum.IntEnum):
     USER_INFORMATION = 0x50
     MAXIMUM_LENGTH = 0x51
     IMPLEMENTATION_CLASS_UID = 0x52
+    ROLE_SELECTION = 0x54
     IMPLEMENTATION_VERSION_NAME = 0x55
 
 
@@ -105,6 +106,7 @@ class AssociateRequest:
     contexts: tuple[ProposedContext, ...]
     maximum_length: int = 0
     implementation_class_uid: str = ""
+    roles: tuple[tuple[str, bool, bool], ...] = ()  # SCP/SCU Role Selection (PS3.7 D.3.3.4): SOP class, SCU role, SCP role
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def parse_associate_request(body: bytes) -> AssociateRequest:
     version = int.from_bytes(data[0:2], "big")
     called, calling = _text(data[4:20]), _text(data[20:36])
     application_context, contexts, maximum_length, implementation = "", [], 0, ""
+    roles: list[tuple[str, bool, bool]] = []
     for kind, value in _items(data[68:]):
         if kind == ItemType.APPLICATION_CONTEXT:
             application_context = _text(value)
@@ -202,7 +205,11 @@ def parse_associate_request(body: bytes) -> AssociateRequest:
                     maximum_length = int.from_bytes(sub, "big")
                 elif sub_kind == ItemType.IMPLEMENTATION_CLASS_UID:
                     implementation = _text(sub)
-    return AssociateRequest(version, called, calling, application_context, tuple(contexts), maximum_length, implementation)
+                elif sub_kind == ItemType.ROLE_SELECTION and len(sub) >= 4:
+                    size = int.from_bytes(sub[0:2], "big")
+                    if len(sub) == size + 4:
+                        roles.append((_text(sub[2 : 2 + size]), bool(sub[2 + size]), bool(sub[3 + size])))
+    return AssociateRequest(version, called, calling, application_context, tuple(contexts), maximum_length, implementation, tuple(roles))
 
 
 def _pdu(kind: PduType, body: bytes) -> bytes:
@@ -222,9 +229,15 @@ def _ae(value: str) -> bytes:
 
 
 def associate_accept(
-    request: AssociateRequest, answers: list[ContextAnswer], maximum_length: int, implementation_class_uid: str, implementation_version: str
+    request: AssociateRequest,
+    answers: list[ContextAnswer],
+    maximum_length: int,
+    implementation_class_uid: str,
+    implementation_version: str,
+    roles: tuple[tuple[str, bool, bool], ...] = (),
 ) -> bytes:
-    """A-ASSOCIATE-AC (PS3.8 9.3.3): the AE title fields repeat the request's, as the standard asks."""
+    """A-ASSOCIATE-AC (PS3.8 9.3.3): the AE title fields repeat the request's, as the standard asks; ``roles`` are
+    the SCP/SCU Role Selection answers (SOP class, the requestor's SCU role, its SCP role)."""
     contexts = b"".join(
         _item(ItemType.PRESENTATION_CONTEXT_AC, struct.pack(">BBBB", a.context_id, 0, a.result, 0) + _item(ItemType.TRANSFER_SYNTAX, _uid(a.transfer_syntax)))
         for a in answers
@@ -233,7 +246,8 @@ def associate_accept(
         ItemType.USER_INFORMATION,
         _item(ItemType.MAXIMUM_LENGTH, struct.pack(">L", maximum_length))
         + _item(ItemType.IMPLEMENTATION_CLASS_UID, _uid(implementation_class_uid))
-        + _item(ItemType.IMPLEMENTATION_VERSION_NAME, implementation_version.encode("ascii")),
+        + _item(ItemType.IMPLEMENTATION_VERSION_NAME, implementation_version.encode("ascii"))
+        + b"".join(_item(ItemType.ROLE_SELECTION, struct.pack(">H", len(uid)) + uid.encode("ascii") + bytes((scu, scp))) for uid, scu, scp in roles),
     )
     fixed = struct.pack(">HH", 1, 0) + _ae(request.called_ae) + _ae(request.calling_ae) + bytes(32)
     return _pdu(PduType.ASSOCIATE_AC, fixed + _item(ItemType.APPLICATION_CONTEXT, _uid(DICOM_APPLICATION_CONTEXT)) + contexts + user)

@@ -5,6 +5,7 @@ failure with a reason, and the report reaches the requester on the request's ass
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -15,7 +16,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel
 
 from dicomnode.config import Peer
-from tests.peers import Orthanc, receiver_in_process, storescu, tools_missing, wait_for
+from tests.peers import NodeFactory, Orthanc, free_port, receiver_in_process, storescu, tools_missing, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
@@ -110,3 +111,32 @@ def test_orthanc_asks_the_node_to_commit_a_study_it_pushed_and_reads_the_report(
 def _finished(orthanc: Orthanc, transaction: str) -> dict | None:
     report = orthanc.get(f"/storage-commitment/{transaction}")
     return report if report.get("Status") != "Pending" else None
+
+
+@pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}")
+@pytest.mark.parametrize("pacs_reaches_the_node", [True, False])
+def test_results_are_delivered_only_when_the_pacs_commits_them(
+    tmp_path: Path, node_process: NodeFactory, orthanc: Orthanc, slices: list[Path], pacs_reaches_the_node: bool
+) -> None:
+    """A destination with storage_commitment: after C-STORE the node asks Orthanc to commit the SEG and SR, and the
+    job is delivered only when Orthanc's report (on a new association to the node) says so. An Orthanc that has the
+    node's address wrong (an Orthanc that does not know the node at all refuses the request: sent again) leaves them
+    committing, and after delivery.commitment_timeout_s they are sent again."""
+    study = write_study(85, tmp_path / "study", phases=(Phase.ARTERIAL,), grid=Grid.centred(96, 3.5, 24, 5.0))
+    pacs = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "storage_commitment": True}]
+    node = node_process(
+        tmp_path / "node", pacs, model_name="renal-phantom-cpu", extra={"delivery": {"commitment_timeout_s": 4, "max_attempts": 50, "backoff_s": 1}}
+    )
+    orthanc.modalities = {"node": [node.ae_title, "127.0.0.1", node.port if pacs_reaches_the_node else free_port()]}
+    orthanc.start()
+    node.start()
+    assert storescu(node.port, node.ae_title, study.series[0].files).returncode == 0
+    wait_for(lambda: orthanc.instances_of_modality("SR"), 180, 0.5, "results in Orthanc")
+    if pacs_reaches_the_node:
+        wait_for(lambda: node.status()[0]["delivery"] == "delivered", 60, 0.5, "the job delivered once committed")
+        assert "committed" in node.log() and {d["state"] for d in node.status()[0]["deliveries"]} == {"sent"}
+    else:
+        time.sleep(2)
+        job = node.status()[0]
+        assert job["delivery"] == "sending" and {d["state"] for d in job["deliveries"]} == {"committing"}
+        wait_for(lambda: any("commitment" in (d["last_error"] or "") for d in node.status()[0]["deliveries"]), 30, 0.5, "a resend")
