@@ -120,7 +120,7 @@ def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QC
         if kidney is None:
             findings.append(Finding(Rule.KIDNEY_MISSING, side, f"no {side} kidney found"))
             continue
-        findings += _kidney_findings(kidney, phase, limits)
+        findings += _kidney_findings(kidney, phase, limits, _one_outline(measurements))
     findings += _study_findings(measurements, phase, limits)
     notes = [
         Note(k.side, f"the kidney touches the image's edge (its face there is {k.cut_share:.0%} of its largest cross-section): its volume is a lower bound")
@@ -130,7 +130,14 @@ def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QC
     return QCReport(findings, notes)
 
 
-def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCConfig) -> list[Finding]:
+def _one_outline(measurements: Measurements) -> bool:
+    """Whether one method drew the parenchyma and split it into cortex and medulla (where another model drew the
+    parenchyma, medulla on its outline says the two disagree, not that the outline runs into a neighbour)."""
+    made = {measurements.algorithms.get(s) for s in ("parenchyma", "cortex")}
+    return len(made) == 1
+
+
+def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCConfig, one_outline: bool = True) -> list[Finding]:
     side, found = kidney.side, []
     low, high = limits.kidney_ml
     if not low <= kidney.parenchyma_ml <= high:
@@ -163,7 +170,7 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
                     f"{limits.min_corticomedullary_hu:.0f} HU, so cortex and medulla cannot be told apart",
                 )
             )
-    if phase is ImagePhase.ARTERIAL and kidney.outline_medulla_share > limits.max_outline_medulla_share:
+    if one_outline and phase is ImagePhase.ARTERIAL and kidney.outline_medulla_share > limits.max_outline_medulla_share:
         why = (
             f"{kidney.outline_medulla_share:.0%} of the kidney's outer surface is medulla (at most "
             f"{limits.max_outline_medulla_share:.0%} expected: in the arterial phase cortex covers the medulla), so the "

@@ -14,7 +14,7 @@ from dicomnode.config import OnFail, QCConfig
 from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import Rule, check
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation, Segmenter, localizer_of
+from dicomnode.segment import CORTEX, MEDULLA, Algorithm, Model, Segmentation, Segmenter, localizer_of
 from training.phantoms import Grid, Label, make_phantom
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +92,9 @@ def test_an_outline_that_runs_into_the_spleen_is_withheld_in_the_arterial_phase(
     assert left.outline_medulla_share > LIMITS.max_outline_medulla_share
     assert _rules(leaked) == {(Rule.OUTLINE, "left")}
     assert _rules(leaked, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}  # no cortex to tell it by: not judged
+    external = Algorithm("TotalSegmentator", "2", "renal parenchyma by another model")
+    two_models = replace(leaked, algorithms={**leaked.algorithms, "parenchyma": external})
+    assert _rules(two_models) == set()  # another model's outline, the project's cortex inside: they may disagree
 
 
 @pytest.mark.slow
