@@ -142,6 +142,7 @@ _RESPONSES = {
     CommandField.C_STORE_RQ: CommandField.C_STORE_RSP,
     CommandField.C_ECHO_RQ: CommandField.C_ECHO_RSP,
     CommandField.N_ACTION_RQ: CommandField.N_ACTION_RSP,
+    CommandField.N_EVENT_REPORT_RQ: CommandField.N_EVENT_REPORT_RSP,
 }
 
 

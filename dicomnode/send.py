@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -24,9 +24,16 @@ from dicomnode.stow import stow_rs
 log = logging.getLogger(__name__)
 
 
-def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset]) -> tuple[list[SendOutcome], str | None]:
+#: Called with a Transaction UID and the indices of the datasets stored, before the commitment request is sent.
+Committing = Callable[[str, list[int]], None]
+
+
+def store_scu(
+    config: NodeConfig, destination: Destination, datasets: Sequence[pydicom.Dataset], committing: Committing | None = None
+) -> tuple[list[SendOutcome], str | None]:
     """Send datasets over one association; one outcome per dataset, and, for a destination with
-    ``storage_commitment``, the Transaction UID of the commitment it was asked for those it stored (None if none)."""
+    ``storage_commitment``, the Transaction UID of the commitment it was asked for those it stored (None if none),
+    after ``committing`` recorded it (the report may come before the request's answer)."""
     ae = AE(ae_title=config.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.delivery.timeout_s
     for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
@@ -58,32 +65,35 @@ def store_scu(config: NodeConfig, destination: Destination, datasets: Sequence[p
                 category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), "no meaning defined"))
                 ok = category in (STATUS_SUCCESS, STATUS_WARNING)  # a warning (e.g. coercion) still means stored
                 outcomes.append(SendOutcome(ok, f"status 0x{code:04X} ({': '.join(filter(None, (category, meaning)))})"))
-        stored = [ds for ds, outcome in zip(datasets, outcomes) if outcome.ok]
+        stored = [n for n, outcome in enumerate(outcomes) if outcome.ok]
         if destination.storage_commitment and stored:
-            transaction = _request_commitment(assoc, stored, outcomes, datasets)
+            transaction = _request_commitment(assoc, datasets, stored, outcomes, committing)
     finally:
         assoc.release()
     return outcomes, transaction
 
 
-def _request_commitment(assoc: Association, stored: list[pydicom.Dataset], outcomes: list[SendOutcome], datasets: Sequence[pydicom.Dataset]) -> str | None:
-    """Ask the destination to commit ``stored`` (N-ACTION, PS3.4 J.3.2); its Transaction UID, or None where it
-    refused, after marking those outcomes failed."""
+def _request_commitment(
+    assoc: Association, datasets: Sequence[pydicom.Dataset], stored: list[int], outcomes: list[SendOutcome], committing: Committing | None
+) -> str | None:
+    """Ask the destination to commit the ``stored`` datasets (N-ACTION, PS3.4 J.3.2); its Transaction UID, or None
+    where it refused, after marking those outcomes failed."""
     request = Dataset()
     request.TransactionUID = generate_uid()
     request.ReferencedSOPSequence = []
-    for ds in stored:
+    for n in stored:
         item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = datasets[n].SOPClassUID, datasets[n].SOPInstanceUID
         request.ReferencedSOPSequence.append(item)
+    if committing is not None:
+        committing(str(request.TransactionUID), stored)
     status, _ = assoc.send_n_action(request, REQUEST_STORAGE_COMMITMENT, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
     code = getattr(status, "Status", None)
     if code == 0:
         return str(request.TransactionUID)
     why = f"stored, but the storage commitment request was refused ({'no answer' if code is None else f'status 0x{code:04X}'})"
-    for n, ds in enumerate(datasets):
-        if any(ds is s for s in stored):
-            outcomes[n] = SendOutcome(False, why)
+    for n in stored:
+        outcomes[n] = SendOutcome(False, why)
     return None
 
 
@@ -95,7 +105,10 @@ def record_commitment(config: NodeConfig, store: Store, calling_ae: str, report:
     failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0)) for i in report.get("FailedSOPSequence", [])}
     titles = {d.name: d.ae_title for d in config.destinations}
     now, count = time.time(), 0
-    for record in store.committing(transaction):
+    waiting = store.committing(transaction)
+    if not waiting:
+        log.warning("storage commitment report %s from %s names no delivery awaiting it: ignored", transaction, calling_ae)
+    for record in waiting:
         if titles.get(record.destination) != calling_ae:
             log.warning("storage commitment %s reported by %s, not by %s's AE title: ignored", transaction, calling_ae, record.destination)
             continue
@@ -138,13 +151,16 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None, sender:
                 readable.append(record)
             except (OSError, InvalidDicomError) as exc:
                 _failed(config, store, record, now, f"result file unreadable: {exc}", final=True)
-        outcomes, transaction = _send(config, destination, readable, datasets) if datasets else ([], None)
-        if transaction is not None:
-            stored = [r for r, o in zip(readable, outcomes) if o.ok]
+
+        def committing(transaction: str, stored: list[int], batch: list[DeliveryRecord] = readable, name: str = name) -> None:
+            records = [batch[n] for n in stored]
             deadline = now + config.delivery.commitment_timeout_s
-            store.await_commitment([r.id for r in stored], transaction, {r.id: r.attempts + 1 for r in stored}, deadline)
-            log.info("%d results of %s stored by %s, commitment %s asked for", len(stored), name, name, transaction)
-            sent += len(stored)
+            store.await_commitment([r.id for r in records], transaction, {r.id: r.attempts + 1 for r in records}, deadline)
+            log.info("%d results stored by %s, commitment %s asked for", len(records), name, transaction)
+
+        outcomes, transaction = _send(config, destination, readable, datasets, committing) if datasets else ([], None)
+        if transaction is not None:
+            sent += sum(o.ok for o in outcomes)
         for record, outcome in zip(readable, outcomes):
             if outcome.ok and transaction is not None:
                 continue
@@ -158,11 +174,11 @@ def send_due(config: NodeConfig, store: Store, now: float | None = None, sender:
 
 
 def _send(
-    config: NodeConfig, destination: Destination, records: list[DeliveryRecord], datasets: Sequence[pydicom.Dataset]
+    config: NodeConfig, destination: Destination, records: list[DeliveryRecord], datasets: Sequence[pydicom.Dataset], committing: Committing
 ) -> tuple[list[SendOutcome], str | None]:
     if destination.protocol is Protocol.STOW_RS:
         return stow_rs(config, destination, [r.path for r in records], [r.sop_uid for r in records]), None
-    return store_scu(config, destination, datasets)
+    return store_scu(config, destination, datasets, committing)
 
 
 def _failed(config: NodeConfig, store: Store, record: DeliveryRecord, now: float, detail: str, final: bool = False) -> None:

@@ -4,6 +4,7 @@ failure with a reason, and the report reaches the requester on the request's ass
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ def _request(uids: list[tuple[str, str]]) -> Dataset:
     return ds
 
 
-def test_pynetdicom_gets_the_report_on_its_own_association(tmp_path: Path, slices: list[Path]) -> None:
+def test_pynetdicom_gets_the_report_on_its_own_association(tmp_path: Path, slices: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dicomnode")
     with receiver_in_process(tmp_path) as (config, store):
         assert storescu(config.port, config.ae_title, slices).returncode == 0
         held = [(CTImageStorage, str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)) for p in slices]
@@ -47,10 +49,10 @@ def test_pynetdicom_gets_the_report_on_its_own_association(tmp_path: Path, slice
         reports: list[tuple[int, Dataset]] = []
         got = threading.Event()
 
-        def on_report(event) -> int:
+        def on_report(event) -> tuple[int, None]:
             reports.append((event.request.EventTypeID, event.event_information))
             got.set()
-            return 0x0000
+            return 0x0000, None
 
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context(StorageCommitmentPushModel)
@@ -61,8 +63,10 @@ def test_pynetdicom_gets_the_report_on_its_own_association(tmp_path: Path, slice
             status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
             assert status.Status == 0x0000
             assert got.wait(10)
+            time.sleep(0.5)  # the handler has returned and pynetdicom has answered the report before the release
         finally:
             assoc.release()
+        assert "acknowledged" in caplog.text  # the report went on this association, no second one was tried
         [(event_type, report)] = reports
         assert event_type == 2 and report.TransactionUID == request.TransactionUID  # failures exist
         assert [i.ReferencedSOPInstanceUID for i in report.ReferencedSOPSequence] == [uid for _, uid in held]
