@@ -1,7 +1,8 @@
 """Soak: phantom studies from three storescu senders at once into one node on PostgreSQL, results to Orthanc, with
-faults in the middle: the PACS stopped for a minute, the node killed (SIGKILL) during a job and started again, and
-the database restarted. Every 30 s it prints the node's resident memory, threads and open files; at the end, what
-came out per study: every study must have exactly one SEG and one SR in Orthanc that no rejection note withdraws.
+faults in the middle (one sender's studies ``--interval`` seconds apart, about ten minutes in all): the node killed
+(SIGKILL) during a job and started again, the PACS stopped for a minute, and the database restarted. Every 30 s it
+prints the node's resident memory, threads and open files; at the end, what came out per study: every study must
+have exactly one SEG and one SR in Orthanc that no rejection note withdraws.
 
     .venv/bin/python -m benchmarks.soak [--studies 30] [--senders 3]
 
@@ -51,9 +52,9 @@ class Sampler(threading.Thread):
                 continue
             try:
                 rss, threads, fds = vitals(process.pid)
-            except (OSError, KeyError):
+                jobs = self.node.jobs()
+            except (OSError, KeyError, psycopg.Error):  # the node restarting, the database down
                 continue
-            jobs = self.node.jobs()
             done = sum(j["state"] == "done" for j in jobs)
             self.samples.append((time.time() - self.started, rss, threads, fds))
             print(
@@ -62,8 +63,9 @@ class Sampler(threading.Thread):
             )
 
 
-def send_all(node: NodeProcess, studies: list[StudyFiles], sent: list[str], failures: list[str]) -> None:
-    for study in studies:
+def send_all(node: NodeProcess, studies: list[StudyFiles], sent: list[str], failures: list[str], interval_s: float) -> None:
+    for n, study in enumerate(studies):
+        time.sleep(interval_s if n else 0.0)
         for _attempt in range(20):  # the node may be down (killed, restarting): send again until it answers
             if storescu(node.port, node.ae_title, study.series[0].files).returncode == 0:
                 sent.append(study.study_uid)
@@ -93,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--studies", type=int, default=30)
     parser.add_argument("--senders", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=55.0, help="seconds between one sender's studies")
     args = parser.parse_args()
     print(machine())
     server = PostgresServer()
@@ -117,12 +120,13 @@ def main() -> None:
         sent: list[str] = []
         failures: list[str] = []
         chunks = [studies[k :: args.senders] for k in range(args.senders)]
-        senders = [threading.Thread(target=send_all, args=(node, chunk, sent, failures)) for chunk in chunks]
+        senders = [threading.Thread(target=send_all, args=(node, chunk, sent, failures, args.interval)) for chunk in chunks]
         faults = []
         try:
             for thread in senders:
                 thread.start()
-            wait_for(lambda: any(j["state"] == "running" for j in node.jobs()), 600, 0.2, "a job running")
+            time.sleep(args.interval)  # a few studies in, then the faults, spread over the run
+            wait_for(lambda: any(j["state"] == "running" for j in node.jobs()), 600, 0.1, "a job running")
             assert node.process is not None
             node.process.send_signal(signal.SIGKILL)
             node.process.wait()
@@ -130,12 +134,12 @@ def main() -> None:
             faults.append(f"{time.time() - started:.0f} s: node killed during a job (SIGKILL)")
             node.start()
             faults.append(f"{time.time() - started:.0f} s: node started again")
-            time.sleep(20)
+            time.sleep(2 * args.interval)
             orthanc.stop()
             faults.append(f"{time.time() - started:.0f} s: PACS stopped for 60 s")
             time.sleep(60)
             orthanc.start()
-            time.sleep(20)
+            time.sleep(2 * args.interval)
             server.stop()
             faults.append(f"{time.time() - started:.0f} s: PostgreSQL stopped for 10 s")
             time.sleep(10)
@@ -168,10 +172,11 @@ def main() -> None:
         if wrong:
             print(f"  not exactly one: {wrong}")
         if sampler.samples:
-            first, settle, last = sampler.samples[0], sampler.samples[min(len(sampler.samples) - 1, 4)], sampler.samples[-1]
+            first, settle, last = sampler.samples[0], sampler.samples[len(sampler.samples) // 2], sampler.samples[-1]
             print("| when | s | RSS MiB | threads | open files |\n| --- | --- | --- | --- | --- |")
-            for name, sample in (("start", first), ("settled", settle), ("end", last)):
+            for name, sample in (("first sample", first), ("half way", settle), ("end", last)):
                 print(f"| {name} | {sample[0]:.0f} | {sample[1]:.0f} | {sample[2]} | {sample[3]} |")
+            print(f"end vs half way: RSS {100 * (last[1] / settle[1] - 1):+.1f} %, threads {last[2] - settle[2]:+d}, open files {last[3] - settle[3]:+d}")
 
 
 if __name__ == "__main__":
