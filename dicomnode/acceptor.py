@@ -374,11 +374,18 @@ class _Association:
             raise ProtocolError(f"{request.command.name} without a data set")
         self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
 
+    def _on_commitment_context(self, request: Request, context: int) -> bool:
+        """Whether an N-ACTION or N-EVENT-REPORT is for Storage Commitment on its context; answered 0x0122 if not."""
+        if self.contexts[context] == STORAGE_COMMITMENT and request.sop_class_uid == STORAGE_COMMITMENT:
+            return True
+        comment = f"{request.command.name.split('_RQ')[0].replace('_', '-')} for another SOP class"
+        self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, comment)))
+        return False
+
     def reported(self, request: Request, context: int, calling_ae: str) -> None:
         """An N-EVENT-REPORT-RQ: a destination's storage commitment report on results the node sent it."""
         data, self.action = bytes(self.action), bytearray()
-        if self.contexts[context] != STORAGE_COMMITMENT or request.sop_class_uid != STORAGE_COMMITMENT:
-            self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, "N-EVENT-REPORT for another SOP class")))
+        if not self._on_commitment_context(request, context):
             return
         understood = self.acceptor.services.commitment_reported(calling_ae, request.action_type, data, self.transfer[context])
         status = StoreStatus.SUCCESS if understood else StoreStatus.PROCESSING_FAILURE
@@ -388,8 +395,7 @@ class _Association:
         """An N-ACTION-RQ of the Storage Commitment Push Model: answered, then its report sent on this association
         (a new one follows where this one ends before the peer acknowledges it, see :meth:`serve`)."""
         data, self.action = bytes(self.action), bytearray()
-        if self.contexts[context] != STORAGE_COMMITMENT or request.sop_class_uid != STORAGE_COMMITMENT:
-            self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, "N-ACTION for another SOP class")))
+        if not self._on_commitment_context(request, context):
             return
         if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
             self.send(p_data(context, response(request, StoreStatus.NO_SUCH_SOP_INSTANCE, "not the well-known Storage Commitment instance")))
@@ -527,8 +533,7 @@ class Acceptor:
     def negotiated(self, connection: socket.socket) -> None:
         """An association's negotiation ended: its connection may no longer be closed to make room."""
         with self._lock:
-            for sock in [s for s in self._pending if s is connection or s.fileno() == connection.fileno()]:
-                del self._pending[sock]
+            self._pending.pop(connection, None)
 
     def admit(self, number: int) -> bool:
         with self._lock:
@@ -574,15 +579,18 @@ class Acceptor:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.policy.ssl_context is not None:
                 connection = self.policy.ssl_context.wrap_socket(sock, server_side=True)
-                with self._lock:  # the plain socket is detached now: stop() cuts off the TLS one
+                with self._lock:  # the plain socket is detached now: stop() and eviction cut off the TLS one
                     self._sockets.discard(sock)
                     self._sockets.add(connection)
+                    if sock in self._pending:
+                        self._pending[connection] = self._pending.pop(sock)
             _Association(self, connection, address, next(self._numbers), opened).serve()
         except (OSError, ssl.SSLError) as exc:
             log.warning("TLS handshake with %s failed: %s", address, exc)
         finally:
             with self._lock:
                 self._pending.pop(sock, None)
+                self._pending.pop(connection, None)
                 self._sockets.discard(sock)
                 self._sockets.discard(connection)
                 self._idle.notify_all()

@@ -78,9 +78,8 @@ def commitment_report(store: Store, calling_ae: str, data: bytes, transfer_synta
 
 def read_data_set(data: bytes, transfer_syntax: str) -> Dataset | None:
     """A data set that came in a DIMSE message, decoded in its context's transfer syntax; None where it cannot be."""
-    syntax = UID(transfer_syntax)
     try:
-        ds = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        ds = _decode(data, transfer_syntax)
         ds.get("TransactionUID")  # elements are decoded lazily: fail here, not later
         return ds
     except Exception:  # noqa: BLE001  # a peer's bytes that pydicom cannot read
@@ -89,8 +88,12 @@ def read_data_set(data: bytes, transfer_syntax: str) -> Dataset | None:
 
 def read_report(report: CommitmentReport) -> Dataset:
     """The N-EVENT-REPORT data set of ``report`` (the reader of :func:`commitment_report`)."""
-    syntax = UID(report.transfer_syntax)
-    return read_dataset(BytesIO(report.encoded), syntax.is_implicit_VR, syntax.is_little_endian)
+    return _decode(report.encoded, report.transfer_syntax)
+
+
+def _decode(data: bytes, transfer_syntax: str) -> Dataset:
+    syntax = UID(transfer_syntax)
+    return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
 
 
 def _encode(ds: Dataset, syntax: UID) -> bytes:

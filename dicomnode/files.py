@@ -6,6 +6,8 @@ import os
 import threading
 from pathlib import Path
 
+import pydicom
+
 
 def remove_partial_writes(folder: Path) -> list[Path]:
     """Delete temporary files of writes a crash interrupted (never indexed, so nothing is lost)."""
@@ -46,3 +48,10 @@ def write_atomically(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def save_dataset(path: Path, ds: pydicom.Dataset) -> None:
+    """Write ``ds`` as a DICOM file (with File Meta Information) atomically to ``path``."""
+    buffer = pydicom.filebase.DicomBytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    write_atomically(path, buffer.getvalue())

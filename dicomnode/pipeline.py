@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 
 from dicomnode.config import NodeConfig, OnFail, OutputFormat
-from dicomnode.files import write_atomically
+from dicomnode.files import save_dataset
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
@@ -141,8 +141,6 @@ def save_results(results: Results, folder: Path) -> list[Saved]:
         if ds is None:
             continue
         path = folder / f"{output.value.upper()}_{ds.SOPInstanceUID}.dcm"
-        buffer = pydicom.filebase.DicomBytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        write_atomically(path, buffer.getvalue())
+        save_dataset(path, ds)
         saved.append(Saved(output, str(ds.SOPInstanceUID), path))
     return saved

@@ -115,12 +115,13 @@ class QCReport:
 def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QCReport:
     """Apply every rule to the study's measurements; ``phase`` is what the image check said of the series."""
     findings: list[Finding] = []
+    one_outline = _one_outline(measurements)
     for side in SIDES:
         kidney = measurements.kidneys.get(side)
         if kidney is None:
             findings.append(Finding(Rule.KIDNEY_MISSING, side, f"no {side} kidney found"))
             continue
-        findings += _kidney_findings(kidney, phase, limits, _one_outline(measurements))
+        findings += _kidney_findings(kidney, phase, limits, one_outline)
     findings += _study_findings(measurements, phase, limits)
     notes = [
         Note(k.side, f"the kidney touches the image's edge (its face there is {k.cut_share:.0%} of its largest cross-section): its volume is a lower bound")

@@ -9,7 +9,6 @@ it. A withheld or failed later version rejects the earlier results all the same:
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.files import write_atomically
+from dicomnode.files import save_dataset
 from dicomnode.rejection import write_rejection_note
 from dicomnode.store import Queued, Store, Superseded
 from dicomnode.uids import ResultUids, job_seed
@@ -53,9 +52,7 @@ def reject_superseded(store: Store, results: Path) -> int:
         uids = ResultUids(job_seed(study_uid, by_version))
         note = write_rejection_note(datasets, description, uids, f"rejection/{destination}/{ids[0]}")
         path = results / study_uid / f"v{by_version}" / f"rejection-{destination}-{ids[0]}.dcm"
-        buffer = io.BytesIO()
-        note.save_as(buffer, enforce_file_format=True)
-        write_atomically(path, buffer.getvalue())
+        save_dataset(path, note)
         if store.queue_rejection(by_job, destination, Queued(destination, str(note.SOPInstanceUID), path), ids):
             log.warning("study %s: version %s sent to %s superseded by version %d: rejection note queued", study_uid, versions, destination, by_version)
             queued += 1

@@ -273,14 +273,14 @@ def p_data(context_id: int, command: bytes) -> bytes:
     return _pdu(PduType.P_DATA_TF, struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command)
 
 
-def p_data_fragments(context_id: int, data: bytes, maximum_length: int, command: bool = False) -> list[bytes]:
-    """P-DATA-TF PDUs carrying ``data`` (a command or a data set) in PDVs that fit the peer's ``maximum_length``
-    (0: no limit), the last marked last."""
+def p_data_fragments(context_id: int, data: bytes, maximum_length: int) -> list[bytes]:
+    """P-DATA-TF PDUs carrying the data set ``data`` in PDVs that fit the peer's ``maximum_length`` (0: no limit),
+    the last marked last."""
     room = max(maximum_length - 6, 1024) if maximum_length else max(len(data), 1)
     pdus = []
     for start in range(0, max(len(data), 1), room):
         last = start + room >= len(data)
-        control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+        control = 0x02 if last else 0x00
         chunk = data[start : start + room]
         pdus.append(_pdu(PduType.P_DATA_TF, struct.pack(">LBB", len(chunk) + 2, context_id, control) + chunk))
     return pdus
