@@ -9,9 +9,10 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode.anatomy import canonical_flips
-from dicomnode.rescale import to_hu
+from dicomnode.rescale import rescale
 
 
 class SeriesError(ValueError):
@@ -35,7 +36,7 @@ class LoadedSeries:
     """
 
     datasets: list[pydicom.Dataset]  # sorted along the normal; pixel data dropped after decoding
-    hu: np.ndarray
+    hu: np.ndarray  # int16 where the CT numbers are whole (the usual CT), else float32
     origin: np.ndarray
     spacing: np.ndarray  # (column, row, slice) in mm
     direction: np.ndarray  # 3x3
@@ -123,10 +124,11 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
         raise GeometryError(f"gantry tilt or sheared stack: slices advance {np.degrees(np.arccos(cosine)):.1f} deg off the normal")
     for ds in datasets:
         check_pixel_header(ds)
-    hu = np.stack([_hu(ds, shape) for ds in datasets])
-    check_hu(hu)
-    for ds in datasets:
+    hu = np.empty((len(datasets), *shape), _volume_dtype(datasets))
+    for k, ds in enumerate(datasets):
+        _read_hu(ds, shape, hu[k])
         del ds.PixelData
+    check_hu(hu)
     row_spacing, col_spacing = (float(v) for v in next(iter(pixel_spacings)))
     return LoadedSeries(
         datasets=datasets,
@@ -196,14 +198,65 @@ def check_hu(hu: np.ndarray) -> None:
         )
 
 
-def _hu(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:
+def _volume_dtype(datasets: list[pydicom.Dataset]) -> np.dtype:
+    """int16 where every slice's CT numbers are whole numbers within int16 for any stored value its header allows
+    (the usual CT: slope 1, a whole intercept, 12-16 stored bits), else float32."""
+    for ds in datasets:
+        slope, intercept = _rescale(ds)
+        bits, signed = int(ds.BitsStored), ds.PixelRepresentation == 1
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        ends = sorted((low * slope + intercept, high * slope + intercept))
+        if not (slope.is_integer() and intercept.is_integer() and ends[0] >= -32768 and ends[1] <= 32767):
+            return np.dtype(np.float32)
+    return np.dtype(np.int16)
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
     try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # decoders raise many types for truncated or unsupported data
-        raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data cannot be decoded: {exc}") from exc
-    if pixels.shape != shape:
-        raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: pixel data is {pixels.shape}, expected {shape}")
-    try:
-        return to_hu(ds, pixels)
+        return rescale(ds)
     except ValueError as exc:
         raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: {exc}") from exc
+
+
+def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], out: np.ndarray) -> None:
+    """One slice's HU into ``out`` (a slice of the volume): native 16-bit little-endian pixel data straight from its
+    bytes, any other syntax through pydicom's decoders."""
+    where = f"instance {ds.get('InstanceNumber', '?')}"
+    pixels = _native_pixels(ds, shape)
+    if pixels is None:
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoders raise many types for truncated or unsupported data
+            raise PixelDataError(f"{where}: pixel data cannot be decoded: {exc}") from exc
+    if pixels.shape != shape:
+        raise PixelDataError(f"{where}: pixel data is {pixels.shape}, expected {shape}")
+    slope, intercept = _rescale(ds)
+    if out.dtype == np.int16:  # whole numbers that fit (_volume_dtype): exact in int32
+        stored = pixels if slope == 1 else pixels.astype(np.int32) * np.int32(slope)
+        np.add(stored, np.int32(intercept), out=out, casting="unsafe")
+    else:  # as rescale.to_hu: float32 throughout
+        np.multiply(pixels, np.float32(slope), out=out, casting="unsafe")
+        out += np.float32(intercept)
+
+
+#: Syntaxes whose pixel data is the pixels' bytes, little endian.
+_NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+
+
+def _native_pixels(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray | None:
+    """16-bit native pixel data as stored values, as pydicom decodes it (bits above BitsStored cleared, or the sign
+    extended from the highest stored bit), read from the bytes without a copy per step; None for any other
+    encoding."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in _NATIVE_LITTLE_ENDIAN or int(ds.BitsAllocated) != 16 or "PixelData" not in ds:
+        return None
+    count = shape[0] * shape[1]
+    if len(ds.PixelData) < 2 * count:
+        return None  # pydicom's decoder names what is wrong
+    signed, unused = ds.PixelRepresentation == 1, 16 - int(ds.BitsStored)
+    pixels = np.frombuffer(ds.PixelData, "<i2" if signed else "<u2", count).reshape(shape)
+    if unused and signed:
+        return (pixels << unused) >> unused
+    if unused:
+        return pixels & np.uint16((1 << int(ds.BitsStored)) - 1)
+    return pixels

@@ -125,3 +125,34 @@ def test_padding_outside_the_reconstruction_circle_is_accepted(arterial: SeriesF
         ds.PixelData = pixels.astype("<i2").tobytes()
         ds.save_as(path)
     assert load_series(arterial.files).hu.min() == -3024
+
+
+@pytest.mark.parametrize(("signed", "bits"), [(0, 12), (1, 12), (1, 16), (0, 16)])
+def test_native_pixels_are_read_as_pydicom_decodes_them(arterial: SeriesFiles, signed: int, bits: int) -> None:
+    """Pixel data read straight from its bytes equals pydicom's decoding and the phantom's HU, with the bits above
+    BitsStored set on purpose (a decoder must ignore them)."""
+    rng = np.random.default_rng(bits + signed)
+    intercept = 0 if signed else -1024
+    for path in arterial.files:
+        ds = pydicom.dcmread(path)
+        stored = (ds.pixel_array.astype(np.int32) - intercept).astype(np.uint16)
+        if bits < 16:
+            garbage = rng.integers(0, 2 ** (16 - bits), stored.shape, dtype=np.uint16) << bits
+            stored = (stored & np.uint16(2**bits - 1)) | garbage
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = bits, bits - 1, signed, intercept
+        ds.PixelData = stored.tobytes()
+        ds.save_as(path)
+        assert np.array_equal(ds.pixel_array.astype(np.int32) + intercept, pydicom.dcmread(path).pixel_array.astype(np.int32) + intercept)
+    series = load_series(list(arterial.files))
+    assert series.hu.dtype == (np.float32 if (signed, bits) == (0, 16) else np.int16)  # 65535 - 1024 does not fit int16
+    assert np.array_equal(series.hu, arterial.phantom.image)
+    decoded = [pydicom.dcmread(path).pixel_array.astype(np.float32) + intercept for path in arterial.files]
+    assert np.array_equal(series.hu, np.stack(decoded))
+
+
+def test_a_fractional_rescale_gives_float_hu(arterial: SeriesFiles) -> None:
+    for path in arterial.files:
+        _edit(path, RescaleSlope=0.5, RescaleIntercept=0.25)
+    series = load_series(list(arterial.files))
+    assert series.hu.dtype == np.float32
+    assert np.array_equal(series.hu, arterial.phantom.image.astype(np.float32) * np.float32(0.5) + np.float32(0.25))
