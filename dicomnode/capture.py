@@ -11,8 +11,9 @@ import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dicomnode.anatomy import canonical_flips
 from dicomnode.load import LoadedSeries
-from dicomnode.measure import SIDES, Measurements
+from dicomnode.measure import SIDES, KidneyMeasurement, Measurements
 from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
 from dicomnode.segment import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
@@ -35,8 +36,16 @@ def for_diagnosis(model: Model) -> bool:
 
 def key_slice(series: LoadedSeries, measurements: Measurements, side: str) -> int:
     """Index (in the canonical, feet-to-head order) of the axial slice where ``side``'s parenchyma is largest."""
-    mask = series.in_patient_axes(measurements.kidneys[side].parenchyma)
-    return int(np.argmax(mask.sum(axis=(1, 2))))
+    areas = measurements.kidneys[side].slice_areas()
+    return int(np.argmax(areas[::-1] if 0 in canonical_flips(series.direction) else areas))
+
+
+def _canonical_plane(series: LoadedSeries, kidney: KidneyMeasurement, structure: str, k: int) -> np.ndarray:
+    """A structure's mask on slice ``k`` of the canonical (patient-axes) view, from that slice alone."""
+    flips = canonical_flips(series.direction)
+    plane = kidney.slice_mask(structure, series.hu.shape[0] - 1 - k if 0 in flips else k)
+    in_plane = tuple(axis - 1 for axis in flips if axis > 0)
+    return np.flip(plane, in_plane) if in_plane else plane
 
 
 def _page(draw: Callable[[Figure], None]) -> np.ndarray:
@@ -64,7 +73,7 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: str, capt
         for kidney in measurements.kidneys.values():
             for structure in outlined:
                 colour = OUTLINES[structure]
-                mask = canonical(kidney.mask(structure))[k]
+                mask = _canonical_plane(series, kidney, structure, k)
                 if mask.any():
                     axes.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
         axes.set_axis_off()

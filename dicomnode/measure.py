@@ -32,14 +32,16 @@ OUTLINE_SLICES = 40
 
 @dataclass(frozen=True)
 class KidneyMeasurement:
-    """Volumes (ml) of one kidney, its masks on the series grid, and where and how it lies."""
+    """Volumes (ml) of one kidney, its masks (kept inside its box of the series grid), and where and how it lies."""
 
     side: str
     parenchyma_ml: float
     cortex_ml: float
     medulla_ml: float
-    cortex: np.ndarray
-    medulla: np.ndarray
+    box: tuple[slice, ...]  # of the series grid (slice, row, column), holding the kidney
+    shape: tuple[int, ...]  # the series grid's
+    cortex_in_box: np.ndarray
+    medulla_in_box: np.ndarray
     cortex_hu: float
     medulla_hu: float
     centre_mm: tuple[float, float, float]  # patient (x, y, z), LPS
@@ -53,14 +55,45 @@ class KidneyMeasurement:
     outline_medulla_share: float = float("nan")  # share of its outer surface the model labelled medulla
 
     @property
+    def cortex(self) -> np.ndarray:
+        return self.mask("cortex")
+
+    @property
+    def medulla(self) -> np.ndarray:
+        return self.mask("medulla")
+
+    @property
     def parenchyma(self) -> np.ndarray:
-        return self.cortex | self.medulla
+        return self.mask("parenchyma")
 
     def volume(self, structure: str) -> float:
         return {"parenchyma": self.parenchyma_ml, "cortex": self.cortex_ml, "medulla": self.medulla_ml}[structure]
 
+    def mask_in_box(self, structure: str) -> np.ndarray:
+        """The structure's mask inside :attr:`box`."""
+        if structure == "parenchyma":
+            return self.cortex_in_box | self.medulla_in_box
+        return {"cortex": self.cortex_in_box, "medulla": self.medulla_in_box}[structure]
+
     def mask(self, structure: str) -> np.ndarray:
-        return {"parenchyma": self.parenchyma, "cortex": self.cortex, "medulla": self.medulla}[structure]
+        """The structure's mask on the whole series grid (a new array, as large as the volume)."""
+        full = np.zeros(self.shape, bool)
+        full[self.box] = self.mask_in_box(structure)
+        return full
+
+    def slice_mask(self, structure: str, k: int) -> np.ndarray:
+        """The structure's mask on the series' slice ``k`` (array order)."""
+        plane = np.zeros(self.shape[1:], bool)
+        z, rows, columns = self.box
+        if z.start <= k < z.stop:
+            plane[rows, columns] = self.mask_in_box(structure)[k - z.start]
+        return plane
+
+    def slice_areas(self) -> np.ndarray:
+        """Parenchyma voxels on each of the series' slices (array order)."""
+        areas = np.zeros(self.shape[0], np.int64)
+        areas[self.box[0]] = self.mask_in_box("parenchyma").sum(axis=(1, 2))
+        return areas
 
 
 @dataclass(frozen=True)
@@ -121,18 +154,26 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     labels = segmentation.labels
     algorithms = {structure: segmentation.algorithm(structure) for structure in STRUCTURES}
     parenchyma = labels > 0
-    components, count = ndimage.label(parenchyma, structure=np.ones((3, 3, 3), bool))
-    predicted_ml = float(parenchyma.sum() * series.voxel_ml)
-    if count == 0:
+    predicted_ml = float(np.count_nonzero(parenchyma) * series.voxel_ml)
+    crop = _occupied(parenchyma, SHELL_VOXELS)
+    if crop is None:
         return Measurements({}, midline_source="nothing", predicted_ml=0.0, algorithms=algorithms)
+    # components are labelled inside the prediction's box only (a few % of a thin-slice volume); boxes are global
+    start = np.array([s.start for s in crop])
+    components, count = ndimage.label(parenchyma[crop], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
-    boxes = ndimage.find_objects(components)
+    boxes = [_shifted(box, start) for box in ndimage.find_objects(components)]
     largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_CUT_KIDNEY_ML]
-    sized = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], components.shape)]
-    candidates = [c for c in sized if KIDNEY_HU[0] <= float(series.hu[boxes[c - 1]][components[boxes[c - 1]] == c].mean()) <= KIDNEY_HU[1]]
+    sized = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], labels.shape)]
+
+    def inside(c: int) -> np.ndarray:
+        """Component ``c`` within its (global) box."""
+        return components[_shifted(boxes[c - 1], -start)] == c
+
+    candidates = [c for c in sized if KIDNEY_HU[0] <= float(series.hu[boxes[c - 1]][inside(c)].mean()) <= KIDNEY_HU[1]]
     if not candidates:
         return Measurements({}, midline_source="nothing", predicted_ml=predicted_ml, algorithms=algorithms)
-    centres = {c: series.to_patient(_centre(components, boxes[c - 1], c)) for c in candidates}
+    centres = {c: series.to_patient(np.argwhere(inside(c)).mean(axis=0) + [b.start for b in boxes[c - 1]]) for c in candidates}
     slices = np.unique(np.concatenate([np.arange(boxes[c - 1][0].start, boxes[c - 1][0].stop) for c in candidates]))
     midline = _midline(series, slices)
     midline_x, source = midline.x_at(_canonical_slices(series, slices))
@@ -146,7 +187,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
     sides = {c: "left" if centres[c][0] > midline_x else "right" for c in candidates}
     in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
-    fat = {c: _fat_share(series.hu, components, boxes[c - 1], c) for c in candidates}
+    fat = {c: _fat_share(series.hu, components, start, boxes[c - 1], c) for c in candidates}
     wrapped = {c: fat[c] >= RETROPERITONEAL_FAT_SHARE for c in candidates}
 
     kidney_sized = {c: KIDNEY_ML[0] <= sizes[c - 1] * series.voxel_ml <= KIDNEY_ML[1] for c in candidates}
@@ -172,8 +213,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     for side, component in zip(SIDES, best):
         if component is not None:
             box = boxes[component - 1]
-            mask = np.zeros(components.shape, bool)
-            mask[box] = components[box] == component
+            mask = inside(component)
             model_side = _model_side(segmentation.sides, mask, box)
             kidneys[side] = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side, fat[component])
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
@@ -181,16 +221,11 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
 
 
-def _centre(components: np.ndarray, box: tuple[slice, ...], label: int) -> np.ndarray:
-    """Centre of mass (voxel indices) of one component, computed inside its bounding box only."""
-    return np.argwhere(components[box] == label).mean(axis=0) + np.array([s.start for s in box])
-
-
 def _model_side(sides: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ...]) -> str | None:
-    """The side the model gave most of ``mask``'s voxels (all inside ``box``), where the model names sides."""
+    """The side the model gave most of ``mask``'s voxels (``mask`` within ``box``), where the model names sides."""
     if sides is None:
         return None
-    named = sides[box][mask[box]]
+    named = sides[box][mask]
     right, left = np.count_nonzero(named == MODEL_RIGHT), np.count_nonzero(named == MODEL_LEFT)
     return None if right == left == 0 else ("left" if left > right else "right")
 
@@ -237,30 +272,31 @@ def _kidney(
     model_side: str | None,
     fat_share: float,
 ) -> KidneyMeasurement:
-    """One kidney's volumes and intensities; ``mask`` lies inside ``box``, where all the work is done."""
-    inside, hu = mask[box], series.hu[box]
-    cortex, medulla = np.zeros_like(mask), np.zeros_like(mask)
-    cortex[box], medulla[box] = inside & (labels[box] == CORTEX), inside & (labels[box] == MEDULLA)
-    cortex_hu, medulla_hu = hu[cortex[box]], hu[medulla[box]]
+    """One kidney's volumes and intensities; ``mask`` is the kidney within ``box``, where all the work is done."""
+    inside, hu = mask, series.hu[box]
+    cortex, medulla = inside & (labels[box] == CORTEX), inside & (labels[box] == MEDULLA)
+    cortex_hu, medulla_hu = hu[cortex], hu[medulla]
     extent = max((s.stop - s.start) * d for s, d in zip(box, series.spacing_zyx))
     return KidneyMeasurement(
         side,
         float(inside.sum() * series.voxel_ml),
         float(cortex_hu.size * series.voxel_ml),
         float(medulla_hu.size * series.voxel_ml),
+        box,
+        labels.shape,
         cortex,
         medulla,
         float(cortex_hu.mean()) if cortex_hu.size else float("nan"),
         float(medulla_hu.mean()) if medulla_hu.size else float("nan"),
         (float(centre[0]), float(centre[1]), float(centre[2])),
         float(extent),
-        _touches_edge(mask),
-        _cut_share(inside, box, mask.shape),
+        _box_touches_edge(box, labels.shape),
+        _cut_share(inside, box, labels.shape),
         offset[0],
         offset[1],
         model_side,
         fat_share,
-        _outline_medulla_share(cortex[box], medulla[box]),
+        _outline_medulla_share(cortex, medulla),
     )
 
 
@@ -268,11 +304,32 @@ def _box_touches_edge(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
     return any(s.start == 0 or s.stop == n for s, n in zip(box, shape))
 
 
-def _fat_share(hu: np.ndarray, components: np.ndarray, box: tuple[slice, ...], label: int) -> float:
-    """The share of a component's shell (1 to 3 voxels outside it, in-plane and across slices) that is fat."""
-    padded = tuple(slice(max(s.start - 3, 0), min(s.stop + 3, n)) for s, n in zip(box, components.shape))
-    mask = components[padded] == label
-    shell = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
+def _occupied(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The box of ``mask``'s voxels grown by ``margin`` voxels (within the array), or None where it is empty."""
+    spans = []
+    for axis in range(mask.ndim):
+        on = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not on.size:
+            return None
+        spans.append(slice(max(int(on[0]) - margin, 0), min(int(on[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(spans)
+
+
+def _shifted(box: tuple[slice, ...], by: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(s.start + int(d), s.stop + int(d)) for s, d in zip(box, by))
+
+
+#: The shell _fat_share looks at reaches this many voxels outside a component.
+SHELL_VOXELS = 3
+
+
+def _fat_share(hu: np.ndarray, components: np.ndarray, start: np.ndarray, box: tuple[slice, ...], label: int) -> float:
+    """The share of a component's shell (1 to SHELL_VOXELS voxels outside it, in-plane and across slices) that is
+    fat; ``components`` are labelled in a crop of ``hu`` starting at ``start`` that holds the shell, ``box`` is
+    global."""
+    padded = tuple(slice(max(s.start - SHELL_VOXELS, 0), min(s.stop + SHELL_VOXELS, n)) for s, n in zip(box, hu.shape))
+    mask = components[_shifted(padded, -start)] == label
+    shell = ndimage.binary_dilation(mask, iterations=SHELL_VOXELS) & ~ndimage.binary_dilation(mask, iterations=1)
     values = hu[padded][shell]
     return float(np.mean(values < FAT_HU)) if values.size else 0.0
 
@@ -303,7 +360,3 @@ def _cut_share(inside: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...
             if on_edge and areas.max():
                 share = max(share, float(areas[face] / areas.max()))
     return share
-
-
-def _touches_edge(mask: np.ndarray) -> bool:
-    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())

@@ -105,7 +105,9 @@ def write_seg(
     """A BINARY SEG with one segment per structure and side in ``tracking`` (those sent and found), derived from the
     series' ``slices`` (those the kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
-    masks: list[np.ndarray] = []
+    on = np.flatnonzero(slices)
+    frames = np.zeros((on.size, *series.hu.shape[1:], len(tracking)), np.uint8)  # the SEG's slices only
+    position = np.cumsum(slices) - 1  # of each series slice among the SEG's
     numbers: dict[tuple[str, str], int] = {}
     for structure, side in SEGMENT_ORDER:
         kidney = measurements.kidneys.get(side)
@@ -128,11 +130,13 @@ def write_seg(
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = modifier
         description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = modifier
         descriptions.append(description)
-        masks.append(kidney.mask(structure))
+        z, rows, columns = kidney.box
+        picked = slices[z]
+        frames[position[z][picked], rows, columns, number - 1] = kidney.mask_in_box(structure)[picked]
         numbers[(structure, side)] = number
     seg = hd.seg.Segmentation(
         source_images=[ds for ds, on in zip(series.datasets, slices) if on],
-        pixel_array=np.stack([mask[slices] for mask in masks], axis=-1).astype(np.uint8),
+        pixel_array=frames[..., : len(descriptions)],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg/series"),
@@ -225,7 +229,7 @@ def measured_slices(series: LoadedSeries, measurements: Measurements) -> np.ndar
     kidneys about a quarter of them, and carrying all of them made SEG and SR several times slower to write."""
     occupied = np.zeros(len(series.datasets), bool)
     for kidney in measurements.kidneys.values():
-        occupied |= kidney.parenchyma.any(axis=(1, 2))
+        occupied |= kidney.slice_areas() > 0
     return occupied if occupied.any() else np.ones(len(series.datasets), bool)
 
 
