@@ -170,10 +170,11 @@ class Segmenter:
     def segment(self, series: LoadedSeries, cascade: bool | None = None) -> Segmentation:
         """Predict on the series, flipped into the axis directions the model was trained in and back.
 
-        A series finer than the model's spacing is first reduced to it here (smoothed, then linearly resampled), and
-        the labels are brought back to the series grid by nearest neighbour: nnU-Net would otherwise resample its
-        class probabilities to the full grid, several GB for a thin-slice abdomen. ``cascade`` overrides the
-        segmenter's setting for this call.
+        A series finer than the model's spacing is first reduced to it here (smoothed, then linearly resampled):
+        nnU-Net would otherwise resample its class probabilities over the full grid, several GB for a thin-slice
+        abdomen. Behind a localizer, the probabilities of each kidney's box are brought back to the series grid
+        linearly, box by box, so that the outline is as smooth as the series is fine; elsewhere the labels are
+        brought back by nearest neighbour. ``cascade`` overrides the segmenter's setting for this call.
         """
         flips = canonical_flips(series.direction)
         volume = np.flip(series.hu, flips) if flips else series.hu
@@ -186,13 +187,14 @@ class Segmenter:
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         grid = coarse if reduce else spacing
         if self.locator is not None:
-            labels = self._localized(volume, grid)
-        elif self.cascade if cascade is None else cascade:
-            labels = self._cascade(volume, grid)
+            labels = self._localized(volume, grid, series.hu.shape)
         else:
-            labels = self._predict(volume, grid, self.tile_step_size)
-        if reduce:
-            labels = nearest_resize(labels, series.hu.shape)
+            if self.cascade if cascade is None else cascade:
+                labels = self._cascade(volume, grid)
+            else:
+                labels = self._predict(volume, grid, self.tile_step_size)
+            if reduce:
+                labels = nearest_resize(labels, series.hu.shape)
         algorithms = {} if self.localizer is None else {structure: self.algorithm for structure in ("parenchyma", "cortex", "medulla")}
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms)
 
@@ -215,20 +217,27 @@ class Segmenter:
         found = np.asarray(labels) > 0
         return nearest_resize(found, volume.shape) if found.shape != volume.shape else found
 
-    def _localized(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-        """The localizer finds the kidneys; the model runs only in a box around each, and keeps only what lies within
-        LOCALIZER_GATE_MM of the localizer's kidney. Where the localizer finds no kidney-sized component, nothing is
-        predicted: the image shows no kidney."""
+    def _localized(self, volume: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Labels on a grid of ``shape`` (the series', of which ``volume`` may be a reduction): the localizer finds
+        the kidneys; the model runs only in a box around each, and keeps only what lies within LOCALIZER_GATE_MM of
+        the localizer's kidney. Where the localizer finds no kidney-sized component, nothing is predicted: the image
+        shows no kidney."""
         components, sizes = kidney_sized(self.locate(volume, spacing), spacing)
-        labels = np.zeros(volume.shape, np.uint8)
+        labels = np.zeros(shape, np.uint8)
         if not sizes:
             log.info("localizer: no kidney-sized component")
             return labels
         found = np.isin(components, list(sizes))
         steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
         for box in boxes_around(components, list(sizes), spacing):
-            gate = _dilated(found[box], steps)
-            labels[box] = np.where(gate, self._predict(np.ascontiguousarray(volume[box]), spacing, self.tile_step_size), 0)
+            self.predictor.tile_step_size = self.tile_step_size
+            _, probabilities = self.predictor.predict_single_npy_array(
+                np.ascontiguousarray(volume[box])[None], {"spacing": [float(v) for v in spacing]}, None, None, True
+            )
+            probabilities = np.asarray(probabilities, np.float32) * _dilated(found[box], steps)
+            target, probabilities = upsampled(probabilities, box, volume.shape, shape)
+            inside = np.asarray(self.predictor.label_manager.convert_probabilities_to_segmentation(probabilities), np.uint8)
+            labels[target] = np.maximum(labels[target], inside)  # boxes merge where they overlap
         return labels
 
     def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
@@ -324,6 +333,27 @@ def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
     below = np.minimum(position.astype(int), m - 2) if m > 1 else np.zeros(n, int)
     weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
     return np.take(volume, below, axis=axis) * (1 - weight) + np.take(volume, np.minimum(below + 1, m - 1), axis=axis) * weight
+
+
+def upsampled(values: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """``values`` (channels first) of ``box`` in a grid of ``shape``, brought linearly to the grid of ``target``
+    shape that covers the same field (voxel edges aligned, as ``reduced`` made it): the box on the ``target`` grid,
+    and the values there. Beyond the box's outer voxel centres, its edge values are repeated."""
+    spans = []
+    for axis, (s, m, n) in enumerate(zip(box, shape, target)):
+        start, stop = (s.start * n) // m, -((-s.stop * n) // m)
+        position = np.clip((np.arange(start, stop) + 0.5) * m / n - 0.5 - s.start, 0, s.stop - s.start - 1)
+        values = _interpolated(values, axis + 1, position)
+        spans.append(slice(start, stop))
+    return tuple(spans), values
+
+
+def _interpolated(values: np.ndarray, axis: int, position: np.ndarray) -> np.ndarray:
+    """``values`` linearly interpolated along ``axis`` at fractional indices ``position`` (within the axis)."""
+    m = values.shape[axis]
+    below = np.minimum(position.astype(int), max(m - 2, 0))
+    weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(values.ndim)])
+    return np.take(values, below, axis=axis) * (1 - weight) + np.take(values, np.minimum(below + 1, m - 1), axis=axis) * weight
 
 
 def nearest_resize(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
