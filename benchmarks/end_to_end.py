@@ -8,6 +8,7 @@ record, with the node's peak memory.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         job = node.status()[0]
         assert node.process is not None
         peak_gib = peak_rss_gib(node.process.pid)
+        stage_peaks = stage_peaks_gib(node.log())
     finally:
         node.stop()
         orthanc.stop()
@@ -48,7 +50,15 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
     figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
     figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes 0.5 s polling
     figures["peak GiB"] = peak_gib
+    figures.update({f"{stage} GiB": stage_peaks.get(stage, float("nan")) for stage in STAGES})
     return figures
+
+
+def stage_peaks_gib(log: str) -> dict[str, float]:
+    """Each stage's peak memory (GiB) from the node's last "stages (seconds, peak memory)" log line."""
+    line = [text for text in log.splitlines() if "stages (seconds, peak memory):" in text][-1]
+    found = re.findall(r"(\w+) [\d.]+ s ([\d.]+) GiB", line.split("peak memory):", 1)[1])
+    return {stage: float(gib) for stage, gib in found}
 
 
 def peak_rss_gib(pid: int) -> float:
@@ -66,13 +76,15 @@ def main() -> None:
     print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record;")
     print("'send' = processing finished -> both results found in Orthanc (polled every 0.5 s)")
     columns = ("total", "wait", *STAGES, "send", "peak GiB")
-    print("peak GiB = the node process's peak resident memory (VmHWM) after the study")
+    print("peak GiB = the node process's peak resident memory (VmHWM) after the study; the row below each study gives")
+    print("the process's peak within each stage, from the node's log")
     print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in columns))
     for spec in args.studies:
         slices, mm = spec.split("x")
         with tempfile.TemporaryDirectory() as tmp:
             figures = run_one(Path(tmp), int(slices), float(mm), args.mirroring)
         print(f"{spec + ' mm':>12} " + " ".join(f"{figures[name]:8.1f}" for name in columns))
+        print(f"{'peak GiB':>12} " + " ".join(f"{figures.get(name + ' GiB', float('nan')):8.2f}" if name in STAGES else " " * 8 for name in columns))
         slowest = max(("wait", *STAGES, "send"), key=lambda name: figures[name])
         print(f"{'':>12} slowest stage: {slowest}")
 

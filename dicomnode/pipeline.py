@@ -15,6 +15,7 @@ from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import save_dataset
 from dicomnode.load import SeriesError, load_series
 from dicomnode.measure import Measurements, measure
+from dicomnode.memory import peak_gib, reset_peak
 from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
 from dicomnode.segment import SeriesSegmenter
 from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
@@ -43,16 +44,23 @@ class Processed:
     qc: QCReport | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    peak_gib: dict[str, float] = field(default_factory=dict)  # the process's peak resident memory in each stage
     structures: tuple[str, ...] = ()  # what the results report: all three, or the parenchyma alone
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], peaks: dict[str, float], stage: str) -> Iterator[None]:
+    """Time a stage into ``timings``, and the process's peak memory in it into ``peaks`` where the system tells it
+    (other threads' memory included: a receiver's buffers count too)."""
+    measured = reset_peak()
     start = time.perf_counter()
     try:
         yield
     finally:
         timings[stage] = round(time.perf_counter() - start, 3)
+        peak = peak_gib() if measured else None
+        if peak is not None:
+            peaks[stage] = round(peak, 3)
 
 
 def process_study(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids = RANDOM_UIDS) -> Processed:
@@ -70,18 +78,19 @@ def process_study(instances: list[Instance], config: NodeConfig, segmenter: Seri
 
 def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids) -> Processed:
     timings: dict[str, float] = {}
-    with _timed(timings, "select"):
+    peaks: dict[str, float] = {}
+    with _timed(timings, peaks, "select"):
         summaries = summarise(instances)
         conflicts = patient_conflicts(summaries)
         if conflicts:
             log.warning("patient identity conflict: %s", "; ".join(conflicts) if config.log_patient_data else f"{len(conflicts)} field(s)")
-            return Processed(Outcome.NO_RESULT, IDENTITY_CONFLICT, conflicts, timings=timings)
+            return Processed(Outcome.NO_RESULT, IDENTITY_CONFLICT, conflicts, timings=timings, peak_gib=peaks)
         selection: Selection = select_series(summaries, config.selection)
     if selection.series is None:
-        return Processed(Outcome.NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings)
+        return Processed(Outcome.NO_RESULT, NO_ARTERIAL, selection.reasons, timings=timings, peak_gib=peaks)
     reasons = list(selection.reasons)
     series = None
-    with _timed(timings, "load"):
+    with _timed(timings, peaks, "load"):
         for candidate in [selection.series, *selection.fallbacks]:
             try:
                 series = load_series(list(candidate.files))
@@ -91,14 +100,16 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
                 log.warning("series %s refused: %s", candidate.series_uid, exc)
                 reasons.append(f"series {candidate.description or candidate.series_uid} refused: {exc}")
     if series is None:
-        return Processed(Outcome.NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings)
-    with _timed(timings, "segment"):
+        return Processed(Outcome.NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings, peak_gib=peaks)
+    with _timed(timings, peaks, "segment"):
         segmentation = segmenter.segment(series)
-    with _timed(timings, "measure"):
+    with _timed(timings, peaks, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:
-        return Processed(Outcome.NO_RESULT, "no kidney found in the series", reasons + measurements.notes, series_uid, measurements, timings=timings)
-    with _timed(timings, "qc"):
+        return Processed(
+            Outcome.NO_RESULT, "no kidney found in the series", reasons + measurements.notes, series_uid, measurements, timings=timings, peak_gib=peaks
+        )
+    with _timed(timings, peaks, "qc"):
         report = check(measurements, selection.image_phase(series_uid), config.qc)
     reasons += report.lines() + [str(note) for note in report.notes]
     allowed = ("parenchyma",) if selection.parenchyma_only else STRUCTURES
@@ -106,9 +117,9 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     if not structures:
         log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
         if config.qc.on_fail is OnFail.WITHHOLD:
-            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings)
+            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings, peak_gib=peaks)
         structures = allowed
-    with _timed(timings, "write"):
+    with _timed(timings, peaks, "write"):
         results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC), uids=uids, structures=structures)
     if report.passed_for(structures):
         verdict = selection.verdict if structures == STRUCTURES else f"{selection.verdict}; {PARENCHYMA_ONLY}"
@@ -116,7 +127,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         verdict = f"{selection.verdict}; {report.verdict}"
     if structures != STRUCTURES:
         log.info("renal cortex and medulla not reported: %s", "; ".join(f.message for f in report.against(CORTEX_AND_MEDULLA)) or selection.verdict)
-    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, structures=structures)
+    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, peak_gib=peaks, structures=structures)
 
 
 def failed(exc: BaseException) -> Processed:

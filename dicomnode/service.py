@@ -193,6 +193,11 @@ class Node:
             log.error("job %d: result discarded: %s", job.id, exc)
             return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
+        stages = ", ".join(
+            f"{stage} {seconds:.1f} s" + (f" {processed.peak_gib[stage]:.2f} GiB" if stage in processed.peak_gib else "")
+            for stage, seconds in processed.timings.items()
+        )
+        log.info("job %d stages (seconds, peak memory): %s", job.id, stages)
         reject_superseded(self.store, self.config.path(self.config.results))
 
     def deliver(self) -> None:
