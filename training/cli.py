@@ -47,7 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     anatomies = AnatomySet(args.anatomies) if args.anatomies in {a.value for a in AnatomySet} else tuple(args.anatomies.split(","))
     sources = load_sources(data, args.cache or DEFAULT_CACHE, kits, anatomies)
     grid = OutputGrid((args.pixel_mm, args.pixel_mm, args.slice_mm), tuple(args.max_shape))
-    cases = write_synth_cases(args.out, list(range(args.seed, args.seed + args.count)), sources, grid)
+    cases = write_synth_cases(args.out, list(range(args.seed, args.seed + args.count)), sources, grid, args.no_kidney_share)
     print(f"wrote {len(cases)} synthetic cases on {len(sources.anatomies)} anatomies ({len(sources.kidneys)} KiTS19 kidneys) and {args.out / 'manifest.csv'}")
 
 
@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-mm", type=float, default=1.6)
     p.add_argument("--slice-mm", type=float, default=5.0)
     p.add_argument("--max-shape", type=int, nargs=3, default=[72, 256, 256], metavar=("Z", "Y", "X"))
+    p.add_argument(
+        "--no-kidney-share",
+        type=float,
+        help="chance of a field of view without kidney, above or below the kidneys (default 0.15; the other views keep their proportions)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("import", help="manifest of annotated cases -> nnU-Net raw dataset")

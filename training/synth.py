@@ -64,7 +64,7 @@ _HU: dict[Tissue, tuple] = {
     Tissue.FAT: (-120, -75),
     Tissue.MUSCLE: ((35, 60), (40, 65), (45, 75), (45, 70)),
     Tissue.VISCERA: ((20, 50), (35, 90), (50, 110), (45, 95)),
-    Tissue.BONE: (250, 600),
+    Tissue.BONE: (80, 350),  # cancellous bone and marrow; the cortical rim is added in _render
     Tissue.GAS: (-1000, -850),
     Tissue.LUNG: (-900, -780),
     Tissue.LIVER: ((45, 70), (55, 95), (90, 140), (75, 110)),
@@ -76,14 +76,14 @@ _HU: dict[Tissue, tuple] = {
     Tissue.SMALL_BOWEL: ((15, 45), (30, 90), (40, 100), (35, 90)),
     Tissue.DUODENUM: ((15, 45), (30, 90), (40, 100), (35, 90)),
     Tissue.COLON: ((-60, 40), (-40, 60), (-30, 70), (-30, 60)),
-    Tissue.VERTEBRA: (150, 300),
+    Tissue.VERTEBRA: (90, 300),
     Tissue.AORTA: ((30, 55), (200, 450), (130, 220), (100, 160)),
     Tissue.IVC: ((30, 55), (60, 140), (120, 190), (90, 150)),
     Tissue.PORTAL_VEIN: ((30, 55), (80, 170), (140, 220), (100, 160)),
     Tissue.SPINAL_CANAL: (10, 40),
     Tissue.AUTOCHTHON: ((35, 60), (40, 65), (45, 75), (45, 70)),
     Tissue.PSOAS: ((35, 60), (40, 65), (45, 75), (45, 70)),
-    Tissue.RIB: (300, 800),
+    Tissue.RIB: (150, 600),
     Tissue.COSTAL_CARTILAGE: (70, 160),
     Tissue.RENAL_SINUS: (-110, -60),
     Tissue.RENAL_PELVIS: ((0, 20), (0, 25), (0, 30), (300, 1200)),
@@ -117,6 +117,9 @@ _TEXTURE = {
     Tissue.TABLE: (20, 80),
 }
 _TEXTURE_DEFAULT = (3.0, 12.0)
+#: Added to the outer voxel of every bone: cortical bone over cancellous bone, whose HU falls with age to 80-150 in
+#: the pelvis of older patients (real CT here: 130-160 HU mean in the iliac bones and sacrum).
+_CORTICAL_RIM_HU = (150.0, 600.0)
 _ORAL_CONTRAST_SHARE, _ORAL_CONTRAST_HU = 0.3, (150.0, 600.0)
 _CYST_SHARE, _CYST_HU = 0.4, (0.0, 20.0)  # a dropped tumour is sometimes rendered as a cyst
 
@@ -249,8 +252,9 @@ def anatomy_names(found: dict[str, AnatomySource], anatomies: AnatomySet | tuple
     return [SHARED_ATLAS, *(name for name in found if name not in VALIDATION)]
 
 
-def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()) -> SynthCase:
-    """One synthetic case, deterministic from ``seed``."""
+def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid(), no_kidney_share: float | None = None) -> SynthCase:
+    """One synthetic case, deterministic from ``seed``; ``no_kidney_share`` is the chance of a field of view without
+    kidney (default: _VIEW_SHARES's), the other views keeping their proportions."""
     rng = np.random.default_rng([seed, 20261202])
     anatomy = sources.anatomies[int(rng.integers(len(sources.anatomies)))]
     atlas = anatomy.atlas
@@ -262,7 +266,7 @@ def make_synth_case(seed: int, sources: Sources, grid: OutputGrid = OutputGrid()
     kidneys = [place_kidney(tissues_atlas, atlas, site, sources.kidneys, growth, rng) for site in sites.values()]
     for kidney in kidneys:
         _draw_renal_vessels(tissues_atlas, atlas, kidney, rng)
-    view = View(rng.choice([v.value for v in View], p=list(_VIEW_SHARES.values())))
+    view = View(rng.choice([v.value for v in View], p=view_shares(no_kidney_share)))
     out_grid, factors, view = _field_of_view(tissues_atlas, atlas, grid, view, rng)
     work = _deform(tissues_atlas, atlas, out_grid, factors, deformation, rng)
     phase = _draw_phase(rng)
@@ -308,12 +312,12 @@ def volumes_ml(tissues: np.ndarray, grid: Grid) -> dict[str, dict[str, float]]:
     return volumes
 
 
-def write_synth_cases(folder: Path, seeds: list[int], sources: Sources, grid: OutputGrid = OutputGrid()) -> list[Case]:
+def write_synth_cases(folder: Path, seeds: list[int], sources: Sources, grid: OutputGrid = OutputGrid(), no_kidney_share: float | None = None) -> list[Case]:
     """Write cases as NIfTI (image, ITK-SNAP labels, full anatomy, metadata JSON), a manifest and a README."""
     folder.mkdir(parents=True, exist_ok=True)
     cases = []
     for seed in seeds:
-        case = make_synth_case(seed, sources, grid)
+        case = make_synth_case(seed, sources, grid, no_kidney_share)
         case_id = f"synth_{seed:05d}"
         image, labels = folder / f"{case_id}.nii.gz", folder / f"{case_id}_labels.nii.gz"
         sitk.WriteImage(to_sitk(np.clip(np.rint(case.image), -1024, 3071).astype(np.int16), case.grid), str(image))
@@ -606,6 +610,19 @@ class View(str, enum.Enum):
 
 
 _VIEW_SHARES = {View.KIDNEYS: 0.7, View.CUT: 0.15, View.NO_KIDNEY: 0.15}
+
+
+def view_shares(no_kidney_share: float | None = None) -> list[float]:
+    """The chance of each View (in its order), with ``no_kidney_share`` for View.NO_KIDNEY where given."""
+    if no_kidney_share is None:
+        return list(_VIEW_SHARES.values())
+    if not 0.0 <= no_kidney_share <= 1.0:
+        raise ValueError(f"no_kidney_share: must lie between 0 and 1, got {no_kidney_share}")
+    rest = 1.0 - no_kidney_share
+    others = _VIEW_SHARES[View.KIDNEYS] + _VIEW_SHARES[View.CUT]
+    return [rest * _VIEW_SHARES[View.KIDNEYS] / others, rest * _VIEW_SHARES[View.CUT] / others, no_kidney_share]
+
+
 _NO_KIDNEY_MIN_MM = 40.0  # the least height of a field of view without kidney
 
 
@@ -627,8 +644,8 @@ def _field_of_view(tissues: np.ndarray, atlas: Atlas, grid: OutputGrid, view: Vi
     else:
         k_lo = kidney.min(axis=0)[::-1] * ATLAS_MM + origin
         k_hi = kidney.max(axis=0)[::-1] * ATLAS_MM + origin
-        # wide margins down to the pelvis and up to the lung bases: the model must see what is not kidney there
-        lo = k_lo - [rng.uniform(5, 150), rng.uniform(50, 250), rng.uniform(0, 220)]
+        # wide margins down to the hips and up to the lung bases: the model must see what is not kidney there
+        lo = k_lo - [rng.uniform(5, 150), rng.uniform(50, 250), rng.uniform(0, 320)]
         hi = k_hi + [rng.uniform(5, 150), rng.uniform(5, 60), rng.uniform(0, 100)]
         room_below, room_above = k_lo[2] - origin[2], top[2] - k_hi[2]
         if view is View.NO_KIDNEY and max(room_below, room_above) < _NO_KIDNEY_MIN_MM + 5:
@@ -773,7 +790,7 @@ def _render(tissues: np.ndarray, table: np.ndarray, oral: bool, rng: np.random.G
     texture /= max(float(texture.std()), 1e-6)
     image = table[tissues] + amplitude[tissues] * texture
     bone = np.isin(tissues, BONES)
-    image[bone & ~ndimage.binary_erosion(bone)] += rng.uniform(150, 450)
+    image[bone & ~ndimage.binary_erosion(bone)] += rng.uniform(_CORTICAL_RIM_HU[0], _CORTICAL_RIM_HU[1])
     if oral:
         loops = _smooth_field(rng, tissues.shape, tuple(max(3, n // 8) for n in tissues.shape), 1.0) > rng.uniform(0.3, 1.0)
         image[loops & (tissues == Tissue.VISCERA)] = rng.uniform(*_ORAL_CONTRAST_HU)

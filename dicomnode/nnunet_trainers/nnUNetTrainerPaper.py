@@ -56,6 +56,20 @@ class nnUNetTrainerPaper_40epochs_100it(nnUNetTrainerPaper):
     ITERATIONS = 100
 
 
+class nnUNetTrainerPaper_20epochs_100it(nnUNetTrainerPaper):
+    """A short fine-tune of a trained model on new cases: 20 epochs of 100 iterations (models/renal-localizer2-cpu)."""
+
+    EPOCHS = 20
+    ITERATIONS = 100
+
+
+class nnUNetTrainerPaper_12epochs_100it(nnUNetTrainerPaper):
+    """A second short fine-tune on new cases: 12 epochs of 100 iterations (models/renal-localizer3-cpu)."""
+
+    EPOCHS = 12
+    ITERATIONS = 100
+
+
 class nnUNetTrainerPaper_45epochs(nnUNetTrainerPaper):
     """The schedule of models/renal-phantom-cpu: 45 epochs of 250 iterations."""
 
@@ -101,6 +115,8 @@ TRAINERS = {
         nnUNetTrainerPaper_160epochs_150it,
         nnUNetTrainerPaper_50epochs_100it,
         nnUNetTrainerPaper_40epochs_100it,
+        nnUNetTrainerPaper_20epochs_100it,
+        nnUNetTrainerPaper_12epochs_100it,
         nnUNetTrainerPaper_45epochs,
         nnUNetTrainerPaper_1epoch_3it,
         nnUNetTrainerPaper_NoMirroring,
