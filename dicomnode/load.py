@@ -124,9 +124,10 @@ def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
         raise GeometryError(f"gantry tilt or sheared stack: slices advance {np.degrees(np.arccos(cosine)):.1f} deg off the normal")
     for ds in datasets:
         check_pixel_header(ds)
-    hu = np.empty((len(datasets), *shape), _volume_dtype(datasets))
-    for k, ds in enumerate(datasets):
-        _read_hu(ds, shape, hu[k])
+    rescales = [_rescale(ds) for ds in datasets]
+    hu = np.empty((len(datasets), *shape), _volume_dtype(datasets, rescales))
+    for k, (ds, (slope, intercept)) in enumerate(zip(datasets, rescales)):
+        _read_hu(ds, shape, slope, intercept, hu[k])
         del ds.PixelData
     check_hu(hu)
     row_spacing, col_spacing = (float(v) for v in next(iter(pixel_spacings)))
@@ -198,11 +199,11 @@ def check_hu(hu: np.ndarray) -> None:
         )
 
 
-def _volume_dtype(datasets: list[pydicom.Dataset]) -> np.dtype:
-    """int16 where every slice's CT numbers are whole numbers within int16 for any stored value its header allows
-    (the usual CT: slope 1, a whole intercept, 12-16 stored bits), else float32."""
-    for ds in datasets:
-        slope, intercept = _rescale(ds)
+def _volume_dtype(datasets: list[pydicom.Dataset], rescales: list[tuple[float, float]]) -> np.dtype:
+    """int16 where every slice's CT numbers (``rescales``: slope and intercept per slice) are whole numbers within
+    int16 for any stored value its header allows (the usual CT: slope 1, a whole intercept, 12-16 stored bits), else
+    float32."""
+    for ds, (slope, intercept) in zip(datasets, rescales):
         bits, signed = int(ds.BitsStored), ds.PixelRepresentation == 1
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = sorted((low * slope + intercept, high * slope + intercept))
@@ -218,7 +219,7 @@ def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
         raise PixelDataError(f"instance {ds.get('InstanceNumber', '?')}: {exc}") from exc
 
 
-def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], out: np.ndarray) -> None:
+def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], slope: float, intercept: float, out: np.ndarray) -> None:
     """One slice's HU into ``out`` (a slice of the volume): native 16-bit little-endian pixel data straight from its
     bytes, any other syntax through pydicom's decoders."""
     where = f"instance {ds.get('InstanceNumber', '?')}"
@@ -230,7 +231,6 @@ def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], out: np.ndarray) -> No
             raise PixelDataError(f"{where}: pixel data cannot be decoded: {exc}") from exc
     if pixels.shape != shape:
         raise PixelDataError(f"{where}: pixel data is {pixels.shape}, expected {shape}")
-    slope, intercept = _rescale(ds)
     if out.dtype == np.int16:  # whole numbers that fit (_volume_dtype): exact in int32
         stored = pixels if slope == 1 else pixels.astype(np.int32) * np.int32(slope)
         np.add(stored, np.int32(intercept), out=out, casting="unsafe")

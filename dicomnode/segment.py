@@ -230,20 +230,23 @@ class Segmenter:
         found = np.isin(components, list(sizes))
         steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
         for box in boxes_around(components, list(sizes), spacing):
-            self.predictor.tile_step_size = self.tile_step_size
-            _, probabilities = self.predictor.predict_single_npy_array(
-                np.ascontiguousarray(volume[box])[None], {"spacing": [float(v) for v in spacing]}, None, None, True
-            )
-            probabilities = np.asarray(probabilities, np.float32) * _dilated(found[box], steps)
+            probabilities = self._probabilities(np.ascontiguousarray(volume[box]), spacing) * _dilated(found[box], steps)
             target, probabilities = upsampled(probabilities, box, volume.shape, shape)
             inside = np.asarray(self.predictor.label_manager.convert_probabilities_to_segmentation(probabilities), np.uint8)
             labels[target] = np.maximum(labels[target], inside)  # boxes merge where they overlap
         return labels
 
     def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
+        return np.asarray(self._run(volume, spacing, step, False), dtype=np.uint8)
+
+    def _probabilities(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+        """The model's probability of each region (channels first) on ``volume``."""
+        _, probabilities = self._run(volume, spacing, self.tile_step_size, True)
+        return np.asarray(probabilities, np.float32)
+
+    def _run(self, volume: np.ndarray, spacing: np.ndarray, step: float, probabilities: bool) -> Any:
         self.predictor.tile_step_size = step
-        labels = self.predictor.predict_single_npy_array(volume[None], {"spacing": [float(v) for v in spacing]}, None, None, False)
-        return np.asarray(labels, dtype=np.uint8)
+        return self.predictor.predict_single_npy_array(volume[None], {"spacing": [float(v) for v in spacing]}, None, None, probabilities)
 
     def _cascade(self, volume: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         """Coarse to fine: the whole volume with tiles that do not overlap (a fraction of the tiles), then the usual
@@ -329,10 +332,7 @@ def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
     """``volume`` linearly resampled to ``n`` samples along ``axis``, voxel edges aligned and edge values repeated
     (``scipy.ndimage.zoom`` with order 1, ``grid_mode`` and mode "nearest", on one axis)."""
     m = volume.shape[axis]
-    position = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
-    below = np.minimum(position.astype(int), m - 2) if m > 1 else np.zeros(n, int)
-    weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
-    return np.take(volume, below, axis=axis) * (1 - weight) + np.take(volume, np.minimum(below + 1, m - 1), axis=axis) * weight
+    return _interpolated(volume, axis, np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1))
 
 
 def upsampled(values: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
