@@ -8,7 +8,17 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, Midline, canonical_flips, find_midline
+from dicomnode.anatomy import (
+    KIDNEY_ANTEROPOSTERIOR_MM,
+    KIDNEY_HU,
+    KIDNEY_LATERAL_MM,
+    KIDNEY_ML,
+    SHELL_VOXELS,
+    Midline,
+    canonical_flips,
+    fat_share,
+    find_midline,
+)
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
 
@@ -20,9 +30,10 @@ MIN_KIDNEY_ML, MIN_CUT_KIDNEY_ML, MAX_CANDIDATES = 20.0, 10.0, 8
 #: Two kidneys' centres at most this far apart in height (mm) count as a pair.
 SAME_HEIGHT_MM = 100.0
 #: A kidney lies in the retroperitoneum, wrapped in perirenal fat: the share of a component's shell (1-3 voxels
-#: outside it) below FAT_HU. Reference kidneys of the shared real CTs measure 0.72-0.91; a kidney-sized blob inside
-#: the liver 0.04. A component with less than RETROPERITONEAL_FAT_SHARE is not preferred as a kidney.
-FAT_HU, RETROPERITONEAL_FAT_SHARE = -20.0, 0.25
+#: outside it) below FAT_HU (see :func:`fat_share`). Reference kidneys of the shared real CTs measure 0.72-0.91; a
+#: kidney-sized blob inside the liver 0.04. A component with less than RETROPERITONEAL_FAT_SHARE is not preferred as
+#: a kidney.
+RETROPERITONEAL_FAT_SHARE = 0.25
 #: The outline's ring: how deep (voxels, in-plane) into each slice's convex hull of the kidney the outer surface is
 #: taken, so that the sinus, inside the hull, is not part of it.
 OUTLINE_RING_VOXELS = 1
@@ -319,19 +330,11 @@ def _shifted(box: tuple[slice, ...], by: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(s.start + int(d), s.stop + int(d)) for s, d in zip(box, by))
 
 
-#: The shell _fat_share looks at reaches this many voxels outside a component.
-SHELL_VOXELS = 3
-
-
 def _fat_share(hu: np.ndarray, components: np.ndarray, start: np.ndarray, box: tuple[slice, ...], label: int) -> float:
-    """The share of a component's shell (1 to SHELL_VOXELS voxels outside it, in-plane and across slices) that is
-    fat; ``components`` are labelled in a crop of ``hu`` starting at ``start`` that holds the shell, ``box`` is
-    global."""
+    """:func:`fat_share` of a component; ``components`` are labelled in a crop of ``hu`` starting at ``start`` that
+    holds the shell, ``box`` is global."""
     padded = tuple(slice(max(s.start - SHELL_VOXELS, 0), min(s.stop + SHELL_VOXELS, n)) for s, n in zip(box, hu.shape))
-    mask = components[_shifted(padded, -start)] == label
-    shell = ndimage.binary_dilation(mask, iterations=SHELL_VOXELS) & ~ndimage.binary_dilation(mask, iterations=1)
-    values = hu[padded][shell]
-    return float(np.mean(values < FAT_HU)) if values.size else 0.0
+    return fat_share(hu[padded], components[_shifted(padded, -start)] == label)
 
 
 def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:

@@ -103,6 +103,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         return Processed(Outcome.NO_RESULT, "arterial series refused", reasons, selection.series.series_uid, timings=timings, peak_gib=peaks)
     with _timed(timings, peaks, "segment"):
         segmentation = segmenter.segment(series)
+    reasons += segmentation.notes
     with _timed(timings, peaks, "measure"):
         measurements = measure(series, segmentation)
     if not measurements.kidneys:

@@ -13,7 +13,7 @@ import yaml
 from scipy import ndimage
 
 from dicomnode import __version__
-from dicomnode.anatomy import canonical_flips
+from dicomnode.anatomy import SHELL_VOXELS, bone_like, canonical_flips
 from dicomnode.config import Runtime
 from dicomnode.load import LoadedSeries
 
@@ -71,6 +71,7 @@ class Segmentation:
     device: str
     algorithms: dict[str, Algorithm] = field(default_factory=dict)  # by structure; none given: the model made all
     sides: np.ndarray | None = None  # 0 none, MODEL_RIGHT, MODEL_LEFT
+    notes: list[str] = field(default_factory=list)  # what the segmenter left out, and why
 
     def algorithm(self, structure: str) -> Algorithm:
         """What made ``structure`` (parenchyma, cortex or medulla)."""
@@ -186,8 +187,9 @@ class Segmenter:
             volume = reduced(volume, shape)
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         grid = coarse if reduce else spacing
+        notes: list[str] = []
         if self.locator is not None:
-            labels = self._localized(volume, grid, series.hu.shape)
+            labels, notes = self._localized(volume, grid, series.hu.shape)
         else:
             if self.cascade if cascade is None else cascade:
                 labels = self._cascade(volume, grid)
@@ -196,7 +198,7 @@ class Segmenter:
             if reduce:
                 labels = nearest_resize(labels, series.hu.shape)
         algorithms = {} if self.localizer is None else {structure: self.algorithm for structure in ("parenchyma", "cortex", "medulla")}
-        return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms)
+        return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms, notes=notes)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -217,16 +219,25 @@ class Segmenter:
         found = np.asarray(labels) > 0
         return nearest_resize(found, volume.shape) if found.shape != volume.shape else found
 
-    def _localized(self, volume: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """Labels on a grid of ``shape`` (the series', of which ``volume`` may be a reduction): the localizer finds
-        the kidneys; the model runs only in a box around each, and keeps only what lies within LOCALIZER_GATE_MM of
-        the localizer's kidney. Where the localizer finds no kidney-sized component, nothing is predicted: the image
-        shows no kidney."""
+    def _localized(self, volume: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+        """Labels on a grid of ``shape`` (the series', of which ``volume`` may be a reduction), and notes on what was
+        left out: the localizer finds the kidneys; a component of it that is bone (see :func:`bone_like`) is left
+        out; the model runs only in a box around each other one, and keeps only what lies within LOCALIZER_GATE_MM
+        of it. Where the localizer finds no kidney-sized component, nothing is predicted: the image shows no kidney."""
         components, sizes = kidney_sized(self.locate(volume, spacing), spacing)
+        notes = []
+        boxes = ndimage.find_objects(components)
+        for number, ml in list(sizes.items()):
+            bone, why = bone_like(*_around(volume, components, boxes[number - 1], number))
+            if bone:
+                notes.append(f"a {ml:.0f} ml region the localizer took for kidney was left out as bone: {why}")
+                del sizes[number]
+        for note in notes:
+            log.info("localizer: %s", note)
         labels = np.zeros(shape, np.uint8)
         if not sizes:
             log.info("localizer: no kidney-sized component")
-            return labels
+            return labels, notes
         found = np.isin(components, list(sizes))
         steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
         for box in boxes_around(components, list(sizes), spacing):
@@ -234,7 +245,7 @@ class Segmenter:
             target, probabilities = upsampled(probabilities, box, volume.shape, shape)
             inside = np.asarray(self.predictor.label_manager.convert_probabilities_to_segmentation(probabilities), np.uint8)
             labels[target] = np.maximum(labels[target], inside)  # boxes merge where they overlap
-        return labels
+        return labels, notes
 
     def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
         return np.asarray(self._run(volume, spacing, step, False), dtype=np.uint8)
@@ -296,6 +307,12 @@ def boxes_around(components: np.ndarray, numbers: list[int], spacing: np.ndarray
         else:
             merged.append(span)
     return [tuple(slice(a, b) for a, b in span) for span in merged]
+
+
+def _around(volume: np.ndarray, components: np.ndarray, box: tuple[slice, ...], number: int) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` and component ``number``'s mask, cropped to its ``box`` and the shell around it."""
+    padded = tuple(slice(max(s.start - SHELL_VOXELS, 0), s.stop + SHELL_VOXELS) for s in box)
+    return volume[padded], components[padded] == number
 
 
 #: The model's labels are kept this far (mm) around the localizer's kidneys.
