@@ -35,7 +35,8 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     assert sorted(splits[0]["train"] + splits[0]["val"]) == sorted(groups)
 
     card = tmp_path / "card.yaml"
-    card.write_text(yaml.safe_dump({"training_data": "6 tiny phantoms", "intended_use": "tests", "not_fit_for": ["patients"]}))
+    described = {"training_data": "6 tiny phantoms", "intended_use": "tests", "not_fit_for": ["patients"], "findings": {"real_ct": "untested"}}
+    card.write_text(yaml.safe_dump(described))
     training_cli(
         "export",
         "--work",
@@ -57,6 +58,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     exported = yaml.safe_load((models / "tiny" / "model.yaml").read_text())
     assert exported["trainer"] == "nnUNetTrainerPaper_1epoch_3it" and exported["fold"] == 0
     assert exported["not_fit_for"] == ["patients"] and "cross_validation" in exported["metrics"]
+    assert exported["findings"] == {"real_ct": "untested"}
     assert (models / "tiny" / "fold_0" / "checkpoint_final.pth").stat().st_size < 5_000_000
 
     report = training_cli(
@@ -96,11 +98,15 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
             str(tmp_path / "real"),
             "--device",
             "cpu",
+            "--update-card",
             env=env,
         )
         scores = json.loads((tmp_path / "real" / "real_ct.json").read_text())[0]
         assert [(s["side"], s["reference_ml"]) for s in scores["sides"]] == [("left", 138.9), ("right", 188.8)]
         assert "TotalSegmentator v1 (a model)" in report and scores["verdict"] and scores["stray_ml"] >= 0
+        real = yaml.safe_load((models / "tiny" / "model.yaml").read_text())["metrics"]["real_ct"]
+        assert real["cases"]["real_ct"]["stray_ml"] == scores["stray_ml"] and real["cases"]["real_ct"]["verdict"] == scores["verdict"]
+        assert real["cases"]["real_ct"]["left_parenchyma"]["reference_ml"] == 138.9 and "localizer none" in real["how"]
 
     # The node loads the exported model by name from its configuration and runs a study with it.
     config = tmp_path / "node.yaml"

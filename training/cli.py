@@ -91,14 +91,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
-    from training.evaluate_real import RealCase, evaluate_real, shared_cases, write_real_report
+    from dicomnode.segment import Model, localizer_of
+    from training.evaluate_real import RealCase, evaluate_real, record_real_in_card, shared_cases, write_real_report
     from training.synth import DEFAULT_DATA
 
     if args.image is not None:
         cases = [RealCase(args.case_id, args.image, args.left, args.right, args.reference)]
     else:
         cases = shared_cases(args.data or DEFAULT_DATA)
-    report = write_real_report(evaluate_real(args.model, cases, args.device, args.localizer), args.model.name, args.out)
+    scores = evaluate_real(args.model, cases, args.device, args.localizer)
+    report = write_real_report(scores, args.model.name, args.out)
+    if args.update_card:
+        used = localizer_of(Model.from_folder(args.model), args.localizer, args.model.parent)
+        record_real_in_card(args.model / "model.yaml", scores, report, used.name if used else "none")
     print(report.read_text())
 
 
@@ -136,6 +141,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         not_fit_for=described.get("not_fit_for", []),
         licence=described.get("licence", ""),
         localizer=described.get("localizer", ""),
+        findings=described.get("findings", {}),
     )
     print(f"exported {export_model(result_folder, fold, args.models, card)}")
 
@@ -229,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="folder holding real_ct/ and real_ct2/ (default: shared/data next to the repository)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--update-card", action="store_true", help="record the scores in the model's model.yaml under metrics.real_ct")
     p.set_defaults(func=cmd_evaluate_real)
 
     p = sub.add_parser("priors", help="kidney volume and length percentiles from KiTS19 label maps (the QC limits' source)")

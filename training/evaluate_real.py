@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+import yaml
 from pydicom.uid import CTImageStorage, generate_uid
 
 from dicomnode.config import NodeConfig
@@ -179,3 +180,20 @@ def write_real_report(scores: list[RealScore], model: str, out: Path) -> Path:
     path = out / "real_ct.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def record_real_in_card(card_path: Path, scores: list[RealScore], report: Path, localizer: str) -> None:
+    """Put these scores in a model card under ``metrics.real_ct`` (replacing what was there)."""
+    card = yaml.safe_load(card_path.read_text())
+    cases: dict[str, dict[str, object]] = {}
+    for case in scores:
+        entry: dict[str, object] = {"reference": case.reference, "verdict": case.verdict, "sent": case.delivered or "nothing", "stray_ml": case.stray_ml}
+        for side in case.sides:
+            entry[f"{side.side}_parenchyma"] = {"dice": side.dice, "reference_ml": side.reference_ml, "measured_ml": side.predicted_ml}
+        cases[case.case_id] = entry
+    card.setdefault("metrics", {})["real_ct"] = {
+        "report": str(report.relative_to(card_path.parent)) if report.is_relative_to(card_path.parent) else str(report),
+        "how": f"dicomnode-train evaluate-real: each case through the node's pipeline with the default settings, localizer {localizer}",
+        "cases": cases,
+    }
+    card_path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))

@@ -27,6 +27,7 @@ class ModelCard:
     not_fit_for: list[str] = field(default_factory=list)
     licence: str = ""  # follows the data it was trained on
     localizer: str = ""  # the model (in the same folder) that finds the kidneys this one is run around; "" none
+    findings: dict[str, str] = field(default_factory=dict)  # what evaluations beyond the metrics found, by topic
 
 
 def export_model(result_folder: Path, fold: int | str, models_root: Path, card: ModelCard) -> Path:
