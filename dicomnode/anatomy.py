@@ -51,6 +51,11 @@ DENSE_HU = 300.0
 BONE_DENSE_SHARE, BONE_FAT_SHARE = 0.10, 0.40
 
 
+def shell_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by SHELL_VOXELS on every side, within ``shape``: the crop that holds a component's shell."""
+    return tuple(slice(max(s.start - SHELL_VOXELS, 0), min(s.stop + SHELL_VOXELS, n)) for s, n in zip(box, shape))
+
+
 def fat_share(hu: np.ndarray, mask: np.ndarray) -> float:
     """The share of ``mask``'s shell (1 to SHELL_VOXELS voxels outside it, in-plane and across slices) below FAT_HU;
     ``hu`` and ``mask`` are crops that hold the shell."""

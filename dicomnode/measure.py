@@ -18,6 +18,7 @@ from dicomnode.anatomy import (
     canonical_flips,
     fat_share,
     find_midline,
+    shell_box,
 )
 from dicomnode.load import LoadedSeries
 from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
@@ -333,7 +334,7 @@ def _shifted(box: tuple[slice, ...], by: np.ndarray) -> tuple[slice, ...]:
 def _fat_share(hu: np.ndarray, components: np.ndarray, start: np.ndarray, box: tuple[slice, ...], label: int) -> float:
     """:func:`fat_share` of a component; ``components`` are labelled in a crop of ``hu`` starting at ``start`` that
     holds the shell, ``box`` is global."""
-    padded = tuple(slice(max(s.start - SHELL_VOXELS, 0), min(s.stop + SHELL_VOXELS, n)) for s, n in zip(box, hu.shape))
+    padded = shell_box(box, hu.shape)
     return fat_share(hu[padded], components[_shifted(padded, -start)] == label)
 
 

@@ -13,7 +13,7 @@ import yaml
 from scipy import ndimage
 
 from dicomnode import __version__
-from dicomnode.anatomy import SHELL_VOXELS, bone_like, canonical_flips
+from dicomnode.anatomy import bone_like, canonical_flips, shell_box
 from dicomnode.config import Runtime
 from dicomnode.load import LoadedSeries
 
@@ -228,12 +228,12 @@ class Segmenter:
         notes = []
         boxes = ndimage.find_objects(components)
         for number, ml in list(sizes.items()):
-            bone, why = bone_like(*_around(volume, components, boxes[number - 1], number))
+            crop = shell_box(boxes[number - 1], volume.shape)
+            bone, why = bone_like(volume[crop], components[crop] == number)
             if bone:
                 notes.append(f"a {ml:.0f} ml region the localizer took for kidney was left out as bone: {why}")
+                log.info("localizer: %s", notes[-1])
                 del sizes[number]
-        for note in notes:
-            log.info("localizer: %s", note)
         labels = np.zeros(shape, np.uint8)
         if not sizes:
             log.info("localizer: no kidney-sized component")
@@ -307,12 +307,6 @@ def boxes_around(components: np.ndarray, numbers: list[int], spacing: np.ndarray
         else:
             merged.append(span)
     return [tuple(slice(a, b) for a, b in span) for span in merged]
-
-
-def _around(volume: np.ndarray, components: np.ndarray, box: tuple[slice, ...], number: int) -> tuple[np.ndarray, np.ndarray]:
-    """``volume`` and component ``number``'s mask, cropped to its ``box`` and the shell around it."""
-    padded = tuple(slice(max(s.start - SHELL_VOXELS, 0), s.stop + SHELL_VOXELS) for s in box)
-    return volume[padded], components[padded] == number
 
 
 #: The model's labels are kept this far (mm) around the localizer's kidneys.

@@ -99,11 +99,12 @@ def cmd_evaluate_real(args: argparse.Namespace) -> None:
         cases = [RealCase(args.case_id, args.image, args.left, args.right, args.reference)]
     else:
         cases = shared_cases(args.data or DEFAULT_DATA)
-    scores = evaluate_real(args.model, cases, args.device, args.localizer)
+    model = Model.from_folder(args.model)
+    localizer = localizer_of(model, args.localizer, args.model.parent)
+    scores = evaluate_real(model, cases, args.device, localizer)
     report = write_real_report(scores, args.model.name, args.out)
     if args.update_card:
-        used = localizer_of(Model.from_folder(args.model), args.localizer, args.model.parent)
-        record_real_in_card(args.model / "model.yaml", scores, report, used.name if used else "none")
+        record_real_in_card(args.model / "model.yaml", scores, report, localizer.name if localizer else "none")
     print(report.read_text())
 
 

@@ -189,13 +189,24 @@ def write_report(evaluation: Evaluation, folder: Path) -> Path:
 
 def record_in_card(card_path: Path, evaluation: Evaluation, report: Path, manifest: Path) -> None:
     """Add this evaluation's mean figures to a model card under ``metrics.evaluation``."""
+    figures = {
+        "cases": len(evaluation.cases),
+        "manifest": manifest.name,
+        "report": card_relative(report, card_path),
+        **{f"{r}_{m}": round(evaluation.mean(r, m), 4) for r in REGIONS for m in ("dice", "jaccard", "volume_error_pct")},
+    }
+    put_in_card(card_path, "evaluation", figures)
+
+
+def card_relative(path: Path, card_path: Path) -> str:
+    """``path`` as a model card names it: relative to the card's folder where it lies inside it."""
+    return str(path.relative_to(card_path.parent)) if path.is_relative_to(card_path.parent) else str(path)
+
+
+def put_in_card(card_path: Path, key: str, figures: dict[str, object]) -> None:
+    """Set ``metrics[key]`` of a model card (model.yaml) to ``figures``, replacing what was there."""
     import yaml
 
     card = yaml.safe_load(card_path.read_text())
-    card.setdefault("metrics", {})["evaluation"] = {
-        "cases": len(evaluation.cases),
-        "manifest": manifest.name,
-        "report": str(report.relative_to(card_path.parent)) if report.is_relative_to(card_path.parent) else str(report),
-        **{f"{r}_{m}": round(evaluation.mean(r, m), 4) for r in REGIONS for m in ("dice", "jaccard", "volume_error_pct")},
-    }
+    card.setdefault("metrics", {})[key] = figures
     card_path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))

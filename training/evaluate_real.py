@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-import yaml
 from pydicom.uid import CTImageStorage, generate_uid
 
 from dicomnode.config import NodeConfig
 from dicomnode.pipeline import process_study
-from dicomnode.segment import Model, Segmenter, localizer_of
+from dicomnode.segment import Model, Segmenter
 from dicomnode.states import Outcome
 from dicomnode.store import Instance
-from training.evaluate import score
+from training.evaluate import card_relative, put_in_card, score
 from training.volume_dicom import SeriesTags, write_volume_series
 
 
@@ -82,12 +81,11 @@ class RealScore:
     seconds: float
 
 
-def evaluate_real(model_folder: Path, cases: list[RealCase], device: str = "cpu", localizer: str = "auto") -> list[RealScore]:
-    """Run each case through the node's pipeline with the default settings and score what it measured; ``localizer``
-    as the setting ``model.localizer`` (auto: the one the model's card names, beside it)."""
+def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", localizer: Model | None = None) -> list[RealScore]:
+    """Run each case through the node's pipeline with the default settings, ``model`` behind ``localizer`` (none:
+    without one), and score what it measured."""
     config = NodeConfig()
-    model = Model.from_folder(model_folder)
-    segmenter = Segmenter(model, device, localizer=localizer_of(model, localizer, model_folder.parent))
+    segmenter = Segmenter(model, device, localizer=localizer)
     scores = []
     with tempfile.TemporaryDirectory() as scratch:
         for case in cases:
@@ -184,16 +182,11 @@ def write_real_report(scores: list[RealScore], model: str, out: Path) -> Path:
 
 def record_real_in_card(card_path: Path, scores: list[RealScore], report: Path, localizer: str) -> None:
     """Put these scores in a model card under ``metrics.real_ct`` (replacing what was there)."""
-    card = yaml.safe_load(card_path.read_text())
     cases: dict[str, dict[str, object]] = {}
     for case in scores:
         entry: dict[str, object] = {"reference": case.reference, "verdict": case.verdict, "sent": case.delivered or "nothing", "stray_ml": case.stray_ml}
         for side in case.sides:
             entry[f"{side.side}_parenchyma"] = {"dice": side.dice, "reference_ml": side.reference_ml, "measured_ml": side.predicted_ml}
         cases[case.case_id] = entry
-    card.setdefault("metrics", {})["real_ct"] = {
-        "report": str(report.relative_to(card_path.parent)) if report.is_relative_to(card_path.parent) else str(report),
-        "how": f"dicomnode-train evaluate-real: each case through the node's pipeline with the default settings, localizer {localizer}",
-        "cases": cases,
-    }
-    card_path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    how = f"dicomnode-train evaluate-real: each case through the node's pipeline with the default settings, localizer {localizer}"
+    put_in_card(card_path, "real_ct", {"report": card_relative(report, card_path), "how": how, "cases": cases})
