@@ -225,6 +225,7 @@ class QCConfig:
     cortex_share: tuple[float, float] = (0.2, 0.9)  # cortex / parenchyma
     min_corticomedullary_hu: float = 15.0  # cortex minus medulla, checked unless the image shows another phase
     max_outline_medulla_share: float = 0.08  # outer surface labelled medulla, checked in the arterial phase; more: it takes in a neighbour
+    max_denser_share: float = 0.02  # share of a kidney 20 HU denser than its median, checked without contrast; more: it takes in a neighbour
     lateral_mm: tuple[float, float] = KIDNEY_LATERAL_MM  # kidney centre to the side of the spine's centre
     anteroposterior_mm: tuple[float, float] = KIDNEY_ANTEROPOSTERIOR_MM  # kidney centre from the spine's centre (+: behind)
     min_spine_share: float = 0.3  # share of a kidney's slices on which the vertebral column must be found

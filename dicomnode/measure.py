@@ -40,6 +40,11 @@ RETROPERITONEAL_FAT_SHARE = 0.25
 OUTLINE_RING_VOXELS = 1
 #: At most about this many of a kidney's slices are looked at for its outline (evenly spaced; thin-slice series).
 OUTLINE_SLICES = 40
+#: Without contrast the parenchyma is nearly uniform (cortex and medulla 30-40 HU), and the liver (about 55-65 HU) and
+#: spleen (45-50 HU) lie against it. A voxel more than DENSER_HU above the kidney's median, after a median filter of
+#: DENSER_FILTER_VOXELS in-plane (noise), is denser tissue inside the outline; the share of such voxels (voxels of the
+#: outline's own 1-voxel ring left out: partial volume) is :attr:`KidneyMeasurement.denser_share`.
+DENSER_HU, DENSER_FILTER_VOXELS = 20.0, 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class KidneyMeasurement:
     model_side: str | None = None  # the side most of its voxels have in the model's own labels, where it has them
     fat_share: float = float("nan")  # share of its shell that is fat (FAT_HU): perirenal fat
     outline_medulla_share: float = float("nan")  # share of its outer surface the model labelled medulla
+    denser_share: float = float("nan")  # share of it denser than its median by DENSER_HU (see there)
 
     @property
     def cortex(self) -> np.ndarray:
@@ -309,6 +315,7 @@ def _kidney(
         model_side,
         fat_share,
         _outline_medulla_share(cortex, medulla),
+        _denser_share(hu, inside),
     )
 
 
@@ -352,6 +359,19 @@ def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:
         on_ring += int(ring.sum())
         in_medulla += int((ring & medulla[z]).sum())
     return in_medulla / on_ring if on_ring else 0.0
+
+
+def _denser_share(hu: np.ndarray, kidney: np.ndarray) -> float:
+    """The share of a kidney's voxels (its outline's ring left out) denser than its median by :data:`DENSER_HU`
+    after an in-plane median filter, on at most about :data:`OUTLINE_SLICES` of its slices; ``hu`` and ``kidney``
+    are its box."""
+    on = np.flatnonzero(kidney.any(axis=(1, 2)))
+    slices = on[:: max(1, len(on) // OUTLINE_SLICES)]
+    core = ndimage.binary_erosion(kidney[slices], structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
+    if not core.any():
+        return 0.0
+    smooth = ndimage.median_filter(hu[slices].astype(np.float32), size=(1, DENSER_FILTER_VOXELS, DENSER_FILTER_VOXELS))[core]
+    return float(np.mean(smooth > np.median(smooth) + DENSER_HU))
 
 
 def _cut_share(inside: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> float:

@@ -1,8 +1,8 @@
 """QC stage: judge whether measured kidneys are plausible before anything is sent, with a reason per finding.
 
 Each rule looks at one thing a reader would check by eye: size, shape, place beside the spine, the field of view,
-the cortex, the contrast phase, and the two sides. Each rule concerns some structures: the cortex's and the phase's
-only cortex and medulla, the others the parenchyma and so everything. A structure passes when no finding concerns
+the cortex, the contrast phase, the outline against its neighbours, and the two sides. Each rule concerns some
+structures: the cortex's and the phase's only cortex and medulla, the others the parenchyma and so everything. A structure passes when no finding concerns
 it; with ``qc.per_structure`` the parenchyma is sent when it passes even where cortex and medulla do not. What
 happens to a structure that fails is ``qc.on_fail`` (withhold, or send flagged for review).
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from dicomnode.aorta import ImagePhase
 from dicomnode.config import QCConfig
-from dicomnode.measure import SIDES, STRUCTURES, KidneyMeasurement, Measurements
+from dicomnode.measure import DENSER_HU, SIDES, STRUCTURES, KidneyMeasurement, Measurements
 
 
 class Rule(str, enum.Enum):
@@ -31,6 +31,7 @@ class Rule(str, enum.Enum):
     CORTEX_SHARE = "implausible cortex share"
     CORTICOMEDULLARY = "no corticomedullary differentiation"
     OUTLINE = "the outline runs into a neighbouring organ"
+    DENSER = "the outline takes in denser tissue"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
     MODEL_SIDE = "model and anatomy disagree on the side"
@@ -178,6 +179,13 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
             "outline likely takes in a neighbouring organ of the medulla's density, such as the spleen or liver"
         )
         found.append(Finding(Rule.OUTLINE, side, why))
+    if phase is ImagePhase.UNENHANCED and kidney.denser_share > limits.max_denser_share:
+        why = (
+            f"{kidney.denser_share:.1%} of the kidney is more than {DENSER_HU:.0f} HU denser than its median (at most "
+            f"{limits.max_denser_share:.0%} expected: without contrast the parenchyma is uniform), so the outline likely "
+            "takes in a denser neighbour such as the liver or spleen"
+        )
+        found.append(Finding(Rule.DENSER, side, why))
     return found
 
 

@@ -15,7 +15,7 @@ from dicomnode.load import LoadedSeries
 from dicomnode.measure import Measurements, measure
 from dicomnode.qc import Rule, check
 from dicomnode.segment import CORTEX, MEDULLA, Algorithm, Model, Segmentation, Segmenter, localizer_of
-from training.phantoms import Grid, Label, make_phantom
+from training.phantoms import Grid, Label, Phase, make_phantom
 
 REPO = Path(__file__).resolve().parent.parent
 LIMITS = QCConfig()
@@ -25,8 +25,8 @@ MODEL = Model("truth", None, {}, "0")
 GRID = Grid.centred(128, 2.6, 36, 5.0)
 
 
-def _measured(seed: int = 40, grid: Grid = GRID) -> tuple[Measurements, LoadedSeries, np.ndarray]:
-    phantom = make_phantom(seed, grid=grid, ckd_stage=0)
+def _measured(seed: int = 40, grid: Grid = GRID, phase: Phase = Phase.ARTERIAL) -> tuple[Measurements, LoadedSeries, np.ndarray]:
+    phantom = make_phantom(seed, phase, grid=grid, ckd_stage=0)
     series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     labels = np.zeros_like(phantom.labels)
     labels[phantom.labels == Label.MEDULLA] = MEDULLA
@@ -37,6 +37,12 @@ def _measured(seed: int = 40, grid: Grid = GRID) -> tuple[Measurements, LoadedSe
 @pytest.fixture(scope="module")
 def good() -> Measurements:
     return _measured()[0]
+
+
+@pytest.fixture(scope="module")
+def plain() -> Measurements:
+    """The phantom without contrast, measured from its truth."""
+    return _measured(phase=Phase.NONCONTRAST)[0]
 
 
 def _with_left(measurements: Measurements, **changes) -> Measurements:
@@ -91,10 +97,30 @@ def test_an_outline_that_runs_into_the_spleen_is_withheld_in_the_arterial_phase(
     assert left.parenchyma_ml > 1.1 * truth.kidneys["left"].parenchyma_ml
     assert left.outline_medulla_share > LIMITS.max_outline_medulla_share
     assert _rules(leaked) == {(Rule.OUTLINE, "left")}
-    assert _rules(leaked, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}  # no cortex to tell it by: not judged
+    assert (Rule.OUTLINE, "left") not in _rules(leaked, ImagePhase.UNENHANCED)  # no cortex to tell it by: not judged
     external = Algorithm("TotalSegmentator", "2", "renal parenchyma by another model")
     two_models = replace(leaked, algorithms={**leaked.algorithms, "parenchyma": external})
     assert _rules(two_models) == set()  # another model's outline, the project's cortex inside: they may disagree
+
+
+def test_an_outline_that_takes_in_the_liver_is_withheld_without_contrast() -> None:
+    """The shipped model's failure on unenhanced phantoms, rebuilt from the truth: liver beside the right kidney
+    taken in. Without contrast the kidney is uniform and the liver 20 HU denser, so the denser share says so; the
+    truth's kidneys are uniform and pass."""
+    truth, series, labels = _measured(phase=Phase.NONCONTRAST)
+    assert max(k.denser_share for k in truth.kidneys.values()) <= LIMITS.max_denser_share
+    assert _rules(truth, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}
+    phantom = make_phantom(40, Phase.NONCONTRAST, grid=GRID, ckd_stage=0)
+    kidney = np.isin(phantom.labels, (Label.CORTEX, Label.MEDULLA))
+    beside = ndimage.binary_dilation(kidney, iterations=3) & (phantom.labels == Label.LIVER)
+    merged = labels.copy()
+    merged[beside] = CORTEX
+    leaked = measure(series, Segmentation(merged, MODEL, "cpu"))
+    right = leaked.kidneys["right"]
+    assert right.parenchyma_ml > 1.1 * truth.kidneys["right"].parenchyma_ml
+    assert right.denser_share > LIMITS.max_denser_share
+    assert _rules(leaked, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study"), (Rule.DENSER, "right")}
+    assert (Rule.DENSER, "right") not in _rules(leaked, ImagePhase.ENHANCED)  # contrast: the parenchyma is not uniform
 
 
 @pytest.mark.slow
@@ -137,13 +163,13 @@ def test_a_kidney_grazing_the_edge_is_sent_as_a_lower_bound() -> None:
     assert [(n.scope, "lower bound" in n.message) for n in report.notes] == [("left", True)]
 
 
-def test_each_finding_withholds_only_the_structures_it_concerns(good: Measurements) -> None:
-    not_arterial = check(good, ImagePhase.UNENHANCED, LIMITS)
+def test_each_finding_withholds_only_the_structures_it_concerns(good: Measurements, plain: Measurements) -> None:
+    not_arterial = check(plain, ImagePhase.UNENHANCED, LIMITS)
     assert not not_arterial.passed and not_arterial.deliverable(per_structure=True) == ("parenchyma",)
     assert not_arterial.deliverable(per_structure=False) == ()
     no_cortex = check(_with_left(good, cortex_ml=5.0), ImagePhase.ARTERIAL, LIMITS)
     assert no_cortex.deliverable(per_structure=True) == ("parenchyma",)
-    too_small = check(_with_left(good, parenchyma_ml=25.0), ImagePhase.UNENHANCED, LIMITS)
+    too_small = check(_with_left(plain, parenchyma_ml=25.0), ImagePhase.UNENHANCED, LIMITS)
     assert too_small.deliverable(per_structure=True) == ()
     assert check(good, ImagePhase.ARTERIAL, LIMITS).deliverable(per_structure=True) == ("parenchyma", "cortex", "medulla")
 
@@ -196,8 +222,8 @@ def test_no_corticomedullary_difference_in_the_arterial_phase(good: Measurements
 
 
 @pytest.mark.parametrize("phase", [ImagePhase.UNENHANCED, ImagePhase.ENHANCED])
-def test_series_that_is_not_arterial(good: Measurements, phase: ImagePhase) -> None:
-    assert _rules(good, phase) == {(Rule.PHASE, "study")}
+def test_series_that_is_not_arterial(good: Measurements, plain: Measurements, phase: ImagePhase) -> None:
+    assert _rules(plain if phase is ImagePhase.UNENHANCED else good, phase) == {(Rule.PHASE, "study")}
 
 
 def test_sides_without_landmarks(good: Measurements) -> None:
