@@ -137,6 +137,19 @@ def test_the_shipped_model_taking_in_the_spleen_is_withheld() -> None:
     assert (Rule.OUTLINE, "right") not in _rules(measured)
 
 
+@pytest.mark.slow
+def test_the_shipped_model_taking_in_the_liver_without_contrast_is_withheld() -> None:
+    """Unenhanced phantom 7950: the shipped model takes liver into the right kidney (+24 %); QC withholds it."""
+    model = Model.from_folder(REPO / "models" / "renal-synth3-cpu")
+    segmenter = Segmenter(model, "cpu", localizer=localizer_of(model, "auto", REPO / "models"))
+    phantom = make_phantom(7950, Phase.NONCONTRAST, grid=Grid.centred(256, 1.5, 48, 5.0))
+    series = LoadedSeries([], phantom.image.astype(np.float32), np.array(phantom.grid.origin), np.array(phantom.grid.spacing), np.eye(3))
+    measured = measure(series, segmenter.segment(series))
+    truth_ml = float(phantom.kidney_mask("right", "parenchyma").sum() * phantom.grid.voxel_ml)
+    assert measured.kidneys["right"].parenchyma_ml > 1.15 * truth_ml
+    assert (Rule.DENSER, "right") in _rules(measured, ImagePhase.UNENHANCED)
+
+
 def _cut_left(columns_into: int) -> Measurements:
     """The phantom with its image's last columns (+x, the patient's left) removed, ``columns_into`` of the left
     kidney's included."""
