@@ -232,7 +232,10 @@ def _trickle(sock: socket.socket, data: bytes, every_s: float, limit_s: float) -
             break
         time.sleep(every_s)
         ready, _, _ = select.select([sock], [], [], 0)
-        if ready and sock.recv(65536) == b"":
+        try:
+            if ready and sock.recv(65536) == b"":
+                break
+        except ConnectionResetError:  # closed with our bytes unread: the kernel answers with a reset
             break
     return time.monotonic() - start
 
