@@ -14,10 +14,10 @@ import numpy as np
 
 from benchmarks.series import machine
 from dicomnode.config import CortexMethod, ExternalModelConfig
-from dicomnode.cortex import split_cortex
-from dicomnode.external import ExternalModel, ExternalSegmenter, model_cortex
-from dicomnode.load import LoadedSeries
-from dicomnode.segment import MODEL_LEFT, MODEL_RIGHT, Model, Segmenter
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.cortex import split_cortex
+from dicomnode.segment.external import ExternalModel, ExternalSegmenter, model_cortex
+from dicomnode.segment.segmenter import MODEL_LEFT, MODEL_RIGHT, Model, Segmenter
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, Phase, make_phantom

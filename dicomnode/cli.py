@@ -16,9 +16,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig, load_config
-from dicomnode.database import open_database
-from dicomnode.states import JobDelivery, Outcome
-from dicomnode.store import Instance, Store
+from dicomnode.instance import Instance
+from dicomnode.store.database import open_database
+from dicomnode.store.records import Store
+from dicomnode.store.states import JobDelivery, Outcome
 
 log = logging.getLogger("dicomnode")
 

@@ -10,8 +10,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dicomnode.anatomy import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 from dicomnode.conventions import Orientation
+from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class OnFail(str, enum.Enum):
 
 @dataclass(frozen=True)
 class QCConfig:
-    """Plausibility limits of the QC gate (see ``dicomnode/qc.py``); each (low, high) pair is inclusive.
+    """Plausibility limits of the QC gate (see ``dicomnode/analysis/qc.py``); each (low, high) pair is inclusive.
 
     Volume and length limits come from the 416 hand-drawn kidneys of KiTS19 (``dicomnode-train priors``, figures in
     ``training/kits19_priors.json``):

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pydicom
 
+from dicomnode.analysis.measure import Measurements, measure
+from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
 from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import save_dataset
-from dicomnode.load import SeriesError, load_series
-from dicomnode.measure import Measurements, measure
+from dicomnode.imaging.load import SeriesError, load_series
+from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
+from dicomnode.instance import Instance
 from dicomnode.memory import peak_gib, reset_peak
-from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
-from dicomnode.segment import SeriesSegmenter
-from dicomnode.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
-from dicomnode.states import Outcome
-from dicomnode.store import Instance
+from dicomnode.results.write import Results, write_no_result_sr, write_results
+from dicomnode.segment.segmenter import SeriesSegmenter
+from dicomnode.store.states import Outcome
 from dicomnode.uids import RANDOM_UIDS, ResultUids
-from dicomnode.write import Results, write_no_result_sr, write_results
 
 log = logging.getLogger(__name__)
 

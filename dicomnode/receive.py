@@ -30,14 +30,14 @@ from pynetdicom.sop_class import (
     XRayRadiationDoseSRStorage,
 )
 
-from dicomnode.acceptor import Acceptor, CommitmentReport, Policy, Received
-from dicomnode.commitment import Reporter, commitment_report, read_data_set
 from dicomnode.config import NodeConfig
-from dicomnode.database import errors
-from dicomnode.dimse import STORAGE_COMMITMENT, StoreStatus
+from dicomnode.delivery.commitment import Reporter, commitment_report, read_data_set
+from dicomnode.delivery.send import record_commitment
 from dicomnode.files import move_into_place, remove_partial_writes
-from dicomnode.send import record_commitment
-from dicomnode.store import Store
+from dicomnode.net.acceptor import Acceptor, CommitmentReport, Policy, Received
+from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
+from dicomnode.store.database import errors
+from dicomnode.store.records import Store
 
 log = logging.getLogger(__name__)
 

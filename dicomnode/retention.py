@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.config import Retention
-from dicomnode.store import FinishedStudy, Store
+from dicomnode.store.records import FinishedStudy, Store
 
 log = logging.getLogger(__name__)
 

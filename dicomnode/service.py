@@ -14,16 +14,16 @@ import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.complete import open_jobs, ready_studies
-from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource
-from dicomnode.database import open_database
-from dicomnode.external import ExternalModel, ExternalSegmenter
+from dicomnode.config import NodeConfig
+from dicomnode.delivery.send import send_due
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
-from dicomnode.segment import Model, Segmenter, SeriesSegmenter, localizer_of
-from dicomnode.send import send_due
-from dicomnode.states import JobState
-from dicomnode.store import Job, LeaseLost, Queued, Store
+from dicomnode.segment.configured import load_segmenter
+from dicomnode.segment.segmenter import SeriesSegmenter
+from dicomnode.store.database import open_database
+from dicomnode.store.records import Job, LeaseLost, Queued, Store
+from dicomnode.store.states import JobState
 from dicomnode.supersede import reject_superseded
 from dicomnode.uids import ResultUids, job_seed
 from dicomnode.web import WebServer
@@ -41,21 +41,6 @@ def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
             shutil.rmtree(folder)
             removed.append(folder)
     return removed
-
-
-def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
-    """The configured segmenter: the project's model, or an external model's parenchyma with the cortex method."""
-    settings = config.model
-    project = None
-    if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
-        model = Model.from_folder(config.path(settings.folder) / settings.name)
-        localizer = localizer_of(model, settings.localizer, config.path(settings.folder))
-        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime, localizer)
-    if settings.parenchyma is ParenchymaSource.PROJECT:
-        assert project is not None
-        return project
-    external = ExternalModel.from_config(settings.external, config.path(settings.external.folder))
-    return ExternalSegmenter(external, settings.cortex, project, settings.device, settings.runtime)
 
 
 class Role(str, enum.Enum):

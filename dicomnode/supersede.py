@@ -17,8 +17,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.files import save_dataset
-from dicomnode.rejection import write_rejection_note
-from dicomnode.store import Queued, Store, Superseded
+from dicomnode.results.rejection import write_rejection_note
+from dicomnode.store.records import Queued, Store, Superseded
 from dicomnode.uids import ResultUids, job_seed
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from dicomnode.config import NodeConfig
-from dicomnode.states import DeliveryState, JobDelivery, JobState
-from dicomnode.store import Job, Store
+from dicomnode.store.records import Job, Store
+from dicomnode.store.states import DeliveryState, JobDelivery, JobState
 
 log = logging.getLogger(__name__)
 

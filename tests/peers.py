@@ -22,7 +22,7 @@ import yaml
 
 from dicomnode.config import NodeConfig
 from dicomnode.receive import OpenAssociations, Receiver
-from dicomnode.store import Store
+from dicomnode.store.records import Store
 
 REPO = Path(__file__).resolve().parent.parent
 #: The shared data beside the checkout (real CT, KiTS19 labels); tests that need it skip when it is absent.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
 from training.phantom_dicom import SeriesFiles
 from training.phantoms import Label
 

@@ -12,13 +12,13 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
-from dicomnode.capture import key_slice, summary_page
 from dicomnode.config import Destination, NodeConfig, OutputFormat
-from dicomnode.load import load_series
+from dicomnode.imaging.load import load_series
+from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study, save_results
-from dicomnode.segment import Model
-from dicomnode.states import Outcome
-from dicomnode.store import Instance
+from dicomnode.results.capture import key_slice, summary_page
+from dicomnode.segment.segmenter import Model
+from dicomnode.store.states import Outcome
 from dicomnode.uids import ResultUids, job_seed
 from tests.peers import dciodvfy, tools_missing
 from tests.standins import PhantomLabels

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from dicomnode.analysis.measure import measure
 from dicomnode.config import QCConfig
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import measure
-from dicomnode.segment import Model, Segmenter, boxes_around, kidney_sized
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import Model, Segmenter, boxes_around, kidney_sized
 from tests.peers import REAL_CT, REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom
@@ -81,7 +81,7 @@ def test_refined_boxes_surround_the_chosen_kidney_sized_components_with_a_margin
 
 def test_without_a_kidney_in_the_coarse_pass_the_whole_volume_is_segmented(segmenters, caplog: pytest.LogCaptureFixture) -> None:
     air = LoadedSeries([], np.full((12, 64, 64), -1000.0, np.float32), np.zeros(3), np.array([1.6, 1.6, 5.0]), np.eye(3))
-    with caplog.at_level("INFO", logger="dicomnode.segment"):
+    with caplog.at_level("INFO", logger="dicomnode.segment.segmenter"):
         labels = segmenters[1].segment(air).labels
     assert labels.shape == air.hu.shape and not labels.any()
     assert "no kidney-sized component in the coarse pass; segmenting the whole volume" in caplog.text

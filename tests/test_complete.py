@@ -10,7 +10,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.complete import ready_studies
-from dicomnode.store import Store
+from dicomnode.store.records import Store
 from tests.peers import NodeFactory, storescu, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

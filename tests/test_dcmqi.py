@@ -17,9 +17,9 @@ import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
+from dicomnode.instance import Instance
 from dicomnode.pipeline import Processed, process_study, save_results
-from dicomnode.states import Outcome
-from dicomnode.store import Instance
+from dicomnode.store.states import Outcome
 from tests.standins import PhantomLabels
 from training.phantom_dicom import SeriesFiles, write_study
 from training.phantoms import Grid, Label, Phase

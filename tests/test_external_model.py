@@ -15,14 +15,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.aorta import ImagePhase
+from dicomnode.analysis.measure import measure
+from dicomnode.analysis.qc import Rule, check
 from dicomnode.config import CortexMethod, ExternalModelConfig, QCConfig, load_config
-from dicomnode.cortex import split_cortex
-from dicomnode.external import ExternalModel, ExternalSegmenter
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import measure
-from dicomnode.qc import Rule, check
-from dicomnode.segment import MODEL_LEFT, MODEL_RIGHT, Model, Segmentation
+from dicomnode.imaging.aorta import ImagePhase
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.cortex import split_cortex
+from dicomnode.segment.external import ExternalModel, ExternalSegmenter
+from dicomnode.segment.segmenter import MODEL_LEFT, MODEL_RIGHT, Model, Segmentation
 from tests.peers import REPO, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts
 from tests.training_cli import TINY, cli_env, tiny_training, training_cli

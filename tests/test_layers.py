@@ -1,5 +1,6 @@
 """The running node stands on its own package: it never imports the training code, loads its model's trainer from
-``dicomnode/nnunet_trainers``, and its modules import in layers without cycles."""
+``dicomnode/segment/nnunet_trainers``, and its packages import in layers, each only from those below it, without
+cycles."""
 
 from __future__ import annotations
 
@@ -10,33 +11,70 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dicomnode"
-#: Modules that run the node; the stages of the pipeline must not import them (data flows forward, not back).
-ORCHESTRATION = {"cli", "service", "pipeline", "receive", "complete", "send", "supersede", "commitment", "retention", "web"}
+#: Modules at the top of the package that every layer may import: settings, shared conventions, file and memory
+#: helpers, UIDs, the received instance and the kidney priors.
+FOUNDATION = {"__init__", "config", "conventions", "files", "memory", "uids", "instance", "priors"}
+#: The packages in order: each imports only from the foundation and the packages before it (data flows forward).
+LAYERS = ["net", "store", "imaging", "segment", "analysis", "results", "delivery"]
+#: Modules that run the node, above every package.
+ORCHESTRATION = {"cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web"}
+
+
+def _module(path: Path) -> str:
+    """``imaging.load`` for dicomnode/imaging/load.py, ``segment`` for dicomnode/segment/__init__.py."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
 def _imports() -> dict[str, set[str]]:
+    """Each module of the node and the node's modules it imports (``from dicomnode import x``: the package's own
+    ``__init__``, or module ``x`` where it is one)."""
+    modules = {_module(p) for p in PACKAGE.rglob("*.py")}
     graph = {}
-    for path in PACKAGE.glob("*.py"):
-        names = set()
+    for path in PACKAGE.rglob("*.py"):
+        names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names.add(node.module)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dicomnode":
+                base = node.module.removeprefix("dicomnode").removeprefix(".")
+                for alias in node.names:
+                    joined = f"{base}.{alias.name}".lstrip(".")
+                    names.add(joined if joined in modules else base or "__init__")
             elif isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-        graph[path.stem] = names
+                names.update(a.name.removeprefix("dicomnode.") for a in node.names if a.name.startswith("dicomnode."))
+        graph[_module(path)] = names
     return graph
 
 
+def _rank(module: str) -> int:
+    """0 for the foundation, 1.. for the packages in LAYERS order, above them the orchestration."""
+    if module in FOUNDATION:
+        return 0
+    if module.split(".")[0] in LAYERS:
+        return 1 + LAYERS.index(module.split(".")[0])
+    assert module in ORCHESTRATION, f"dicomnode/{module}: not placed in a layer of tests/test_layers.py"
+    return 1 + len(LAYERS)
+
+
 def test_the_node_never_imports_the_training_code() -> None:
-    offenders = {module: sorted(n for n in names if n.split(".")[0] == "training") for module, names in _imports().items()}
-    assert {m: n for m, n in offenders.items() if n} == {}
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "training"}
+        found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.split(".")[0] == "training"}
+        if found:
+            offenders[_module(path)] = sorted(found)
+    assert offenders == {}
 
 
-def test_modules_import_in_layers_without_cycles() -> None:
-    graph = {m: {n.split(".")[1] for n in names if n.startswith("dicomnode.") and n.count(".") == 1} for m, names in _imports().items()}
-    stages = set(graph) - ORCHESTRATION - {"__init__"}
-    assert {s: sorted(graph[s] & ORCHESTRATION) for s in stages if graph[s] & ORCHESTRATION} == {}
-    assert graph["pipeline"] & {"receive", "send", "complete", "retention", "service", "cli"} == set()
+def test_packages_import_only_from_the_layers_below_them() -> None:
+    graph = _imports()
+    upward = {m: sorted(n for n in names if _rank(n) > _rank(m)) for m, names in graph.items()}
+    assert {m: n for m, n in upward.items() if n} == {}
+    assert graph["pipeline"] & {"receive", "delivery.send", "complete", "retention", "service", "cli"} == set()
+
+
+def test_modules_import_without_cycles() -> None:
+    graph = _imports()
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:
         return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph.get(start, ()))
@@ -48,7 +86,7 @@ def test_the_shipped_model_loads_with_the_training_package_unavailable() -> None
     code = (
         "import sys; sys.modules['training'] = None\n"  # any import of training now raises ImportError
         "from pathlib import Path\n"
-        "from dicomnode.segment import Model, Segmenter\n"
+        "from dicomnode.segment.segmenter import Model, Segmenter\n"
         "segmenter = Segmenter(Model.from_folder(Path('models/renal-phantom-cpu')), 'cpu')\n"
         "print(type(segmenter.predictor.network).__name__, segmenter.predictor.trainer_name)\n"
     )

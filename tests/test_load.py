@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.load import GeometryError, PixelDataError, load_series
+from dicomnode.imaging.load import GeometryError, PixelDataError, load_series
 from training.phantom_dicom import SeriesFiles, write_study
 from training.phantoms import Grid, Phase
 
@@ -88,7 +88,7 @@ def test_compressed_transfer_syntaxes_decode_losslessly(arterial: SeriesFiles, t
 
 
 def test_truncated_pixel_data_is_refused_with_a_reason(arterial: SeriesFiles) -> None:
-    from dicomnode.load import PixelDataError
+    from dicomnode.imaging.load import PixelDataError
 
     data = arterial.files[3].read_bytes()
     arterial.files[3].write_bytes(data[: len(data) - 2000])

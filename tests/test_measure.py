@@ -7,12 +7,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dicomnode.aorta import ImagePhase
+from dicomnode.analysis.measure import measure
+from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import measure
-from dicomnode.qc import check
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.imaging.aorta import ImagePhase
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
 from tests.peers import REAL_CT
 from tests.readback import dice
 from training.evaluate import as_series

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicomnode.aorta import ImagePhase, aorta_evidence
+from dicomnode.imaging.aorta import ImagePhase, aorta_evidence
 from tests.peers import REAL_CT as REAL
 from training.phantom_dicom import to_sitk, write_study
 from training.phantoms import Grid, Label, Phase, make_phantom

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dicomnode.aorta import ImagePhase
+from dicomnode.analysis.measure import Measurements, measure
+from dicomnode.analysis.qc import Rule, check
 from dicomnode.config import OnFail, QCConfig
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import Measurements, measure
-from dicomnode.qc import Rule, check
-from dicomnode.segment import CORTEX, MEDULLA, Algorithm, Model, Segmentation, Segmenter, localizer_of
+from dicomnode.imaging.aorta import ImagePhase
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, Algorithm, Model, Segmentation, Segmenter, localizer_of
 from training.phantoms import Grid, Label, Phase, make_phantom
 
 REPO = Path(__file__).resolve().parent.parent

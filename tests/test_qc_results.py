@@ -15,11 +15,11 @@ from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
 from dicomnode.config import NodeConfig, OnFail, QCConfig
-from dicomnode.load import LoadedSeries
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.instance import Instance
 from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study, save_results
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
-from dicomnode.states import Outcome
-from dicomnode.store import Instance
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.store.states import Outcome
 from tests.peers import REAL_CT as REAL
 from tests.peers import dciodvfy, tools_missing
 from tests.readback import sr_groups, sr_texts, sr_volumes

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.config import NodeConfig
 from dicomnode.receive import OpenAssociations, Receiver, StoreStatus, valid_uid
-from dicomnode.store import Store
+from dicomnode.store.records import Store
 from tests.peers import NodeFactory, free_port, receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicomnode.aorta import ImagePhase
+from dicomnode.analysis.measure import STRUCTURES, measure
+from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
-from dicomnode.load import load_series
-from dicomnode.measure import STRUCTURES, measure
-from dicomnode.qc import check
-from dicomnode.segment import CORTEX, MEDULLA, Model, Segmentation
-from dicomnode.write import write_results
+from dicomnode.imaging.aorta import ImagePhase
+from dicomnode.imaging.load import load_series
+from dicomnode.results.write import write_results
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
 from tests.readback import seg_masks, sr_groups
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Label, Phase

@@ -10,8 +10,8 @@ import pytest
 
 from dicomnode.config import NodeConfig, Retention, problems
 from dicomnode.retention import clean
-from dicomnode.states import DeliveryState, Outcome
-from dicomnode.store import Queued, Store
+from dicomnode.store.records import Queued, Store
+from dicomnode.store.states import DeliveryState, Outcome
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 DAY = 86400.0

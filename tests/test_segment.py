@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from dicomnode.analysis.measure import measure
 from dicomnode.config import ModelConfig, NodeConfig, Runtime, problems
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import measure
-from dicomnode.onnx_network import OnnxNetwork
-from dicomnode.segment import Model, Segmenter, nearest_resize, reduced, uses_onnxruntime
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.onnx_network import OnnxNetwork
+from dicomnode.segment.segmenter import Model, Segmenter, nearest_resize, reduced, uses_onnxruntime
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Selection as Rules
-from dicomnode.select import NO_ARTERIAL, PARENCHYMA_SERIES, SELECTED, SeriesSummary, select_series, summarise
-from dicomnode.store import Instance
+from dicomnode.imaging.select import NO_ARTERIAL, PARENCHYMA_SERIES, SELECTED, SeriesSummary, select_series, summarise
+from dicomnode.instance import Instance
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 

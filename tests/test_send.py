@@ -13,9 +13,9 @@ import pydicom
 import pytest
 
 from dicomnode.config import Auth, Delivery, Destination, NodeConfig, Protocol, load_config
-from dicomnode.send import backoff, send_due
-from dicomnode.states import DeliveryState, JobDelivery, Outcome
-from dicomnode.store import Queued, Store
+from dicomnode.delivery.send import backoff, send_due
+from dicomnode.store.records import Queued, Store
+from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
 from tests.peers import Orthanc, tools_missing
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.service import remove_unrecorded_results
-from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome
-from dicomnode.store import LeaseLost, Queued, Store
+from dicomnode.store.records import LeaseLost, Queued, Store
+from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 
 
 def _result(results: Path, study: str, version: int, name: str = "SEG_1.2.3.dcm") -> Path:

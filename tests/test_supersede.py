@@ -11,10 +11,11 @@ import pydicom
 import pytest
 
 from dicomnode.config import NodeConfig
+from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study, save_results
-from dicomnode.rejection import read_rejection_note, write_rejection_note
-from dicomnode.states import DeliveryState, JobDelivery, Outcome
-from dicomnode.store import Instance, Queued, Store
+from dicomnode.results.rejection import read_rejection_note, write_rejection_note
+from dicomnode.store.records import Queued, Store
+from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
 from dicomnode.supersede import reject_superseded
 from dicomnode.uids import ResultUids, job_seed
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for

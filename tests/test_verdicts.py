@@ -11,10 +11,10 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
+from dicomnode.imaging.select import NO_ARTERIAL, patient_conflicts, summarise
+from dicomnode.instance import Instance
 from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
-from dicomnode.select import NO_ARTERIAL, patient_conflicts, summarise
-from dicomnode.states import Outcome
-from dicomnode.store import Instance
+from dicomnode.store.states import Outcome
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 

@@ -22,10 +22,11 @@ from PIL import Image
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Destination, NodeConfig
+from dicomnode.delivery.send import send_due
+from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study, save_results
-from dicomnode.send import send_due
-from dicomnode.states import JobDelivery, Outcome
-from dicomnode.store import Instance, Queued, Store
+from dicomnode.store.records import Queued, Store
+from dicomnode.store.states import JobDelivery, Outcome
 from tests import ohif
 from tests.peers import REPO, Orthanc, free_port, tools_missing
 from tests.readback import sr_groups, voxel_ml

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.config import NodeConfig, WebConfig
-from dicomnode.states import DeliveryState, Outcome
-from dicomnode.store import Queued, Store
+from dicomnode.store.records import Queued, Store
+from dicomnode.store.states import DeliveryState, Outcome
 from dicomnode.web import WebServer
 from tests.peers import REPO, free_port
 

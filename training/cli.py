@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from dicomnode.segment import TRAINERS_DIR
+from dicomnode.segment.segmenter import TRAINERS_DIR
 from training.phantoms import Grid, Phase
 
 
@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
-    from dicomnode.segment import Model, localizer_of
+    from dicomnode.segment.segmenter import Model, localizer_of
     from training.evaluate_real import RealCase, evaluate_real, record_real_in_card, shared_cases, write_real_report
     from training.synth import DEFAULT_DATA
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trainer",
         default="nnUNetTrainerPaper",
-        help="the schedule: a trainer named in dicomnode/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)",
+        help="the schedule: a trainer named in dicomnode/segment/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)",
     )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")

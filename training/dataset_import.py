@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
-from dicomnode.load import SeriesError, load_series
+from dicomnode.imaging.load import SeriesError, load_series
 from training.cases import CORTEX_VALUES, PARENCHYMA_VALUES, Case
 
 DATASET_LABELS = {"background": 0, "parenchyma": [1, 2], "cortex": 2}

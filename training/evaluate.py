@@ -12,8 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import stats
 
-from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, Model, Segmenter, localizer_of
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import CORTEX, Model, Segmenter, localizer_of
 from training.cases import Case
 from training.dataset_import import case_labels, read_image
 

@@ -53,7 +53,7 @@ def train_fold(
     """
     import torch
 
-    from dicomnode.nnunet_trainers.nnUNetTrainerPaper import TRAINERS
+    from dicomnode.segment.nnunet_trainers.nnUNetTrainerPaper import TRAINERS
 
     if trainer_name not in TRAINERS:
         raise ValueError(f"trainer_name: {trainer_name!r} is not one of {', '.join(sorted(TRAINERS))}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 
-from dicomnode.upper_layer import ProtocolError
+from dicomnode.net.upper_layer import ProtocolError
 
 #: Storage Commitment Push Model (PS3.4 J.3): its SOP class, its well-known instance, and the one action it defines.
 STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, REQUEST_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomnode.anatomy import canonical_flips
-from dicomnode.rescale import rescale
+from dicomnode.imaging.anatomy import canonical_flips
+from dicomnode.imaging.rescale import rescale
 
 
 class SeriesError(ValueError):

@@ -21,10 +21,10 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_role
 
-from dicomnode.acceptor import CommitmentReport
 from dicomnode.config import NodeConfig
-from dicomnode.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
-from dicomnode.store import Store
+from dicomnode.net.acceptor import CommitmentReport
+from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.store.records import Store
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dicomnode.aorta import ImagePhase
+from dicomnode.analysis.measure import DENSER_HU, SIDES, STRUCTURES, KidneyMeasurement, Measurements
 from dicomnode.config import QCConfig
-from dicomnode.measure import DENSER_HU, SIDES, STRUCTURES, KidneyMeasurement, Measurements
+from dicomnode.imaging.aorta import ImagePhase
 
 
 class Rule(str, enum.Enum):

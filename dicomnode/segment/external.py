@@ -17,9 +17,9 @@ import numpy as np
 
 from dicomnode.config import CortexMethod, ExternalModelConfig, Runtime
 from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
-from dicomnode.cortex import split_cortex
-from dicomnode.load import LoadedSeries
-from dicomnode.segment import (
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.cortex import split_cortex
+from dicomnode.segment.segmenter import (
     CORTEX,
     MEDULLA,
     MODEL_LEFT,
@@ -36,7 +36,7 @@ from dicomnode.segment import (
 
 log = logging.getLogger(__name__)
 
-#: Version of the intensity split (``dicomnode.cortex``), named in the SEG and SR.
+#: Version of the intensity split (``dicomnode.segment.cortex``), named in the SEG and SR.
 INTENSITY_SPLIT_VERSION = "1"
 
 

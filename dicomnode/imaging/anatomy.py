@@ -25,15 +25,6 @@ SPINE_OFF_CENTRE_MM = 60.0
 VERTEBRAL_BODY_MM2 = 600.0
 #: Typical depth (mm) of a lumbar vertebral body and spinal canal in front of the arch (about 30 + 15 mm).
 BODY_AND_CANAL_MM = 40.0
-#: Where a kidney's centre lies relative to the vertebra's centre on its slices (mm): to either side, and from in
-#: front (-) to behind (+). Used to pick kidneys among predicted components and, by default, by QC.
-KIDNEY_LATERAL_MM, KIDNEY_ANTEROPOSTERIOR_MM = (20.0, 150.0), (-90.0, 40.0)
-#: Parenchyma volume (ml) of a kidney: 416 hand-drawn KiTS19 kidneys measure 42.7-430.1 ml (tumour excluded;
-#: ``training/kits19_priors.json``). Used to pick kidneys and, by default, by QC.
-KIDNEY_ML = (40.0, 450.0)
-#: Mean attenuation (HU) renal parenchyma can have in any phase; a component outside it is bone, calcification or
-#: excreted contrast, not a kidney. Used to pick kidneys and, by default, by QC.
-KIDNEY_HU = (0.0, 350.0)
 #: HU below which a voxel is fat (fat is about -150 to -50 HU; water and soft tissue above 0).
 FAT_HU = -20.0
 #: The shell fat_share looks at reaches this many voxels outside a mask.

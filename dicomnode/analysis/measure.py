@@ -8,20 +8,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from dicomnode.anatomy import (
-    KIDNEY_ANTEROPOSTERIOR_MM,
-    KIDNEY_HU,
-    KIDNEY_LATERAL_MM,
-    KIDNEY_ML,
-    SHELL_VOXELS,
-    Midline,
-    canonical_flips,
-    fat_share,
-    find_midline,
-    shell_box,
-)
-from dicomnode.load import LoadedSeries
-from dicomnode.segment import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
+from dicomnode.imaging.anatomy import SHELL_VOXELS, Midline, canonical_flips, fat_share, find_midline, shell_box
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
+from dicomnode.segment.segmenter import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")

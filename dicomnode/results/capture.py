@@ -11,11 +11,11 @@ import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dicomnode.anatomy import canonical_flips
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import SIDES, KidneyMeasurement, Measurements
-from dicomnode.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
-from dicomnode.segment import Model
+from dicomnode.analysis.measure import SIDES, KidneyMeasurement, Measurements
+from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
+from dicomnode.imaging.anatomy import canonical_flips
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.segmenter import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SC_SERIES_NUMBER = 9703

@@ -16,10 +16,10 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from dicomnode.config import Delivery, Destination, NodeConfig, Protocol
-from dicomnode.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
-from dicomnode.states import DeliveryState, SendOutcome
-from dicomnode.store import DeliveryRecord, Store
-from dicomnode.stow import stow_rs
+from dicomnode.delivery.stow import stow_rs
+from dicomnode.net.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.store.records import DeliveryRecord, Store
+from dicomnode.store.states import DeliveryState, SendOutcome
 
 log = logging.getLogger(__name__)
 

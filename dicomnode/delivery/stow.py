@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from dicomnode.config import Auth, Destination, NodeConfig
-from dicomnode.states import SendOutcome
+from dicomnode.store.states import SendOutcome
 
 #: PS3.18 Table 10.5.3-1 and PS3.3: tags of the STOW-RS response.
 FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081198", "00081199"

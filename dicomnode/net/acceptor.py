@@ -35,7 +35,7 @@ from pydicom.uid import (
 )
 
 from dicomnode import __version__
-from dicomnode.dimse import (
+from dicomnode.net.dimse import (
     REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
@@ -46,8 +46,7 @@ from dicomnode.dimse import (
     parse_request,
     response,
 )
-from dicomnode.uids import IMPLEMENTATION_CLASS_UID
-from dicomnode.upper_layer import (
+from dicomnode.net.upper_layer import (
     DICOM_APPLICATION_CONTEXT,
     MAX_ASSOCIATE_REQUEST,
     MAX_COMMAND,
@@ -68,6 +67,7 @@ from dicomnode.upper_layer import (
     parse_associate_request,
     release_response,
 )
+from dicomnode.uids import IMPLEMENTATION_CLASS_UID
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomnode.database import Database, Row, Session, SqliteDatabase
-from dicomnode.states import DeliveryState, JobDelivery, JobState, Outcome, job_delivery
+from dicomnode.instance import Instance
+from dicomnode.store.database import Database, Row, Session, SqliteDatabase
+from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome, job_delivery
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -115,18 +116,6 @@ _WAITING_FOR_NOTE = (
     "SELECT 1 FROM deliveries d JOIN jobs e ON e.id = d.job_id JOIN jobs jq ON jq.id = q.job_id"
     " WHERE d.destination = q.destination AND e.study_uid = jq.study_uid AND e.version < jq.version AND " + _UNREJECTED_SENT
 )
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One received, stored instance."""
-
-    seq: int
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    path: Path
 
 
 @dataclass(frozen=True)

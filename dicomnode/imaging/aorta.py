@@ -15,8 +15,8 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from dicomnode.anatomy import disc, slice_landmarks
-from dicomnode.rescale import to_hu
+from dicomnode.imaging.anatomy import disc, slice_landmarks
+from dicomnode.imaging.rescale import to_hu
 
 #: Aorta attenuation (HU) at or above which a series looks arterial, and below which it looks unenhanced.
 ARTERIAL_HU, UNENHANCED_HU = 200.0, 100.0

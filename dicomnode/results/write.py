@@ -13,8 +13,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomnode import __version__
-from dicomnode.capture import write_sc
-from dicomnode.codes import (
+from dicomnode.analysis.measure import Measurements
+from dicomnode.analysis.qc import STRUCTURES, STUDY, QCReport
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.results.capture import write_sc
+from dicomnode.results.codes import (
     ANATOMICAL_STRUCTURE,
     CUBIC_CENTIMETRE,
     DISPLAY_LAB,
@@ -27,10 +30,7 @@ from dicomnode.codes import (
     STRUCTURE_CODES,
     VOLUME,
 )
-from dicomnode.load import LoadedSeries
-from dicomnode.measure import Measurements
-from dicomnode.qc import STRUCTURES, STUDY, QCReport
-from dicomnode.segment import Algorithm, Model
+from dicomnode.segment.segmenter import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 MANUFACTURER = "dicomnode"

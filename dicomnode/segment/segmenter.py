@@ -13,9 +13,9 @@ import yaml
 from scipy import ndimage
 
 from dicomnode import __version__
-from dicomnode.anatomy import bone_like, canonical_flips, shell_box
 from dicomnode.config import Runtime
-from dicomnode.load import LoadedSeries
+from dicomnode.imaging.anatomy import bone_like, canonical_flips, shell_box
+from dicomnode.imaging.load import LoadedSeries
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def load_predictor(
     )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(int(fold) if fold.isdigit() else fold,), checkpoint_name=checkpoint)
     if uses_onnxruntime(runtime, device):
-        from dicomnode.onnx_network import OnnxNetwork
+        from dicomnode.segment.onnx_network import OnnxNetwork
 
         channels = len(predictor.dataset_json["channel_names"])
         tile = tuple(int(n) for n in predictor.configuration_manager.patch_size)

@@ -14,9 +14,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from dicomnode.aorta import AortaEvidence, ImagePhase, aorta_evidence
 from dicomnode.config import Selection as SelectionRules
-from dicomnode.store import Instance
+from dicomnode.imaging.aorta import AortaEvidence, ImagePhase, aorta_evidence
+from dicomnode.instance import Instance
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Sending results: C-STORE (with Storage Commitment) and STOW-RS."""

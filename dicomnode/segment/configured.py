@@ -1,0 +1,23 @@
+"""The segmenter a configuration names: the project's model behind its localizer, or an external model's parenchyma
+with the cortex method."""
+
+from __future__ import annotations
+
+from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource
+from dicomnode.segment.external import ExternalModel, ExternalSegmenter
+from dicomnode.segment.segmenter import Model, Segmenter, SeriesSegmenter, localizer_of
+
+
+def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
+    """The configured segmenter: the project's model, or an external model's parenchyma with the cortex method."""
+    settings = config.model
+    project = None
+    if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
+        model = Model.from_folder(config.path(settings.folder) / settings.name)
+        localizer = localizer_of(model, settings.localizer, config.path(settings.folder))
+        project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime, localizer)
+    if settings.parenchyma is ParenchymaSource.PROJECT:
+        assert project is not None
+        return project
+    external = ExternalModel.from_config(settings.external, config.path(settings.external.folder))
+    return ExternalSegmenter(external, settings.cortex, project, settings.device, settings.runtime)

@@ -1,0 +1,1 @@
+"""What the node records: the database (SQLite or PostgreSQL), the job, instance and delivery records, and their states."""
