@@ -106,6 +106,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     reasons += segmentation.notes
     with _timed(timings, peaks, "measure"):
         measurements = measure(series, segmentation)
+    del segmentation  # its labels over the whole grid: the kidneys' masks are in the measurements
     if not measurements.kidneys:
         return Processed(
             Outcome.NO_RESULT, "no kidney found in the series", reasons + measurements.notes, series_uid, measurements, timings=timings, peak_gib=peaks

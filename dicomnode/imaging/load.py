@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -80,12 +81,17 @@ class LoadedSeries:
         return self.in_patient_axes(self.hu), self.to_patient(np.array(corner))
 
 
+#: Elements longer than this (bytes) are read from the file only when used: each slice's pixel data is read as it
+#: goes into the volume, so the series is never in memory twice.
+DEFER_BYTES = 64 * 1024
+
+
 def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
     """Read, check and stack one series; raise a :class:`SeriesError` with the reason where it fails."""
     datasets: list[pydicom.Dataset] = []
     for path in files:
         try:
-            datasets.append(pydicom.dcmread(path))
+            datasets.append(pydicom.dcmread(path, defer_size=DEFER_BYTES))
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             raise PixelDataError(f"{path.name} cannot be read: {exc}") from exc
     if len(datasets) < 2:
@@ -157,6 +163,8 @@ def _numbers(ds: pydicom.Dataset, keyword: str, count: int) -> list[float]:
 DENSE_HU, MAX_DENSE_SHARE = 3500.0, 0.005
 #: Share of voxels that must be fat or soft tissue (-150 to 150 HU) in any abdominal CT.
 MIN_SOFT_TISSUE_SHARE = 0.05
+#: check_hu counts this many voxels at a time.
+CHECK_VOXELS = 8 * 2**20
 
 
 def check_pixel_header(ds: pydicom.Dataset) -> None:
@@ -175,27 +183,49 @@ def check_pixel_header(ds: pydicom.Dataset) -> None:
         raise PixelDataError(f"{where}: HighBit {high} is not BitsStored - 1 ({int(stored) - 1})")
     if ds.get("PixelRepresentation") not in (0, 1):
         raise PixelDataError(f"{where}: PixelRepresentation {ds.get('PixelRepresentation')} is not 0 or 1")
+    if "PixelData" in ds:
+        _check_pixel_length(ds, _declared_length(ds))
+
+
+def _declared_length(ds: pydicom.Dataset) -> int:
+    """The pixel data's length as its header gives it, without reading a value :data:`DEFER_BYTES` left unread."""
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        return int(element.length)
+    return len(element.value or b"")
+
+
+def _check_pixel_length(ds: pydicom.Dataset, length: int) -> None:
+    """Refuse native pixel data whose length is not Rows x Columns x BitsAllocated / 8 (encapsulated data: its
+    decoder judges it)."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
-        expected = int(ds.Rows) * int(ds.Columns) * int(bits) // 8
-        if len(ds.PixelData) not in (expected, expected + 1):  # one byte of padding to an even length
-            raise PixelDataError(
-                f"{where}: pixel data holds {len(ds.PixelData)} bytes, Rows x Columns x BitsAllocated/8 = {expected}: BitsAllocated, Rows or Columns is wrong"
-            )
+    if syntax is None or syntax.is_compressed:
+        return
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    if length not in (expected, expected + 1):  # one byte of padding to an even length
+        raise PixelDataError(
+            f"instance {ds.get('InstanceNumber', '?')}: pixel data holds {length} bytes, Rows x Columns x BitsAllocated/8 = {expected}: "
+            "BitsAllocated, Rows or Columns is wrong"
+        )
 
 
 def check_hu(hu: np.ndarray) -> None:
-    """Refuse a volume whose values are not CT numbers (e.g. signed data declared unsigned: PixelRepresentation 0)."""
-    dense = float(np.mean(hu > DENSE_HU))
-    if dense > MAX_DENSE_SHARE:
+    """Refuse a volume whose values are not CT numbers (e.g. signed data declared unsigned: PixelRepresentation 0).
+    Counted a few slices at a time, so that no mask of the whole volume is made."""
+    dense = soft = 0
+    step = max(1, CHECK_VOXELS // max(1, hu[0].size))
+    for first in range(0, hu.shape[0], step):
+        part = hu[first : first + step]
+        dense += int(np.count_nonzero(part > DENSE_HU))
+        soft += int(np.count_nonzero((part >= -150) & (part <= 150)))
+    if dense / hu.size > MAX_DENSE_SHARE:
         raise PixelDataError(
-            f"{100 * dense:.1f} % of voxels lie above {DENSE_HU:.0f} HU, where only metal lies: check PixelRepresentation "
+            f"{100 * dense / hu.size:.1f} % of voxels lie above {DENSE_HU:.0f} HU, where only metal lies: check PixelRepresentation "
             "(signed data declared unsigned), RescaleSlope and RescaleIntercept"
         )
-    soft = float(np.mean((hu >= -150) & (hu <= 150)))
-    if soft < MIN_SOFT_TISSUE_SHARE:
+    if soft / hu.size < MIN_SOFT_TISSUE_SHARE:
         raise PixelDataError(
-            f"only {100 * soft:.1f} % of voxels are fat or soft tissue (-150 to 150 HU): check RescaleSlope, RescaleIntercept and PixelRepresentation"
+            f"only {100 * soft / hu.size:.1f} % of voxels are fat or soft tissue (-150 to 150 HU): check RescaleSlope, RescaleIntercept and PixelRepresentation"
         )
 
 
@@ -223,6 +253,12 @@ def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], slope: float, intercep
     """One slice's HU into ``out`` (a slice of the volume): native 16-bit little-endian pixel data straight from its
     bytes, any other syntax through pydicom's decoders."""
     where = f"instance {ds.get('InstanceNumber', '?')}"
+    try:
+        data = ds.get("PixelData")  # read here from the file where it was left unread (DEFER_BYTES)
+    except Exception as exc:  # the file changed or is cut short since its header was read
+        raise PixelDataError(f"{where}: pixel data cannot be read: {exc}") from exc
+    if data is not None:
+        _check_pixel_length(ds, len(data))
     pixels = _native_pixels(ds, shape)
     if pixels is None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -242,10 +243,13 @@ class Segmenter:
         steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
         for box in boxes_around(components, list(sizes), spacing):
             probabilities = self._probabilities(np.ascontiguousarray(volume[box]), spacing) * _dilated(found[box], steps)
-            target, probabilities = upsampled(probabilities, box, volume.shape, shape)
-            inside = np.asarray(self.predictor.label_manager.convert_probabilities_to_segmentation(probabilities), np.uint8)
+            target, inside = upsampled(probabilities, box, volume.shape, shape, self._labels_of)
             labels[target] = np.maximum(labels[target], inside)  # boxes merge where they overlap
         return labels, notes
+
+    def _labels_of(self, probabilities: np.ndarray) -> np.ndarray:
+        """The model's labels (uint8) for its probabilities (channels first)."""
+        return np.asarray(self.predictor.label_manager.convert_probabilities_to_segmentation(probabilities), np.uint8)
 
     def _predict(self, volume: np.ndarray, spacing: np.ndarray, step: float) -> np.ndarray:
         return np.asarray(self._run(volume, spacing, step, False), dtype=np.uint8)
@@ -324,17 +328,31 @@ def _dilated(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
 REDUCE_ABOVE = 1.2
 
 
+#: The first, most reduced axis is smoothed and resampled in slabs of about this many voxels (a 64 MiB float32
+#: slab), so that the series is never held whole as float32.
+SLAB_VOXELS = 16 * 2**20
+
+
 def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing.
+    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing; float32.
 
     Gaussian smoothing and linear interpolation are separable, so each axis is smoothed and resampled in turn, the
     most reduced first: the same result as smoothing and zooming the whole volume at once, in a third of the time
-    for a 1 mm series (the later axes work on an already reduced volume)."""
-    out = np.asarray(volume, np.float32)
+    for a 1 mm series (the later axes work on an already reduced volume). Each line along an axis is smoothed and
+    resampled on its own, so the first axis is done in slabs across another one: the same values, without a float32
+    copy of the whole series."""
     factors = np.array(volume.shape) / shape
-    for axis in np.argsort(factors)[::-1]:
-        if factors[axis] <= 1:
-            continue
+    axes = [int(a) for a in np.argsort(factors)[::-1] if factors[a] > 1]
+    if not axes:
+        return np.asarray(volume, np.float32)
+    first, across = axes[0], 1 if axes[0] == 0 else 0
+    out = np.empty([int(shape[a]) if a == first else n for a, n in enumerate(volume.shape)], np.float32)
+    step = max(1, SLAB_VOXELS * volume.shape[across] // volume.size)
+    for start in range(0, volume.shape[across], step):
+        slab = tuple(slice(start, start + step) if a == across else slice(None) for a in range(volume.ndim))
+        part = np.asarray(volume[slab], np.float32)
+        out[slab] = _linear_resize(ndimage.gaussian_filter1d(part, (factors[first] - 1) / 2, axis=first), first, int(shape[first]))
+    for axis in axes[1:]:
         out = _linear_resize(ndimage.gaussian_filter1d(out, (factors[axis] - 1) / 2, axis=axis), axis, int(shape[axis]))
     return out
 
@@ -346,17 +364,27 @@ def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
     return _interpolated(volume, axis, np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1))
 
 
-def upsampled(values: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
-    """``values`` (channels first) of ``box`` in a grid of ``shape``, brought linearly to the grid of ``target``
-    shape that covers the same field (voxel edges aligned, as ``reduced`` made it): the box on the ``target`` grid,
-    and the values there. Beyond the box's outer voxel centres, its edge values are repeated."""
-    spans = []
-    for axis, (s, m, n) in enumerate(zip(box, shape, target)):
+def upsampled(
+    values: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], target: tuple[int, ...], to_labels: Callable[[np.ndarray], np.ndarray]
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The labels ``to_labels`` gives for ``values`` (channels first) of ``box`` in a grid of ``shape``, brought
+    linearly to the grid of ``target`` shape that covers the same field (voxel edges aligned, as ``reduced`` made
+    it): the box on the ``target`` grid, and the labels there (uint8). Beyond the box's outer voxel centres, its edge
+    values are repeated. Each axis is interpolated in turn, and after the first in slabs of the target's slices,
+    each made labels at once: the same labels as for the whole box brought over, without holding its values at the
+    target's resolution."""
+    spans, positions = [], []
+    for s, m, n in zip(box, shape, target):
         start, stop = (s.start * n) // m, -((-s.stop * n) // m)
-        position = np.clip((np.arange(start, stop) + 0.5) * m / n - 0.5 - s.start, 0, s.stop - s.start - 1)
-        values = _interpolated(values, axis + 1, position)
+        positions.append(np.clip((np.arange(start, stop) + 0.5) * m / n - 0.5 - s.start, 0, s.stop - s.start - 1))
         spans.append(slice(start, stop))
-    return tuple(spans), values
+    values = _interpolated(values, 1, positions[0])
+    labels = np.empty([len(p) for p in positions], np.uint8)
+    step = max(1, SLAB_VOXELS // (values.shape[0] * labels.shape[1] * labels.shape[2]))
+    for first in range(0, labels.shape[0], step):
+        slab = _interpolated(_interpolated(values[:, first : first + step], 2, positions[1]), 3, positions[2])
+        labels[first : first + step] = to_labels(slab)
+    return tuple(spans), labels
 
 
 def _interpolated(values: np.ndarray, axis: int, position: np.ndarray) -> np.ndarray:
