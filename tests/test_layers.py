@@ -17,7 +17,7 @@ FOUNDATION = {"__init__", "config", "conventions", "files", "memory", "uids", "i
 #: The packages in order: each imports only from the foundation and the packages before it (data flows forward).
 LAYERS = ["net", "store", "imaging", "segment", "analysis", "results", "delivery"]
 #: Modules that run the node, above every package.
-ORCHESTRATION = {"cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web"}
+ORCHESTRATION = {"__main__", "cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web"}
 
 
 def _module(path: Path) -> str:
@@ -93,3 +93,21 @@ def test_the_shipped_model_loads_with_the_training_package_unavailable() -> None
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "nnUNetTrainerPaper"
+
+
+def test_help_of_both_commands_comes_without_importing_torch() -> None:
+    """``--help`` answers at once: torch (seconds to import) is imported only by a command that runs a model."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from dicomnode.cli import main as node\n"
+        "from training.cli import main as train\n"
+        "for main in (node, train):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(['--help'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "False"
+    module = subprocess.run([sys.executable, "-m", "dicomnode", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0 and "usage: dicomnode" in module.stdout, module.stderr[-2000:]

@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="nnUNetTrainerPaper",
         help="the schedule: a trainer named in dicomnode/segment/nnunet_trainers/nnUNetTrainerPaper.py (default: the paper's 200 epochs of 250 iterations)",
     )
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA where torch finds a GPU, else cpu), cuda or cpu")
     p.add_argument("--resume", action="store_true", help="continue each fold from its latest checkpoint (saved every epoch)")
     p.add_argument("--pretrained", type=Path, help="start from this checkpoint's weights (same plan), e.g. models/NAME/fold_0/checkpoint_final.pth")
     p.set_defaults(func=cmd_train)
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="an exported model folder (models/NAME)")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA where torch finds a GPU, else cpu), cuda or cpu")
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (8x slower)")
     p.add_argument("--localizer", default="auto", help="as model.localizer: auto (the one the model's card names, beside it), none, or a name")
     p.add_argument("--update-card", action="store_true", help="record the mean figures in the model's model.yaml")
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-id", default="real_ct")
     p.add_argument("--data", type=Path, help="folder holding real_ct/ and real_ct2/ (default: shared/data next to the repository)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA where torch finds a GPU, else cpu), cuda or cpu")
     p.add_argument("--update-card", action="store_true", help="record the scores in the model's model.yaml under metrics.real_ct")
     p.set_defaults(func=cmd_evaluate_real)
 
@@ -265,6 +265,8 @@ def _cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if getattr(args, "device", None) == "auto":  # torch is imported only for a command that runs a model
+        args.device = "cuda" if _cuda() else "cpu"
     args.func(args)
 
 

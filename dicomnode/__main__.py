@@ -1,0 +1,5 @@
+"""``python -m dicomnode``: the ``dicomnode`` command."""
+
+from dicomnode.cli import main
+
+main()
