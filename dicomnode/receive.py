@@ -55,6 +55,12 @@ ACCEPTED_SOP_CLASSES = (
     XRayRadiationDoseSRStorage,
 )
 
+#: What the receiver accepts, abstract syntax -> its transfer syntaxes (``docs/conformance.md`` lists them; its test
+#: proposes each to the receiver): storage classes in every transfer syntax pynetdicom knows, Verification and
+#: Storage Commitment in the two uncompressed little-endian ones.
+ACCEPTED_CONTEXTS: dict[str, tuple[str, ...]] = {c: (ImplicitVRLittleEndian, ExplicitVRLittleEndian) for c in (Verification, STORAGE_COMMITMENT)} | {
+    c: tuple(ALL_TRANSFER_SYNTAXES) for c in ACCEPTED_SOP_CLASSES
+}
 
 #: The elements read from a received header (a header cut short or broken shows as a missing or invalid UID).
 INDEXED_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"]
@@ -180,8 +186,7 @@ class Receiver:
         incoming.mkdir()
         policy = Policy(
             ae_title=self.config.ae_title,
-            contexts={c: (ImplicitVRLittleEndian, ExplicitVRLittleEndian) for c in (Verification, STORAGE_COMMITMENT)}
-            | {c: tuple(ALL_TRANSFER_SYNTAXES) for c in ACCEPTED_SOP_CLASSES},
+            contexts=ACCEPTED_CONTEXTS,
             check_called_ae=self.config.check_called_ae,
             allowed_callers=tuple(self.config.allowed_callers),
             allowed_addresses=tuple(self.config.allowed_addresses),
