@@ -51,6 +51,31 @@ def timed_parallel_send(port: int, called: str, files: list[Path], senders: int)
     return elapsed
 
 
+class CpuMeter:
+    """CPU a process (all its threads) and the whole machine spent between ``start`` and ``stop``, in cores busy."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.begun = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        process = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        busy = (sum(cpu) - cpu[3] - cpu[4]) / ticks  # all but idle and iowait
+        return time.perf_counter(), process, busy
+
+    def start(self) -> None:
+        self.begun = self._now()
+
+    def stop(self) -> tuple[float, float]:
+        """(cores the process kept busy, cores the machine kept busy) on average since ``start``."""
+        now = self._now()
+        wall = now[0] - self.begun[0]
+        return (now[1] - self.begun[1]) / wall, (now[2] - self.begun[2]) / wall
+
+
 def durable_store_ms(folder: Path, size: int, count: int = 50) -> float:
     """Median milliseconds to make a new file of ``size`` bytes durable under its name in ``folder`` as the node does
     for each instance before it answers: fsync the file, rename it, fsync the folder (storescp does none of it)."""
@@ -81,17 +106,28 @@ def main() -> None:
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         rates: dict[str, list[float]] = {"node": [], "pynetdicom bare": [], "storescp": [], "storescp pdu128k": [], "orthanc": [], "orthanc pdu128k": []}
         parallel: dict[str, list[float]] = {"node": [], "storescp --fork": []}
+        cores: dict[str, tuple[float, float]] = {}  # node process and machine, in cores busy, during the best run
         for repeat in range(args.repeats):
             node = NodeProcess(work / f"node{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
             node.start()
             try:
+                assert node.process is not None
+                meter = CpuMeter(node.process.pid)
+                meter.start()
                 rates["node"].append(len(files) / timed_send(node.port, node.ae_title, files))
+                if rates["node"][-1] == max(rates["node"]):
+                    cores["one sender"] = meter.stop()
             finally:
                 node.stop()
             node = NodeProcess(work / f"node-parallel{repeat}", [], extra={"quiet_period_s": 3600, "max_wait_s": 3600})
             node.start()
             try:
+                assert node.process is not None
+                meter = CpuMeter(node.process.pid)
+                meter.start()
                 parallel["node"].append(len(files) / timed_parallel_send(node.port, node.ae_title, files, args.senders))
+                if parallel["node"][-1] == max(parallel["node"]):
+                    cores[f"{args.senders} senders"] = meter.stop()
             finally:
                 node.stop()
             out = work / f"storescp-fork{repeat}"
@@ -146,10 +182,15 @@ def main() -> None:
     print(f"making an instance-sized new file durable here (fsync, rename, fsync of its folder): {durable:.2f} ms (median of 50);")
     share = ceiling / best["storescp"]
     print(f"a receiver that does so before answering reaches at most 1 / (1 / storescp + that) = {ceiling:.1f} images/s, {share:.2f} of storescp")
+    print(f"node / that ceiling: {best['node'] / ceiling:.2f}")
     print(f"{args.senders} storescu processes at once, one association each, a share of the series each:")
     for name, rate in together.items():
         print(f"{name:>16}: {rate:7.1f} images/s aggregate")
     print(f"node / storescp --fork: {together['node'] / together['storescp --fork']:.2f}")
+    print(f"node {args.senders} senders / node one sender: {together['node'] / best['node']:.2f}")
+    total = os.cpu_count() or 1
+    for name, (process, busy) in cores.items():
+        print(f"CPU, node with {name}: the node process {process:.2f} cores, the machine {busy:.2f} of {total} cores (storescu senders included)")
 
 
 if __name__ == "__main__":
