@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.config import NodeConfig, load_config
+from dicomnode.config import NodeConfig, Role, load_config
 from dicomnode.instance import Instance
 from dicomnode.store.database import open_database
 from dicomnode.store.records import Store
@@ -34,7 +34,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
-    from dicomnode.service import Node, Role
+    from dicomnode.service import Node
 
     node = Node(config, role=Role(args.role))
     stop = threading.Event()
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the DICOM node", parents=[common])
     p.add_argument(
-        "--role", choices=["all", "receiver", "worker", "sender"], default="all",
+        "--role", choices=[role.value for role in Role], default=Role.ALL.value,
         help="all (default): the whole node in one process; in a cluster (database: postgresql://...) one part of it",
     )  # fmt: skip
     p.set_defaults(func=cmd_serve)

@@ -39,6 +39,15 @@ class Auth(str, enum.Enum):
     BEARER = "bearer"  # credentials_env holds the token
 
 
+class Role(str, enum.Enum):
+    """What a ``serve`` process does; ``all`` is the embedded node, the others split it over a cluster."""
+
+    ALL = "all"
+    RECEIVER = "receiver"  # C-STORE SCP and completion (one completer at a time, over every receiver's associations)
+    WORKER = "worker"  # claims jobs under a lease and processes them with the warm model
+    SENDER = "sender"  # delivers results and runs retention
+
+
 class OutputFormat(str, enum.Enum):
     """What a destination receives of a result."""
 

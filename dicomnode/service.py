@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import shutil
@@ -14,7 +13,7 @@ import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.complete import open_jobs, ready_studies
-from dicomnode.config import NodeConfig
+from dicomnode.config import NodeConfig, Role
 from dicomnode.delivery.send import send_due
 from dicomnode.pipeline import failed, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
@@ -41,15 +40,6 @@ def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
             shutil.rmtree(folder)
             removed.append(folder)
     return removed
-
-
-class Role(str, enum.Enum):
-    """What a ``serve`` process does; ``all`` is the embedded node, the others split it over a cluster."""
-
-    ALL = "all"
-    RECEIVER = "receiver"  # C-STORE SCP and completion (one completer at a time, over every receiver's associations)
-    WORKER = "worker"  # claims jobs under a lease and processes them with the warm model
-    SENDER = "sender"  # delivers results and runs retention
 
 
 class Node:
