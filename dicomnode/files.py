@@ -1,12 +1,19 @@
-"""Durable file writes shared by the stages: a file is either whole on disk or absent, never half-written."""
+"""Files shared by the stages: durable writes (a file is either whole on disk or absent, never half-written), and
+the free space on their disk."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
 import pydicom
+
+
+def free_mb(folder: Path) -> float:
+    """Free space on the file system that holds ``folder``, in MiB."""
+    return shutil.disk_usage(folder).free / 2**20
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:

@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (
 from dicomnode.config import NodeConfig
 from dicomnode.delivery.commitment import Reporter, commitment_report, read_data_set
 from dicomnode.delivery.send import record_commitment
-from dicomnode.files import move_into_place, remove_partial_writes
+from dicomnode.files import free_mb, move_into_place, remove_partial_writes
 from dicomnode.net.acceptor import Acceptor, CommitmentReport, Policy, Received
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.store.database import errors
@@ -312,10 +312,10 @@ class Receiver:
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
             return StoreStatus.SUCCESS, ""
-        free_mb = shutil.disk_usage(self.storage).free / 2**20
-        if free_mb < self.config.min_free_disk_mb:
-            log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free_mb, self.config.min_free_disk_mb)
-            self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free_mb:.0f} MB free)")
+        free = free_mb(self.storage)
+        if free < self.config.min_free_disk_mb:
+            log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free, self.config.min_free_disk_mb)
+            self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free:.0f} MB free)")
             return StoreStatus.OUT_OF_RESOURCES, "disk nearly full"
         path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
         try:

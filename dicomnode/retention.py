@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.config import Retention
+from dicomnode.files import free_mb
 from dicomnode.store.records import FinishedStudy, Store
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,6 @@ class Purged:
     study_uid: str
     instances: int
     reason: str
-
-
-def free_mb(folder: Path) -> float:
-    """Free space on the file system that holds ``folder``, in MiB."""
-    return shutil.disk_usage(folder).free / 2**20
 
 
 def clean(

@@ -10,7 +10,6 @@ import datetime as dt
 import html
 import json
 import logging
-import shutil
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from dicomnode.config import NodeConfig
+from dicomnode.files import free_mb
 from dicomnode.store.records import Job, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState
 
@@ -45,9 +45,9 @@ def health(config: NodeConfig, store: Store, receiving: Callable[[], bool], sche
     checks["scheduler"] = "ok" if scheduling() else "not running"
     ok, why = store.healthy()
     checks["database"] = "ok" if ok else why
-    free_mb = shutil.disk_usage(config.path(config.storage)).free / 2**20
-    low = free_mb < config.min_free_disk_mb
-    checks["disk"] = f"{free_mb:.0f} MiB free, below min_free_disk_mb={config.min_free_disk_mb}" if low else "ok"
+    free = free_mb(config.path(config.storage))
+    low = free < config.min_free_disk_mb
+    checks["disk"] = f"{free:.0f} MiB free, below min_free_disk_mb={config.min_free_disk_mb}" if low else "ok"
     return Health(all(v == "ok" for v in checks.values()), checks)
 
 
