@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import ssl
 import threading
 import warnings
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from dicomnode.net.acceptor import Acceptor, CommitmentReport, Policy, Received
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.store.database import errors
 from dicomnode.store.records import Store
+from dicomnode.tls import receiver_context
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Receiver:
             timeout_s=self.config.network_timeout_s,
             instance_timeout_s=self.config.instance_timeout_s,
             incoming=incoming,
-            ssl_context=self._ssl_context(),
+            ssl_context=receiver_context(self.config),
         )
         self._acceptor = Acceptor((self.config.host, self.config.port), policy, self)
         self._acceptor.start()
@@ -209,15 +209,6 @@ class Receiver:
         if self._acceptor is not None:
             self._acceptor.stop()
             self._acceptor = None
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.config.tls
-        if not tls.enabled:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.path(tls.ca_certificates) if tls.ca_certificates else None)
-        context.verify_mode = ssl.CERT_REQUIRED if tls.ca_certificates else ssl.CERT_NONE
-        context.load_cert_chain(self.config.path(tls.certificate), self.config.path(tls.private_key))
-        return context
 
     def refused(self, calling_ae: str, address: str, reason: str) -> None:
         """Log and record why an association is refused (A-ASSOCIATE-RJ follows)."""

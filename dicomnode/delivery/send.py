@@ -20,6 +20,7 @@ from dicomnode.delivery.stow import stow_rs
 from dicomnode.net.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.store.records import DeliveryRecord, Store
 from dicomnode.store.states import DeliveryState, SendOutcome
+from dicomnode.tls import dicom_client_context
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,7 @@ def store_scu(
         ae.add_requested_context(StorageCommitmentPushModel)
     tls_args = None
     if destination.tls:
-        import ssl
-
-        tls = config.tls
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.path(tls.ca_certificates) if tls.ca_certificates else None)
-        context.check_hostname = False
-        if tls.certificate:
-            context.load_cert_chain(config.path(tls.certificate), config.path(tls.private_key))
-        tls_args = (context, None)  # peers are identified by the CA, not by host name (wrap_socket takes None)
+        tls_args = (dicom_client_context(config), None)  # peers are identified by the CA, not by host name (wrap_socket takes None)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)  # type: ignore[arg-type]
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"

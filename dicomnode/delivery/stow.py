@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from dicomnode.config import Auth, Destination, NodeConfig
 from dicomnode.store.states import SendOutcome
+from dicomnode.tls import https_context
 
 #: PS3.18 Table 10.5.3-1 and PS3.3: tags of the STOW-RS response.
 FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081198", "00081199"
@@ -49,8 +49,7 @@ def stow_rs(config: NodeConfig, destination: Destination, files: list[Path], sop
     header = authorization(destination)
     if header:
         request.add_header("Authorization", header)
-    ca = config.path(config.tls.ca_certificates) if config.tls.ca_certificates else None
-    context = ssl.create_default_context(cafile=ca) if destination.url.startswith("https://") else None
+    context = https_context(config) if destination.url.startswith("https://") else None
     try:
         with urllib.request.urlopen(request, timeout=config.delivery.timeout_s, context=context) as response:
             status, body = response.status, response.read()
