@@ -127,17 +127,7 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
             log.exception("study %s failed", study_uid)
             processed = failed(exc)
         saved = save_results(processed.results, args.out / study_uid) if processed.results else []
-        summary[study_uid] = {
-            "outcome": processed.outcome.value,
-            "verdict": processed.verdict,
-            "reasons": processed.reasons,
-            "error": processed.error,
-            "series_uid": processed.series_uid,
-            "timings": processed.timings,
-            "measurements": processed.measurements.summary() if processed.measurements else None,
-            "qc": None if processed.qc is None else {"verdict": processed.qc.verdict, "findings": processed.qc.lines()},
-            "results": [str(f.path) for f in saved],
-        }
+        summary[study_uid] = {"outcome": processed.outcome.value, **processed.record(), "results": [str(f.path) for f in saved]}
         print(f"study {study_uid}: {processed.outcome.value} ({processed.verdict})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

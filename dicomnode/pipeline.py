@@ -47,6 +47,21 @@ class Processed:
     peak_gib: dict[str, float] = field(default_factory=dict)  # the process's peak resident memory in each stage
     structures: tuple[str, ...] = ()  # what the results report: all three, or the parenchyma alone
 
+    def record(self) -> dict[str, object]:
+        """The job record's figures, as the store keeps them and ``dicomnode run`` writes them: verdict, reasons,
+        series, measurements (with the QC verdict, findings and notes, and what was sent), error and timings."""
+        figures = self.measurements.summary() if self.measurements else None
+        if figures is not None and self.qc is not None:
+            figures.update(qc=self.qc.verdict, qc_findings=self.qc.lines(), qc_notes=[str(n) for n in self.qc.notes], sent=list(self.structures))
+        return {
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+            "series_uid": self.series_uid,
+            "measurements": figures,
+            "error": self.error,
+            "timings": self.timings,
+        }
+
 
 @contextmanager
 def _timed(timings: dict[str, float], peaks: dict[str, float], stage: str) -> Iterator[None]:

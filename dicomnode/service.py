@@ -145,25 +145,9 @@ class Node:
         except Exception as exc:  # a job must never take the node down
             log.exception("job %d failed", job.id)
             processed, saved = failed(exc), []
-        figures = processed.measurements.summary() if processed.measurements else None
-        if figures is not None and processed.qc is not None:
-            figures.update(
-                qc=processed.qc.verdict, qc_findings=processed.qc.lines(), qc_notes=[str(n) for n in processed.qc.notes], sent=list(processed.structures)
-            )
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:
-            self.store.finish_job(
-                job.id,
-                processed.outcome,
-                queued,
-                worker=self.worker_name,
-                verdict=processed.verdict,
-                reasons=processed.reasons,
-                series_uid=processed.series_uid,
-                measurements=figures,
-                error=processed.error,
-                timings=processed.timings,
-            )
+            self.store.finish_job(job.id, processed.outcome, queued, worker=self.worker_name, **processed.record())
         except LeaseLost as exc:
             log.error("job %d: result discarded: %s", job.id, exc)
             return
