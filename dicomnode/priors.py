@@ -12,3 +12,6 @@ KIDNEY_ML = (40.0, 450.0)
 #: Mean attenuation (HU) renal parenchyma can have in any phase; a component outside it is bone, calcification or
 #: excreted contrast, not a kidney. Used to pick kidneys and, by default, by QC.
 KIDNEY_HU = (0.0, 350.0)
+#: The least of a kidney (ml) worth keeping: a quarter of the smallest of those KiTS19 kidneys (43 ml). A component
+#: of a coarse pass or of the localizer below it is a tile artefact, and so is a component the image's edge cuts.
+KIDNEY_PART_ML = 10.0

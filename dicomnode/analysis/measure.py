@@ -10,14 +10,14 @@ from skimage.morphology import convex_hull_image
 
 from dicomnode.imaging.anatomy import SHELL_VOXELS, Midline, canonical_flips, fat_share, find_midline, shell_box
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
+from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
 from dicomnode.segment.segmenter import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
 
 STRUCTURES = ("parenchyma", "cortex", "medulla")
 SIDES = ("left", "right")
 #: Components smaller than this (ml) are not kidneys: half the smallest of 416 hand-drawn KiTS19 kidneys (43 ml), or,
-#: for a component the image's edge cuts, a quarter; at most MAX_CANDIDATES of the largest are considered.
-MIN_KIDNEY_ML, MIN_CUT_KIDNEY_ML, MAX_CANDIDATES = 20.0, 10.0, 8
+#: for a component the image's edge cuts, KIDNEY_PART_ML; at most MAX_CANDIDATES of the largest are considered.
+MIN_KIDNEY_ML, MAX_CANDIDATES = 20.0, 8
 #: Two kidneys' centres at most this far apart in height (mm) count as a pair.
 SAME_HEIGHT_MM = 100.0
 #: A kidney lies in the retroperitoneum, wrapped in perirenal fat: the share of a component's shell (1-3 voxels
@@ -171,7 +171,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     components, count = ndimage.label(parenchyma[crop], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
     boxes = [_shifted(box, start) for box in ndimage.find_objects(components)]
-    largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= MIN_CUT_KIDNEY_ML]
+    largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= KIDNEY_PART_ML]
     sized = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], labels.shape)]
 
     def inside(c: int) -> np.ndarray:

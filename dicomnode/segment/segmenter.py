@@ -17,6 +17,7 @@ from dicomnode import __version__
 from dicomnode.config import Runtime
 from dicomnode.imaging.anatomy import bone_like, canonical_flips, shell_box
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.priors import KIDNEY_PART_ML
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +282,6 @@ class Segmenter:
         return labels
 
 
-#: A component of the coarse pass of at least this many ml is kept; smaller ones are tile artefacts.
-CASCADE_MIN_ML = 10.0
 #: The cascade refines this many of the largest coarse components: the two kidneys, and one more where a large
 #: prediction elsewhere outranks a kidney.
 CASCADE_REFINED = 3
@@ -291,10 +290,10 @@ CASCADE_MARGIN_MM = 30.0
 
 
 def kidney_sized(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
-    """The mask's connected components, and the ml of each of at least CASCADE_MIN_ML by component number."""
+    """The mask's connected components, and the ml of each of at least KIDNEY_PART_ML by component number."""
     components, count = ndimage.label(mask)
     ml = np.bincount(components.ravel(), minlength=count + 1)[1:] * float(np.prod(spacing)) / 1000.0
-    return components, {int(i) + 1: float(v) for i, v in enumerate(ml) if v >= CASCADE_MIN_ML}
+    return components, {int(i) + 1: float(v) for i, v in enumerate(ml) if v >= KIDNEY_PART_ML}
 
 
 def boxes_around(components: np.ndarray, numbers: list[int], spacing: np.ndarray) -> list[tuple[slice, ...]]:
