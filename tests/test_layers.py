@@ -26,6 +26,17 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
+def _statements(path: Path) -> list[tuple[str, list[str]]]:
+    """Each import of a file as (module, names): ``from m import a, b`` gives (m, [a, b]), ``import m`` (m, [])."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+    return found
+
+
 def _imports() -> dict[str, set[str]]:
     """Each module of the node and the node's modules it imports (``from dicomnode import x``: the package's own
     ``__init__``, or module ``x`` where it is one)."""
@@ -33,14 +44,15 @@ def _imports() -> dict[str, set[str]]:
     graph = {}
     for path in PACKAGE.rglob("*.py"):
         names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dicomnode":
-                base = node.module.removeprefix("dicomnode").removeprefix(".")
-                for alias in node.names:
-                    joined = f"{base}.{alias.name}".lstrip(".")
-                    names.add(joined if joined in modules else base or "__init__")
-            elif isinstance(node, ast.Import):
-                names.update(a.name.removeprefix("dicomnode.") for a in node.names if a.name.startswith("dicomnode."))
+        for module, imported in _statements(path):
+            if module.split(".")[0] != "dicomnode":
+                continue
+            base = module.removeprefix("dicomnode").removeprefix(".")
+            for name in imported:
+                joined = f"{base}.{name}".lstrip(".")
+                names.add(joined if joined in modules else base or "__init__")
+            if not imported:
+                names.add(base or "__init__")
         graph[_module(path)] = names
     return graph
 
@@ -58,9 +70,7 @@ def _rank(module: str) -> int:
 def test_the_node_never_imports_the_training_code() -> None:
     offenders = {}
     for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "training"}
-        found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.split(".")[0] == "training"}
+        found = {module for module, _ in _statements(path) if module.split(".")[0] == "training"}
         if found:
             offenders[_module(path)] = sorted(found)
     assert offenders == {}

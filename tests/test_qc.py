@@ -81,18 +81,23 @@ def test_prediction_outside_the_kidneys(good: Measurements) -> None:
     assert _rules(stray) == {(Rule.SHAPE, "study")}
 
 
+def _taking_in(phase: Phase, organ: Label, voxels: int, label: int) -> tuple[Measurements, Measurements]:
+    """Seed 40 measured from its truth, and again with the ``organ`` within ``voxels`` of a kidney labelled
+    ``label``: a model's outline that takes the neighbour in."""
+    truth, series, labels = _measured(phase=phase)
+    phantom = make_phantom(40, phase, grid=GRID, ckd_stage=0)
+    kidney = np.isin(phantom.labels, (Label.CORTEX, Label.MEDULLA))
+    merged = labels.copy()
+    merged[ndimage.binary_dilation(kidney, iterations=voxels) & (phantom.labels == organ)] = label
+    return truth, measure(series, Segmentation(merged, MODEL, "cpu"))
+
+
 def test_an_outline_that_runs_into_the_spleen_is_withheld_in_the_arterial_phase() -> None:
     """The shipped model's failure on phantoms whose spleen wraps the left kidney, rebuilt from the truth: the
     spleen next to the kidney labelled medulla (its density in the arterial phase). The cortex of the truth covers
     its medulla; the merged outline does not, and QC says so where the phase lets cortex be told from medulla."""
-    truth, series, labels = _measured()
+    truth, leaked = _taking_in(Phase.ARTERIAL, Label.SPLEEN, 4, MEDULLA)
     assert max(k.outline_medulla_share for k in truth.kidneys.values()) == 0.0
-    phantom = make_phantom(40, grid=GRID, ckd_stage=0)
-    kidney = np.isin(phantom.labels, (Label.CORTEX, Label.MEDULLA))
-    beside = ndimage.binary_dilation(kidney, iterations=4) & (phantom.labels == Label.SPLEEN)
-    merged = labels.copy()
-    merged[beside] = MEDULLA
-    leaked = measure(series, Segmentation(merged, MODEL, "cpu"))
     left = leaked.kidneys["left"]
     assert left.parenchyma_ml > 1.1 * truth.kidneys["left"].parenchyma_ml
     assert left.outline_medulla_share > LIMITS.max_outline_medulla_share
@@ -107,15 +112,9 @@ def test_an_outline_that_takes_in_the_liver_is_withheld_without_contrast() -> No
     """The shipped model's failure on unenhanced phantoms, rebuilt from the truth: liver beside the right kidney
     taken in. Without contrast the kidney is uniform and the liver 20 HU denser, so the denser share says so; the
     truth's kidneys are uniform and pass."""
-    truth, series, labels = _measured(phase=Phase.NONCONTRAST)
+    truth, leaked = _taking_in(Phase.NONCONTRAST, Label.LIVER, 3, CORTEX)
     assert max(k.denser_share for k in truth.kidneys.values()) <= LIMITS.max_denser_share
     assert _rules(truth, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}
-    phantom = make_phantom(40, Phase.NONCONTRAST, grid=GRID, ckd_stage=0)
-    kidney = np.isin(phantom.labels, (Label.CORTEX, Label.MEDULLA))
-    beside = ndimage.binary_dilation(kidney, iterations=3) & (phantom.labels == Label.LIVER)
-    merged = labels.copy()
-    merged[beside] = CORTEX
-    leaked = measure(series, Segmentation(merged, MODEL, "cpu"))
     right = leaked.kidneys["right"]
     assert right.parenchyma_ml > 1.1 * truth.kidneys["right"].parenchyma_ml
     assert right.denser_share > LIMITS.max_denser_share

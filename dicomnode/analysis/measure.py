@@ -342,8 +342,7 @@ def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:
     density is the medulla's (the spleen or liver in the arterial phase)."""
     parenchyma = cortex | medulla
     on_ring = in_medulla = 0
-    slices = np.flatnonzero(parenchyma.any(axis=(1, 2)))
-    for z in slices[:: max(1, len(slices) // OUTLINE_SLICES)]:
+    for z in _sampled_slices(parenchyma):
         hull = convex_hull_image(parenchyma[z])
         ring = hull & ~ndimage.binary_erosion(hull, iterations=OUTLINE_RING_VOXELS) & parenchyma[z]
         on_ring += int(ring.sum())
@@ -351,12 +350,17 @@ def _outline_medulla_share(cortex: np.ndarray, medulla: np.ndarray) -> float:
     return in_medulla / on_ring if on_ring else 0.0
 
 
+def _sampled_slices(mask: np.ndarray) -> np.ndarray:
+    """The slices ``mask`` lies on, evenly thinned to about :data:`OUTLINE_SLICES` (a thin-slice series)."""
+    on = np.flatnonzero(mask.any(axis=(1, 2)))
+    return on[:: max(1, len(on) // OUTLINE_SLICES)]
+
+
 def _denser_share(hu: np.ndarray, kidney: np.ndarray) -> float:
     """The share of a kidney's voxels (its outline's ring left out) denser than its median by :data:`DENSER_HU`
     after an in-plane median filter, on at most about :data:`OUTLINE_SLICES` of its slices; ``hu`` and ``kidney``
     are its box."""
-    on = np.flatnonzero(kidney.any(axis=(1, 2)))
-    slices = on[:: max(1, len(on) // OUTLINE_SLICES)]
+    slices = _sampled_slices(kidney)
     core = ndimage.binary_erosion(kidney[slices], structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
     if not core.any():
         return 0.0
