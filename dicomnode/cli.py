@@ -1,4 +1,4 @@
-"""``dicomnode``: serve, status, retry, and run a folder offline."""
+"""``dicomnode``: serve, status, retry, run a folder offline, export the measurement history, purge a patient."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.config import NodeConfig, Role, load_config
 from dicomnode.instance import Instance
 from dicomnode.store.database import open_database
+from dicomnode.store.history import Patient
 from dicomnode.store.records import Store
 from dicomnode.store.states import JobDelivery, Outcome
 
@@ -72,10 +74,10 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
-            lists = ("notes", "qc_findings", "qc_notes", "sent")
+            lists = ("notes", "qc_findings", "qc_notes", "sent", "followup")
             figures = {k: v for k, v in job.measurements.items() if k not in lists}
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-            for line in [*job.measurements.get("notes", []), *job.measurements.get("qc_findings", []), *job.measurements.get("qc_notes", [])]:
+            for line in [line for key in ("notes", "qc_findings", "qc_notes", "followup") for line in job.measurements.get(key, [])]:
                 print(f"    {line}")
         for delivery in store.deliveries(job.id):
             detail = f" ({delivery.last_error})" if delivery.last_error else ""
@@ -134,6 +136,50 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     return 0 if all(s["outcome"] != Outcome.FAILED.value for s in summary.values()) else 1
 
 
+def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
+    """The measurement history as a table, one row per result."""
+    from dicomnode.export import Format, csv_text, write_table
+
+    kind = Format(args.format)
+    if kind is Format.PARQUET and args.out is None:
+        print("--out: a Parquet table needs a file to go to", file=sys.stderr)
+        return 2
+    key = None
+    if args.pseudonymise:
+        secret = os.environ.get(config.history.pseudonym_key_env, "")
+        if len(secret) < 16:
+            print(f"--pseudonymise: set {config.history.pseudonym_key_env} to a key of 16 characters or more (history.pseudonym_key_env)", file=sys.stderr)
+            return 2
+        key = secret.encode()
+    store = Store(open_database(config.database, config.base_dir))
+    entries = store.history.entries(args.since.strftime("%Y%m%d") if args.since else "", qc_passed=args.qc == "passed")
+    if args.out is None:
+        sys.stdout.write(csv_text(entries, key))
+        return 0
+    count = write_table(entries, args.out, kind, key)
+    print(f"{count} results written to {args.out}" + (" (identifiers pseudonymised)" if key else ""))
+    return 0
+
+
+def cmd_purge_patient(config: NodeConfig, args: argparse.Namespace) -> int:
+    """Delete one patient's results from the measurement history (the patient withdrew consent), and log it."""
+    store = Store(open_database(config.database, config.base_dir))
+    count = store.history.purge_patient(Patient(args.patient_id, args.issuer), args.reason)
+    whom = f" (Patient ID {args.patient_id!r}, issuer {args.issuer!r})" if config.log_patient_data else ""
+    log.warning("patient purge: %d results deleted from the measurement history%s: %s", count, whom, args.reason)
+    print(f"{count} results deleted from the measurement history")
+    return 0
+
+
+def _date(value: str) -> dt.date:
+    for pattern in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(value, pattern).date()
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)")
+
+
 DEFAULT_CONFIG = Path("config.yaml")
 
 
@@ -160,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("export", help="write the measurement history as a table, one row per result", parents=[common])
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--out", type=Path, help="the file to write (default: CSV to standard output)")
+    p.add_argument("--since", type=_date, help="only studies of this date (YYYY-MM-DD) or later")
+    p.add_argument("--qc", choices=["all", "passed"], default="all", help="passed: only results whose every structure passed QC")
+    p.add_argument("--pseudonymise", action="store_true", help="identifiers as keyed hashes; the key comes from history.pseudonym_key_env")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("purge-patient", help="delete a patient's results from the measurement history (consent withdrawn)", parents=[common])
+    p.add_argument("--patient-id", required=True, help="Patient ID (0010,0020) as the images give it")
+    p.add_argument("--issuer", default="", help="Issuer of Patient ID (0010,0021), where the images give one")
+    p.add_argument("--reason", default="the patient withdrew consent", help="recorded with the purge")
+    p.set_defaults(func=cmd_purge_patient)
     return parser
 
 

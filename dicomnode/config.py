@@ -265,6 +265,15 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The measurement history (see ``dicomnode/store/history.py``): each patient's results, kept after retention
+    deletes the images, deleted only by ``dicomnode purge-patient``."""
+
+    enabled: bool = True  # record each result and compare it with the patient's earlier ones; false: neither
+    pseudonym_key_env: str = "DICOMNODE_PSEUDONYM_KEY"  # the environment variable with the key of ``dicomnode export --pseudonymise``
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """The read-only status page, ``/healthz`` and ``/metrics`` (see ``dicomnode/web.py``)."""
 
@@ -311,6 +320,7 @@ class NodeConfig:
     qc: QCConfig = field(default_factory=QCConfig)
     delivery: Delivery = field(default_factory=Delivery)
     retention: Retention = field(default_factory=Retention)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     web: WebConfig = field(default_factory=WebConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     destinations: tuple[Destination, ...] = ()

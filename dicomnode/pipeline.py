@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
 
+from dicomnode.analysis.followup import FollowUp, compare
 from dicomnode.analysis.measure import Measurements, measure
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
 from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import save_dataset
-from dicomnode.imaging.load import SeriesError, load_series
+from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.instance import Instance
 from dicomnode.memory import peak_gib, reset_peak
 from dicomnode.results.write import Results, write_no_result_sr, write_results
 from dicomnode.segment.segmenter import SeriesSegmenter
+from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.states import Outcome
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -29,6 +31,14 @@ log = logging.getLogger(__name__)
 WITHHELD = "QC failed: volumes withheld"
 PARENCHYMA_ONLY = "renal parenchyma only: cortex and medulla withheld"
 IDENTITY_CONFLICT = "patient identity conflict"
+
+#: A patient's earlier results (the store's measurement history), oldest first.
+Priors = Callable[[Patient], list[HistoryEntry]]
+
+
+def no_priors(patient: Patient) -> list[HistoryEntry]:
+    """No history: ``dicomnode run``, or ``history.enabled: false``."""
+    return []
 
 
 @dataclass
@@ -46,6 +56,8 @@ class Processed:
     timings: dict[str, float] = field(default_factory=dict)
     peak_gib: dict[str, float] = field(default_factory=dict)  # the process's peak resident memory in each stage
     structures: tuple[str, ...] = ()  # what the results report: all three, or the parenchyma alone
+    measured: HistoryEntry | None = None  # the study's row of the measurement history (sent or withheld)
+    followup: FollowUp | None = None  # the volumes against the patient's earlier results
 
     def record(self) -> dict[str, object]:
         """The job record's figures, as the store keeps them and ``dicomnode run`` writes them: verdict, reasons,
@@ -53,6 +65,8 @@ class Processed:
         figures = self.measurements.summary() if self.measurements else None
         if figures is not None and self.qc is not None:
             figures.update(qc=self.qc.verdict, qc_findings=self.qc.lines(), qc_notes=[str(n) for n in self.qc.notes], sent=list(self.structures))
+        if figures is not None and self.followup is not None:
+            figures.update(followup=self.followup.lines())
         return {
             "verdict": self.verdict,
             "reasons": self.reasons,
@@ -78,20 +92,23 @@ def _timed(timings: dict[str, float], peaks: dict[str, float], stage: str) -> It
             peaks[stage] = round(peak, 3)
 
 
-def process_study(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids = RANDOM_UIDS) -> Processed:
-    """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash.
+def process_study(
+    instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids = RANDOM_UIDS, priors: Priors = no_priors
+) -> Processed:
+    """Run every stage on one study; a study without a usable arterial series is a verdict, not a crash. ``priors``
+    gives the patient's earlier results, which the SR and the summary page compare this study's volumes with.
 
     Where configured, a study without result gets a text SR that says why; not a study whose instances name
     different patients, since the SR would carry one of their identities.
     """
-    processed = _run_stages(instances, config, segmenter, uids)
+    processed = _run_stages(instances, config, segmenter, uids, priors)
     if processed.outcome is Outcome.NO_RESULT and config.send_text_sr_without_result and instances and processed.verdict != IDENTITY_CONFLICT:
         source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
         processed.results = Results(None, write_no_result_sr(source, processed.verdict, processed.reasons, uids))
     return processed
 
 
-def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids) -> Processed:
+def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: SeriesSegmenter, uids: ResultUids, priors: Priors) -> Processed:
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
     with _timed(timings, peaks, "select"):
@@ -131,20 +148,58 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     reasons += report.lines() + [str(note) for note in report.notes]
     allowed = ("parenchyma",) if selection.parenchyma_only else STRUCTURES
     structures = tuple(s for s in report.deliverable(config.qc.per_structure) if s in allowed)
+    passed = tuple(s for s in allowed if report.passed_for((s,)))
     if not structures:
         log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
         if config.qc.on_fail is OnFail.WITHHOLD:
-            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings, peak_gib=peaks)
+            measured = history_entry(series, series_uid, measurements, report, passed, (), WITHHELD, timings)
+            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings, peak_gib=peaks, measured=measured)
         structures = allowed
+    measured = history_entry(series, series_uid, measurements, report, passed, structures, "", timings)
+    followup = compare(measured, priors(measured.patient), tuple(s for s in structures if s in passed))
     with _timed(timings, peaks, "write"):
-        results = write_results(series, measurements, report, segmenter.model, pictures=config.wants(OutputFormat.SC), uids=uids, structures=structures)
+        pictures = config.wants(OutputFormat.SC)
+        results = write_results(series, measurements, report, segmenter.model, pictures=pictures, uids=uids, structures=structures, followup=followup)
     if report.passed_for(structures):
         verdict = selection.verdict if structures == STRUCTURES else f"{selection.verdict}; {PARENCHYMA_ONLY}"
     else:
         verdict = f"{selection.verdict}; {report.verdict}"
     if structures != STRUCTURES:
         log.info("renal cortex and medulla not reported: %s", "; ".join(f.message for f in report.against(CORTEX_AND_MEDULLA)) or selection.verdict)
-    return Processed(Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, peak_gib=peaks, structures=structures)
+    measured = replace(measured, verdict=verdict, timings=dict(timings))
+    return Processed(
+        Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, peak_gib=peaks,
+        structures=structures, measured=measured, followup=followup,
+    )  # fmt: skip
+
+
+def history_entry(
+    series: LoadedSeries,
+    series_uid: str,
+    measurements: Measurements,
+    report: QCReport,
+    passed: tuple[str, ...],
+    sent: tuple[str, ...],
+    verdict: str,
+    timings: dict[str, float],
+) -> HistoryEntry:
+    """The study's row of the measurement history: its patient, study and series, every volume per side (as the SR
+    rounds them), the structures whose QC passed (of those the series can give) and those sent."""
+    ds = series.datasets[0]
+    return HistoryEntry(
+        patient=Patient(str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or "")),
+        study_uid=str(ds.StudyInstanceUID),
+        study_date=str(ds.get("StudyDate", "") or ""),
+        series_uid=series_uid,
+        volumes={(structure, side): round(k.volume(structure), 3) for side, k in measurements.kidneys.items() for structure in STRUCTURES},
+        qc_passed=passed,
+        qc_findings=tuple(report.lines()),
+        sent=sent,
+        algorithms={structure: (a.name, a.version) for structure, a in measurements.algorithms.items()},
+        verdict=verdict,
+        left_split=None if measurements.left_split is None else round(measurements.left_split, 4),
+        timings=dict(timings),
+    )
 
 
 def failed(exc: BaseException) -> Processed:

@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicomnode.complete import open_jobs, ready_studies
 from dicomnode.config import NodeConfig, Role
 from dicomnode.delivery.send import send_due
-from dicomnode.pipeline import failed, process_study, save_results
+from dicomnode.pipeline import failed, no_priors, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
 from dicomnode.segment.configured import load_segmenter
@@ -136,8 +136,10 @@ class Node:
         if self.config.log_patient_data and instances:
             header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
             log.info("job %d: patient %s, ID %s", job.id, header.get("PatientName", ""), header.get("PatientID", ""))
+        keep = self.config.history.enabled
         try:
-            processed = process_study(instances, self.config, self.segmenter, ResultUids(job_seed(job.study_uid, job.version)))
+            uids = ResultUids(job_seed(job.study_uid, job.version))
+            processed = process_study(instances, self.config, self.segmenter, uids, self.store.history.of_patient if keep else no_priors)
             saved = []
             if processed.results is not None:
                 folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
@@ -147,7 +149,8 @@ class Node:
             processed, saved = failed(exc), []
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:
-            self.store.finish_job(job.id, processed.outcome, queued, worker=self.worker_name, **processed.record())
+            measured = processed.measured if keep else None
+            self.store.finish_job(job.id, processed.outcome, queued, worker=self.worker_name, measured=measured, **processed.record())
         except LeaseLost as exc:
             log.error("job %d: result discarded: %s", job.id, exc)
             return

@@ -1,7 +1,9 @@
-"""The node's read-only web endpoints: ``/healthz``, ``/metrics`` (Prometheus text) and a status page of recent jobs.
+"""The node's read-only web endpoints: ``/healthz``, ``/metrics`` (Prometheus text), a status page of recent jobs,
+and ``/history/<job>``, the measurement history of a job's patient.
 
-Loopback by default (``web.host``). Everything shown comes from the store, so figures survive restarts; the page
-shows UIDs, verdicts and timings, never patient names or IDs (the store holds none).
+Loopback by default (``web.host``). Everything shown comes from the store, so figures survive restarts; the pages
+show UIDs, verdicts, volumes and timings, never patient names (the store holds none), and patient IDs only where
+``log_patient_data`` is on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dicomnode.config import NodeConfig
 from dicomnode.files import free_mb
+from dicomnode.store.history import HistoryEntry
 from dicomnode.store.records import Job, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState
 
@@ -115,7 +118,23 @@ class WebServer:
             return HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         if path in ("/", "/index.html"):
             return HTTPStatus.OK, "text/html; charset=utf-8", status_page(self.store.recent_jobs(PAGE_JOBS), self._health(), self.store).encode()
+        if path.startswith("/history/") and path.removeprefix("/history/").isdigit():
+            page = self.history_page(int(path.removeprefix("/history/")))
+            if page is not None:
+                return HTTPStatus.OK, "text/html; charset=utf-8", page.encode()
+            return HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"no measurement history for this job\n"
         return HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n"
+
+    def history_page(self, job_id: int) -> str | None:
+        """The measurement history of job ``job_id``'s patient; None where the job or its study's result is unknown."""
+        try:
+            job = self.store.job(job_id)
+        except ValueError:
+            return None
+        entry = self.store.history.of_study(job.study_uid)
+        if entry is None:
+            return None
+        return history_page(entry, self.store.history.of_patient(entry.patient) or [entry], self.config.log_patient_data)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -139,6 +158,7 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
     e = html.escape
     checks = "".join(f"<li class='{'ok' if v == 'ok' else 'bad'}'>{e(k)}: {e(v)}</li>" for k, v in state.checks.items())
     rows = []
+    followed = store.history.studies_recorded(sorted({job.study_uid for job in jobs}))
     for job in jobs:
         deliveries = store.deliveries(job.id)
         sent = sum(d.state is DeliveryState.SENT for d in deliveries)
@@ -147,14 +167,15 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
         if dead:
             delivery += f"; {e(dead[0].destination)}: {e(dead[0].last_error or '')}"
         qc = (job.measurements or {}).get("qc", "")
+        history = f"<a href='/history/{job.id}'>history</a>" if job.study_uid in followed else ""
         flag = " bad" if job.delivery is JobDelivery.FAILED or (job.outcome and job.outcome.value == "failed") else ""
         rows.append(
             f"<tr class='job{flag}'><td>{job.id}</td><td class='uid'>{e(job.study_uid)}</td><td>v{job.version}</td>"
             f"<td>{e(job.state.value)}</td><td>{e(job.outcome.value if job.outcome else '')}</td><td>{delivery}</td>"
             f"<td>{e(job.verdict or '')}</td><td>{e(qc)}</td><td>{sum(job.timings.values()):.1f} s</td>"
-            f"<td>{dt.datetime.fromtimestamp(job.updated_at).strftime('%Y-%m-%d %H:%M:%S')}</td></tr>"
+            f"<td>{dt.datetime.fromtimestamp(job.updated_at).strftime('%Y-%m-%d %H:%M:%S')}</td><td>{history}</td></tr>"
         )
-    body = "".join(rows) or "<tr><td colspan='10'>no jobs yet</td></tr>"
+    body = "".join(rows) or "<tr><td colspan='11'>no jobs yet</td></tr>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>Renal DICOM node: status</title>
@@ -168,7 +189,40 @@ th {{ background: #eee; }} .uid {{ font-family: monospace; font-size: 0.8em; }}
 <h2 id="health">Health: {"ok" if state.ok else "unhealthy"}</h2><ul>{checks}</ul>
 <h2>Recent jobs</h2>
 <table id="jobs"><tr><th>Job</th><th>Study</th><th>Version</th><th>State</th><th>Outcome</th><th>Delivery</th>
-<th>Verdict</th><th>QC</th><th>Processing</th><th>Updated</th></tr>{body}</table>
+<th>Verdict</th><th>QC</th><th>Processing</th><th>Updated</th><th>Patient</th></tr>{body}</table>
 <p>Read-only; refreshes every 10 s. <a href="/metrics">Metrics</a> · <a href="/healthz">Health (JSON)</a></p>
+</body></html>
+"""
+
+
+def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: bool) -> str:
+    """A patient's results over time, oldest study first, ``entry``'s study marked; the patient named only where
+    ``identified`` (``log_patient_data``)."""
+    e = html.escape
+    who = f"Patient ID {e(entry.patient.patient_id)}" + (f" (issuer {e(entry.patient.issuer)})" if entry.patient.issuer else "")
+    heading = who if identified else "Patient identifiers hidden (log_patient_data is off)"
+    columns = [(s, side) for s in ("parenchyma", "cortex") for side in ("right", "left")]
+    rows = []
+    for item in entries:
+        volumes = "".join(f"<td>{item.volumes[key]:.1f}</td>" if key in item.volumes else "<td>-</td>" for key in columns)
+        qc = "passed" if {s for s, _ in item.volumes} <= set(item.qc_passed) else "failed: " + "; ".join(item.qc_findings)[:200]
+        name, version = item.algorithms.get("parenchyma", ("", ""))
+        mark = " class='this'" if item.study_uid == entry.study_uid else ""
+        rows.append(
+            f"<tr{mark}><td>{e(item.study_date)}</td><td class='uid'>{e(item.study_uid)}</td><td>{'withheld' if item.withheld else 'sent'}</td>"
+            f"{volumes}<td>{e(qc)}</td><td>{e(f'{name} {version}'.strip())}</td></tr>"
+        )
+    head = "".join(f"<th>{e(side)} {e(s)} (ml)</th>" for s, side in columns)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Renal DICOM node: measurement history</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }}
+th {{ background: #eee; }} .uid {{ font-family: monospace; font-size: 0.8em; }} tr.this td {{ font-weight: bold; }}
+</style></head><body>
+<h1>Measurement history</h1>
+<p id="patient">{heading}</p>
+<table id="history"><tr><th>Study date</th><th>Study</th><th>Result</th>{head}<th>QC</th><th>Model</th></tr>{"".join(rows)}</table>
+<p>Studies compared in an SR are those whose QC passed, made by the same model version. <a href="/">Status</a></p>
 </body></html>
 """

@@ -92,3 +92,40 @@ def sr_volumes(ds: pydicom.Dataset) -> list[float]:
             volumes.append(float(item.MeasuredValueSequence[0].NumericValue))
         volumes += sr_volumes(item)
     return volumes
+
+
+@dataclass(frozen=True)
+class SrChange:
+    """A volume's change since the prior, read from a TID 1411 group: "Difference in size" in cm3, % and cm3/a,
+    each inferred from the prior's volume, which names the prior's study and date."""
+
+    identifier: str  # the group's tracking identifier, e.g. "left renal parenchyma"
+    by_unit: dict[str, float]  # "cm3", "%", "cm3/a" -> value
+    prior_ml: float
+    prior_study_uid: str
+    prior_date: str
+
+
+def sr_changes(ds: pydicom.Dataset) -> dict[str, SrChange]:
+    """Each group's change since the prior (groups without one are left out), by tracking identifier."""
+    found = {}
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for group in item.ContentSequence:
+            identifier, by_unit, priors = "", {}, []
+            for child in group.ContentSequence:
+                code = child.ConceptNameCodeSequence[0].CodeValue
+                if code == "112039":
+                    identifier = child.TextValue
+                elif child.ValueType == "NUM" and code == "442714003":  # SCT Difference in size
+                    value = child.MeasuredValueSequence[0]
+                    by_unit[value.MeasurementUnitsCodeSequence[0].CodeValue] = float(value.NumericValue)
+                    [prior] = child.ContentSequence
+                    assert prior.RelationshipType == "INFERRED FROM" and prior.ConceptNameCodeSequence[0].CodeValue == "118565006"
+                    context = {c.ConceptNameCodeSequence[0].CodeValue: c for c in prior.ContentSequence}
+                    priors.append((float(prior.MeasuredValueSequence[0].NumericValue), context["121018"].UID, context["111060"].Date))
+            if by_unit:
+                assert len(set(priors)) == 1, f"{identifier}: its changes name different priors"
+                found[identifier] = SrChange(identifier, by_unit, *priors[0])
+    return found

@@ -17,7 +17,7 @@ FOUNDATION = {"__init__", "config", "conventions", "files", "memory", "uids", "i
 #: The packages in order: each imports only from the foundation and the packages before it (data flows forward).
 LAYERS = ["net", "store", "imaging", "segment", "analysis", "results", "delivery"]
 #: Modules that run the node, above every package.
-ORCHESTRATION = {"__main__", "cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web"}
+ORCHESTRATION = {"__main__", "cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web", "export"}
 
 
 def _module(path: Path) -> str:

@@ -9,8 +9,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
 
+from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import SIDES, KidneyMeasurement, Measurements
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
 from dicomnode.imaging.anatomy import canonical_flips
@@ -87,40 +89,90 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: str, capt
     return _page(draw)
 
 
-def summary_page(measurements: Measurements, qc: QCReport, model: Model, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
+def summary_page(
+    measurements: Measurements, qc: QCReport, model: Model, structures: tuple[str, ...] = STRUCTURES, followup: FollowUp | None = None
+) -> np.ndarray:
     """The volumes per side of the structures sent, the QC verdict with its findings and notes, the model and its
-    intended use."""
-    lines = [("Renal volumes (ml)", "white", 16), ("", "white", 12)]
+    intended use; with earlier results of the patient, the change since the prior and a chart of each side's
+    parenchyma (and cortex) over time."""
+    charted = followup is not None and bool(followup.points)
+    lines = [("Renal volumes (ml)", "white", 16), ("", "white", 8 if charted else 12)]
     lines.append((f"{'':<12}{'right':>10}{'left':>10}", "white", 13))
     for structure in STRUCTURES:
         sent = structure in structures
         cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if side in measurements.kidneys and sent else f"{'-':>10}" for side in SIDES[::-1]]
         lines.append((f"{structure:<12}{''.join(cells)}" + ("" if sent else "  not reported"), "white", 13))
+        changes = [followup.change(structure, side) if followup else None for side in SIDES[::-1]]
+        if any(changes):
+            since = sorted({c.prior_date.isoformat() for c in changes if c})
+            cells = [f"{c.change_ml:+10.1f}" if c else f"{'-':>10}" for c in changes]
+            lines.append((f"{'  change':<12}{''.join(cells)}  since {', '.join(since)}", "#a0d8ff", 13))
+    if followup is not None:
+        skipped: dict[tuple[str, str], list[str]] = {}
+        for n in followup.not_compared:
+            skipped.setdefault((n.prior_date.isoformat() if n.prior_date else "unknown date", n.why), []).append(n.structure)
+        lines += [(f"  study of {when} not compared ({', '.join(s)}): {why}"[:90], "#a0a0a0", 10) for (when, why), s in list(skipped.items())[:2]]
     lines.append(("", "white", 12))
     passed = qc.passed_for(structures)
     lines.append((qc.verdict if passed == qc.passed else f"QC passed for renal {' and '.join(structures)}", "#80ff80" if passed else "#ffb060", 13))
-    lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][:8]]
+    lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][: 2 if charted else 8]]
     lines.append(("", "white", 12))
     for structure, algorithm in {"parenchyma": measurements.algorithms.get("parenchyma"), "cortex": measurements.algorithms.get("cortex")}.items():
         if algorithm is not None:
             lines.append((f"{structure.capitalize()}: {algorithm.name} {algorithm.version}".strip()[:90], "white", 11))
-    if not for_diagnosis(model):
-        lines.append((NOT_FOR_DIAGNOSIS, "#ff8080", 14))
+    warning = [] if for_diagnosis(model) else [(NOT_FOR_DIAGNOSIS, "#ff8080", 14)]
 
     def draw(figure: Figure) -> None:
         y = 0.95
-        for text, colour, size in lines:
+        for text, colour, size in lines if charted else lines + warning:
             figure.text(0.04, y, text, color=colour, fontsize=size, family="monospace", va="top")
-            y -= 0.012 * size / 10 * 3.2
+            y -= 0.012 * size / 10 * (2.6 if charted else 3.2)
+        if charted:
+            assert followup is not None
+            _chart(figure, followup, structures)
+            for text, colour, _ in warning:  # below the charts
+                figure.text(0.99, 0.005, text, color=colour, fontsize=11, ha="right", va="bottom")
 
     return _page(draw)
 
 
+def _chart(figure: Figure, followup: FollowUp, structures: tuple[str, ...]) -> None:
+    """Each side's volumes over time, one panel per side: a line through the comparable results, hollow grey marks
+    for those not compared (QC failed, another model), this study's filled and larger."""
+    for n, side in enumerate(SIDES[::-1]):
+        axes = figure.add_axes((0.09 + n * 0.47, 0.07, 0.40, 0.20), facecolor="black")
+        for structure in ("parenchyma", "cortex"):
+            if structure not in structures:
+                continue
+            points = sorted((p for p in followup.points if (p.structure, p.side) == (structure, side)), key=lambda p: p.date)
+            kept = [p for p in points if p.comparable]
+            colour = OUTLINES[structure]
+            axes.plot(date2num([p.date for p in kept]), [p.ml for p in kept], "-o", color=colour, markersize=4, linewidth=1.5, label=structure)
+            others = [p for p in points if not p.comparable]
+            axes.plot(date2num([p.date for p in others]), [p.ml for p in others], "o", markerfacecolor="none", markeredgecolor="#909090", markersize=6)
+            axes.plot(date2num([p.date for p in points if p.current]), [p.ml for p in points if p.current], "o", color=colour, markersize=8)
+        axes.set_title(f"{side} kidney (ml)", color="white", fontsize=10)
+        axes.tick_params(colors="white", labelsize=7)
+        for spine in axes.spines.values():
+            spine.set_color("#808080")
+        axes.set_xticks(date2num(sorted({p.date for p in followup.points if p.side == side})))
+        axes.xaxis.set_major_formatter(DateFormatter("%Y-%m"))
+        axes.set_ylim(0, 1.15 * max((p.ml for p in followup.points if p.side == side), default=1.0))
+        if n == 0:
+            axes.legend(fontsize=7, facecolor="black", labelcolor="white", edgecolor="#808080", loc="lower left")
+
+
 def write_sc(
-    series: LoadedSeries, measurements: Measurements, qc: QCReport, model: Model, uids: ResultUids = RANDOM_UIDS, structures: tuple[str, ...] = STRUCTURES
+    series: LoadedSeries,
+    measurements: Measurements,
+    qc: QCReport,
+    model: Model,
+    uids: ResultUids = RANDOM_UIDS,
+    structures: tuple[str, ...] = STRUCTURES,
+    followup: FollowUp | None = None,
 ) -> list[pydicom.Dataset]:
     """One Secondary Capture series: the summary page, then the key slice of each kidney found."""
-    pages = [summary_page(measurements, qc, model, structures)]
+    pages = [summary_page(measurements, qc, model, structures, followup)]
     for side in SIDES[::-1]:
         if side in measurements.kidneys:
             pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice", structures))

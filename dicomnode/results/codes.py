@@ -55,6 +55,19 @@ REJECTION_TITLES = (
     codes.DCM.DataRetentionPolicyExpired,
 )
 
+#: Follow-up (the change since the patient's prior result). DICOM has no concept for a change of volume, in percent
+#: or per year; it has one for a quantitative difference between time points: SCT 442714003 "Difference in size",
+#: PS3.16 CID 6133 and CID 6207 ("Quantitative Temporal Difference Type"), used as a NUM inferred from the prior and
+#: current measurements in PS3.17's chest CAD example. The three changes share it and differ by unit: cm3, UCUM %
+#: (PS3.16 CID 7181) and cm3/a (UCUM's year "a"; valid UCUM, in no CID, hence written here). The prior's volume is
+#: SCT 118565006 "Volume" nested under each change (INFERRED FROM), with its study named by DCM 121018 "Procedure
+#: Study Instance UID" (a UIDREF, as TID 1005 Procedure Context names a study) and DCM 111060 "Study Date".
+DIFFERENCE_IN_SIZE = codes.SCT.FindingOfDifferenceInSize
+PERCENT = codes.UCUM.Percent
+CUBIC_CENTIMETRE_PER_YEAR = Code("cm3/a", "UCUM", "cubic centimeter per year")
+PRIOR_STUDY_UID = codes.DCM.ProcedureStudyInstanceUID
+STUDY_DATE = codes.DCM.StudyDate
+
 SIDE_CODES = {"left": LEFT, "right": RIGHT}
 STRUCTURE_CODES = {"parenchyma": KIDNEY, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}
 #: Recommended display colours (CIELab L*, a*, b*): cortex warm red, medulla yellow, parenchyma orange.

@@ -13,6 +13,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomnode import __version__
+from dicomnode.analysis.followup import Change, FollowUp
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.qc import STRUCTURES, STUDY, QCReport
 from dicomnode.imaging.load import LoadedSeries
@@ -20,14 +21,19 @@ from dicomnode.results.capture import write_sc
 from dicomnode.results.codes import (
     ANATOMICAL_STRUCTURE,
     CUBIC_CENTIMETRE,
+    CUBIC_CENTIMETRE_PER_YEAR,
+    DIFFERENCE_IN_SIZE,
     DISPLAY_LAB,
     FINDING,
     KIDNEY,
+    PERCENT,
+    PRIOR_STUDY_UID,
     QC_PASSED,
     QC_RESULT,
     QC_REVIEW,
     SIDE_CODES,
     STRUCTURE_CODES,
+    STUDY_DATE,
     VOLUME,
 )
 from dicomnode.segment.segmenter import Algorithm, Model
@@ -165,10 +171,12 @@ def write_sr(
     model: Model,
     slices: np.ndarray,
     uids: ResultUids = RANDOM_UIDS,
+    followup: FollowUp | None = None,
 ) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure sent and side, volumes in cm3, each with its
-    QC verdict and its side's findings and notes; a TID 1501 group holds the study's QC verdict, its findings, and
-    why structures are absent (e.g. cortex and medulla outside the arterial phase)."""
+    QC verdict, its side's findings and notes, and with ``followup`` its change since the patient's prior result; a
+    TID 1501 group holds the study's QC verdict, its findings, why structures are absent (e.g. cortex and medulla
+    outside the arterial phase), and which earlier results were not compared and why."""
     sent = tuple(dict.fromkeys(structure for structure, _ in numbers))
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for (structure, side), number in numbers.items():
@@ -186,7 +194,10 @@ def write_sr(
                 finding_type=STRUCTURE_CODES[structure],
                 finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
                 algorithm_id=algorithm,
-                measurements=[hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm)],
+                measurements=[
+                    hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
+                    *_changes(followup.change(structure, side) if followup else None),
+                ],
                 qualitative_evaluations=[_qc_evaluation(qc.passed_for((structure,)))],
             )
         )
@@ -200,7 +211,8 @@ def write_sr(
     unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in reported_sides]  # e.g. a missing kidney
     absent = [structure for structure in STRUCTURES if structure not in sent]
     why_absent = [f"Renal {' and '.join(absent)} not reported: {'; '.join(f.message for f in qc.against(tuple(absent)))}"] if absent and reported_sides else []
-    _add_findings(study_group, [verdict_text(qc, sent), *why_absent, *(str(f) for f in unreported)])
+    not_compared = [str(n) for n in followup.not_compared] if followup else []
+    _add_findings(study_group, [verdict_text(qc, sent), *why_absent, *(str(f) for f in unreported), *not_compared])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -223,6 +235,29 @@ def write_sr(
     )
 
 
+def _changes(change: Change | None) -> list[hd.sr.Measurement]:
+    """A volume's change since its prior as three NUMs "Difference in size" (cm3, %, cm3 per year), each inferred
+    from the prior's volume, which names the prior's study and date (codes.py says where each concept comes from)."""
+    if change is None:
+        return []
+    found = []
+    for value, unit in ((change.change_ml, CUBIC_CENTIMETRE), (change.change_percent, PERCENT), (change.ml_per_year, CUBIC_CENTIMETRE_PER_YEAR)):
+        measurement = hd.sr.Measurement(name=DIFFERENCE_IN_SIZE, value=round(value, 3), unit=unit)
+        prior = hd.sr.NumContentItem(name=VOLUME, value=change.prior_ml, unit=CUBIC_CENTIMETRE, relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)
+        prior.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.UIDRefContentItem(name=PRIOR_STUDY_UID, value=change.prior_study_uid, relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT),
+                hd.sr.DateContentItem(name=STUDY_DATE, value=change.prior_date, relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT),
+            ]
+        )
+        if "ContentSequence" in measurement[0]:
+            measurement[0].ContentSequence.append(prior)
+        else:
+            measurement[0].ContentSequence = hd.sr.ContentSequence([prior])
+        found.append(measurement)
+    return found
+
+
 def measured_slices(series: LoadedSeries, measurements: Measurements) -> np.ndarray:
     """Which of the series' slices a measured kidney lies on (all, where none is measured). The SEG derives from
     these slices only and the SR's Image Library (TID 1600) lists them: a 1 mm series has some 500 slices and the
@@ -241,14 +276,16 @@ def write_results(
     pictures: bool = False,
     uids: ResultUids = RANDOM_UIDS,
     structures: tuple[str, ...] = STRUCTURES,
+    followup: FollowUp | None = None,
 ) -> Results:
     """SEG and SR of the ``structures`` of a measured study, and with ``pictures`` the Secondary Capture pages; where
-    a structure sent failed QC, all say "QC: review" and the SR lists every finding. ``uids`` derives every UID from
-    the job, so a re-run makes the same instances."""
+    a structure sent failed QC, all say "QC: review" and the SR lists every finding. ``followup`` adds the change
+    since the patient's prior result to the SR and the summary page. ``uids`` derives every UID from the job, so a
+    re-run makes the same instances."""
     tracking, slices = tracking_uids(measurements, uids, structures), measured_slices(series, measurements)
     seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed_for(structures), uids=uids)
-    sc = write_sc(series, measurements, qc, model, uids, structures) if pictures else []
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids), sc)
+    sc = write_sc(series, measurements, qc, model, uids, structures, followup) if pictures else []
+    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids, followup), sc)
 
 
 def verdict_text(qc: QCReport, sent: tuple[str, ...]) -> str:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.instance import Instance
+from dicomnode.store import history
 from dicomnode.store.database import Database, Row, Session, SqliteDatabase
+from dicomnode.store.history import History, HistoryEntry
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome, job_delivery
 
 SCHEMA = """
@@ -213,8 +215,10 @@ class Store:
     def __init__(self, database: Database | Path) -> None:
         self.db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
         self.db.script(SCHEMA)
+        self.db.script(history.SCHEMA)
         if self.db.dialect.name == "sqlite":
             self._migrate()
+        self.history = History(self.db)
 
     def _migrate(self) -> None:
         """SQLite databases made before processing, outcome and delivery were kept apart (one ``state`` held all
@@ -509,8 +513,11 @@ class Store:
                 _move(tx, job.id, (JobState.RUNNING,), JobState.PENDING, lease_owner=None, lease_until=None)
         return interrupted
 
-    def finish_job(self, job_id: int, outcome: Outcome, queued: list[Queued], worker: str | None = None, **record: object) -> None:
-        """running -> done with its ``outcome``; queues the result files for their destinations, in one transaction.
+    def finish_job(
+        self, job_id: int, outcome: Outcome, queued: list[Queued], worker: str | None = None, measured: HistoryEntry | None = None, **record: object
+    ) -> None:
+        """running -> done with its ``outcome``; queues the result files for their destinations and makes ``measured``
+        its study's row of the measurement history (none: the study has no row any more), in one transaction.
 
         With ``worker``, the job must still be under that worker's unexpired lease, else :class:`LeaseLost` is
         raised and nothing is recorded or queued. ``record`` holds the job's other columns (verdict, reasons,
@@ -533,6 +540,8 @@ class Store:
             _move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
             _settle(tx, job_id)
             _supersede_earlier(tx, job_id)
+            [study] = tx.query("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
+            history.replace(tx, study["study_uid"], job_id, measured)
 
     # -- deliveries ----------------------------------------------------------------------------------------------
     def release_delivery_claims(self) -> int:

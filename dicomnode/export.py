@@ -1,0 +1,111 @@
+"""The cohort table: one row per result in the measurement history, as CSV or Parquet, for researchers.
+
+Identifiers (Patient ID, Issuer of Patient ID, study and series UIDs) are written as stored, or with
+``pseudonymise`` as keyed hashes (HMAC-SHA-256 under a key the user keeps): the same patient gives the same pseudonym
+in every export made with that key, so follow-up stays linkable, and without the key no one can recover or test an
+identifier. Study dates stay, as follow-up needs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import hashlib
+import hmac
+import io
+from pathlib import Path
+from typing import Any
+
+from dicomnode.files import write_atomically
+from dicomnode.store.history import VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
+
+#: The structures of the history, whose QC verdict and model each row names.
+_STRUCTURES = ("parenchyma", "cortex", "medulla")
+#: Pipeline stages whose seconds each row gives.
+STAGES = ("select", "load", "segment", "measure", "qc", "write")
+IDENTIFIERS = ("patient_id", "issuer", "study_uid", "series_uid")
+COLUMNS = (
+    *IDENTIFIERS,
+    "study_date",
+    "result",
+    "verdict",
+    *VOLUME_COLUMNS,
+    "total_parenchyma_ml",
+    "left_split",
+    *(f"qc_{structure}" for structure in _STRUCTURES),
+    "qc_findings",
+    "model",
+    "model_version",
+    "cortex_model",
+    "cortex_model_version",
+    *(f"{stage}_s" for stage in STAGES),
+    "recorded_at",
+)
+
+
+class Format(str, enum.Enum):
+    """File formats of ``dicomnode export``."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    """``value`` as a keyed hash (HMAC-SHA-256, hexadecimal, 32 characters); "" stays "" (nothing to hide)."""
+    if not value:
+        return ""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
+    """One result as the table's columns; with ``key`` its identifiers pseudonymised under it."""
+    identifiers = {"patient_id": entry.patient.patient_id, "issuer": entry.patient.issuer, "study_uid": entry.study_uid, "series_uid": entry.series_uid}
+    if key is not None:
+        # the patient's pseudonym hashes issuer and ID together: one ID in two issuers is two patients
+        identifiers = {name: pseudonym(key, value) for name, value in identifiers.items()}
+        identifiers["patient_id"] = pseudonym(key, f"{entry.patient.issuer}\\{entry.patient.patient_id}")
+    parenchyma = [entry.volumes[k] for k in VOLUME_KEYS if k[0] == "parenchyma" and k in entry.volumes]
+    made_by = {structure: entry.algorithms.get(structure, ("", "")) for structure in ("parenchyma", "cortex")}
+    return {
+        **identifiers,
+        "study_date": entry.study_date,
+        "result": "withheld" if entry.withheld else "sent",
+        "verdict": entry.verdict,
+        **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
+        "total_parenchyma_ml": round(sum(parenchyma), 3) if parenchyma else None,
+        "left_split": entry.left_split,
+        **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in _STRUCTURES},
+        "qc_findings": "; ".join(entry.qc_findings),
+        "model": made_by["parenchyma"][0],
+        "model_version": made_by["parenchyma"][1],
+        "cortex_model": made_by["cortex"][0],
+        "cortex_model_version": made_by["cortex"][1],
+        **{f"{stage}_s": entry.timings.get(stage) for stage in STAGES},
+        "recorded_at": round(entry.recorded_at, 3),
+    }
+
+
+def write_table(entries: list[HistoryEntry], path: Path, kind: Format, key: bytes | None = None) -> int:
+    """Write ``entries`` to ``path`` as ``kind``, atomically (a reader never sees half a table); returns the rows."""
+    if kind is Format.CSV:
+        write_atomically(path, csv_text(entries, key).encode())
+    else:
+        rows = [row(entry, key) for entry in entries]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        numbers = {*VOLUME_COLUMNS, "total_parenchyma_ml", "left_split", *(f"{stage}_s" for stage in STAGES), "recorded_at"}
+        schema = pa.schema([(name, pa.float64() if name in numbers else pa.string()) for name in COLUMNS])
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+        write_atomically(path, buffer.getvalue().to_pybytes())
+    return len(entries)
+
+
+def csv_text(entries: list[HistoryEntry], key: bytes | None = None) -> str:
+    """The table as CSV: a header of COLUMNS, then a row per entry (empty cells where there is no value)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row(entry, key).items()} for entry in entries)
+    return text.getvalue()

@@ -1,0 +1,158 @@
+"""The measurement history: one row per study with a result, sent or withheld, keyed by the patient (Patient ID and
+Issuer of Patient ID), kept when retention deletes the study's images; only the patient's own purge deletes it.
+
+A study processed again (a later version of its job) replaces its row, so a study sent twice counts once; a later
+version without measurements removes it, as the results it replaces are withdrawn from the PACS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from dicomnode.store.database import Database, Row, Session
+
+#: (structure, side) of every volume a row holds, in column order.
+VOLUME_KEYS = tuple((structure, side) for structure in ("parenchyma", "cortex", "medulla") for side in ("left", "right"))
+VOLUME_COLUMNS = tuple(f"{structure}_{side}_ml" for structure, side in VOLUME_KEYS)
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS history (
+    id {id},
+    patient_id TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    study_uid TEXT UNIQUE NOT NULL,
+    study_date TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    sent TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    qc_passed TEXT NOT NULL,
+    qc_findings TEXT NOT NULL,
+    algorithms TEXT NOT NULL,
+"""
+    + "".join(f"    {column} {{real}},\n" for column in VOLUME_COLUMNS)
+    + """    left_split {real},
+    timings TEXT NOT NULL,
+    recorded_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id, issuer);
+CREATE TABLE IF NOT EXISTS patient_purges (
+    id {id},
+    purged_at {real} NOT NULL,
+    results INTEGER NOT NULL,
+    reason TEXT NOT NULL
+)
+"""
+)
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A patient as the images name them: Patient ID (0010,0020) within Issuer of Patient ID (0010,0021)."""
+
+    patient_id: str
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One study's result as the history keeps it."""
+
+    patient: Patient
+    study_uid: str
+    study_date: str  # YYYYMMDD as in the images; "" where they give none
+    series_uid: str
+    volumes: dict[tuple[str, str], float]  # (structure, side) -> ml, for each kidney found
+    qc_passed: tuple[str, ...]  # structures whose QC checks passed
+    qc_findings: tuple[str, ...]
+    sent: tuple[str, ...]  # structures sent to the destinations; () where the result was withheld
+    algorithms: dict[str, tuple[str, str]]  # structure -> (name, version) of what made it
+    verdict: str
+    left_split: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    job_id: int = 0  # set by the store
+    recorded_at: float = 0.0  # the database's clock, set by the store
+
+    @property
+    def withheld(self) -> bool:
+        return not self.sent
+
+
+def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None) -> None:
+    """Make ``entry`` the history's row of ``study_uid`` (from job ``job_id``), or remove the row where the job gave no
+    measurements; called in the transaction that records the job's outcome."""
+    tx.execute("DELETE FROM history WHERE study_uid = ?", (study_uid,))
+    if entry is None:
+        return
+    columns = ("patient_id", "issuer", "study_uid", "study_date", "series_uid", "job_id", "sent", "verdict", "qc_passed", "qc_findings", "algorithms")
+    values: list[object] = [entry.patient.patient_id, entry.patient.issuer, study_uid, entry.study_date, entry.series_uid, job_id]
+    values += [json.dumps(list(entry.sent)), entry.verdict, json.dumps(list(entry.qc_passed)), json.dumps(list(entry.qc_findings))]
+    values.append(json.dumps({structure: list(made_by) for structure, made_by in entry.algorithms.items()}))
+    values += [entry.volumes.get(key) for key in VOLUME_KEYS]
+    values += [entry.left_split, json.dumps(entry.timings)]
+    names = (*columns, *VOLUME_COLUMNS, "left_split", "timings")
+    tx.execute(f"INSERT INTO history ({', '.join(names)}, recorded_at) VALUES ({', '.join('?' for _ in names)}, {{now}})", values)
+
+
+class History:
+    """Reading the history, and the patient purge."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def of_patient(self, patient: Patient) -> list[HistoryEntry]:
+        """Every result of ``patient``, oldest study first; none for a blank Patient ID, which names nobody."""
+        if not patient.patient_id.strip():
+            return []
+        rows = self.db.query("SELECT * FROM history WHERE patient_id = ? AND issuer = ? ORDER BY study_date, recorded_at", (patient.patient_id, patient.issuer))
+        return [_entry(r) for r in rows]
+
+    def of_study(self, study_uid: str) -> HistoryEntry | None:
+        rows = self.db.query("SELECT * FROM history WHERE study_uid = ?", (study_uid,))
+        return _entry(rows[0]) if rows else None
+
+    def studies_recorded(self, study_uids: list[str]) -> set[str]:
+        """Which of ``study_uids`` have a row in the history."""
+        if not study_uids:
+            return set()
+        rows = self.db.query(f"SELECT study_uid FROM history WHERE study_uid IN ({', '.join('?' for _ in study_uids)})", study_uids)
+        return {r["study_uid"] for r in rows}
+
+    def entries(self, since: str = "", qc_passed: bool = False) -> list[HistoryEntry]:
+        """Every result, by study date then when it was recorded: those of studies on or after ``since`` (YYYYMMDD),
+        and with ``qc_passed`` only those whose every structure measured passed QC."""
+        rows = self.db.query("SELECT * FROM history WHERE study_date >= ? ORDER BY study_date, recorded_at, id", (since,))
+        found = [_entry(r) for r in rows]
+        return [e for e in found if not qc_passed or {s for s, _ in e.volumes} <= set(e.qc_passed)]
+
+    def purge_patient(self, patient: Patient, reason: str) -> int:
+        """Delete every result of ``patient`` and log the purge (when, how many, why: not whom); returns how many."""
+        with self.db.transaction() as tx:
+            count = tx.execute("DELETE FROM history WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer))
+            tx.execute("INSERT INTO patient_purges (purged_at, results, reason) VALUES ({now}, ?, ?)", (count, reason))
+        return count
+
+    def purges(self) -> list[dict]:
+        return [dict(r) for r in self.db.query("SELECT * FROM patient_purges ORDER BY id")]
+
+
+def _entry(row: Row) -> HistoryEntry:
+    volumes = {key: float(row[column]) for key, column in zip(VOLUME_KEYS, VOLUME_COLUMNS) if row[column] is not None}
+    return HistoryEntry(
+        patient=Patient(row["patient_id"], row["issuer"]),
+        study_uid=row["study_uid"],
+        study_date=row["study_date"],
+        series_uid=row["series_uid"],
+        volumes=volumes,
+        qc_passed=tuple(json.loads(row["qc_passed"])),
+        qc_findings=tuple(json.loads(row["qc_findings"])),
+        sent=tuple(json.loads(row["sent"])),
+        algorithms={structure: (made_by[0], made_by[1]) for structure, made_by in json.loads(row["algorithms"]).items()},
+        verdict=row["verdict"],
+        left_split=row["left_split"],
+        timings=json.loads(row["timings"]),
+        job_id=int(row["job_id"]),
+        recorded_at=float(row["recorded_at"]),
+    )
