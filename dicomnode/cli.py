@@ -59,6 +59,7 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
             "waiting": store.waiting(),
             "refusals": [dict(row) for row in store.refusals()],
             "purges": [dict(row) for row in store.purges()],
+            "patient_purges": store.history.purges(),
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -90,6 +91,9 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     purges = store.purges()
     if purges:
         print(f"{len(purges)} finished studies deleted by retention; the last: {purges[-1]['study_uid']} ({purges[-1]['reason']})")
+    for purge in store.history.purges():
+        when = dt.datetime.fromtimestamp(purge["purged_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"patient purge {when}: {purge['results']} results deleted from the measurement history ({purge['reason']})")
     return 0
 
 

@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -37,7 +38,7 @@ from dicomnode.service import Node
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Store
 from dicomnode.store.states import Outcome
-from tests.peers import Orthanc, dciodvfy, free_port, storescu, tools_missing, wait_for
+from tests.peers import REPO, Orthanc, dciodvfy, free_port, storescu, tools_missing, wait_for
 from tests.readback import sr_changes, sr_groups, sr_texts
 from training.phantom_dicom import StudyFiles, write_study
 from training.phantoms import Grid, Label, Phase
@@ -194,6 +195,8 @@ def test_a_follow_up_pair_gives_each_kidneys_change_in_the_sr_and_a_chart_and_th
     first_bottom = pages[first.study_uid][int(0.70 * 768) :, :]
     assert np.all(np.abs(first_bottom.astype(int) - [0xFF, 0x9A, 0x30]) < 40, axis=-1).sum() == 0
     print(f"\nsummary pages: {tmp_path}/summary_*.png")
+    if os.environ.get("DICOMNODE_UPDATE_DOCS"):  # refreshes the README's picture
+        shutil.copy(tmp_path / f"summary_{last.series[0].phantom.anatomy.seed}.png", REPO / "docs" / "followup-summary.png")
 
     # the history outlives retention's purge of every study, and a restart
     store = Store(config.path(config.database))
@@ -239,6 +242,7 @@ def test_a_follow_up_pair_gives_each_kidneys_change_in_the_sr_and_a_chart_and_th
     store = Store(config.path(config.database))
     assert store.history.entries() == [] and [p["results"] for p in store.history.purges()] == [3]
     store.close()
+    assert "patient purge" in _cli(config_path, "status").stdout and _cli(config_path, "status", "--json").returncode == 0
 
 
 def _entry(study: str, date: str, ml: float, passed: tuple[str, ...] = ("parenchyma", "cortex", "medulla"), version: str = "1") -> HistoryEntry:

@@ -17,12 +17,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.config import NodeConfig, WebConfig
+from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
-from dicomnode.web import WebServer
+from dicomnode.web import WebServer, history_page
 from tests.peers import REPO, free_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+#: The delivered job's row of the measurement history.
+MEASURED = HistoryEntry(
+    Patient("WEB-PATIENT-7"), "1.2.3", "20260110", "1.2.3.9", {("parenchyma", "left"): 151.25, ("parenchyma", "right"): 140.5},
+    ("parenchyma",), (), ("parenchyma",), {"parenchyma": ("renal-model", "3")}, "arterial series found",
+)  # fmt: skip
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
@@ -41,7 +47,7 @@ def site(tmp_path: Path):
         store.start_job(job.id)
         store.finish_job(
             job.id, Outcome.RESULT, [Queued("pacs", "9.9", tmp_path / f"SR{job.id}.dcm")], verdict=verdict, reasons=[],
-            measurements={"qc": "QC passed"}, timings={"segment": 30.0, "write": 2.0},
+            measurements={"qc": "QC passed"}, timings={"segment": 30.0, "write": 2.0}, measured=MEASURED if job is delivered else None,
         )  # fmt: skip
     [d1], [d2] = store.deliveries(delivered.id), store.deliveries(parked.id)
     store.update_delivery(d1.id, DeliveryState.SENT, 2, 0, None)
@@ -107,3 +113,17 @@ def test_status_page_in_headless_chromium_lists_the_jobs(site, tmp_path: Path) -
     assert taken.returncode == 0 and shot.stat().st_size > 10_000
     if os.environ.get("DICOMNODE_UPDATE_DOCS"):  # refreshes the README's picture
         shutil.copy(shot, REPO / "docs" / "status-page.png")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_a_job_links_to_its_patients_history_which_names_the_patient_only_when_allowed(site, tmp_path: Path) -> None:
+    base, _ = site
+    profile = ("--user-data-dir=" + str(tmp_path / "profile"),)
+    status = subprocess.run(["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", base + "/"], capture_output=True, text=True, timeout=120).stdout
+    links = [row.split('href="')[1].split('"')[0] for row in status.split("<tr class=")[1:] if "href=" in row]
+    assert links == ["/history/1"]  # the delivered job; the others measured nothing
+    page = subprocess.run(["chromium", *CHROMIUM_FLAGS, *profile, "--dump-dom", base + links[0]], capture_output=True, text=True, timeout=120).stdout
+    assert "20260110" in page and "151.2" in page and "140.5" in page and "renal-model 3" in page
+    assert "WEB-PATIENT-7" not in page and "identifiers hidden" in page  # log_patient_data is off
+    assert "Patient ID WEB-PATIENT-7" in history_page(MEASURED, [MEASURED], identified=True)
+    assert _get(base + "/history/2")[0] == 404 and _get(base + "/history/99")[0] == 404
