@@ -37,7 +37,7 @@ def ready_studies(
     sent to it. An ``interrupted`` study (an association sending it was aborted or cut off, or the node stopped
     while one was open; study -> why) may be partial: it waits for ``max_wait_s`` too, unless a later association
     sending it was released."""
-    now = time.time() if now is None else now
+    now = store.now() if now is None else now
     interrupted = interrupted or {}
     ready, waiting = [], {}
     for row in store.studies_with_new_instances():

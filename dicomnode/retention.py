@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ def clean(
     """Delete finished studies last active more than ``policy.days`` ago, then, while ``storage`` has less than
     ``policy.free_disk_mb`` free, the least recently active finished studies. Studies in ``busy`` (an association
     is sending to them) are left alone."""
-    now = time.time() if now is None else now
+    now = store.now() if now is None else now
     purged = []
     candidates = [s for s in store.finished_studies() if s.study_uid not in busy]
     for study in candidates:

@@ -74,12 +74,17 @@ def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """The store on each database it supports: the contract tests run once per backend."""
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty database of each kind the store supports: the contract tests run once per backend."""
     if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "node.sqlite")
+        made: Database = SqliteDatabase(tmp_path / "node.sqlite")
     else:
-        database = PostgresDatabase(request.getfixturevalue("pg_url"))
-    made = Store(database)
+        made = PostgresDatabase(request.getfixturevalue("pg_url"))
     yield made
     made.close()
+
+
+@pytest.fixture
+def store(database: Database) -> Store:
+    """The store on each database it supports (closed with its database)."""
+    return Store(database)

@@ -1,18 +1,19 @@
 """The store's contract, run on SQLite and on a real PostgreSQL server: a job's processing state, outcome and delivery
 progress each move in one place, only along allowed transitions; workers claim jobs under leases, and a finish
 after the lease expired is refused with nothing recorded; results of a run cut off before it was recorded are
-removed at start; old SQLite databases are upgraded."""
+removed at start; old databases are upgraded on both; every timestamp is the database's clock."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dicomnode.service import remove_unrecorded_results
+from dicomnode.store.database import SQLITE, Database, SqliteDatabase
 from dicomnode.store.records import LeaseLost, Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 
@@ -101,25 +102,23 @@ def test_unrecorded_results_are_removed_and_recorded_ones_kept(store: Store, tmp
     assert remove_unrecorded_results(results, store.jobs()) == []
 
 
-def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(tmp_path: Path) -> None:
-    old = sqlite3.connect(tmp_path / "node.sqlite")
-    old.execute(
-        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
-        " upto_seq INTEGER NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
-        " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL)"
-    )
-    old.execute(
-        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,"
+def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(database: Database) -> None:
+    database.script(
+        "CREATE TABLE jobs (id {id}, study_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+        " upto_seq BIGINT NOT NULL, state TEXT NOT NULL, series_uid TEXT, verdict TEXT, reasons TEXT NOT NULL DEFAULT '[]',"
+        " error TEXT, measurements TEXT, timings TEXT NOT NULL DEFAULT '{{}}', created_at {real} NOT NULL, updated_at {real} NOT NULL);"
+        "CREATE TABLE deliveries (id {id}, job_id BIGINT NOT NULL, destination TEXT NOT NULL,"
         " path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " next_attempt_at REAL NOT NULL, last_error TEXT, updated_at REAL NOT NULL, UNIQUE (job_id, destination, sop_uid))"
+        " next_attempt_at {real} NOT NULL, last_error TEXT, updated_at {real} NOT NULL, UNIQUE (job_id, destination, sop_uid))"
     )
     for n, state in enumerate(["done", "no_result", "failed", "delivery_failed", "running"], 1):
-        old.execute("INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, 1, 5, ?, 0, 0)", (f"1.2.{n}", state))
-    old.execute("INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (1, 'pacs', 'a', '1.9', 'sent', 0, 0)")
-    old.execute("INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (4, 'pacs', 'b', '1.8', 'dead', 0, 0)")
-    old.commit()
-    old.close()
-    store = Store(tmp_path / "node.sqlite")
+        database.execute("INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, 1, 5, ?, 0, 0)", (f"1.2.{n}", state))
+    for job, sop, state in ((1, "1.9", "sent"), (4, "1.8", "dead")):
+        database.execute(
+            "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, 'pacs', 'a', ?, ?, 0, 0)",
+            (job, sop, state),
+        )
+    store = Store(database)
     assert [(j.state, j.outcome, j.delivery) for j in store.jobs()] == [
         (JobState.DONE, Outcome.RESULT, JobDelivery.DELIVERED),
         (JobState.DONE, Outcome.NO_RESULT, JobDelivery.NONE),
@@ -127,6 +126,39 @@ def test_a_database_from_when_one_state_held_outcome_and_delivery_is_upgraded(tm
         (JobState.DONE, Outcome.RESULT, JobDelivery.FAILED),
         (JobState.RUNNING, None, JobDelivery.NONE),
     ]
+    assert store.claim_job("worker", 60) is None  # the lease columns exist; the running job stays with its runner
+    assert store.requeue_interrupted()[0].study_uid == "1.2.5" and store.claim_job("worker", 60) is not None
+    Store(database)  # opening an upgraded database again changes nothing
+    assert [j.outcome for j in store.jobs()][:4] == [Outcome.RESULT, Outcome.NO_RESULT, Outcome.FAILED, Outcome.RESULT]
+
+
+class _ClockAhead(SqliteDatabase):
+    """An SQLite database whose clock runs an hour ahead of this machine's, as a cluster's database server may."""
+
+    dialect = replace(SQLITE, now=f"({SQLITE.now} + 3600.0)")
+
+
+def test_every_timestamp_the_store_writes_is_the_databases_clock(tmp_path: Path) -> None:
+    store = Store(_ClockAhead(tmp_path / "node.sqlite"))
+    store.add_instance("1.2.3.1", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.2", tmp_path / "a.dcm", "SCU")
+    store.add_refusal("SCU", "1.2.4", "1.2.4.1", "not CT")
+    store.set_waiting({"1.2.5": "quiet period"})
+    job = store.create_job("1.2.3", 1)
+    store.start_job(job.id)
+    store.finish_job(job.id, Outcome.RESULT, [Queued("pacs", "9.9", tmp_path / "SR.dcm")], verdict="v")
+    [delivery] = store.deliveries(job.id)
+    store.update_delivery(delivery.id, DeliveryState.SENT, 1, store.now(), None)
+    [study] = store.finished_studies()
+    assert store.purge_study(study, "test", lambda paths, versions: None) == 1
+    stamps = {
+        f"{table}.{column}": store.db.query(f"SELECT {column} AS t FROM {table}")[0]["t"]
+        for table, column in (("refusals", "received_at"), ("waiting", "updated_at"), ("jobs", "created_at"), ("jobs", "updated_at"))
+        + (("deliveries", "next_attempt_at"), ("deliveries", "updated_at"), ("purges", "purged_at"))
+    }
+    assert {k: abs(v - store.now()) < 60 for k, v in stamps.items()} == dict.fromkeys(stamps, True), stamps
+    assert abs(store.now() - time.time() - 3600) < 5
+    # what retention compares its age with: the study's last activity, on the same clock
+    assert study.last_activity > time.time() + 3000
     store.close()
 
 

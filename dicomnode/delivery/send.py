@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import pydicom
@@ -98,7 +97,7 @@ def record_commitment(config: NodeConfig, store: Store, calling_ae: str, report:
     committed = {str(i.ReferencedSOPInstanceUID) for i in report.get("ReferencedSOPSequence", [])}
     failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0)) for i in report.get("FailedSOPSequence", [])}
     titles = {d.name: d.ae_title for d in config.destinations}
-    now, count = time.time(), 0
+    now, count = store.now(), 0
     waiting = store.committing(transaction)
     if not waiting:
         log.warning("storage commitment report %s from %s names no delivery awaiting it: ignored", transaction, calling_ae)
@@ -125,7 +124,7 @@ def backoff(policy: Delivery, attempts: int) -> float:
 def send_due(config: NodeConfig, store: Store, now: float | None = None, sender: str = "local") -> int:
     """Try every queued delivery that is due, grouped per destination, claimed for this sender (others in a cluster
     skip them); returns how many were sent."""
-    now = time.time() if now is None else now
+    now = store.now() if now is None else now
     for record in store.committing(overdue_at=now):
         _failed(config, store, record, now, f"no storage commitment report within delivery.commitment_timeout_s={config.delivery.commitment_timeout_s:g}")
     due = store.claim_deliveries(sender, now, lease_s=4 * config.delivery.timeout_s + 60)

@@ -46,6 +46,7 @@ class Dialect:
     versions: str  # the comma-joined versions of a study's jobs, in a correlated subquery over ``jobs j``
     stage_seconds: str  # (stage, seconds, jobs) summed over every job's timings
     completion_lock: str  # a statement that makes a transaction the only completer until it ends ("" if writers are serial)
+    columns: str  # the names (``name``) of the columns of the table ``?``
 
     def sql(self, statement: str) -> str:
         """``statement`` with its fragments filled in and its placeholders in this database's style."""
@@ -63,6 +64,7 @@ SQLITE = Dialect(
     versions="(SELECT GROUP_CONCAT(j.version) FROM jobs j WHERE j.study_uid = i.study_uid)",
     stage_seconds="SELECT t.key AS stage, SUM(t.value) AS seconds, COUNT(*) AS jobs FROM jobs, json_each(jobs.timings) AS t GROUP BY t.key",
     completion_lock="",
+    columns="SELECT name FROM pragma_table_info(?)",
 )
 POSTGRESQL = Dialect(
     name="postgresql",
@@ -76,6 +78,7 @@ POSTGRESQL = Dialect(
         "SELECT t.key AS stage, SUM(t.value::double precision) AS seconds, COUNT(*) AS jobs FROM jobs, jsonb_each_text(jobs.timings::jsonb) AS t GROUP BY t.key"
     ),
     completion_lock="SELECT pg_advisory_xact_lock(74031)",  # released at commit, or when the holder's connection dies
+    columns="SELECT column_name AS name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?",
 )
 
 

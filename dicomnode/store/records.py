@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,22 +215,21 @@ class Store:
         self.db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
         self.db.script(SCHEMA)
         self.db.script(history.SCHEMA)
-        if self.db.dialect.name == "sqlite":
-            self._migrate()
+        self._migrate()
         self.history = History(self.db)
 
     def _migrate(self) -> None:
-        """SQLite databases made before processing, outcome and delivery were kept apart (one ``state`` held all
-        three), or before leases."""
-        columns = {row["name"] for row in self.db.query("PRAGMA table_info(jobs)")}
-        delivery_columns = {row["name"] for row in self.db.query("PRAGMA table_info(deliveries)")}
+        """Databases (SQLite or PostgreSQL) made before processing, outcome and delivery were kept apart (one
+        ``state`` held all three), or before leases: their columns are added and their jobs' states split."""
+        columns = {row["name"] for row in self.db.query(self.db.dialect.columns, ("jobs",))}
+        delivery_columns = {row["name"] for row in self.db.query(self.db.dialect.columns, ("deliveries",))}
         with self.db.transaction() as tx:
             if "claimed_by" not in delivery_columns:
                 tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
-                tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_until REAL")
+                tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_until {real}")
             if "lease_owner" not in columns:
                 tx.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
-                tx.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
+                tx.execute("ALTER TABLE jobs ADD COLUMN lease_until {real}")
             if "delivery" in columns:
                 return
             if "outcome" not in columns:
@@ -282,8 +280,8 @@ class Store:
 
     def add_refusal(self, calling_ae: str, study_uid: str, sop_uid: str, reason: str) -> None:
         self.db.execute(
-            "INSERT INTO refusals (received_at, calling_ae, study_uid, sop_uid, reason) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), calling_ae, study_uid, sop_uid, reason),
+            "INSERT INTO refusals (received_at, calling_ae, study_uid, sop_uid, reason) VALUES ({now}, ?, ?, ?, ?)",
+            (calling_ae, study_uid, sop_uid, reason),
         )
 
     def refusals(self) -> list[dict]:
@@ -351,10 +349,9 @@ class Store:
 
     def set_waiting(self, reasons: dict[str, str]) -> None:
         """Replace the list of studies that are not complete yet, each with why it waits (for ``status``)."""
-        now = time.time()
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM waiting")
-            tx.executemany("INSERT INTO waiting (study_uid, reason, updated_at) VALUES (?, ?, ?)", [(k, v, now) for k, v in reasons.items()])
+            tx.executemany("INSERT INTO waiting (study_uid, reason, updated_at) VALUES (?, ?, {now})", list(reasons.items()))
 
     def waiting(self) -> dict[str, str]:
         return {row["study_uid"]: row["reason"] for row in self.db.query("SELECT * FROM waiting ORDER BY study_uid")}
@@ -421,7 +418,7 @@ class Store:
                 return 0
             paths = [Path(r["path"]) for r in tx.query("SELECT path FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))]
             tx.execute("DELETE FROM instances WHERE study_uid = ? AND seq <= ?", (study.study_uid, study.upto_seq))
-            tx.execute("INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, ?, ?, ?)", (study.study_uid, time.time(), len(paths), reason))
+            tx.execute("INSERT INTO purges (study_uid, purged_at, instances, reason) VALUES (?, {now}, ?, ?)", (study.study_uid, len(paths), reason))
             delete(paths, _finished(rows[0]).versions)
         return len(paths)
 
@@ -436,7 +433,6 @@ class Store:
     def create_jobs(self, ready: list[tuple[str, int]]) -> list[Job]:
         """A job (a new version) for each (study, up to seq) whose instances up to there no job covers yet; one
         completer at a time, so two receivers completing the same study make one job."""
-        now = time.time()
         made = []
         with self.db.transaction() as tx:
             if tx.dialect.completion_lock:
@@ -446,8 +442,8 @@ class Store:
                 if latest["s"] >= upto_seq:
                     continue  # another completer was first
                 [row] = tx.query(
-                    "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                    (study_uid, latest["v"] + 1, upto_seq, JobState.PENDING.value, now, now),
+                    "INSERT INTO jobs (study_uid, version, upto_seq, state, created_at, updated_at) VALUES (?, ?, ?, ?, {now}, {now}) RETURNING *",
+                    (study_uid, latest["v"] + 1, upto_seq, JobState.PENDING.value),
                 )
                 made.append(_job(row))
                 tx.execute("DELETE FROM interrupted WHERE study_uid = ?", (study_uid,))
@@ -523,7 +519,6 @@ class Store:
         raised and nothing is recorded or queued. ``record`` holds the job's other columns (verdict, reasons,
         series_uid, measurements, error, timings).
         """
-        now = time.time()
         with self.db.transaction() as tx:
             if worker is not None:
                 held = tx.query(
@@ -533,9 +528,9 @@ class Store:
                 if not held:
                     raise LeaseLost(f"job_id: job {job_id} is no longer leased to {worker}; its result is not recorded")
             tx.executemany(
-                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, {now}, {now})"
                 " ON CONFLICT DO NOTHING",
-                [(job_id, q.destination, str(q.path), q.sop_uid, DeliveryState.QUEUED.value, now, now) for q in queued],
+                [(job_id, q.destination, str(q.path), q.sop_uid, DeliveryState.QUEUED.value) for q in queued],
             )
             _move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
             _settle(tx, job_id)
@@ -579,29 +574,28 @@ class Store:
         """Queue the rejection ``note`` (as a delivery of ``job_id``) for the sent deliveries ``rejected``, or, with
         no note (their files are gone), record that none can be sent; False, with nothing changed, when another
         sender named any of them first."""
-        now = time.time()
         try:
             with self.db.transaction() as tx:
-                self._name_rejected(tx, job_id, destination, note, rejected, now)
+                self._name_rejected(tx, job_id, destination, note, rejected)
         except _AlreadyNamed:
             return False
         return True
 
     @staticmethod
-    def _name_rejected(tx: Session, job_id: int, destination: str, note: Queued | None, rejected: list[int], now: float) -> None:
+    def _name_rejected(tx: Session, job_id: int, destination: str, note: Queued | None, rejected: list[int]) -> None:
         uid = note.sop_uid if note is not None else ""
         named = tx.query(
             "INSERT INTO rejections (delivery_id, note_sop_uid, created_at) VALUES "
-            + ", ".join("(?, ?, ?)" for _ in rejected)
+            + ", ".join("(?, ?, {now})" for _ in rejected)
             + " ON CONFLICT DO NOTHING RETURNING delivery_id",
-            [value for delivery_id in rejected for value in (delivery_id, uid, now)],
+            [value for delivery_id in rejected for value in (delivery_id, uid)],
         )
         if len(named) != len(rejected):
             raise _AlreadyNamed
         if note is not None:
             tx.execute(
-                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, destination, str(note.path), note.sop_uid, DeliveryState.QUEUED.value, now, now),
+                "INSERT INTO deliveries (job_id, destination, path, sop_uid, state, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, {now}, {now})",
+                (job_id, destination, str(note.path), note.sop_uid, DeliveryState.QUEUED.value),
             )
             _settle(tx, job_id)
 
@@ -617,8 +611,8 @@ class Store:
                 )
                 rows = tx.query(
                     "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, attempts = ?, next_attempt_at = ?, last_error = NULL,"
-                    " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ? RETURNING job_id",
-                    (DeliveryState.SUPERSEDED.value, DeliveryState.COMMITTING.value, attempts[delivery_id], deadline, time.time(), delivery_id),
+                    " claimed_by = NULL, claimed_until = NULL, updated_at = {now} WHERE id = ? RETURNING job_id",
+                    (DeliveryState.SUPERSEDED.value, DeliveryState.COMMITTING.value, attempts[delivery_id], deadline, delivery_id),
                 )
                 _settle(tx, rows[0]["job_id"])
 
@@ -646,9 +640,9 @@ class Store:
         with self.db.transaction() as tx:
             rows = tx.query(
                 "UPDATE deliveries SET state = CASE WHEN state = ? AND ? != ? THEN state ELSE ? END, attempts = ?, next_attempt_at = ?, last_error = ?,"
-                " claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE id = ? RETURNING job_id",
+                " claimed_by = NULL, claimed_until = NULL, updated_at = {now} WHERE id = ? RETURNING job_id",
                 (DeliveryState.SUPERSEDED.value, DeliveryState(state).value, DeliveryState.SENT.value, DeliveryState(state).value)
-                + (attempts, next_attempt_at, last_error, time.time(), delivery_id),
+                + (attempts, next_attempt_at, last_error, delivery_id),
             )
             if not rows:
                 raise ValueError(f"delivery_id: no delivery {delivery_id}")
@@ -656,10 +650,9 @@ class Store:
 
     def requeue_dead(self, job_id: int | None = None) -> int:
         """Move parked (dead) deliveries back to the queue; returns how many."""
-        now = time.time()
         with self.db.transaction() as tx:
-            query = "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? WHERE state = ?"
-            params: tuple = (DeliveryState.QUEUED.value, now, now, DeliveryState.DEAD.value)
+            query = "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = {now}, updated_at = {now} WHERE state = ?"
+            params: tuple = (DeliveryState.QUEUED.value, DeliveryState.DEAD.value)
             if job_id is not None:
                 query += " AND job_id = ?"
                 params += (job_id,)
@@ -672,8 +665,8 @@ class Store:
 def _move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobState, **values: object) -> None:
     """The one place a job's processing state changes; raises ValueError if the job is not in ``before``."""
     encoded = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
-    encoded.update(state=after.value, updated_at=time.time())
-    columns = ", ".join(f"{k} = ?" for k in encoded)
+    encoded.update(state=after.value)
+    columns = ", ".join(f"{k} = ?" for k in encoded) + ", updated_at = {now}"
     allowed = ", ".join("?" for _ in before)
     changed = tx.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state IN ({allowed})", (*encoded.values(), job_id, *(s.value for s in before)))
     if changed != 1:
@@ -683,12 +676,12 @@ def _move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobStat
 def _supersede_earlier(tx: Session, job_id: int) -> None:
     """What earlier versions of the job's study queued or parked, and has not been sent, is not sent any more."""
     rows = tx.query(
-        "UPDATE deliveries SET state = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ? WHERE state IN (?, ?)"
+        "UPDATE deliveries SET state = ?, claimed_by = NULL, claimed_until = NULL, updated_at = {now} WHERE state IN (?, ?)"
         " AND sop_uid NOT IN ("
         + _NOTES
         + ") AND job_id IN (SELECT e.id FROM jobs e JOIN jobs j ON j.study_uid = e.study_uid WHERE j.id = ? AND e.version < j.version)"
         " RETURNING job_id",
-        (DeliveryState.SUPERSEDED.value, time.time(), DeliveryState.QUEUED.value, DeliveryState.DEAD.value, job_id),
+        (DeliveryState.SUPERSEDED.value, DeliveryState.QUEUED.value, DeliveryState.DEAD.value, job_id),
     )
     for earlier in {r["job_id"] for r in rows}:
         _settle(tx, earlier)
@@ -697,7 +690,7 @@ def _supersede_earlier(tx: Session, job_id: int) -> None:
 def _settle(tx: Session, job_id: int) -> None:
     """The one place a job's delivery progress changes: derived from its delivery rows."""
     states = {DeliveryState(r["state"]) for r in tx.query("SELECT DISTINCT state FROM deliveries WHERE job_id = ?", (job_id,))}
-    tx.execute("UPDATE jobs SET delivery = ?, updated_at = ? WHERE id = ?", (job_delivery(states).value, time.time(), job_id))
+    tx.execute("UPDATE jobs SET delivery = ?, updated_at = {now} WHERE id = ?", (job_delivery(states).value, job_id))
 
 
 def _job(row: Row) -> Job:
