@@ -155,13 +155,13 @@ class ModelConfig:
     device: str = "auto"  # auto (cuda if present), cuda or cpu
     mirroring: bool = False  # test-time mirroring: better, 8x slower
     tile_step_size: float = 0.5
-    cascade: bool = True  # without a localizer: coarse pass without tile overlap, then the usual pass only around the largest components it found (see README)
+    cascade: bool = True  # without a localizer: a coarse pass without tile overlap, then the usual pass around its largest components (docs/pipeline.md)
     localizer: str = (
         "auto"  # a model in ``folder`` that finds the kidneys, the model then runs only around them: auto (the one the model's card names), none, or a name
     )
     runtime: Runtime = Runtime.AUTO
     parenchyma: ParenchymaSource = ParenchymaSource.PROJECT
-    cortex: CortexMethod = CortexMethod.MODEL  # inside an external model's parenchyma (see README for the figures)
+    cortex: CortexMethod = CortexMethod.MODEL  # inside an external model's parenchyma (see docs/external-models.md for the figures)
     external: ExternalModelConfig = field(default_factory=ExternalModelConfig)
 
 
