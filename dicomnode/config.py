@@ -383,19 +383,28 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     raise ValueError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
+def valid_ae_title(value: str) -> tuple[bool, str]:
+    """Whether ``value`` is an AE title (PS3.5 Table 6.2-1, VR AE: at most 16 characters of the default character
+    repertoire, no backslash, no control characters, not only spaces), and why not."""
+    if not value.strip():
+        return False, "is empty"
+    if len(value) > 16:
+        return False, "must not exceed 16 characters"
+    if "\\" in value or any(not " " <= c <= "~" for c in value):
+        return False, "holds a backslash, a control character or a character outside ASCII"
+    return True, ""
+
+
 def problems(config: NodeConfig) -> list[str]:
     """What is wrong with a configuration, one line per setting (empty when it is usable)."""
-    from pynetdicom import _config as pynetdicom_config
-
-    valid_ae = pynetdicom_config.VALIDATORS["AE"]
     found = []
 
     def check(ok: bool, key: str, why: str) -> None:
         if not ok:
             found.append(f"{key}: {why}")
 
-    ok, why = valid_ae(config.ae_title)
-    check(ok and bool(config.ae_title.strip()), "ae_title", f"{config.ae_title!r} {why or 'is empty'}")
+    ok, why = valid_ae_title(config.ae_title)
+    check(ok, "ae_title", f"{config.ae_title!r} {why}")
     check(1 <= config.port <= 65535, "port", f"{config.port} is not 1-65535")
     check(1 <= config.web.port <= 65535, "web.port", f"{config.web.port} is not 1-65535")
     check(not config.web.enabled or config.web.port != config.port or config.web.host != config.host, "web.port", "is the DICOM port")
@@ -437,8 +446,8 @@ def problems(config: NodeConfig) -> list[str]:
             check(d.auth is Auth.NONE or bool(d.credentials_env), f"{key}.credentials_env", f"names no environment variable for {d.auth.value} auth")
             check(d.auth is Auth.NONE or not d.credentials_env or d.credentials_env in os.environ, f"{key}.credentials_env", f"{d.credentials_env} is not set")
             continue
-        ok, why = valid_ae(d.ae_title)
-        check(ok and bool(d.ae_title.strip()), f"{key}.ae_title", f"{d.ae_title!r} {why or 'is empty'}")
+        ok, why = valid_ae_title(d.ae_title)
+        check(ok, f"{key}.ae_title", f"{d.ae_title!r} {why}")
         check(1 <= d.port <= 65535, f"{key}.port", f"{d.port} is not 1-65535")
         check(not d.tls or config.tls.certificate != "", f"{key}.tls", "needs tls.certificate and tls.private_key")
     if config.tls.enabled or any(d.tls for d in config.destinations):

@@ -39,6 +39,8 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     [
         ("port: 99999\n", "port: 99999 is not 1-65535"),
         ("ae_title: A_TWENTY_CHAR_TITLE_\n", "ae_title: 'A_TWENTY_CHAR_TITLE_' must not exceed 16 characters"),
+        ("ae_title: 'A\\B'\n", "ae_title: 'A\\\\B' holds a backslash"),
+        ("ae_title: '   '\n", "ae_title: '   ' is empty"),
         (
             "destinations:\n  - {name: pacs, ae_title: A, host: h, port: 1}\n  - {name: pacs, ae_title: B, host: h, port: 2}\n",
             "the name 'pacs' is used 2 times",
