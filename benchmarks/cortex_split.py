@@ -17,12 +17,12 @@ from dicomnode.config import CortexMethod, ExternalModelConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter, model_cortex
-from dicomnode.segment.segmenter import MODEL_LEFT, MODEL_RIGHT, Model, Segmenter
+from dicomnode.segment.segmenter import Model, ModelSide, Segmenter
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, Phase, make_phantom
 
-SIDES = {"right": MODEL_RIGHT, "left": MODEL_LEFT}
+SIDES = {"right": ModelSide.RIGHT, "left": ModelSide.LEFT}
 
 
 def main() -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.files import write_atomically
+from dicomnode.renal import Structure
 from dicomnode.store.history import VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
 
 #: The structures of the history, whose QC verdict and model each row names.
-_STRUCTURES = ("parenchyma", "cortex", "medulla")
+_STRUCTURES = (Structure.PARENCHYMA, Structure.CORTEX, Structure.MEDULLA)
 #: Pipeline stages whose seconds each row gives.
 STAGES = ("select", "load", "segment", "measure", "qc", "write")
 IDENTIFIERS = ("patient_id", "issuer", "study_uid", "series_uid")
@@ -64,8 +65,8 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         # the patient's pseudonym hashes issuer and ID together: one ID in two issuers is two patients
         identifiers = {name: pseudonym(key, value) for name, value in identifiers.items()}
         identifiers["patient_id"] = pseudonym(key, f"{entry.patient.issuer}\\{entry.patient.patient_id}")
-    parenchyma = [entry.volumes[k] for k in VOLUME_KEYS if k[0] == "parenchyma" and k in entry.volumes]
-    made_by = {structure: entry.algorithms.get(structure, ("", "")) for structure in ("parenchyma", "cortex")}
+    parenchyma = [entry.volumes[k] for k in VOLUME_KEYS if k[0] == Structure.PARENCHYMA and k in entry.volumes]
+    made_by = {structure: entry.algorithms.get(structure, ("", "")) for structure in (Structure.PARENCHYMA, Structure.CORTEX)}
     return {
         **identifiers,
         "study_date": entry.study_date,
@@ -76,10 +77,10 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         "left_split": entry.left_split,
         **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in _STRUCTURES},
         "qc_findings": "; ".join(entry.qc_findings),
-        "model": made_by["parenchyma"][0],
-        "model_version": made_by["parenchyma"][1],
-        "cortex_model": made_by["cortex"][0],
-        "cortex_model_version": made_by["cortex"][1],
+        "model": made_by[Structure.PARENCHYMA][0],
+        "model_version": made_by[Structure.PARENCHYMA][1],
+        "cortex_model": made_by[Structure.CORTEX][0],
+        "cortex_model_version": made_by[Structure.CORTEX][1],
         **{f"{stage}_s": entry.timings.get(stage) for stage in STAGES},
         "recorded_at": round(entry.recorded_at, 3),
     }

@@ -13,13 +13,14 @@ import pydicom
 
 from dicomnode.analysis.followup import FollowUp, compare
 from dicomnode.analysis.measure import Measurements, measure
-from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport, check
+from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport, check
 from dicomnode.config import NodeConfig, OnFail, OutputFormat
 from dicomnode.files import save_dataset
 from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.instance import Instance
 from dicomnode.memory import peak_gib, reset_peak
+from dicomnode.renal import STRUCTURES, Structure
 from dicomnode.results.write import Results, write_no_result_sr, write_results
 from dicomnode.segment.segmenter import SeriesSegmenter
 from dicomnode.store.history import HistoryEntry, Patient
@@ -146,7 +147,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     with _timed(timings, peaks, "qc"):
         report = check(measurements, selection.image_phase(series_uid), config.qc)
     reasons += report.lines() + [str(note) for note in report.notes]
-    allowed = ("parenchyma",) if selection.parenchyma_only else STRUCTURES
+    allowed = (Structure.PARENCHYMA,) if selection.parenchyma_only else STRUCTURES
     structures = tuple(s for s in report.deliverable(config.qc.per_structure) if s in allowed)
     passed = tuple(s for s in allowed if report.passed_for((s,)))
     if not structures:

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dicomnode.config import NodeConfig
 from dicomnode.files import free_mb
+from dicomnode.renal import Side, Structure
 from dicomnode.store.history import HistoryEntry
 from dicomnode.store.records import Job, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState
@@ -201,12 +202,12 @@ def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: b
     e = html.escape
     who = f"Patient ID {e(entry.patient.patient_id)}" + (f" (issuer {e(entry.patient.issuer)})" if entry.patient.issuer else "")
     heading = who if identified else "Patient identifiers hidden (log_patient_data is off)"
-    columns = [(s, side) for s in ("parenchyma", "cortex") for side in ("right", "left")]
+    columns = [(s, side) for s in (Structure.PARENCHYMA, Structure.CORTEX) for side in (Side.RIGHT, Side.LEFT)]
     rows = []
     for item in entries:
         volumes = "".join(f"<td>{item.volumes[key]:.1f}</td>" if key in item.volumes else "<td>-</td>" for key in columns)
         qc = "passed" if {s for s, _ in item.volumes} <= set(item.qc_passed) else "failed: " + "; ".join(item.qc_findings)[:200]
-        name, version = item.algorithms.get("parenchyma", ("", ""))
+        name, version = item.algorithms.get(Structure.PARENCHYMA, ("", ""))
         mark = " class='this'" if item.study_uid == entry.study_uid else ""
         rows.append(
             f"<tr{mark}><td>{e(item.study_date)}</td><td class='uid'>{e(item.study_uid)}</td><td>{'withheld' if item.withheld else 'sent'}</td>"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
 from training.phantom_dicom import SeriesFiles
 from training.phantoms import Label
 
@@ -22,6 +22,6 @@ class PhantomLabels:
 
     def segment(self, series: LoadedSeries) -> Segmentation:
         labels = np.zeros(self.truth.shape, np.uint8)
-        labels[self.truth == Label.CORTEX] = CORTEX
-        labels[self.truth == Label.MEDULLA] = MEDULLA
+        labels[self.truth == Label.CORTEX] = TissueLabel.CORTEX
+        labels[self.truth == Label.MEDULLA] = TissueLabel.MEDULLA
         return Segmentation(labels, self.model, "cpu")

@@ -22,7 +22,7 @@ from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
-from dicomnode.segment.segmenter import MODEL_LEFT, MODEL_RIGHT, Model, Segmentation
+from dicomnode.segment.segmenter import Model, ModelSide, Segmentation
 from tests.peers import REPO, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts
 from tests.training_cli import TINY, cli_env, tiny_training, training_cli
@@ -105,8 +105,10 @@ def test_qc_flags_a_kidney_the_model_put_on_the_other_side() -> None:
     labels = np.where(phantom.kidney_mask("left", "cortex") | phantom.kidney_mask("right", "cortex"), 2, 0).astype(np.uint8)
     labels[(phantom.kidney_mask("left", "medulla") | phantom.kidney_mask("right", "medulla"))] = 1
     model = Model.from_folder(REPO / "models" / "renal-synth-cpu")
-    right_as_right = np.where(phantom.kidney_mask("right", "parenchyma"), MODEL_RIGHT, np.where(phantom.kidney_mask("left", "parenchyma"), MODEL_LEFT, 0))
-    swapped = np.where(right_as_right == MODEL_RIGHT, MODEL_LEFT, np.where(right_as_right == MODEL_LEFT, MODEL_RIGHT, 0))
+    right_as_right = np.where(
+        phantom.kidney_mask("right", "parenchyma"), ModelSide.RIGHT, np.where(phantom.kidney_mask("left", "parenchyma"), ModelSide.LEFT, 0)
+    )
+    swapped = np.where(right_as_right == ModelSide.RIGHT, ModelSide.LEFT, np.where(right_as_right == ModelSide.LEFT, ModelSide.RIGHT, 0))
     for sides, model_sides, flagged in ((right_as_right, ("left", "right"), set()), (swapped, ("right", "left"), {"left", "right"})):
         measured = measure(series, Segmentation(labels, model, "cpu", sides=sides.astype(np.uint8)))
         assert (measured.kidneys["left"].model_side, measured.kidneys["right"].model_side) == model_sides

@@ -33,7 +33,7 @@ from dicomnode.export import COLUMNS, Format, csv_text, pseudonym, write_table
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.results.codes import DIFFERENCE_IN_SIZE
 from dicomnode.retention import clean
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
 from dicomnode.service import Node
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Store
@@ -64,10 +64,10 @@ class PhantomTruth:
         uid = str(series.datasets[0].SeriesInstanceUID)
         truth = self.truth[uid]
         labels = np.zeros(truth.shape, np.uint8)
-        labels[truth == Label.CORTEX] = CORTEX
-        labels[truth == Label.MEDULLA] = MEDULLA
+        labels[truth == Label.CORTEX] = TissueLabel.CORTEX
+        labels[truth == Label.MEDULLA] = TissueLabel.MEDULLA
         if uid in self.stray:
-            labels[8:12, 20:32, 42:54] = CORTEX
+            labels[8:12, 20:32, 42:54] = TissueLabel.CORTEX
         return Segmentation(labels, self.model, "cpu")
 
 

@@ -12,7 +12,7 @@ from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
 from tests.peers import REAL_CT
 from tests.readback import dice
 from training.evaluate import as_series
@@ -26,8 +26,8 @@ def _series_and_truth(seed: int, phase: Phase = Phase.ARTERIAL):
     grid = phantom.grid
     series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     labels = np.zeros_like(phantom.labels)
-    labels[phantom.labels == Label.MEDULLA] = MEDULLA
-    labels[phantom.labels == Label.CORTEX] = CORTEX
+    labels[phantom.labels == Label.MEDULLA] = TissueLabel.MEDULLA
+    labels[phantom.labels == Label.CORTEX] = TissueLabel.CORTEX
     return phantom, series, labels
 
 
@@ -96,7 +96,7 @@ def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
     _, series, labels = _series_and_truth(22)
     x = np.broadcast_to(series.origin[0] + np.arange(labels.shape[2]) * series.spacing[0], labels.shape)
     labels[x > 0] = 0  # the right kidney only ...
-    labels[:6, 40:46, 8:14] = CORTEX  # ... and a 17 ml block low down at the body's right side
+    labels[:6, 40:46, 8:14] = TissueLabel.CORTEX  # ... and a 17 ml block low down at the body's right side
     series.hu[:6, 40:46, 8:14] = 40.0  # of soft tissue's attenuation
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"right"}
@@ -105,7 +105,7 @@ def test_two_components_on_one_side_keep_the_larger_and_say_so() -> None:
 
 def test_a_larger_component_out_of_a_kidneys_place_is_not_taken_for_the_kidney() -> None:
     phantom, series, labels = _series_and_truth(27)
-    labels[:, 5:20, 30:66] = CORTEX  # 400+ ml in front of the spine, e.g. bowel or liver taken for kidney
+    labels[:, 5:20, 30:66] = TissueLabel.CORTEX  # 400+ ml in front of the spine, e.g. bowel or liver taken for kidney
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     for side in ("left", "right"):
         assert result.kidneys[side].parenchyma_ml == pytest.approx(phantom.volumes_ml[f"parenchyma_{side}"], rel=1e-6)
@@ -116,7 +116,7 @@ def test_specks_are_ignored_and_a_missing_kidney_is_absent() -> None:
     phantom, series, labels = _series_and_truth(22)
     x = np.broadcast_to(series.origin[0] + np.arange(labels.shape[2]) * series.spacing[0], labels.shape)
     labels[x <= 0] = 0  # remove the right kidney
-    labels[0, 0, 0] = CORTEX  # a one-voxel speck
+    labels[0, 0, 0] = TissueLabel.CORTEX  # a one-voxel speck
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(result.kidneys) == {"left"}
     assert result.kidneys["left"].parenchyma_ml == pytest.approx(phantom.volumes_ml["parenchyma_left"], rel=1e-6)
@@ -138,22 +138,22 @@ def test_a_blob_smaller_than_any_kidney_is_no_kidney_unless_the_edge_cuts_it() -
     z0, y0, x0 = labels.shape[0] // 2, labels.shape[1] // 2 + 8, labels.shape[2] // 2 + 20  # beside the spine
     blob[z0 : z0 + side, y0 : y0 + side, x0 : x0 + side] = True
     series.hu[blob | np.roll(blob, labels.shape[0] - z0, axis=0)] = 40.0  # soft tissue, here and on the first slice
-    inside = measure(series, Segmentation(np.where(blob, CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
+    inside = measure(series, Segmentation(np.where(blob, TissueLabel.CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
     assert inside.kidneys == {} and inside.predicted_ml == pytest.approx(blob.sum() * series.voxel_ml)
     on_edge = np.roll(blob, labels.shape[0] - z0, axis=0)  # the same blob on the first slice
     assert on_edge[0].any()
-    cut = measure(series, Segmentation(np.where(on_edge, CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
+    cut = measure(series, Segmentation(np.where(on_edge, TissueLabel.CORTEX, 0).astype(np.uint8), MODEL, "cpu"))
     assert list(cut.kidneys) == ["left"] and cut.kidneys["left"].touches_edge
 
 
 def test_the_pair_at_one_height_is_taken_over_a_component_lower_down() -> None:
     phantom = make_phantom(28, grid=Grid.centred(96, 3.6, 44, 6.0))
     labels = np.zeros_like(phantom.labels)
-    labels[phantom.labels == Label.MEDULLA] = MEDULLA
-    labels[phantom.labels == Label.CORTEX] = CORTEX
+    labels[phantom.labels == Label.MEDULLA] = TissueLabel.MEDULLA
+    labels[phantom.labels == Label.CORTEX] = TissueLabel.CORTEX
     last = int(np.nonzero(labels.any(axis=(0, 1)))[0].max())  # the left kidney's last column (+x is left)
     labels, image = labels[:, :, : last + 1], phantom.image[:, :, : last + 1].astype(np.float32)  # it now reaches the edge
-    labels[1:4, 56:62, last - 12 : last - 2] = CORTEX  # 14 ml beside the spine on the left, 110 mm lower, inside the image
+    labels[1:4, 56:62, last - 12 : last - 2] = TissueLabel.CORTEX  # 14 ml beside the spine on the left, 110 mm lower, inside the image
     grid = phantom.grid
     series = LoadedSeries([], image, np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
@@ -177,8 +177,8 @@ def real_ct():
 def _kidney_labels(masks: dict[str, np.ndarray]) -> np.ndarray:
     """The reference kidneys as a prediction: cortex with a medulla inside."""
     both = masks["kidney_left"] | masks["kidney_right"]
-    labels = np.where(both, CORTEX, 0).astype(np.uint8)
-    labels[ndimage.binary_erosion(both, iterations=2)] = MEDULLA
+    labels = np.where(both, TissueLabel.CORTEX, 0).astype(np.uint8)
+    labels[ndimage.binary_erosion(both, iterations=2)] = TissueLabel.MEDULLA
     return labels
 
 
@@ -207,7 +207,7 @@ def test_a_low_kidney_on_the_lower_edge_is_kept_over_a_smaller_blob_in_the_liver
     series, cut = _arrays(image, masks, lowest)
     blob = _blob_in_liver(series, cut["liver"], cut["kidney_right"], 22.0)
     labels = _kidney_labels(cut)
-    labels[blob & ~(cut["kidney_left"] | cut["kidney_right"])] = CORTEX
+    labels[blob & ~(cut["kidney_left"] | cut["kidney_right"])] = TissueLabel.CORTEX
     assert 35 < blob.sum() * series.voxel_ml < cut["kidney_right"].sum() * series.voxel_ml
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     kept = result.kidneys["right"]
@@ -229,7 +229,7 @@ def test_a_blob_in_the_liver_larger_than_the_kidney_is_not_taken_for_it(real_ct)
     ellipsoid = sum(((i - c) * d / r) ** 2 for i, c, d, r in zip((z, y, x), centre, spacing, (70.0, 45.0, 45.0))) <= 1
     blob = ellipsoid & (inner > 6.0)  # inside the liver, liver all around it
     labels = _kidney_labels(whole)
-    labels[blob & ~(whole["kidney_left"] | whole["kidney_right"])] = CORTEX
+    labels[blob & ~(whole["kidney_left"] | whole["kidney_right"])] = TissueLabel.CORTEX
     assert blob.sum() > whole["kidney_right"].sum()
     result = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert dice(result.kidneys["right"].parenchyma, whole["kidney_right"]) > 0.99

@@ -14,7 +14,7 @@ from dicomnode.analysis.qc import Rule, check
 from dicomnode.config import OnFail, QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Algorithm, Model, Segmentation, Segmenter, localizer_of
+from dicomnode.segment.segmenter import Algorithm, Model, Segmentation, Segmenter, TissueLabel, localizer_of
 from training.phantoms import Grid, Label, Phase, make_phantom
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,8 +29,8 @@ def _measured(seed: int = 40, grid: Grid = GRID, phase: Phase = Phase.ARTERIAL) 
     phantom = make_phantom(seed, phase, grid=grid, ckd_stage=0)
     series = LoadedSeries([], phantom.image.astype(np.float32), np.array(grid.origin), np.array(grid.spacing), np.eye(3))
     labels = np.zeros_like(phantom.labels)
-    labels[phantom.labels == Label.MEDULLA] = MEDULLA
-    labels[phantom.labels == Label.CORTEX] = CORTEX
+    labels[phantom.labels == Label.MEDULLA] = TissueLabel.MEDULLA
+    labels[phantom.labels == Label.CORTEX] = TissueLabel.CORTEX
     return measure(series, Segmentation(labels, MODEL, "cpu")), series, labels
 
 
@@ -96,7 +96,7 @@ def test_an_outline_that_runs_into_the_spleen_is_withheld_in_the_arterial_phase(
     """The shipped model's failure on phantoms whose spleen wraps the left kidney, rebuilt from the truth: the
     spleen next to the kidney labelled medulla (its density in the arterial phase). The cortex of the truth covers
     its medulla; the merged outline does not, and QC says so where the phase lets cortex be told from medulla."""
-    truth, leaked = _taking_in(Phase.ARTERIAL, Label.SPLEEN, 4, MEDULLA)
+    truth, leaked = _taking_in(Phase.ARTERIAL, Label.SPLEEN, 4, TissueLabel.MEDULLA)
     assert max(k.outline_medulla_share for k in truth.kidneys.values()) == 0.0
     left = leaked.kidneys["left"]
     assert left.parenchyma_ml > 1.1 * truth.kidneys["left"].parenchyma_ml
@@ -112,7 +112,7 @@ def test_an_outline_that_takes_in_the_liver_is_withheld_without_contrast() -> No
     """The shipped model's failure on unenhanced phantoms, rebuilt from the truth: liver beside the right kidney
     taken in. Without contrast the kidney is uniform and the liver 20 HU denser, so the denser share says so; the
     truth's kidneys are uniform and pass."""
-    truth, leaked = _taking_in(Phase.NONCONTRAST, Label.LIVER, 3, CORTEX)
+    truth, leaked = _taking_in(Phase.NONCONTRAST, Label.LIVER, 3, TissueLabel.CORTEX)
     assert max(k.denser_share for k in truth.kidneys.values()) <= LIMITS.max_denser_share
     assert _rules(truth, ImagePhase.UNENHANCED) == {(Rule.PHASE, "study")}
     right = leaked.kidneys["right"]

@@ -18,7 +18,7 @@ from dicomnode.config import NodeConfig, OnFail, QCConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
 from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study, save_results
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
 from dicomnode.store.states import Outcome
 from tests.peers import REAL_CT as REAL
 from tests.peers import dciodvfy, tools_missing
@@ -38,8 +38,8 @@ class ReferenceLabels:
 
     def segment(self, series: LoadedSeries) -> Segmentation:
         left = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "example_ct_labels" / "kidney_left.nii.gz"))) > 0
-        labels = np.where(left, CORTEX, 0).astype(np.uint8)
-        labels[ndimage.binary_erosion(left, iterations=2)] = MEDULLA
+        labels = np.where(left, TissueLabel.CORTEX, 0).astype(np.uint8)
+        labels[ndimage.binary_erosion(left, iterations=2)] = TissueLabel.MEDULLA
         return Segmentation(labels, self.model, "cpu")
 
 
@@ -108,8 +108,8 @@ class BothReferenceKidneys(ReferenceLabels):
         both = np.zeros(series.hu.shape, bool)
         for side in ("left", "right"):
             both |= sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "example_ct_labels" / f"kidney_{side}.nii.gz"))) > 0
-        labels = np.where(both, CORTEX, 0).astype(np.uint8)
-        labels[ndimage.binary_erosion(both, iterations=2)] = MEDULLA
+        labels = np.where(both, TissueLabel.CORTEX, 0).astype(np.uint8)
+        labels[ndimage.binary_erosion(both, iterations=2)] = TissueLabel.MEDULLA
         return Segmentation(labels, self.model, "cpu")
 
 

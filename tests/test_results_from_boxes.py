@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicomnode.analysis.measure import STRUCTURES, measure
+from dicomnode.analysis.measure import measure
 from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import load_series
+from dicomnode.renal import STRUCTURES
 from dicomnode.results.write import write_results
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, Model, Segmentation
+from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
 from tests.readback import seg_masks, sr_groups
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Label, Phase
@@ -28,7 +29,7 @@ def test_seg_frames_and_sr_volumes_equal_the_measured_masks(tmp_path: Path, feet
     phantom = files.phantom
     truth = phantom.labels
     labels = np.zeros(truth.shape, np.uint8)
-    labels[truth == Label.MEDULLA], labels[truth == Label.CORTEX] = MEDULLA, CORTEX
+    labels[truth == Label.MEDULLA], labels[truth == Label.CORTEX] = TissueLabel.MEDULLA, TissueLabel.CORTEX
     if feet_first:  # the same study, slices stored head to feet: the boxes and slice positions must follow
         series.hu, series.datasets, labels = np.ascontiguousarray(series.hu[::-1]), series.datasets[::-1], np.ascontiguousarray(labels[::-1])
         series.origin, series.direction = series.to_patient(np.array([truth.shape[0] - 1, 0, 0])), series.direction * [1, 1, -1]
@@ -43,7 +44,7 @@ def test_seg_frames_and_sr_volumes_equal_the_measured_masks(tmp_path: Path, feet
     for number, (side, structure) in names.items():
         kidney = measurements.kidneys[side]
         assert np.array_equal(masks[number], kidney.mask(structure)), (side, structure)
-        drawn = labels > 0 if structure == "parenchyma" else labels == {"cortex": CORTEX, "medulla": MEDULLA}[structure]
+        drawn = labels > 0 if structure == "parenchyma" else labels == {"cortex": TissueLabel.CORTEX, "medulla": TissueLabel.MEDULLA}[structure]
         assert np.array_equal(masks[number], drawn & kidney.parenchyma), (side, structure)
         assert masks[number].sum() * series.voxel_ml == pytest.approx(kidney.volume(structure), abs=1e-6)
         k = int(np.argmax(masks[number].sum(axis=(1, 2))))

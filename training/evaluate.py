@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import stats
 
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import CORTEX, Model, Segmenter, localizer_of
+from dicomnode.segment.segmenter import Model, Segmenter, TissueLabel, localizer_of
 from training.cases import Case
 from training.dataset_import import case_labels, read_image
 
@@ -104,7 +104,7 @@ def evaluate_model(model_folder: Path, cases: list[Case], device: str = "cpu", m
                 case.group,
                 {
                     "parenchyma": score(reference > 0, predicted > 0, series.voxel_ml),
-                    "cortex": score(reference == CORTEX, predicted == CORTEX, series.voxel_ml),
+                    "cortex": score(reference == TissueLabel.CORTEX, predicted == TissueLabel.CORTEX, series.voxel_ml),
                 },
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from dicomnode.renal import SIDES
 from dicomnode.store.history import HistoryEntry
 
 DAYS_PER_YEAR = 365.25
@@ -118,7 +119,7 @@ def compare(current: HistoryEntry, priors: list[HistoryEntry], structures: tuple
     changes: list[Change] = []
     not_compared: dict[tuple[str, str], NotCompared] = {}
     for structure in structures:
-        for side in ("left", "right"):
+        for side in SIDES:
             if (structure, side) not in current.volumes:
                 continue
             for day, prior in reversed(dated):

@@ -11,10 +11,9 @@ from skimage.morphology import convex_hull_image
 from dicomnode.imaging.anatomy import SHELL_VOXELS, Midline, canonical_flips, fat_share, find_midline, shell_box
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
-from dicomnode.segment.segmenter import CORTEX, MEDULLA, MODEL_LEFT, MODEL_RIGHT, Algorithm, Segmentation
+from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
+from dicomnode.segment.segmenter import Algorithm, ModelSide, Segmentation, TissueLabel
 
-STRUCTURES = ("parenchyma", "cortex", "medulla")
-SIDES = ("left", "right")
 #: Components smaller than this (ml) are not kidneys: half the smallest of 416 hand-drawn KiTS19 kidneys (43 ml), or,
 #: for a component the image's edge cuts, KIDNEY_PART_ML; at most MAX_CANDIDATES of the largest are considered.
 MIN_KIDNEY_ML, MAX_CANDIDATES = 20.0, 8
@@ -64,24 +63,24 @@ class KidneyMeasurement:
 
     @property
     def cortex(self) -> np.ndarray:
-        return self.mask("cortex")
+        return self.mask(Structure.CORTEX)
 
     @property
     def medulla(self) -> np.ndarray:
-        return self.mask("medulla")
+        return self.mask(Structure.MEDULLA)
 
     @property
     def parenchyma(self) -> np.ndarray:
-        return self.mask("parenchyma")
+        return self.mask(Structure.PARENCHYMA)
 
     def volume(self, structure: str) -> float:
-        return {"parenchyma": self.parenchyma_ml, "cortex": self.cortex_ml, "medulla": self.medulla_ml}[structure]
+        return {Structure.PARENCHYMA: self.parenchyma_ml, Structure.CORTEX: self.cortex_ml, Structure.MEDULLA: self.medulla_ml}[Structure(structure)]
 
     def mask_in_box(self, structure: str) -> np.ndarray:
         """The structure's mask inside :attr:`box`."""
-        if structure == "parenchyma":
+        if structure == Structure.PARENCHYMA:
             return self.cortex_in_box | self.medulla_in_box
-        return {"cortex": self.cortex_in_box, "medulla": self.medulla_in_box}[structure]
+        return {Structure.CORTEX: self.cortex_in_box, Structure.MEDULLA: self.medulla_in_box}[Structure(structure)]
 
     def mask(self, structure: str) -> np.ndarray:
         """The structure's mask on the whole series grid (a new array, as large as the volume)."""
@@ -100,7 +99,7 @@ class KidneyMeasurement:
     def slice_areas(self) -> np.ndarray:
         """Parenchyma voxels on each of the series' slices (array order)."""
         areas = np.zeros(self.shape[0], np.int64)
-        areas[self.box[0]] = self.mask_in_box("parenchyma").sum(axis=(1, 2))
+        areas[self.box[0]] = self.mask_in_box(Structure.PARENCHYMA).sum(axis=(1, 2))
         return areas
 
 
@@ -128,7 +127,7 @@ class Measurements:
     def left_split(self) -> float | None:
         """Left share of total parenchyma (split renal volume)."""
         total = self.total_parenchyma_ml
-        return self.kidneys["left"].parenchyma_ml / total if total and "left" in self.kidneys else None
+        return self.kidneys[Side.LEFT].parenchyma_ml / total if total and Side.LEFT in self.kidneys else None
 
     def summary(self) -> dict[str, object]:
         """Plain figures for the job record."""
@@ -160,7 +159,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     kidney cut off by the field of view is still the kidney (QC reports it). Everything else is stray.
     """
     labels = segmentation.labels
-    algorithms = {structure: segmentation.algorithm(structure) for structure in STRUCTURES}
+    algorithms: dict[str, Algorithm] = {structure: segmentation.algorithm(structure) for structure in STRUCTURES}
     parenchyma = labels > 0
     predicted_ml = float(np.count_nonzero(parenchyma) * series.voxel_ml)
     crop = _occupied(parenchyma, SHELL_VOXELS)
@@ -193,7 +192,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
         unknown = ["one kidney-sized component and no landmark for the midline: its side is unknown"]
         return Measurements({}, unknown, midline_x, source, predicted_ml, algorithms)
     offsets = {c: _spine_offset(series, boxes[c - 1], centres[c], midline) for c in candidates}
-    sides = {c: "left" if centres[c][0] > midline_x else "right" for c in candidates}
+    sides = {c: Side.LEFT if centres[c][0] > midline_x else Side.RIGHT for c in candidates}
     in_place = {c: _in_kidney_place(offsets[c][0]) for c in candidates}
     fat = {c: _fat_share(series.hu, components, start, boxes[c - 1], c) for c in candidates}
     wrapped = {c: fat[c] >= RETROPERITONEAL_FAT_SHARE for c in candidates}
@@ -213,8 +212,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
             float(sum(sizes[c - 1] for c in chosen)),
         )
 
-    left = [c for c in candidates if sides[c] == "left"] + [None]
-    right = [c for c in candidates if sides[c] == "right"] + [None]
+    left = [c for c in candidates if sides[c] is Side.LEFT] + [None]
+    right = [c for c in candidates if sides[c] is Side.RIGHT] + [None]
     best = max(((lc, rc) for lc in left for rc in right), key=preference)
     kidneys: dict[str, KidneyMeasurement] = {}
     notes: list[str] = []
@@ -234,8 +233,8 @@ def _model_side(sides: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ..
     if sides is None:
         return None
     named = sides[box][mask]
-    right, left = np.count_nonzero(named == MODEL_RIGHT), np.count_nonzero(named == MODEL_LEFT)
-    return None if right == left == 0 else ("left" if left > right else "right")
+    right, left = np.count_nonzero(named == ModelSide.RIGHT), np.count_nonzero(named == ModelSide.LEFT)
+    return None if right == left == 0 else (Side.LEFT if left > right else Side.RIGHT)
 
 
 def _spine_offset(series: LoadedSeries, box: tuple[slice, ...], centre: np.ndarray, midline: Midline) -> tuple[tuple[float, float] | None, float]:
@@ -282,7 +281,7 @@ def _kidney(
 ) -> KidneyMeasurement:
     """One kidney's volumes and intensities; ``mask`` is the kidney within ``box``, where all the work is done."""
     inside, hu = mask, series.hu[box]
-    cortex, medulla = inside & (labels[box] == CORTEX), inside & (labels[box] == MEDULLA)
+    cortex, medulla = inside & (labels[box] == TissueLabel.CORTEX), inside & (labels[box] == TissueLabel.MEDULLA)
     cortex_hu, medulla_hu = hu[cortex], hu[medulla]
     extent = max((s.stop - s.start) * d for s, d in zip(box, series.spacing_zyx))
     return KidneyMeasurement(

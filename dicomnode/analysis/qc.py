@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dicomnode.analysis.measure import DENSER_HU, SIDES, STRUCTURES, KidneyMeasurement, Measurements
+from dicomnode.analysis.measure import DENSER_HU, KidneyMeasurement, Measurements
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
+from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 
 
 class Rule(str, enum.Enum):
@@ -43,7 +44,7 @@ class Rule(str, enum.Enum):
         return CORTEX_AND_MEDULLA if self in _CORTEX_RULES else STRUCTURES
 
 
-CORTEX_AND_MEDULLA = ("cortex", "medulla")
+CORTEX_AND_MEDULLA = (Structure.CORTEX, Structure.MEDULLA)
 _CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE})
 
 
@@ -96,7 +97,7 @@ class QCReport:
         """The structures that passed: all three, the parenchyma alone (``per_structure`` only), or none."""
         if self.passed:
             return STRUCTURES
-        return ("parenchyma",) if per_structure and self.passed_for(("parenchyma",)) else ()
+        return (Structure.PARENCHYMA,) if per_structure and self.passed_for((Structure.PARENCHYMA,)) else ()
 
     def against(self, structures: tuple[str, ...]) -> list[Finding]:
         """The findings that concern any of ``structures``."""
@@ -135,7 +136,7 @@ def check(measurements: Measurements, phase: ImagePhase, limits: QCConfig) -> QC
 def _one_outline(measurements: Measurements) -> bool:
     """Whether one method drew the parenchyma and split it into cortex and medulla (where another model drew the
     parenchyma, medulla on its outline says the two disagree, not that the outline runs into a neighbour)."""
-    made = {measurements.algorithms.get(s) for s in ("parenchyma", "cortex")}
+    made = {measurements.algorithms.get(s) for s in (Structure.PARENCHYMA, Structure.CORTEX)}
     return len(made) == 1
 
 
@@ -195,7 +196,7 @@ def _position_findings(kidney: KidneyMeasurement, limits: QCConfig) -> list[Find
         share = kidney.spine_slices
         return [Finding(Rule.POSITION, side, f"the vertebral column was found on {share:.0%} of the kidney's slices: its place cannot be checked")]
     dx, dy = kidney.spine_offset_mm
-    lateral = dx if side == "left" else -dx  # LPS: the left kidney lies at larger x than the spine
+    lateral = dx if side == Side.LEFT else -dx  # LPS: the left kidney lies at larger x than the spine
     found = []
     low, high = limits.lateral_mm
     if not low <= lateral <= high:
@@ -223,7 +224,7 @@ def _study_findings(measurements: Measurements, phase: ImagePhase, limits: QCCon
     for note in measurements.notes:
         found.append(Finding(Rule.EXTRA, STUDY, note))
     if len(measurements.kidneys) == 2:
-        heights = abs(measurements.kidneys["left"].centre_mm[2] - measurements.kidneys["right"].centre_mm[2])
+        heights = abs(measurements.kidneys[Side.LEFT].centre_mm[2] - measurements.kidneys[Side.RIGHT].centre_mm[2])
         if heights > limits.max_height_difference_mm:
             found.append(
                 Finding(

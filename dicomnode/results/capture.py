@@ -13,10 +13,11 @@ from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
 
 from dicomnode.analysis.followup import FollowUp
-from dicomnode.analysis.measure import SIDES, KidneyMeasurement, Measurements
-from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, STRUCTURES, QCReport
+from dicomnode.analysis.measure import KidneyMeasurement, Measurements
+from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
 from dicomnode.imaging.anatomy import canonical_flips
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.segment.segmenter import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -26,7 +27,7 @@ SC_DESCRIPTION = "Renal volumes key images (research)"
 SIZE = 768
 #: Abdomen window (level, width) in HU.
 WINDOW = (40.0, 400.0)
-OUTLINES = {"cortex": "#ff3030", "medulla": "#ffd400", "parenchyma": "#ff9a30"}
+OUTLINES = {Structure.CORTEX: "#ff3030", Structure.MEDULLA: "#ffd400", Structure.PARENCHYMA: "#ff9a30"}
 #: Shown on every page unless the model's card says ``for_diagnosis: true``.
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - research result"
 
@@ -62,7 +63,7 @@ def _page(draw: Callable[[Figure], None]) -> np.ndarray:
 def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
     """The key slice of one kidney, both kidneys' outlines drawn (cortex and medulla where they are sent, else the
     parenchyma), displayed as radiologists read axial CT (patient's right on the image's left, anterior up)."""
-    outlined = CORTEX_AND_MEDULLA if "cortex" in structures else ("parenchyma",)
+    outlined = CORTEX_AND_MEDULLA if Structure.CORTEX in structures else (Structure.PARENCHYMA,)
     canonical = series.in_patient_axes
     k = key_slice(series, measurements, side)
     level, width = WINDOW
@@ -82,7 +83,7 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: str, capt
         axes.text(0.01, 0.5, "R", color="white", fontsize=16, transform=axes.transAxes, va="center")
         axes.text(0.97, 0.5, "L", color="white", fontsize=16, transform=axes.transAxes, va="center")
         figure.text(0.01, 0.97, caption, color="white", fontsize=12, va="top")
-        legend = "cortex: red   medulla: yellow" if "cortex" in outlined else "parenchyma: orange"
+        legend = "cortex: red   medulla: yellow" if Structure.CORTEX in outlined else "parenchyma: orange"
         figure.text(0.01, 0.01, legend, color="white", fontsize=11)
         figure.text(0.99, 0.01, NOT_FOR_DIAGNOSIS, color="#ff8080", fontsize=11, ha="right")
 
@@ -117,9 +118,10 @@ def summary_page(
     lines.append((qc.verdict if passed == qc.passed else f"QC passed for renal {' and '.join(structures)}", "#80ff80" if passed else "#ffb060", 13))
     lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][: 2 if charted else 8]]
     lines.append(("", "white", 12))
-    for structure, algorithm in {"parenchyma": measurements.algorithms.get("parenchyma"), "cortex": measurements.algorithms.get("cortex")}.items():
+    for made in (Structure.PARENCHYMA, Structure.CORTEX):
+        algorithm = measurements.algorithms.get(made)
         if algorithm is not None:
-            lines.append((f"{structure.capitalize()}: {algorithm.name} {algorithm.version}".strip()[:90], "white", 11))
+            lines.append((f"{made.capitalize()}: {algorithm.name} {algorithm.version}".strip()[:90], "white", 11))
     warning = [] if for_diagnosis(model) else [(NOT_FOR_DIAGNOSIS, "#ff8080", 14)]
 
     def draw(figure: Figure) -> None:
@@ -141,7 +143,7 @@ def _chart(figure: Figure, followup: FollowUp, structures: tuple[str, ...]) -> N
     for those not compared (QC failed, another model), this study's filled and larger."""
     for n, side in enumerate(SIDES[::-1]):
         axes = figure.add_axes((0.09 + n * 0.47, 0.07, 0.40, 0.20), facecolor="black")
-        for structure in ("parenchyma", "cortex"):
+        for structure in (Structure.PARENCHYMA, Structure.CORTEX):
             if structure not in structures:
                 continue
             points = sorted((p for p in followup.points if (p.structure, p.side) == (structure, side)), key=lambda p: p.date)

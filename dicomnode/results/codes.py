@@ -25,6 +25,8 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from dicomnode.renal import Side, Structure
+
 KIDNEY = codes.SCT.Kidney
 LEFT = codes.SCT.Left
 RIGHT = codes.SCT.Right
@@ -68,14 +70,14 @@ CUBIC_CENTIMETRE_PER_YEAR = Code("cm3/a", "UCUM", "cubic centimeter per year")
 PRIOR_STUDY_UID = codes.DCM.ProcedureStudyInstanceUID
 STUDY_DATE = codes.DCM.StudyDate
 
-SIDE_CODES = {"left": LEFT, "right": RIGHT}
-STRUCTURE_CODES = {"parenchyma": KIDNEY, "cortex": RENAL_CORTEX, "medulla": RENAL_MEDULLA}
+SIDE_CODES: dict[str, Code] = {Side.LEFT: LEFT, Side.RIGHT: RIGHT}
+STRUCTURE_CODES: dict[str, Code] = {Structure.PARENCHYMA: KIDNEY, Structure.CORTEX: RENAL_CORTEX, Structure.MEDULLA: RENAL_MEDULLA}
 #: Recommended display colours (CIELab L*, a*, b*): cortex warm red, medulla yellow, parenchyma orange.
-DISPLAY_LAB = {
-    ("cortex", "left"): (50.0, 60.0, 40.0),
-    ("cortex", "right"): (45.0, 55.0, 30.0),
-    ("medulla", "left"): (85.0, 0.0, 80.0),
-    ("medulla", "right"): (80.0, 5.0, 70.0),
-    ("parenchyma", "left"): (70.0, 30.0, 65.0),
-    ("parenchyma", "right"): (65.0, 35.0, 60.0),
+DISPLAY_LAB: dict[tuple[str, str], tuple[float, float, float]] = {
+    (Structure.CORTEX, Side.LEFT): (50.0, 60.0, 40.0),
+    (Structure.CORTEX, Side.RIGHT): (45.0, 55.0, 30.0),
+    (Structure.MEDULLA, Side.LEFT): (85.0, 0.0, 80.0),
+    (Structure.MEDULLA, Side.RIGHT): (80.0, 5.0, 70.0),
+    (Structure.PARENCHYMA, Side.LEFT): (70.0, 30.0, 65.0),
+    (Structure.PARENCHYMA, Side.RIGHT): (65.0, 35.0, 60.0),
 }

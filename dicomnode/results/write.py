@@ -15,8 +15,9 @@ from pydicom.uid import generate_uid
 from dicomnode import __version__
 from dicomnode.analysis.followup import Change, FollowUp
 from dicomnode.analysis.measure import Measurements
-from dicomnode.analysis.qc import STRUCTURES, STUDY, QCReport
+from dicomnode.analysis.qc import STUDY, QCReport
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.capture import write_sc
 from dicomnode.results.codes import (
     ANATOMICAL_STRUCTURE,
@@ -41,7 +42,7 @@ from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 MANUFACTURER = "dicomnode"
 #: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.
-SEGMENT_ORDER = [(s, side) for s in ("cortex", "medulla", "parenchyma") for side in ("left", "right")]
+SEGMENT_ORDER = [(s, side) for s in (Structure.CORTEX, Structure.MEDULLA, Structure.PARENCHYMA) for side in SIDES]
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9701, 9702
 SEG_DESCRIPTION, SR_DESCRIPTION = "Renal segmentation (research)", "Renal volumes (research)"
 #: Appended to the series descriptions of results that failed QC and were sent for review (``qc.on_fail: flag``).
@@ -154,7 +155,7 @@ def write_seg(
         software_versions=__version__,
         device_serial_number="1",
         content_label="KIDNEYS",
-        content_description="Renal cortex, medulla and parenchyma" if any(s == "cortex" for s, _ in numbers) else "Renal parenchyma",
+        content_description="Renal cortex, medulla and parenchyma" if any(s == Structure.CORTEX for s, _ in numbers) else "Renal parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=_equipment(measurements),
     )
@@ -204,7 +205,7 @@ def write_sr(
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
-        algorithm_id=_sr_algorithm(measurements.algorithms["parenchyma"]),
+        algorithm_id=_sr_algorithm(measurements.algorithms[Structure.PARENCHYMA]),
         qualitative_evaluations=[_qc_evaluation(qc.passed_for(sent))],
     )
     reported_sides = {side for _, side in numbers}

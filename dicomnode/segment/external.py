@@ -18,16 +18,15 @@ import numpy as np
 from dicomnode.config import CortexMethod, ExternalModelConfig, Runtime
 from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.renal import Structure
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.segmenter import (
-    CORTEX,
-    MEDULLA,
-    MODEL_LEFT,
-    MODEL_RIGHT,
     Algorithm,
     Model,
+    ModelSide,
     Segmentation,
     Segmenter,
+    TissueLabel,
     boxes_around,
     kidney_sized,
     load_predictor,
@@ -130,7 +129,7 @@ class ExternalSegmenter:
         )
 
     def sides(self, series: LoadedSeries) -> np.ndarray:
-        """The external model's kidneys on the series grid: 0 none, ``MODEL_RIGHT``, ``MODEL_LEFT``."""
+        """The external model's kidneys on the series grid: 0 none, ``ModelSide.RIGHT``, ``ModelSide.LEFT``."""
         turn = reorientation(series.direction, self.external.orientation)
         spacing = turn.spacing((float(series.spacing[0]), float(series.spacing[1]), float(series.spacing[2])))
         volume = turn.forward(series.hu)
@@ -143,8 +142,8 @@ class ExternalSegmenter:
         )
         labels = np.asarray(prediction)
         sides = np.zeros(labels.shape, np.uint8)
-        sides[labels == self.external.right_label] = MODEL_RIGHT
-        sides[labels == self.external.left_label] = MODEL_LEFT
+        sides[labels == self.external.right_label] = ModelSide.RIGHT
+        sides[labels == self.external.left_label] = ModelSide.LEFT
         if self.external.spacing_mm:
             sides = resample_labels(sides, shape)
         return np.ascontiguousarray(turn.backward(sides))
@@ -153,7 +152,7 @@ class ExternalSegmenter:
         sides = self.sides(series)
         parenchyma = sides > 0
         if self.cortex is CortexMethod.INTENSITY:
-            kidneys = [sides == MODEL_RIGHT, sides == MODEL_LEFT]
+            kidneys = [sides == ModelSide.RIGHT, sides == ModelSide.LEFT]
             cortex = split_cortex(series.hu, kidneys, series.spacing_zyx) & parenchyma
             method = Algorithm(
                 "Renal cortex by intensity",
@@ -172,10 +171,10 @@ class ExternalSegmenter:
                 f"parenchyma: {self.model.name}",
             )
         labels = np.zeros(series.hu.shape, np.uint8)
-        labels[parenchyma] = MEDULLA
-        labels[cortex] = CORTEX
+        labels[parenchyma] = TissueLabel.MEDULLA
+        labels[cortex] = TissueLabel.CORTEX
         parenchyma_algorithm = Algorithm(self.model.name, self.external.version, "Renal parenchyma by an external nnU-Net v2 model")
-        algorithms = {"parenchyma": parenchyma_algorithm, "cortex": method, "medulla": method}
+        algorithms: dict[str, Algorithm] = {Structure.PARENCHYMA: parenchyma_algorithm, Structure.CORTEX: method, Structure.MEDULLA: method}
         return Segmentation(labels, self.model, self.device, algorithms, sides)
 
 
@@ -186,5 +185,5 @@ def model_cortex(project: Segmenter, series: LoadedSeries, parenchyma: np.ndarra
     spacing = np.array(series.spacing_zyx)
     components, sizes = kidney_sized(parenchyma, spacing)
     for box in boxes_around(components, list(sizes), spacing):
-        cortex[box] |= project.segment(series.crop(box), cascade=False).labels == CORTEX
+        cortex[box] |= project.segment(series.crop(box), cascade=False).labels == TissueLabel.CORTEX
     return cortex & parenchyma

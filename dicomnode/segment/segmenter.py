@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from collections.abc import Callable
@@ -18,12 +19,20 @@ from dicomnode.config import Runtime
 from dicomnode.imaging.anatomy import bone_like, canonical_flips, shell_box
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.priors import KIDNEY_PART_ML
+from dicomnode.renal import STRUCTURES
 
 log = logging.getLogger(__name__)
 
 #: Where the project's nnU-Net trainers live; nnU-Net finds the trainer a checkpoint names there.
 TRAINERS_DIR = Path(__file__).resolve().parent / "nnunet_trainers"
-MEDULLA, CORTEX = 1, 2
+
+
+class TissueLabel(enum.IntEnum):
+    """Values of the project model's label map (``Segmentation.labels``)."""
+
+    BACKGROUND = 0
+    MEDULLA = 1
+    CORTEX = 2
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,12 @@ def model_algorithm(model: Model) -> Algorithm:
     return Algorithm(model.name, str(model.card.get("version", __version__)), "Renal parenchyma and cortex segmented by nnU-Net v2")
 
 
-#: Sides in ``Segmentation.sides``: what the model said, where it names sides.
-MODEL_RIGHT, MODEL_LEFT = 1, 2
+class ModelSide(enum.IntEnum):
+    """Values of ``Segmentation.sides``: the side a model that names sides gave each voxel."""
+
+    NONE = 0
+    RIGHT = 1
+    LEFT = 2
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Segmentation:
     model: Model
     device: str
     algorithms: dict[str, Algorithm] = field(default_factory=dict)  # by structure; none given: the model made all
-    sides: np.ndarray | None = None  # 0 none, MODEL_RIGHT, MODEL_LEFT
+    sides: np.ndarray | None = None  # ModelSide values
     notes: list[str] = field(default_factory=list)  # what the segmenter left out, and why
 
     def algorithm(self, structure: str) -> Algorithm:
@@ -199,7 +212,7 @@ class Segmenter:
                 labels = self._predict(volume, grid, self.tile_step_size)
             if reduce:
                 labels = nearest_resize(labels, series.hu.shape)
-        algorithms = {} if self.localizer is None else {structure: self.algorithm for structure in ("parenchyma", "cortex", "medulla")}
+        algorithms: dict[str, Algorithm] = {} if self.localizer is None else dict.fromkeys(STRUCTURES, self.algorithm)
         return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms, notes=notes)
 
     @property

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from dicomnode.renal import SIDES, STRUCTURES
 from dicomnode.store.database import Database, Row, Session
 
 #: (structure, side) of every volume a row holds, in column order.
-VOLUME_KEYS = tuple((structure, side) for structure in ("parenchyma", "cortex", "medulla") for side in ("left", "right"))
+VOLUME_KEYS: tuple[tuple[str, str], ...] = tuple((structure, side) for structure in STRUCTURES for side in SIDES)
 VOLUME_COLUMNS = tuple(f"{structure}_{side}_ml" for structure, side in VOLUME_KEYS)
 
 SCHEMA = (
