@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from dicomnode.imaging.anatomy import disc, slice_landmarks
+from dicomnode.imaging.anatomy import disc, plane_in_patient_axes, slice_landmarks
 from dicomnode.imaging.rescale import to_hu
 
 #: Aorta attenuation (HU) at or above which a series looks arterial, and below which it looks unenhanced.
@@ -121,11 +121,7 @@ def _read_slice(path: Path) -> tuple[np.ndarray, tuple[float, float]] | None:
         return None
     if hu.ndim != 2 or len(orientation) != 6:
         return None
-    if orientation[0] < 0:
-        hu = hu[:, ::-1]
-    if orientation[4] < 0:
-        hu = hu[::-1, :]
-    return hu, (col_mm, row_mm)
+    return plane_in_patient_axes(hu, orientation[:3], orientation[3:]), (col_mm, row_mm)
 
 
 def find_aorta(hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[bool, _Detection | None]:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import KidneyMeasurement, Measurements
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
-from dicomnode.imaging.anatomy import canonical_flips
+from dicomnode.imaging.anatomy import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.segment.segmenter import Model
@@ -45,10 +45,8 @@ def key_slice(series: LoadedSeries, measurements: Measurements, side: str) -> in
 
 def _canonical_plane(series: LoadedSeries, kidney: KidneyMeasurement, structure: str, k: int) -> np.ndarray:
     """A structure's mask on slice ``k`` of the canonical (patient-axes) view, from that slice alone."""
-    flips = canonical_flips(series.direction)
-    plane = kidney.slice_mask(structure, series.hu.shape[0] - 1 - k if 0 in flips else k)
-    in_plane = tuple(axis - 1 for axis in flips if axis > 0)
-    return np.flip(plane, in_plane) if in_plane else plane
+    plane = kidney.slice_mask(structure, series.hu.shape[0] - 1 - k if 0 in canonical_flips(series.direction) else k)
+    return plane_in_patient_axes(plane, series.direction[:, 0], series.direction[:, 1])
 
 
 def _page(draw: Callable[[Figure], None]) -> np.ndarray:
