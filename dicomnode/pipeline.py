@@ -21,7 +21,8 @@ from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, 
 from dicomnode.instance import Instance
 from dicomnode.memory import peak_gib, reset_peak
 from dicomnode.renal import STRUCTURES, Structure
-from dicomnode.results.write import Results, write_no_result_sr, write_results
+from dicomnode.results.sr import write_no_result_sr
+from dicomnode.results.write import Results, write_results
 from dicomnode.segment.segmenter import SeriesSegmenter
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.states import Outcome

@@ -18,6 +18,7 @@ from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
 from dicomnode.imaging.anatomy import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Structure
+from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX
 from dicomnode.segment.segmenter import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -177,7 +178,7 @@ def write_sc(
         if side in measurements.kidneys:
             pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice", structures))
     series_uid = uids.uid("sc/series")
-    description = SC_DESCRIPTION + ("" if qc.passed_for(structures) else " QC: review")
+    description = SC_DESCRIPTION + ("" if qc.passed_for(structures) else QC_REVIEW_SUFFIX)
     images: list[pydicom.Dataset] = []
     for number, pixels in enumerate(pages, 1):
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -190,7 +191,7 @@ def write_sc(
             series_number=SC_SERIES_NUMBER,
             sop_instance_uid=uids.uid(f"sc/{number}"),
             instance_number=number,
-            manufacturer="dicomnode",
+            manufacturer=MANUFACTURER,
             patient_orientation=("L", "P"),
             transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         )

@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from dicomnode.results.codes import REJECTED_FOR_QUALITY_REASONS, REJECTION_TITLES
-from dicomnode.results.write import MANUFACTURER
+from dicomnode.results.equipment import MANUFACTURER
 from dicomnode.uids import ResultUids
 
 REJECTION_SERIES_NUMBER = 9704

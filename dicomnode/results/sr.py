@@ -1,0 +1,197 @@
+"""The Comprehensive 3D SR (TID 1500) of the volumes, with QC and follow-up, and the text SR of a study without result."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicomnode import __version__
+from dicomnode.analysis.followup import Change, FollowUp
+from dicomnode.analysis.measure import Measurements
+from dicomnode.analysis.qc import STUDY, QCReport
+from dicomnode.imaging.load import LoadedSeries
+from dicomnode.renal import STRUCTURES, Structure
+from dicomnode.results.codes import (
+    CUBIC_CENTIMETRE,
+    CUBIC_CENTIMETRE_PER_YEAR,
+    DIFFERENCE_IN_SIZE,
+    FINDING,
+    KIDNEY,
+    PERCENT,
+    PRIOR_STUDY_UID,
+    QC_PASSED,
+    QC_RESULT,
+    QC_REVIEW,
+    SIDE_CODES,
+    STRUCTURE_CODES,
+    STUDY_DATE,
+    VOLUME,
+)
+from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
+from dicomnode.segment.segmenter import Algorithm, Model
+from dicomnode.uids import RANDOM_UIDS, ResultUids
+
+SR_SERIES_NUMBER = 9702
+SR_DESCRIPTION = "Renal volumes (research)"
+
+
+def _sr_algorithm(algorithm: Algorithm) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 of a measurement: name, version and parameters of the method that made the structure."""
+    parameters = [algorithm.parameters] if algorithm.parameters else None
+    return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version or __version__, parameters=parameters)
+
+
+def write_sr(
+    series: LoadedSeries,
+    measurements: Measurements,
+    qc: QCReport,
+    seg: pydicom.Dataset,
+    numbers: dict[tuple[str, str], int],
+    tracking: dict[tuple[str, str], str],
+    model: Model,
+    slices: np.ndarray,
+    uids: ResultUids = RANDOM_UIDS,
+    followup: FollowUp | None = None,
+) -> pydicom.Dataset:
+    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure sent and side, volumes in cm3, each with its
+    QC verdict, its side's findings and notes, and with ``followup`` its change since the patient's prior result; a
+    TID 1501 group holds the study's QC verdict, its findings, why structures are absent (e.g. cortex and medulla
+    outside the arterial phase), and which earlier results were not compared and why."""
+    sent = tuple(dict.fromkeys(structure for structure, _ in numbers))
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
+    for (structure, side), number in numbers.items():
+        kidney = measurements.kidneys[side]
+        algorithm = _sr_algorithm(measurements.algorithms[structure])
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[(structure, side)], identifier=f"{side} renal {structure}"),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
+                ),
+                finding_type=STRUCTURE_CODES[structure],
+                finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
+                    *_changes(followup.change(structure, side) if followup else None),
+                ],
+                qualitative_evaluations=[_qc_evaluation(qc.passed_for((structure,)))],
+            )
+        )
+        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
+    study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
+        algorithm_id=_sr_algorithm(measurements.algorithms[Structure.PARENCHYMA]),
+        qualitative_evaluations=[_qc_evaluation(qc.passed_for(sent))],
+    )
+    reported_sides = {side for _, side in numbers}
+    unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in reported_sides]  # e.g. a missing kidney
+    absent = [structure for structure in STRUCTURES if structure not in sent]
+    why_absent = [f"Renal {' and '.join(absent)} not reported: {'; '.join(f.message for f in qc.against(tuple(absent)))}"] if absent and reported_sides else []
+    not_compared = [str(n) for n in followup.not_compared] if followup else []
+    _add_findings(study_group, [verdict_text(qc, sent), *why_absent, *(str(f) for f in unreported), *not_compared])
+    groups.append(study_group)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[MANUFACTURER, model.name]), name=MANUFACTURER, model_name=model.name
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+        referenced_images=[ds for ds, on in zip(series.datasets, slices) if on],  # TID 1600 Image Library: the SEG's slices
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*series.datasets, seg],
+        content=report[0],
+        series_description=SR_DESCRIPTION + ("" if qc.passed_for(sent) else QC_REVIEW_SUFFIX),
+        contributing_equipment=contributing_equipment(measurements),
+        **_new_sr_instance(uids, "sr"),
+    )
+
+
+def _changes(change: Change | None) -> list[hd.sr.Measurement]:
+    """A volume's change since its prior as three NUMs "Difference in size" (cm3, %, cm3 per year), each inferred
+    from the prior's volume, which names the prior's study and date (codes.py says where each concept comes from)."""
+    if change is None:
+        return []
+    found = []
+    for value, unit in ((change.change_ml, CUBIC_CENTIMETRE), (change.change_percent, PERCENT), (change.ml_per_year, CUBIC_CENTIMETRE_PER_YEAR)):
+        measurement = hd.sr.Measurement(name=DIFFERENCE_IN_SIZE, value=round(value, 3), unit=unit)
+        prior = hd.sr.NumContentItem(name=VOLUME, value=change.prior_ml, unit=CUBIC_CENTIMETRE, relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)
+        prior.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.UIDRefContentItem(name=PRIOR_STUDY_UID, value=change.prior_study_uid, relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT),
+                hd.sr.DateContentItem(name=STUDY_DATE, value=change.prior_date, relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT),
+            ]
+        )
+        if "ContentSequence" in measurement[0]:
+            measurement[0].ContentSequence.append(prior)
+        else:
+            measurement[0].ContentSequence = hd.sr.ContentSequence([prior])
+        found.append(measurement)
+    return found
+
+
+def verdict_text(qc: QCReport, sent: tuple[str, ...]) -> str:
+    """The QC verdict on what was sent."""
+    if qc.passed or not qc.passed_for(sent):
+        return qc.verdict
+    return f"QC passed for renal {' and '.join(sent)}"
+
+
+def _qc_evaluation(passed: bool) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(name=QC_RESULT, value=QC_PASSED if passed else QC_REVIEW)
+
+
+def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
+    """Append the QC findings as TEXT items (concept "Finding") to a measurement group's content."""
+    container = group[0]
+    container.ContentSequence.extend(
+        hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS) for text in texts
+    )
+
+
+def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str], uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:
+    """A Comprehensive SR telling the reader why the study gave no renal volumes (verdict and reasons as text)."""
+    container = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id=None)
+    container.ContentSequence = pydicom.Sequence(
+        [
+            hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            for text in [f"No renal volumetry: {verdict}.", *reasons]
+        ]
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[source], content=container, series_description="Renal volumes: no result (research)", **_new_sr_instance(uids, "text-sr")
+    )
+
+
+class _SrIdentity(TypedDict):
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    manufacturer: str
+    is_complete: bool
+
+
+def _new_sr_instance(uids: ResultUids, name: str) -> _SrIdentity:
+    """Identity of a complete SR instance in a series of the node's."""
+    return _SrIdentity(
+        series_instance_uid=uids.uid(f"{name}/series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=uids.uid(name),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+    )
