@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig, Role, load_config
+from dicomnode.export import Format, csv_text, write_table
 from dicomnode.instance import Instance
 from dicomnode.store.database import open_database
 from dicomnode.store.history import Patient
@@ -75,10 +76,10 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
-            lists = ("notes", "qc_findings", "qc_notes", "sent", "followup")
-            figures = {k: v for k, v in job.measurements.items() if k not in lists}
+            texts = ("notes", "qc_findings", "qc_notes", "followup")  # lists of lines, printed one a line
+            figures = {k: v for k, v in job.measurements.items() if k not in (*texts, "sent")}
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-            for line in [line for key in ("notes", "qc_findings", "qc_notes", "followup") for line in job.measurements.get(key, [])]:
+            for line in [line for key in texts for line in job.measurements.get(key, [])]:
                 print(f"    {line}")
         for delivery in store.deliveries(job.id):
             detail = f" ({delivery.last_error})" if delivery.last_error else ""
@@ -142,8 +143,6 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
     """The measurement history as a table, one row per result."""
-    from dicomnode.export import Format, csv_text, write_table
-
     kind = Format(args.format)
     if kind is Format.PARQUET and args.out is None:
         print("--out: a Parquet table needs a file to go to", file=sys.stderr)
@@ -211,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("export", help="write the measurement history as a table, one row per result", parents=[common])
-    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--format", choices=[f.value for f in Format], default=Format.CSV.value)
     p.add_argument("--out", type=Path, help="the file to write (default: CSV to standard output)")
     p.add_argument("--since", type=_date, help="only studies of this date (YYYY-MM-DD) or later")
     p.add_argument("--qc", choices=["all", "passed"], default="all", help="passed: only results whose every structure passed QC")

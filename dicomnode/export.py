@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.files import write_atomically
-from dicomnode.renal import Structure
+from dicomnode.renal import STRUCTURES, Structure
 from dicomnode.store.history import VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
 
-#: The structures of the history, whose QC verdict and model each row names.
-_STRUCTURES = (Structure.PARENCHYMA, Structure.CORTEX, Structure.MEDULLA)
 #: Pipeline stages whose seconds each row gives.
 STAGES = ("select", "load", "segment", "measure", "qc", "write")
 IDENTIFIERS = ("patient_id", "issuer", "study_uid", "series_uid")
@@ -33,7 +31,7 @@ COLUMNS = (
     *VOLUME_COLUMNS,
     "total_parenchyma_ml",
     "left_split",
-    *(f"qc_{structure}" for structure in _STRUCTURES),
+    *(f"qc_{structure}" for structure in STRUCTURES),
     "qc_findings",
     "model",
     "model_version",
@@ -75,7 +73,7 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
         "total_parenchyma_ml": round(sum(parenchyma), 3) if parenchyma else None,
         "left_split": entry.left_split,
-        **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in _STRUCTURES},
+        **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in STRUCTURES},
         "qc_findings": "; ".join(entry.qc_findings),
         "model": made_by[Structure.PARENCHYMA][0],
         "model_version": made_by[Structure.PARENCHYMA][1],

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Jobs listed on the status page, newest first.
 PAGE_JOBS = 50
+#: The style both pages share.
+_STYLE = """body { font-family: sans-serif; margin: 1.5em; } table { border-collapse: collapse; }
+td, th { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }
+th { background: #eee; } .uid { font-family: monospace; font-size: 0.8em; }"""
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,7 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>Renal DICOM node: status</title>
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }}
-th {{ background: #eee; }} .uid {{ font-family: monospace; font-size: 0.8em; }}
+{_STYLE}
 .ok {{ color: #176117; }} .bad, tr.bad td {{ color: #a40000; }}
 </style></head><body>
 <h1>Renal DICOM node</h1>
@@ -206,7 +208,7 @@ def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: b
     rows = []
     for item in entries:
         volumes = "".join(f"<td>{item.volumes[key]:.1f}</td>" if key in item.volumes else "<td>-</td>" for key in columns)
-        qc = "passed" if {s for s, _ in item.volumes} <= set(item.qc_passed) else "failed: " + "; ".join(item.qc_findings)[:200]
+        qc = "passed" if item.passed else "failed: " + "; ".join(item.qc_findings)[:200]
         name, version = item.algorithms.get(Structure.PARENCHYMA, ("", ""))
         mark = " class='this'" if item.study_uid == entry.study_uid else ""
         rows.append(
@@ -217,9 +219,7 @@ def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: b
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Renal DICOM node: measurement history</title>
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }}
-th {{ background: #eee; }} .uid {{ font-family: monospace; font-size: 0.8em; }} tr.this td {{ font-weight: bold; }}
+{_STYLE} tr.this td {{ font-weight: bold; }}
 </style></head><body>
 <h1>Measurement history</h1>
 <p id="patient">{heading}</p>

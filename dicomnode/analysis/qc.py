@@ -107,6 +107,12 @@ class QCReport:
     def verdict(self) -> str:
         return "QC passed" if self.passed else f"QC failed: {len(self.findings)} finding(s), review needed"
 
+    def verdict_on(self, sent: tuple[str, ...]) -> str:
+        """The QC verdict on what was sent: the verdict, or that the structures sent passed where others failed."""
+        if self.passed or not self.passed_for(sent):
+            return self.verdict
+        return f"QC passed for renal {' and '.join(sent)}"
+
     def for_scope(self, scope: str) -> list[Finding]:
         return [f for f in self.findings if f.scope == scope]
 

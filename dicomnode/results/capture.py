@@ -113,8 +113,7 @@ def summary_page(
             skipped.setdefault((n.prior_date.isoformat() if n.prior_date else "unknown date", n.why), []).append(n.structure)
         lines += [(f"  study of {when} not compared ({', '.join(s)}): {why}"[:90], "#a0a0a0", 10) for (when, why), s in list(skipped.items())[:2]]
     lines.append(("", "white", 12))
-    passed = qc.passed_for(structures)
-    lines.append((qc.verdict if passed == qc.passed else f"QC passed for renal {' and '.join(structures)}", "#80ff80" if passed else "#ffb060", 13))
+    lines.append((qc.verdict_on(structures), "#80ff80" if qc.passed_for(structures) else "#ffb060", 13))
     lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][: 2 if charted else 8]]
     lines.append(("", "white", 12))
     for made in (Structure.PARENCHYMA, Structure.CORTEX):

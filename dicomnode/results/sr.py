@@ -97,7 +97,7 @@ def write_sr(
     absent = [structure for structure in STRUCTURES if structure not in sent]
     why_absent = [f"Renal {' and '.join(absent)} not reported: {'; '.join(f.message for f in qc.against(tuple(absent)))}"] if absent and reported_sides else []
     not_compared = [str(n) for n in followup.not_compared] if followup else []
-    _add_findings(study_group, [verdict_text(qc, sent), *why_absent, *(str(f) for f in unreported), *not_compared])
+    _add_findings(study_group, [qc.verdict_on(sent), *why_absent, *(str(f) for f in unreported), *not_compared])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -141,13 +141,6 @@ def _changes(change: Change | None) -> list[hd.sr.Measurement]:
             measurement[0].ContentSequence = hd.sr.ContentSequence([prior])
         found.append(measurement)
     return found
-
-
-def verdict_text(qc: QCReport, sent: tuple[str, ...]) -> str:
-    """The QC verdict on what was sent."""
-    if qc.passed or not qc.passed_for(sent):
-        return qc.verdict
-    return f"QC passed for renal {' and '.join(sent)}"
 
 
 def _qc_evaluation(passed: bool) -> hd.sr.QualitativeEvaluation:

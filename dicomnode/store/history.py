@@ -80,6 +80,11 @@ class HistoryEntry:
     def withheld(self) -> bool:
         return not self.sent
 
+    @property
+    def passed(self) -> bool:
+        """Whether every structure measured passed QC."""
+        return {structure for structure, _ in self.volumes} <= set(self.qc_passed)
+
 
 def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None) -> None:
     """Make ``entry`` the history's row of ``study_uid`` (from job ``job_id``), or remove the row where the job gave no
@@ -126,7 +131,7 @@ class History:
         and with ``qc_passed`` only those whose every structure measured passed QC."""
         rows = self.db.query("SELECT * FROM history WHERE study_date >= ? ORDER BY study_date, recorded_at, id", (since,))
         found = [_entry(r) for r in rows]
-        return [e for e in found if not qc_passed or {s for s, _ in e.volumes} <= set(e.qc_passed)]
+        return [e for e in found if not qc_passed or e.passed]
 
     def purge_patient(self, patient: Patient, reason: str) -> int:
         """Delete every result of ``patient`` and log the purge (when, how many, why: not whom); returns how many."""
