@@ -125,8 +125,12 @@ def slice_landmarks(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceLandm
         return SliceLandmarks(body, centre, None, None, None)
     # cancellous bone of an older patient's vertebra can be below 180 HU: close and fill the cortical ring
     closing = disc(max(1, int(round(4.0 / min(sx, sy)))))
+    spine = np.zeros(bone.shape, bool)
+    box = ndimage.find_objects(bone, max_label=best)[best - 1]
+    # closed inside the vertebra's box with a margin of the disc's size, so that it looks as on the whole plane
     pad = closing.shape[0]
-    spine = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(bone == best, pad), structure=closing))[pad:-pad, pad:-pad]
+    closed = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(bone[box] == best, pad), structure=closing))
+    spine[box] = closed[pad:-pad, pad:-pad]
     rows, cols = np.nonzero(spine)
     spine_x = float(np.median(cols) * sx)
     near = np.abs(cols * sx - spine_x) <= 6.0

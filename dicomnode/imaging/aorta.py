@@ -138,13 +138,18 @@ def find_aorta(hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[bool, _De
     rows = np.arange(hu.shape[0])[:, None] * sy
     cols = np.arange(hu.shape[1])[None, :] * sx
     window = (rows >= front - AHEAD_MM) & (rows <= front + BEHIND_MM) & (cols >= spine_x - RIGHT_MM) & (cols <= spine_x + LEFT_MM)
-    away_from_bone = ~ndimage.binary_dilation(marks.spine, iterations=max(1, int(round(2.0 / min(sx, sy)))))
-    allowed = window & marks.body & away_from_bone
-    enhanced = allowed & (hu > ENHANCED_CANDIDATE_HU) & (hu < 1000)
-    radius = max(1, int(round(4.0 / min(sx, sy))))
-    plain = ndimage.binary_opening(allowed & (hu > -10) & (hu < UNENHANCED_HU), structure=disc(radius))
+    if not window.any():
+        return True, None
+    grow, radius = max(1, int(round(2.0 / min(sx, sy)))), max(1, int(round(4.0 / min(sx, sy))))
+    # every step below looks no farther than grow or radius voxels, so it is done in the window's box with that margin
+    crop = _box(window, grow + radius + 1)
+    corner = (crop[0].start, crop[1].start)
+    away_from_bone = ~ndimage.binary_dilation(marks.spine[crop], iterations=grow)
+    allowed = window[crop] & marks.body[crop] & away_from_bone
+    enhanced = allowed & (hu[crop] > ENHANCED_CANDIDATE_HU) & (hu[crop] < 1000)
+    plain = ndimage.binary_opening(allowed & (hu[crop] > -10) & (hu[crop] < UNENHANCED_HU), structure=disc(radius))
     for mask, is_enhanced in ((enhanced, True), (plain, False)):
-        best = _nearest_round_region(mask, hu, pixel_mm, (spine_x, front))
+        best = _nearest_round_region(mask, corner, hu, pixel_mm, (spine_x, front))
         if best is not None:
             value, offset = best
             return True, _Detection(value, is_enhanced, offset)
@@ -152,15 +157,17 @@ def find_aorta(hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[bool, _De
 
 
 def _nearest_round_region(
-    mask: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], spine: tuple[float, float]
+    mask: np.ndarray, corner: tuple[int, int], hu: np.ndarray, pixel_mm: tuple[float, float], spine: tuple[float, float]
 ) -> tuple[float, tuple[float, float]] | None:
     """Median HU and centre offset (mm) from ``spine`` (centre x, front edge y) of the vessel-sized, round region of
-    ``mask`` in the aorta's place nearest its expected centre."""
+    ``mask`` in the aorta's place nearest its expected centre; ``mask`` is a part of ``hu``'s plane whose first
+    pixel is ``corner`` (row, column)."""
     sx, sy = pixel_mm
     components, count = ndimage.label(mask)
     best, best_distance = None, np.inf
-    for label in range(1, count + 1):
-        rows, cols = np.nonzero(components == label)
+    for label, box in enumerate(ndimage.find_objects(components), start=1):
+        rows, cols = np.nonzero(components[box] == label)
+        rows, cols = rows + box[0].start + corner[0], cols + box[1].start + corner[1]
         area = rows.size * sx * sy
         diameter = 2.0 * np.sqrt(area / np.pi)
         if not MIN_DIAMETER_MM <= diameter <= MAX_DIAMETER_MM:
@@ -176,3 +183,9 @@ def _nearest_round_region(
         if distance < best_distance:
             best, best_distance = (float(np.median(hu[rows, cols])), (dx, dy)), distance
     return best
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The box of ``mask``'s pixels (not empty) grown by ``margin`` within the array."""
+    spans = [np.flatnonzero(mask.any(axis=1 - axis)) for axis in range(2)]
+    return tuple(slice(max(int(on[0]) - margin, 0), min(int(on[-1]) + 1 + margin, n)) for on, n in zip(spans, mask.shape))
