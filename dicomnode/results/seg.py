@@ -54,7 +54,9 @@ def write_seg(
     series' ``slices`` (those the kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
     on = np.flatnonzero(slices)
-    frames = np.zeros((on.size, *series.hu.shape[1:], len(tracking)), np.uint8)  # the SEG's slices only
+    # the SEG's slices only; one plane per segment in memory (highdicom takes the segments as the last axis, a view
+    # here), so that its checks across segments and each segment's frames read whole planes
+    planes = np.zeros((len(tracking), on.size, *series.hu.shape[1:]), np.uint8)
     position = np.cumsum(slices) - 1  # of each series slice among the SEG's
     numbers: dict[tuple[str, str], int] = {}
     for structure, side in SEGMENT_ORDER:
@@ -80,11 +82,11 @@ def write_seg(
         descriptions.append(description)
         z, rows, columns = kidney.box
         picked = slices[z]
-        frames[position[z][picked], rows, columns, number - 1] = kidney.mask_in_box(structure)[picked]
+        planes[number - 1, position[z][picked], rows, columns] = kidney.mask_in_box(structure)[picked]
         numbers[(structure, side)] = number
     seg = hd.seg.Segmentation(
         source_images=[ds for ds, on in zip(series.datasets, slices) if on],
-        pixel_array=frames[..., : len(descriptions)],
+        pixel_array=np.moveaxis(planes[: len(descriptions)], 0, -1),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg/series"),
