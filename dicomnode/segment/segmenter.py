@@ -6,6 +6,7 @@ import enum
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -340,9 +341,11 @@ def _dilated(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
 REDUCE_ABOVE = 1.2
 
 
-#: The first, most reduced axis is smoothed and resampled in slabs of about this many voxels (a 64 MiB float32
-#: slab), so that the series is never held whole as float32.
-SLAB_VOXELS = 16 * 2**20
+#: The first, most reduced axis is smoothed and resampled in slabs of about this many voxels (8 MiB of float32),
+#: REDUCE_THREADS at a time, so that the series is never held whole as float32.
+SLAB_VOXELS = 2 * 2**20
+UNALIGN_PAD = 16
+REDUCE_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -360,13 +363,26 @@ def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
     first, across = axes[0], 1 if axes[0] == 0 else 0
     out = np.empty([int(shape[a]) if a == first else n for a, n in enumerate(volume.shape)], np.float32)
     step = max(1, SLAB_VOXELS * volume.shape[across] // volume.size)
-    for start in range(0, volume.shape[across], step):
+
+    def reduce_slab(start: int) -> None:
         slab = tuple(slice(start, start + step) if a == across else slice(None) for a in range(volume.ndim))
-        part = np.asarray(volume[slab], np.float32)
+        part = _unaligned(volume[slab])
         out[slab] = _linear_resize(ndimage.gaussian_filter1d(part, (factors[first] - 1) / 2, axis=first), first, int(shape[first]))
+
+    with ThreadPoolExecutor(REDUCE_THREADS) as pool:  # scipy's filters release the GIL
+        list(pool.map(reduce_slab, range(0, volume.shape[across], step)))
     for axis in axes[1:]:
         out = _linear_resize(ndimage.gaussian_filter1d(out, (factors[axis] - 1) / 2, axis=axis), axis, int(shape[axis]))
     return out
+
+
+def _unaligned(part: np.ndarray) -> np.ndarray:
+    """``part`` as float32 in a buffer whose last axis is padded: lines along another axis then do not stride by a
+    power of two, which made them all compete for the same cache sets (a 64-row slab of a 512 x 512 series filtered
+    along its slices took 3 times as long)."""
+    view = np.empty((*part.shape[:-1], part.shape[-1] + UNALIGN_PAD), np.float32)[..., : part.shape[-1]]
+    view[...] = part
+    return view
 
 
 def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
