@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dicomnode.analysis.measure import measure
+from dicomnode.analysis.measure import measure, median_at
 from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
@@ -247,3 +247,11 @@ def test_a_component_too_dense_for_parenchyma_is_no_kidney() -> None:
     dense[labels > 0] = 600.0
     result = measure(LoadedSeries([], dense, series.origin, series.spacing, series.direction), Segmentation(labels, MODEL, "cpu"))
     assert result.kidneys == {} and result.predicted_ml > 80
+
+
+@pytest.mark.parametrize("shape", [(12, 40, 33), (3, 4, 3), (2, 1, 7)])
+def test_median_at_the_core_equals_scipys_median_filter_there(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    planes = rng.integers(-200, 400, shape).astype(np.float32)
+    where = rng.random(shape) > 0.6
+    assert np.array_equal(median_at(planes, where, 5), ndimage.median_filter(planes, size=(1, 5, 5))[where])
