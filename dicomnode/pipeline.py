@@ -127,7 +127,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
     with _timed(timings, peaks, "load"):
         for candidate in [selection.series, *selection.fallbacks]:
             try:
-                series = load_series(list(candidate.files))
+                series = load_series(list(candidate.files), headers=candidate.headers)
                 series_uid = candidate.series_uid
                 break
             except SeriesError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,19 @@ class LoadedSeries:
 DEFER_BYTES = 64 * 1024
 
 
-def load_series(files: list[Path], tolerance_mm: float = 0.05) -> LoadedSeries:
-    """Read, check and stack one series; raise a :class:`SeriesError` with the reason where it fails."""
-    datasets: list[pydicom.Dataset] = []
-    for path in files:
+def read_header(path: Path) -> pydicom.Dataset:
+    """One instance with its large values (the pixel data) left unread until used (:data:`DEFER_BYTES`)."""
+    return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+
+
+def load_series(files: list[Path], tolerance_mm: float = 0.05, headers: Sequence[pydicom.Dataset] = ()) -> LoadedSeries:
+    """Read, check and stack one series; raise a :class:`SeriesError` with the reason where it fails. ``headers``,
+    where given, are the files' already read by :func:`read_header` (the select stage's), so that only their pixel
+    data is read here."""
+    datasets: list[pydicom.Dataset] = list(headers)
+    for path in files if not headers else ():
         try:
-            datasets.append(pydicom.dcmread(path, defer_size=DEFER_BYTES))
+            datasets.append(read_header(path))
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             raise PixelDataError(f"{path.name} cannot be read: {exc}") from exc
     if len(datasets) < 2:
@@ -259,8 +267,16 @@ def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], slope: float, intercep
         raise PixelDataError(f"{where}: pixel data cannot be read: {exc}") from exc
     if data is not None:
         _check_pixel_length(ds, len(data))
-    pixels = _native_pixels(ds, shape)
-    if pixels is None:
+    raw = _native_raw(ds, shape)
+    bits = int(ds.BitsStored)
+    if raw is not None and out.dtype == np.int16 and slope == 1 and (raw.dtype.kind == "i" or bits <= 15):
+        # the stored values fit int16, and so does each plus the intercept (_volume_dtype): made in place, exactly
+        _stored_values(raw, bits, out)
+        out += np.int16(intercept)
+        return
+    if raw is not None:
+        pixels = _stored_values(raw, bits)
+    else:
         try:
             pixels = ds.pixel_array
         except Exception as exc:  # decoders raise many types for truncated or unsupported data
@@ -279,20 +295,28 @@ def _read_hu(ds: pydicom.Dataset, shape: tuple[int, int], slope: float, intercep
 _NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 
 
-def _native_pixels(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray | None:
-    """16-bit native pixel data as stored values, as pydicom decodes it (bits above BitsStored cleared, or the sign
-    extended from the highest stored bit), read from the bytes without a copy per step; None for any other
-    encoding."""
+def _native_raw(ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray | None:
+    """16-bit native pixel data as its bytes hold it (a view; signed or unsigned as PixelRepresentation says, bits
+    above BitsStored as stored); None for any other encoding."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax not in _NATIVE_LITTLE_ENDIAN or int(ds.BitsAllocated) != 16 or "PixelData" not in ds:
         return None
     count = shape[0] * shape[1]
     if len(ds.PixelData) < 2 * count:
         return None  # pydicom's decoder names what is wrong
-    signed, unused = ds.PixelRepresentation == 1, 16 - int(ds.BitsStored)
-    pixels = np.frombuffer(ds.PixelData, "<i2" if signed else "<u2", count).reshape(shape)
-    if unused and signed:
-        return (pixels << unused) >> unused
+    return np.frombuffer(ds.PixelData, "<i2" if ds.PixelRepresentation == 1 else "<u2", count).reshape(shape)
+
+
+def _stored_values(raw: np.ndarray, bits_stored: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The stored values of :func:`_native_raw`'s pixels as pydicom decodes them: bits above ``bits_stored`` cleared,
+    or the sign extended from the highest stored bit; written into ``out`` where given."""
+    unused = 16 - bits_stored
+    if unused and raw.dtype.kind == "i":
+        shifted = np.left_shift(raw, unused, out=out)
+        return np.right_shift(shifted, unused, out=shifted)
     if unused:
-        return pixels & np.uint16((1 << int(ds.BitsStored)) - 1)
-    return pixels
+        return np.bitwise_and(raw, np.uint16((1 << bits_stored) - 1), out=out, casting="unsafe")
+    if out is None:
+        return raw
+    np.copyto(out, raw, casting="unsafe")
+    return out

@@ -16,6 +16,7 @@ from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Selection as SelectionRules
 from dicomnode.imaging.aorta import AortaEvidence, ImagePhase, aorta_evidence
+from dicomnode.imaging.load import read_header
 from dicomnode.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class SeriesSummary:
     slices: int
     files: tuple[Path, ...]  # in the order of InstanceNumber where present
     patients: frozenset[tuple[str, str, str]] = frozenset()  # (PatientID, PatientName, PatientBirthDate) seen
+    headers: tuple[pydicom.Dataset, ...] = field(default=(), compare=False, repr=False)  # of files, pixel data unread
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,12 @@ class Selection:
 
 
 def summarise(instances: list[Instance]) -> list[SeriesSummary]:
-    """Read the headers of a study's instances, grouped by series; unreadable files are skipped with a log line."""
+    """Read the headers of a study's instances, grouped by series; unreadable files are skipped with a log line.
+    Each header is kept with its pixel data left unread (``read_header``), so that the load stage reads only that."""
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for instance in instances:
         try:
-            ds = pydicom.dcmread(instance.path, stop_before_pixels=True)
+            ds = read_header(instance.path)
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             log.warning("skipping unreadable %s: %s", instance.path, exc)
             continue
@@ -107,6 +110,7 @@ def _summary(series_uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Se
         slice_mm=float(first.SliceThickness) if str(first.get("SliceThickness", "") or "").strip() else None,
         slices=len(members),
         files=tuple(path for path, _ in members),
+        headers=tuple(ds for _, ds in members),
         patients=frozenset(
             (str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""), str(ds.get("PatientBirthDate", "") or "")) for _, ds in members
         ),
