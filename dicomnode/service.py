@@ -7,6 +7,9 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -28,6 +31,10 @@ from dicomnode.uids import ResultUids, job_seed
 from dicomnode.web import WebServer
 
 log = logging.getLogger(__name__)
+
+#: The scheduler's names for the tasks that one step wakes for the next: a completed study wakes the worker, a
+#: finished job the sender, so that neither waits for its next tick.
+RUN_JOBS, DELIVER = "run pending jobs", "deliver"
 
 
 def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
@@ -59,6 +66,7 @@ class Node:
         self.web = WebServer(config, self.store, listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
         self._stopped = threading.Event()
         self._waiting: dict[str, str] | None = None  # what status last showed as waiting
+        self._busy: set[str] = set()  # the scheduled tasks running now (RUN_JOBS, DELIVER)
 
     def start(self) -> None:
         tick = self.config.tick_s
@@ -68,7 +76,7 @@ class Node:
                     log.warning("removed %s: results of a run that was cut off before it was recorded; the job runs again", folder)
                 for job in self.store.requeue_interrupted():
                     log.warning("job %d (study %s) was interrupted; it runs again", job.id, job.study_uid)
-            self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.run_pending_jobs, "interval", seconds=tick, max_instances=1, coalesce=True, id=RUN_JOBS)
             self.scheduler.add_job(self.reap, "interval", seconds=tick, max_instances=1, coalesce=True)
         if self.receiver is not None:
             self.store.receiver_alive(self.receiver_name)
@@ -77,7 +85,7 @@ class Node:
         if self.role in (Role.ALL, Role.SENDER):
             if self.embedded and self.store.release_delivery_claims():
                 log.warning("deliveries claimed by a sender that was cut off are queued again")
-            self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.deliver, "interval", seconds=tick, max_instances=1, coalesce=True, id=DELIVER)
             self.scheduler.add_job(self.clean, "interval", seconds=self.config.retention.interval_s, max_instances=1, coalesce=True)
         self.scheduler.start()
         if self.web is not None:
@@ -101,15 +109,17 @@ class Node:
         if completion.waiting != self._waiting:  # written only when it changes, not every tick
             self.store.set_waiting(completion.waiting)
             self._waiting = completion.waiting
-        open_jobs(self.store, completion.ready)
+        if open_jobs(self.store, completion.ready):
+            self._wake(RUN_JOBS)
 
     def reap(self) -> None:
         for job_id in self.store.reap_expired():
             log.warning("job %d: its worker's lease ran out (worker gone or stalled); it runs again", job_id)
 
     def run_pending_jobs(self) -> None:
-        while not self._stopped.is_set() and (job := self.store.claim_job(self.worker_name, self.config.cluster.lease_s)) is not None:
-            self.run_job(job)
+        with self._running(RUN_JOBS):
+            while not self._stopped.is_set() and (job := self.store.claim_job(self.worker_name, self.config.cluster.lease_s)) is not None:
+                self.run_job(job)
 
     def run_job(self, job: Job) -> None:
         """Process one claimed job, renewing its lease while it runs, and queue its results for the destinations."""
@@ -161,10 +171,28 @@ class Node:
         )
         log.info("job %d stages (seconds, peak memory): %s", job.id, stages)
         reject_superseded(self.store, self.config.path(self.config.results))
+        if queued:
+            self._wake(DELIVER)
+
+    def _wake(self, job_id: str) -> None:
+        """Run a scheduled task of this node now rather than at its next tick; nothing where it is running (it finds
+        the new work itself) or belongs to another role."""
+        task = self.scheduler.get_job(job_id)
+        if task is not None and job_id not in self._busy:
+            task.modify(next_run_time=datetime.now(task.next_run_time.tzinfo if task.next_run_time else None))
 
     def deliver(self) -> None:
-        reject_superseded(self.store, self.config.path(self.config.results))
-        send_due(self.config, self.store, sender=self.worker_name)
+        with self._running(DELIVER):
+            reject_superseded(self.store, self.config.path(self.config.results))
+            send_due(self.config, self.store, sender=self.worker_name)
+
+    @contextmanager
+    def _running(self, task: str) -> Iterator[None]:
+        self._busy.add(task)
+        try:
+            yield
+        finally:
+            self._busy.discard(task)
 
     def clean(self) -> None:
         config = self.config
