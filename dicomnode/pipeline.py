@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from dicomnode.analysis.followup import FollowUp, compare
@@ -159,8 +160,10 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         structures = allowed
     measured = history_entry(series, series_uid, measurements, report, passed, structures, "", timings)
     followup = compare(measured, priors(measured.patient), tuple(s for s in structures if s in passed))
+    pictures = config.wants(OutputFormat.SC)
+    if not pictures:  # the SEG and SR need the headers and the kidneys' masks only: the volume is freed first
+        series = replace(series, hu=np.empty((0, 0, 0), series.hu.dtype))
     with _timed(timings, peaks, "write"):
-        pictures = config.wants(OutputFormat.SC)
         results = write_results(series, measurements, report, segmenter.model, pictures=pictures, uids=uids, structures=structures, followup=followup)
     if report.passed_for(structures):
         verdict = selection.verdict if structures == STRUCTURES else f"{selection.verdict}; {PARENCHYMA_ONLY}"

@@ -56,7 +56,7 @@ def write_seg(
     on = np.flatnonzero(slices)
     # the SEG's slices only; one plane per segment in memory (highdicom takes the segments as the last axis, a view
     # here), so that its checks across segments and each segment's frames read whole planes
-    planes = np.zeros((len(tracking), on.size, *series.hu.shape[1:]), np.uint8)
+    planes = np.zeros((len(tracking), on.size, int(series.datasets[0].Rows), int(series.datasets[0].Columns)), np.uint8)
     position = np.cumsum(slices) - 1  # of each series slice among the SEG's
     numbers: dict[tuple[str, str], int] = {}
     for structure, side in SEGMENT_ORDER:
