@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import highdicom as hd
 import numpy as np
@@ -129,9 +129,63 @@ def _with_image_library(document: hd.sr.Comprehensive3DSR, images: list[pydicom.
     plain.file_meta = document.file_meta
     content = pydicom.Sequence(plain.ContentSequence)
     measurements = next(i for i, item in enumerate(content) if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value)
-    content[measurements:measurements] = list(hd.sr.ImageLibrary(images))
+    content[measurements:measurements] = [image_library(images)]
     plain.ContentSequence = content
     return plain
+
+
+#: The Image Library descriptors (TID 1604) that differ from slice to slice of one series, and their coordinate.
+_POSITIONS = {codes.DCM.ImagePositionPatientX.value: 0, codes.DCM.ImagePositionPatientY.value: 1, codes.DCM.ImagePositionPatientZ.value: 2}
+_SOURCE = hd.sr.CodedConcept(value="260753009", meaning="Source", scheme_designator="SCT")
+#: What the other descriptors of a slice come from: slices equal in these share them.
+_KIND = ("SOPClassUID", "FrameOfReferenceUID", "Rows", "Columns", "PixelSpacing", "SliceThickness", "ImageOrientationPatient")
+
+
+def image_library(images: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """The Image Library container (TID 1600) of ``images``, the same content as ``hd.sr.ImageLibrary(images)``
+    gives, made about 20 times faster for slices of one series: highdicom makes 16 descriptors per slice (2.4 s for
+    100 slices), while here the descriptors of the first slice of each kind (SOP class, frame of reference, matrix,
+    spacing, thickness, orientation) are made by highdicom once and each later slice of that kind gets only its own
+    image position items, made as highdicom makes them; items of equal value are the same objects in memory (the
+    file holds a copy in each place). ``test_image_library_is_highdicoms`` compares the two."""
+    templates: dict[tuple[str, ...], list[hd.sr.ContentItem]] = {}
+    positions: dict[tuple[str, float], hd.sr.ContentItem] = {}
+    groups: dict[tuple[str, str | None], list[hd.sr.ContentItem]] = {}  # as highdicom groups them
+    for ds in images:
+        kind = tuple(str(ds.get(k, "")) for k in _KIND)
+        if kind not in templates:
+            templates[kind] = cast(list[hd.sr.ContentItem], list(hd.sr.ImageLibraryEntryDescriptors(ds)))  # its items are ContentItems
+        descriptors = [_position(item, ds, positions) for item in templates[kind]]
+        entry = hd.sr.ImageContentItem(
+            name=_SOURCE,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            referenced_sop_class_uid=ds.SOPClassUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        entry.ContentSequence = hd.sr.ContentSequence(descriptors)
+        modality = templates[kind][0].ConceptCodeSequence[0].CodeValue  # the first descriptor: Modality
+        groups.setdefault((modality, ds.get("FrameOfReferenceUID")), []).append(entry)
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence()
+    for entries in groups.values():  # one group per modality and frame of reference, which highdicom names per entry only
+        group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        group.ContentSequence = hd.sr.ContentSequence(entries)
+        library.ContentSequence.append(group)
+    return library
+
+
+def _position(item: hd.sr.ContentItem, ds: pydicom.Dataset, made: dict[tuple[str, float], hd.sr.ContentItem]) -> hd.sr.ContentItem:
+    """``item`` (a descriptor of a slice of the same kind as ``ds``), or, where it is an image position, that
+    position of ``ds`` (one item per value, kept in ``made``)."""
+    code = item.ConceptNameCodeSequence[0].CodeValue
+    if code not in _POSITIONS:
+        return item
+    value = ds.ImagePositionPatient[_POSITIONS[code]]
+    key = (code, float(value))
+    if key not in made:
+        name = next(c for c in (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY, codes.DCM.ImagePositionPatientZ) if c.value == code)
+        made[key] = hd.sr.NumContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT, unit=codes.UCUM.Millimeter)
+    return made[key]
 
 
 def _changes(change: Change | None) -> list[hd.sr.Measurement]:
