@@ -17,7 +17,8 @@ from dicomnode.config import CortexMethod, ExternalModelConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter, model_cortex
-from dicomnode.segment.segmenter import Model, ModelSide, Segmenter
+from dicomnode.segment.model import Model, ModelSide
+from dicomnode.segment.segmenter import Segmenter
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, Phase, make_phantom

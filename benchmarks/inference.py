@@ -30,8 +30,8 @@ def full_size_model(shipped: Path, target: Path) -> Path:
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from dicomnode.segment.model import Model
     from dicomnode.segment.nnunet_trainers.nnUNetTrainerPaper import nnUNetTrainerPaper
-    from dicomnode.segment.segmenter import Model
 
     shutil.copytree(shipped, target, ignore=shutil.ignore_patterns("fold_*", "evaluation"))
     plans = json.loads((target / "plans.json").read_text())
@@ -69,7 +69,8 @@ def measure_one(model: Path, device: str, runtime: str, cascade: bool, mirroring
 
     from dicomnode.config import Runtime
     from dicomnode.imaging.load import LoadedSeries
-    from dicomnode.segment.segmenter import Model, Segmenter
+    from dicomnode.segment.model import Model
+    from dicomnode.segment.segmenter import Segmenter
     from training.phantoms import Grid, make_phantom
 
     phantom = make_phantom(7, grid=Grid.centred(224, 1.6, slices, 5.0))

@@ -24,7 +24,7 @@ from dicomnode.memory import peak_gib, reset_peak
 from dicomnode.renal import STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
 from dicomnode.results.write import Results, write_results
-from dicomnode.segment.segmenter import SeriesSegmenter
+from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.states import Outcome
 from dicomnode.uids import RANDOM_UIDS, ResultUids

@@ -22,7 +22,7 @@ from dicomnode.pipeline import failed, no_priors, process_study, save_results
 from dicomnode.receive import OpenAssociations, Receiver
 from dicomnode.retention import clean
 from dicomnode.segment.configured import load_segmenter
-from dicomnode.segment.segmenter import SeriesSegmenter
+from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store.database import open_database
 from dicomnode.store.records import Job, LeaseLost, Queued, Store
 from dicomnode.store.states import JobState

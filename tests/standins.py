@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
+from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from training.phantom_dicom import SeriesFiles
 from training.phantoms import Label
 

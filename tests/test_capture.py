@@ -17,7 +17,7 @@ from dicomnode.imaging.load import load_series
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study, save_results
 from dicomnode.results.capture import key_slice, summary_page
-from dicomnode.segment.segmenter import Model
+from dicomnode.segment.model import Model
 from dicomnode.store.states import Outcome
 from dicomnode.uids import ResultUids, job_seed
 from tests.peers import dciodvfy, tools_missing

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from dicomnode.analysis.measure import measure
 from dicomnode.config import QCConfig
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import Model, Segmenter, boxes_around, kidney_sized
+from dicomnode.segment.model import Model
+from dicomnode.segment.segmenter import Segmenter, boxes_around, kidney_sized
 from tests.peers import REAL_CT, REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom

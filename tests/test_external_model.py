@@ -22,7 +22,7 @@ from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
-from dicomnode.segment.segmenter import Model, ModelSide, Segmentation
+from dicomnode.segment.model import Model, ModelSide, Segmentation
 from tests.peers import REPO, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts
 from tests.training_cli import TINY, cli_env, tiny_training, training_cli

@@ -33,7 +33,7 @@ from dicomnode.export import COLUMNS, Format, csv_text, pseudonym, write_table
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.results.codes import DIFFERENCE_IN_SIZE
 from dicomnode.retention import clean
-from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
+from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from dicomnode.service import Node
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Store

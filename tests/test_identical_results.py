@@ -27,7 +27,7 @@ from dicomnode.imaging.load import load_series
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study
 from dicomnode.results.sr import image_library
-from dicomnode.segment.segmenter import reduced
+from dicomnode.segment.resample import reduced
 from dicomnode.uids import ResultUids
 from tests.peers import REAL_CT
 from tests.standins import PhantomLabels

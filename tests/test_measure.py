@@ -12,7 +12,7 @@ from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
+from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from tests.peers import REAL_CT
 from tests.readback import dice
 from training.evaluate import as_series

@@ -14,7 +14,8 @@ from dicomnode.analysis.qc import Rule, check
 from dicomnode.config import OnFail, QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import Algorithm, Model, Segmentation, Segmenter, TissueLabel, localizer_of
+from dicomnode.segment.model import Algorithm, Model, Segmentation, TissueLabel, localizer_of
+from dicomnode.segment.segmenter import Segmenter
 from training.phantoms import Grid, Label, Phase, make_phantom
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from dicomnode.config import NodeConfig, OnFail, QCConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
 from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study, save_results
-from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
+from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from dicomnode.store.states import Outcome
 from tests.peers import REAL_CT as REAL
 from tests.peers import dciodvfy, tools_missing

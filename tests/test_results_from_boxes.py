@@ -14,7 +14,7 @@ from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import load_series
 from dicomnode.renal import STRUCTURES
 from dicomnode.results.write import write_results
-from dicomnode.segment.segmenter import Model, Segmentation, TissueLabel
+from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from tests.readback import seg_masks, sr_groups
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Label, Phase

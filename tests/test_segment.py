@@ -13,8 +13,10 @@ from scipy import ndimage
 from dicomnode.analysis.measure import measure
 from dicomnode.config import ModelConfig, NodeConfig, Runtime, problems
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.model import Model
 from dicomnode.segment.onnx_network import OnnxNetwork
-from dicomnode.segment.segmenter import Model, Segmenter, nearest_resize, reduced, uses_onnxruntime
+from dicomnode.segment.resample import nearest_resize, reduced
+from dicomnode.segment.segmenter import Segmenter, uses_onnxruntime
 from tests.peers import REPO
 from tests.readback import dice
 from training.phantoms import Grid, make_phantom

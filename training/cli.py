@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
-    from dicomnode.segment.segmenter import Model, localizer_of
+    from dicomnode.segment.model import Model, localizer_of
     from training.evaluate_real import RealCase, evaluate_real, record_real_in_card, shared_cases, write_real_report
     from training.synth import DEFAULT_DATA
 

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from scipy import stats
 
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.segment.segmenter import Model, Segmenter, TissueLabel, localizer_of
+from dicomnode.segment.model import Model, TissueLabel, localizer_of
+from dicomnode.segment.segmenter import Segmenter
 from training.cases import Case
 from training.dataset_import import case_labels, read_image
 

@@ -22,7 +22,8 @@ from pydicom.uid import CTImageStorage, generate_uid
 from dicomnode.config import NodeConfig
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study
-from dicomnode.segment.segmenter import Model, Segmenter
+from dicomnode.segment.model import Model
+from dicomnode.segment.segmenter import Segmenter
 from dicomnode.store.states import Outcome
 from training.evaluate import card_relative, put_in_card, score
 from training.volume_dicom import SeriesTags, write_volume_series

@@ -12,7 +12,7 @@ from dicomnode.imaging.anatomy import SHELL_VOXELS, Midline, canonical_flips, fa
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
-from dicomnode.segment.segmenter import Algorithm, ModelSide, Segmentation, TissueLabel
+from dicomnode.segment.model import Algorithm, ModelSide, Segmentation, TissueLabel
 
 #: Components smaller than this (ml) are not kidneys: half the smallest of 416 hand-drawn KiTS19 kidneys (43 ml), or,
 #: for a component the image's edge cuts, KIDNEY_PART_ML; at most MAX_CANDIDATES of the largest are considered.

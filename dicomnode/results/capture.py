@@ -19,7 +19,7 @@ from dicomnode.imaging.anatomy import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX
-from dicomnode.segment.segmenter import Model
+from dicomnode.segment.model import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SC_SERIES_NUMBER = 9703

@@ -20,7 +20,7 @@ from dicomnode.results.codes import (
     STRUCTURE_CODES,
 )
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
-from dicomnode.segment.segmenter import Algorithm, Model
+from dicomnode.segment.model import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 #: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.

@@ -33,7 +33,7 @@ from dicomnode.results.codes import (
     VOLUME,
 )
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
-from dicomnode.segment.segmenter import Algorithm, Model
+from dicomnode.segment.model import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SR_SERIES_NUMBER = 9702

@@ -15,7 +15,7 @@ from dicomnode.renal import STRUCTURES
 from dicomnode.results.capture import write_sc
 from dicomnode.results.seg import SEGMENT_ORDER, write_seg
 from dicomnode.results.sr import write_sr
-from dicomnode.segment.segmenter import Model
+from dicomnode.segment.model import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
-from dicomnode.segment.segmenter import Model, Segmenter, SeriesSegmenter, localizer_of
+from dicomnode.segment.model import Model, SeriesSegmenter, localizer_of
+from dicomnode.segment.segmenter import Segmenter
 
 
 def load_segmenter(config: NodeConfig) -> SeriesSegmenter:

@@ -20,18 +20,8 @@ from dicomnode.conventions import Orientation, reorientation, resample_image, re
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import Structure
 from dicomnode.segment.cortex import split_cortex
-from dicomnode.segment.segmenter import (
-    Algorithm,
-    Model,
-    ModelSide,
-    Segmentation,
-    Segmenter,
-    TissueLabel,
-    boxes_around,
-    kidney_sized,
-    load_predictor,
-    resolve_device,
-)
+from dicomnode.segment.model import Algorithm, Model, ModelSide, Segmentation, TissueLabel
+from dicomnode.segment.segmenter import Segmenter, boxes_around, kidney_sized, load_predictor, resolve_device
 
 log = logging.getLogger(__name__)
 

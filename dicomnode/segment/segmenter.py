@@ -2,96 +2,28 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import yaml
 from scipy import ndimage
 
-from dicomnode import __version__
 from dicomnode.config import Runtime
 from dicomnode.imaging.anatomy import bone_like, canonical_flips, shell_box
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.priors import KIDNEY_PART_ML
 from dicomnode.renal import STRUCTURES
+from dicomnode.segment.model import Algorithm, Model, Segmentation, model_algorithm
+from dicomnode.segment.resample import nearest_resize, reduced, upsampled
 
 log = logging.getLogger(__name__)
 
 #: Where the project's nnU-Net trainers live; nnU-Net finds the trainer a checkpoint names there.
 TRAINERS_DIR = Path(__file__).resolve().parent / "nnunet_trainers"
-
-
-class TissueLabel(enum.IntEnum):
-    """Values of the project model's label map (``Segmentation.labels``)."""
-
-    BACKGROUND = 0
-    MEDULLA = 1
-    CORTEX = 2
-
-
-@dataclass(frozen=True)
-class Model:
-    """An installed model folder (nnU-Net result layout plus model.yaml)."""
-
-    name: str
-    folder: Path
-    card: dict
-    fold: str
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> Model:
-        card_path = folder / "model.yaml"
-        if not card_path.exists():
-            raise FileNotFoundError(f"model {folder} has no model.yaml")
-        card = yaml.safe_load(card_path.read_text())
-        return cls(card.get("name", folder.name), folder, card, str(card.get("fold", 0)))
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """A method that made one of the structures, as the SEG and SR name it."""
-
-    name: str
-    version: str
-    description: str  # what it did, e.g. "renal parenchyma by nnU-Net v2"
-    parameters: str = ""
-
-
-def model_algorithm(model: Model) -> Algorithm:
-    """The project's model as the algorithm of parenchyma, cortex and medulla."""
-    return Algorithm(model.name, str(model.card.get("version", __version__)), "Renal parenchyma and cortex segmented by nnU-Net v2")
-
-
-class ModelSide(enum.IntEnum):
-    """Values of ``Segmentation.sides``: the side a model that names sides gave each voxel."""
-
-    NONE = 0
-    RIGHT = 1
-    LEFT = 2
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """Predicted labels on the loaded series' grid: 0 background, 1 medulla, 2 cortex; the algorithm of each structure
-    (parenchyma, cortex, medulla); and, from a model with right and left labels, its side of each voxel."""
-
-    labels: np.ndarray
-    model: Model
-    device: str
-    algorithms: dict[str, Algorithm] = field(default_factory=dict)  # by structure; none given: the model made all
-    sides: np.ndarray | None = None  # ModelSide values
-    notes: list[str] = field(default_factory=list)  # what the segmenter left out, and why
-
-    def algorithm(self, structure: str) -> Algorithm:
-        """What made ``structure`` (parenchyma, cortex or medulla)."""
-        return self.algorithms.get(structure) or model_algorithm(self.model)
+#: A series is reduced to the model's spacing before prediction where it is finer by more than this factor.
+REDUCE_ABOVE = 1.2
 
 
 def resolve_device(setting: str) -> str:
@@ -136,22 +68,6 @@ def load_predictor(
         tile = tuple(int(n) for n in predictor.configuration_manager.patch_size)
         predictor.network = OnnxNetwork(predictor.network, predictor.list_of_parameters[0], tile, channels, torch.get_num_threads())
     return predictor
-
-
-class SeriesSegmenter(Protocol):
-    """What the pipeline needs of a segmenter: the project's (``Segmenter``) or an external model's."""
-
-    model: Model
-    device: str
-
-    def segment(self, series: LoadedSeries) -> Segmentation: ...
-
-
-def localizer_of(model: Model, setting: str, folder: Path) -> Model | None:
-    """The localizer a ``model.localizer`` setting names: auto, the one ``model``'s card names (none if it names
-    none); "none" or "", none; else a model of that name. Models are looked up in ``folder``."""
-    name = str(model.card.get("localizer") or "") if setting == "auto" else setting
-    return Model.from_folder(folder / name) if name and name != "none" else None
 
 
 class Segmenter:
@@ -335,96 +251,3 @@ def _dilated(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
     for axis, n in enumerate(steps):
         mask = ndimage.maximum_filter1d(mask.astype(np.uint8), size=2 * int(n) + 1, axis=axis).astype(bool)
     return mask
-
-
-#: A series is reduced to the model's spacing before prediction where it is finer by more than this factor.
-REDUCE_ABOVE = 1.2
-
-
-#: The first, most reduced axis is smoothed and resampled in slabs of about this many voxels (8 MiB of float32),
-#: REDUCE_THREADS at a time, so that the series is never held whole as float32.
-SLAB_VOXELS = 2 * 2**20
-UNALIGN_PAD = 16
-REDUCE_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-def reduced(volume: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """``volume`` resampled to ``shape`` (smaller or equal on each axis), smoothed first against aliasing; float32.
-
-    Gaussian smoothing and linear interpolation are separable, so each axis is smoothed and resampled in turn, the
-    most reduced first: the same result as smoothing and zooming the whole volume at once, in a third of the time
-    for a 1 mm series (the later axes work on an already reduced volume). Each line along an axis is smoothed and
-    resampled on its own, so the first axis is done in slabs across another one: the same values, without a float32
-    copy of the whole series."""
-    factors = np.array(volume.shape) / shape
-    axes = [int(a) for a in np.argsort(factors)[::-1] if factors[a] > 1]
-    if not axes:
-        return np.asarray(volume, np.float32)
-    first, across = axes[0], 1 if axes[0] == 0 else 0
-    out = np.empty([int(shape[a]) if a == first else n for a, n in enumerate(volume.shape)], np.float32)
-    step = max(1, SLAB_VOXELS * volume.shape[across] // volume.size)
-
-    def reduce_slab(start: int) -> None:
-        slab = tuple(slice(start, start + step) if a == across else slice(None) for a in range(volume.ndim))
-        part = _unaligned(volume[slab])
-        out[slab] = _linear_resize(ndimage.gaussian_filter1d(part, (factors[first] - 1) / 2, axis=first), first, int(shape[first]))
-
-    with ThreadPoolExecutor(REDUCE_THREADS) as pool:  # scipy's filters release the GIL
-        list(pool.map(reduce_slab, range(0, volume.shape[across], step)))
-    for axis in axes[1:]:
-        out = _linear_resize(ndimage.gaussian_filter1d(out, (factors[axis] - 1) / 2, axis=axis), axis, int(shape[axis]))
-    return out
-
-
-def _unaligned(part: np.ndarray) -> np.ndarray:
-    """``part`` as float32 in a buffer whose last axis is padded: lines along another axis then do not stride by a
-    power of two, which made them all compete for the same cache sets (a 64-row slab of a 512 x 512 series filtered
-    along its slices took 3 times as long)."""
-    view = np.empty((*part.shape[:-1], part.shape[-1] + UNALIGN_PAD), np.float32)[..., : part.shape[-1]]
-    view[...] = part
-    return view
-
-
-def _linear_resize(volume: np.ndarray, axis: int, n: int) -> np.ndarray:
-    """``volume`` linearly resampled to ``n`` samples along ``axis``, voxel edges aligned and edge values repeated
-    (``scipy.ndimage.zoom`` with order 1, ``grid_mode`` and mode "nearest", on one axis)."""
-    m = volume.shape[axis]
-    return _interpolated(volume, axis, np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1))
-
-
-def upsampled(
-    values: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], target: tuple[int, ...], to_labels: Callable[[np.ndarray], np.ndarray]
-) -> tuple[tuple[slice, ...], np.ndarray]:
-    """The labels ``to_labels`` gives for ``values`` (channels first) of ``box`` in a grid of ``shape``, brought
-    linearly to the grid of ``target`` shape that covers the same field (voxel edges aligned, as ``reduced`` made
-    it): the box on the ``target`` grid, and the labels there (uint8). Beyond the box's outer voxel centres, its edge
-    values are repeated. Each axis is interpolated in turn, and after the first in slabs of the target's slices,
-    each made labels at once: the same labels as for the whole box brought over, without holding its values at the
-    target's resolution."""
-    spans, positions = [], []
-    for s, m, n in zip(box, shape, target):
-        start, stop = (s.start * n) // m, -((-s.stop * n) // m)
-        positions.append(np.clip((np.arange(start, stop) + 0.5) * m / n - 0.5 - s.start, 0, s.stop - s.start - 1))
-        spans.append(slice(start, stop))
-    values = _interpolated(values, 1, positions[0])
-    labels = np.empty([len(p) for p in positions], np.uint8)
-    step = max(1, SLAB_VOXELS // (values.shape[0] * labels.shape[1] * labels.shape[2]))
-    for first in range(0, labels.shape[0], step):
-        slab = _interpolated(_interpolated(values[:, first : first + step], 2, positions[1]), 3, positions[2])
-        labels[first : first + step] = to_labels(slab)
-    return tuple(spans), labels
-
-
-def _interpolated(values: np.ndarray, axis: int, position: np.ndarray) -> np.ndarray:
-    """``values`` linearly interpolated along ``axis`` at fractional indices ``position`` (within the axis)."""
-    m = values.shape[axis]
-    below = np.minimum(position.astype(int), max(m - 2, 0))
-    weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(values.ndim)])
-    return np.take(values, below, axis=axis) * (1 - weight) + np.take(values, np.minimum(below + 1, m - 1), axis=axis) * weight
-
-
-def nearest_resize(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Labels brought to ``shape`` by nearest neighbour, voxel centres aligned (one axis at a time)."""
-    for axis, (n, m) in enumerate(zip(shape, labels.shape)):
-        labels = np.take(labels, np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1), axis=axis)
-    return labels
