@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicomnode.imaging.anatomy import bone_like
+from dicomnode.imaging.tissue import bone_like
 
 SHAPE = (40, 40, 40)
 

@@ -1,13 +1,12 @@
 """Landmarks found by thresholds on axial CT: the body, the vertebral column and the patient's midline.
 
 Shared by the phase check (selection) and by measurement and QC. Every function works on arrays flipped into
-patient axes (see :func:`canonical_flips`): array columns run to the patient's left (+x), rows to posterior (+y),
+patient axes (see :func:`dicomnode.imaging.axes.canonical_flips`): array columns run to the patient's left (+x), rows to posterior (+y),
 slices to superior (+z), whatever the patient's position on the table and the scanner's row and column directions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,55 +25,6 @@ SPINE_OFF_CENTRE_MM = 60.0
 VERTEBRAL_BODY_MM2 = 600.0
 #: Typical depth (mm) of a lumbar vertebral body and spinal canal in front of the arch (about 30 + 15 mm).
 BODY_AND_CANAL_MM = 40.0
-#: HU below which a voxel is fat (fat is about -150 to -50 HU; water and soft tissue above 0).
-FAT_HU = -20.0
-#: The shell fat_share looks at reaches this many voxels outside a mask.
-SHELL_VOXELS = 3
-#: HU above which a voxel is dense bone: cortical bone measures 500-1900 HU, the cancellous bone of ribs, vertebrae
-#: and pelvis 100-400 HU. Renal parenchyma stays below it in every phase (corticomedullary cortex about 150-250
-#: HU); only vessels, calyces filled with excreted contrast and stones inside a kidney reach it.
-DENSE_HU = 300.0
-#: A component at least BONE_DENSE_SHARE of whose voxels are above DENSE_HU, and less than BONE_FAT_SHARE of whose
-#: shell is fat, is bone: a kidney lies in perirenal fat (the shared real CTs' kidneys: 0.65-0.93 of the shell at
-#: the localizer's grid, none of their voxels dense), bone in muscle and marrow (the hip and ribs a localizer took
-#: for kidney there: 0.12-0.26 fat, 14-64 % dense). Its limit: a corticomedullary kidney whose cortex averages near
-#: 300 HU and which has little fat around it (a thin patient, a kidney against the liver or spleen) would be taken
-#: for bone, and its side found missing.
-BONE_DENSE_SHARE, BONE_FAT_SHARE = 0.10, 0.40
-
-
-def shell_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """``box`` grown by SHELL_VOXELS on every side, within ``shape``: the crop that holds a component's shell."""
-    return tuple(slice(max(s.start - SHELL_VOXELS, 0), min(s.stop + SHELL_VOXELS, n)) for s, n in zip(box, shape))
-
-
-def fat_share(hu: np.ndarray, mask: np.ndarray) -> float:
-    """The share of ``mask``'s shell (1 to SHELL_VOXELS voxels outside it, in-plane and across slices) below FAT_HU;
-    ``hu`` and ``mask`` are crops that hold the shell."""
-    shell = ndimage.binary_dilation(mask, iterations=SHELL_VOXELS) & ~ndimage.binary_dilation(mask, iterations=1)
-    values = hu[shell]
-    return float(np.mean(values < FAT_HU)) if values.size else 0.0
-
-
-def bone_like(hu: np.ndarray, mask: np.ndarray) -> tuple[bool, str]:
-    """Whether the component ``mask`` is bone rather than kidney (dense, and not wrapped in fat), and why;
-    ``hu`` and ``mask`` are crops that hold the component's shell."""
-    dense = float(np.mean(hu[mask] > DENSE_HU)) if mask.any() else 0.0
-    fat = fat_share(hu, mask)
-    reason = f"{dense:.0%} of it above {DENSE_HU:.0f} HU, {fat:.0%} of its surroundings fat"
-    return dense >= BONE_DENSE_SHARE and fat < BONE_FAT_SHARE, reason
-
-
-def canonical_flips(direction: np.ndarray) -> tuple[int, ...]:
-    """Array axes (z, y, x order) to flip so columns run to +x, rows to +y and slices to +z."""
-    return tuple(axis for axis, column in ((2, 0), (1, 1), (0, 2)) if direction[column, column] < 0)
-
-
-def plane_in_patient_axes(plane: np.ndarray, row_cosines: Sequence[float] | np.ndarray, column_cosines: Sequence[float] | np.ndarray) -> np.ndarray:
-    """One axial slice (rows, columns) flipped so that columns run to +x and rows to +y, from its row and column
-    direction cosines (ImageOrientationPatient): :func:`canonical_flips` within the plane, as a view."""
-    flips = tuple(axis for axis, cosine in ((1, row_cosines[0]), (0, column_cosines[1])) if cosine < 0)
-    return np.flip(plane, flips) if flips else plane
 
 
 @dataclass(frozen=True)

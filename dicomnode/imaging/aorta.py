@@ -15,7 +15,8 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from dicomnode.imaging.anatomy import disc, plane_in_patient_axes, slice_landmarks
+from dicomnode.imaging.anatomy import disc, slice_landmarks
+from dicomnode.imaging.axes import plane_in_patient_axes
 from dicomnode.imaging.rescale import to_hu
 
 #: Aorta attenuation (HU) at or above which a series looks arterial, and below which it looks unenhanced.

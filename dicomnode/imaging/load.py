@@ -13,7 +13,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomnode.imaging.anatomy import canonical_flips
+from dicomnode.imaging.axes import canonical_flips
 from dicomnode.imaging.rescale import rescale
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import KidneyMeasurement, Measurements
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
-from dicomnode.imaging.anatomy import canonical_flips, plane_in_patient_axes
+from dicomnode.imaging.axes import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX

@@ -11,8 +11,9 @@ import numpy as np
 from scipy import ndimage
 
 from dicomnode.config import Runtime
-from dicomnode.imaging.anatomy import bone_like, canonical_flips, shell_box
+from dicomnode.imaging.axes import canonical_flips
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.imaging.tissue import bone_like, shell_box
 from dicomnode.priors import KIDNEY_PART_ML
 from dicomnode.renal import STRUCTURES
 from dicomnode.segment.model import Algorithm, Model, Segmentation, model_algorithm
