@@ -5,10 +5,12 @@ Real pixels (the shared real CT) with its reference kidney masks as the predicti
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
@@ -97,8 +99,14 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
     }
     for ds in (seg, sr):
         assert not any(item.CodingSchemeDesignator.startswith("99") for item in ds.get("CodingSchemeIdentificationSequence", []))
+    unaided = {}  # what pydicom writes of each dataset without save_dataset's marks
+    for ds in (seg, sr):
+        buffer = pydicom.filebase.DicomBytesIO()
+        pydicom.dcmwrite(buffer, copy.deepcopy(ds), enforce_file_format=True)
+        unaided[str(ds.SOPInstanceUID)] = buffer.getvalue()
     for saved in save_results(processed.results, tmp_path):
         assert dciodvfy(saved.path) == [], saved.path.name
+        assert saved.path.read_bytes() == unaided[saved.sop_uid], saved.path.name
 
 
 class BothReferenceKidneys(ReferenceLabels):
