@@ -48,12 +48,19 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         ("tls: {enabled: true, certificate: node.pem, private_key: node.key}\n", "tls.certificate: file 'node.pem' not found"),
         ("qc: {on_fail: ignore}\n", "qc.on_fail"),
         ("max_wait_s: 1\nquiet_period_s: 10\n", "max_wait_s: 1 is shorter than quiet_period_s"),
-        ("port: abc\n", "port: expected int, got 'abc'"),
-        ("check_called_ae: 'no'\n", "check_called_ae: expected bool, got 'no'"),
-        ("qc: {kidney_ml: [40]}\n", "qc.kidney_ml: expected a list of 2, got [40]"),
+        ("port: abc\n", "port: expected an integer, got 'abc'"),
+        ("check_called_ae: 'no'\n", "check_called_ae: expected true or false, got 'no'"),
+        ("qc: {kidney_ml: [40]}\n", "qc.kidney_ml: too few values, got [40]"),
         ("allowed_callers: SCANNER\n", "allowed_callers: expected a list, got 'SCANNER'"),
-        ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: '104'}\n", "destinations[0].port: expected int, got '104'"),
+        ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: '104'}\n", "destinations[0].port: expected an integer, got '104'"),
         ("retention: {free_disk_mb: 100}\n", "retention.free_disk_mb: 100 must be above min_free_disk_mb=500"),
+        ("qc: {kidney_ml: [450, 40]}\n", "qc.kidney_ml: expected [low, high] with low < high"),
+        ("destinations:\n  - {name: pacs, ae_title: A, host: h}\n", "destinations[0].port: 0 is not 1-65535"),
+        ("destinations:\n  - {name: web, protocol: stow-rs, url: pacs.example.org}\n", "destinations[0].url: 'pacs.example.org' is not an http(s) URL"),
+        ("destinations:\n  - {ae_title: A, host: h, port: 104}\n", "destinations[0].name: is required"),
+        ("model: {device: gpu}\n", "model.device: 'gpu' is not one of auto, cuda, cpu"),
+        ("model: {external: {tile_step_size: 0}}\n", "model.external.tile_step_size: must be in (0, 1]"),
+        ("base_dir: /\n", "base_dir: unknown setting"),
     ],
 )
 def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path, text: str, named: str) -> None:
@@ -62,6 +69,17 @@ def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path
     with pytest.raises(ValueError, match=re.escape(named)) as raised:
         load_config(path)
     assert str(raised.value).startswith(str(path))
+
+
+def test_several_wrong_values_are_named_at_once_and_an_empty_key_takes_its_default(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 0\nweb: {port: 70000}\nmax_wait_s: 1\n")
+    with pytest.raises(ValueError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: port: 0 is not 1-65535; web.port: 70000 is not 1-65535"  # then the checks across settings
+    path.write_text("destinations:\nmodel:\nport: 104\n")
+    config = load_config(path)
+    assert (config.destinations, config.model.name, config.port) == ((), "renal-synth3-cpu", 104)
 
 
 def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ def test_training_cli_builds_a_results_folder_the_way_totalsegmentator_lays_out_
 def test_a_wrong_folder_or_label_map_is_refused_with_the_reason(tmp_path: Path) -> None:
     assert _external().problems() == []
     assert any("right_label: 7 is not a label" in p and "kidney_right=2" in p for p in _external(right_label=7).problems())
-    assert _external(left_label=2).problems() == ["right_label and left_label are the same label"]
+    with pytest.raises(ValueError, match="left_label: is the right_label"):
+        _external(left_label=2)
     assert "fold_3" in _external(fold="3").problems()[0]
     config = tmp_path / "config.yaml"
     config.write_text("model:\n  parenchyma: external\n  external:\n    folder: nowhere\n")

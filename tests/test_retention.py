@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from dicomnode.config import NodeConfig, Retention, problems
+from dicomnode.config import NodeConfig, Retention, messages
 from dicomnode.retention import clean
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
@@ -97,6 +98,9 @@ def test_under_disk_pressure_the_least_recently_active_delivered_studies_go_firs
 
 
 def test_the_cleaner_frees_space_before_c_store_would_be_refused() -> None:
-    found = problems(NodeConfig(min_free_disk_mb=500, retention=Retention(free_disk_mb=400)))
-    assert found == ["retention.free_disk_mb: 400 must be above min_free_disk_mb=500, so that studies are deleted before C-STORE is refused"]
-    assert problems(NodeConfig(retention=Retention(days=-1))) == ["retention.days: must not be negative"]
+    with pytest.raises(ValidationError) as raised:
+        NodeConfig(min_free_disk_mb=500, retention=Retention(free_disk_mb=400))
+    assert messages(raised.value) == ["retention.free_disk_mb: 400 must be above min_free_disk_mb=500, so that studies are deleted before C-STORE is refused"]
+    with pytest.raises(ValidationError) as raised:
+        Retention(days=-1)
+    assert messages(raised.value) == ["days: must not be negative"]

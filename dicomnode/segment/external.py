@@ -57,8 +57,6 @@ class ExternalModel:
         for key, value in (("right_label", self.right_label), ("left_label", self.left_label)):
             if value not in labels:
                 found.append(f"{key}: {value} is not a label of {self.folder / 'dataset.json'} ({', '.join(f'{n}={v}' for v, n in sorted(labels.items()))})")
-        if self.right_label == self.left_label:
-            found.append("right_label and left_label are the same label")
         return found
 
     def label_names(self) -> dict[int, str]:
