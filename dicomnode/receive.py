@@ -1,16 +1,11 @@
-"""Receive stage: the node's SCP for C-ECHO and C-STORE (``acceptor.py`` speaks DICOM); what it accepts is stored
+"""Receive stage: the node's SCP for C-ECHO, C-STORE and Storage Commitment (``net/acceptor.py`` speaks DICOM,
+``net/data_set.py`` checks each data set, ``delivery/commitment.py`` answers commitment); what it accepts is stored
 atomically and indexed here."""
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -30,12 +25,14 @@ from pynetdicom.sop_class import (
 )
 
 from dicomnode.config import NodeConfig
-from dicomnode.delivery.commitment import Reporter, commitment_report, read_data_set
-from dicomnode.delivery.send import record_commitment
+from dicomnode.delivery.commitment import Commitments
 from dicomnode.files import free_mb, move_into_place, remove_partial_writes
-from dicomnode.net.acceptor import Acceptor, CommitmentReport, Policy, Received
+from dicomnode.locks import KeyedLocks
+from dicomnode.net.acceptor import Acceptor, Policy, Received
+from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.store.database import errors
+from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
 from dicomnode.tls import receiver_context
 
@@ -64,79 +61,14 @@ ACCEPTED_CONTEXTS: dict[str, tuple[str, ...]] = {c: (ImplicitVRLittleEndian, Exp
 
 #: The elements read from a received header (a header cut short or broken shows as a missing or invalid UID).
 INDEXED_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"]
-#: (FFFF,FFFF): a length to be found from a delimiter (PS3.5 7.1.1).
-UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Folder under ``storage`` where data sets are written while they arrive.
 INCOMING = ".incoming"
-#: PS3.5 9.1: components of digits separated by dots, no component with a leading zero, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-MAX_UID_LENGTH = 64
-
-
-def valid_uid(uid: str) -> tuple[bool, str]:
-    """Whether ``uid`` is a UID as PS3.5 9.1 defines it, and why not."""
-    if not uid:
-        return False, "missing"
-    if len(uid) > MAX_UID_LENGTH:
-        return False, f"{len(uid)} characters, more than {MAX_UID_LENGTH}"
-    if not _UID.match(uid):
-        return False, "not digits and dots without leading zeros"
-    return True, ""
-
-
-class OpenAssociations:
-    """Which studies this receiver's open associations are sending, kept in the database so that completion on any
-    receiver of a cluster sees them; written once per association and study."""
-
-    def __init__(self, store: Store, receiver: str) -> None:
-        self.store, self.receiver = store, receiver
-        self._lock = threading.Lock()
-        self._seen: dict[int, set[str]] = {}
-        store.forget_associations(receiver)
-
-    def touched(self, assoc_id: int, study_uid: str) -> None:
-        with self._lock:
-            if study_uid in self._seen.get(assoc_id, set()):
-                return
-        self.store.association_sent(self.receiver, str(assoc_id), study_uid)
-        with self._lock:
-            self._seen.setdefault(assoc_id, set()).add(study_uid)
-
-    def closed(self, assoc_id: int, released: bool) -> None:
-        with self._lock:
-            if self._seen.pop(assoc_id, None) is None:
-                return
-        self.store.association_closed(self.receiver, str(assoc_id), released)
-
-
-class KeyedLocks:
-    """One lock per key, held by one thread at a time and dropped when no thread holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._lock:
-            lock, users = self._held.get(key, (threading.Lock(), 0))
-            self._held[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._lock:
-                lock, users = self._held[key]
-                if users == 1:
-                    del self._held[key]
-                else:
-                    self._held[key] = (lock, users - 1)
 
 
 class Receiver:
     """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
 
-    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations) -> None:
+    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations, commitments: Commitments | None = None) -> None:
         self._database_errors = errors()
         self.config = config
         self.store = store
@@ -149,7 +81,7 @@ class Receiver:
             self.reindex()
         self._acceptor: Acceptor | None = None
         self._instances = KeyedLocks()
-        self._reporter = Reporter(config)
+        self.commitments = commitments or Commitments(config, store)
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
@@ -197,7 +129,7 @@ class Receiver:
             incoming=incoming,
             ssl_context=receiver_context(self.config),
         )
-        self._acceptor = Acceptor((self.config.host, self.config.port), policy, self)
+        self._acceptor = Acceptor((self.config.host, self.config.port), policy, self, self.commitments)
         self._acceptor.start()
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
@@ -217,29 +149,6 @@ class Receiver:
             self.store.add_refusal(calling_ae, "", "", f"association from {address} refused: {reason}")
         except self._database_errors as exc:  # the refusal is still sent, and logged
             log.error("could not record the refusal: %s", exc)
-
-    def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
-        """A Storage Commitment request: which of its instances the node holds (``commitment.py``)."""
-        try:
-            return commitment_report(self.store, calling_ae, data_set, transfer_syntax)
-        except self._database_errors as exc:
-            log.error("storage commitment request from %s not answered: the database does not answer (%s)", calling_ae, exc)
-            return None
-
-    def report_later(self, report: CommitmentReport) -> None:
-        self._reporter.later(report)
-
-    def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
-        report = read_data_set(data_set, transfer_syntax)
-        if report is None or "TransactionUID" not in report:
-            log.warning("a storage commitment report from %s cannot be read", calling_ae)
-            return False
-        try:
-            record_commitment(self.config, self.store, calling_ae, report)
-        except self._database_errors as exc:  # the report is refused; the destination may send it again
-            log.error("storage commitment report from %s not recorded: the database does not answer (%s)", calling_ae, exc)
-            return False
-        return True
 
     def closed(self, association: int, released: bool) -> None:
         try:
@@ -272,34 +181,18 @@ class Receiver:
             return StoreStatus.OUT_OF_RESOURCES, reason
         ds, broken = parse_data_set(received.path)
         if ds is None:
-            return self._refuse(calling_ae, "", "", f"data set cannot be parsed: {broken}", "data set cannot be parsed")
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        study_uid = str(ds.get("StudyInstanceUID", "") or "")
-        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
-        sop_class = str(ds.get("SOPClassUID", "") or "")
-        if broken:
-            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], broken, broken[:64])
-        invalid = [
-            (name, why)
-            for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid))
-            for ok, why in [valid_uid(uid)]
-            if not ok
-        ]
-        if not sop_class:
-            invalid.append(("SOPClassUID", "missing"))
-        if invalid:
-            reason = f"missing or invalid UID in the data set: {'; '.join(f'{name} {why}' for name, why in invalid)}"
-            return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], reason, f"invalid {', '.join(name for name, _ in invalid)}")
-        for name, command, data_set in (("SOP Class", received.sop_class_uid, sop_class), ("SOP Instance", received.sop_instance_uid, sop_uid)):
-            if command != data_set:
-                reason = f"the data set's {name} UID {data_set} is not the command's Affected {name} UID {command}"
-                return self._refuse(calling_ae, study_uid[:64], sop_uid[:64], reason, f"{name} UID differs from the command's", StoreStatus.DATA_SET_MISMATCH)
+            return self._refuse(calling_ae, Identity("", "", "", ""), Refusal(f"data set cannot be parsed: {broken}", "data set cannot be parsed"))
+        identity = Identity.of(ds)
+        refused = refusal(identity, broken, received.sop_class_uid, received.sop_instance_uid)
+        if refused is not None:
+            return self._refuse(calling_ae, identity, refused)
+        study_uid, sop_uid = identity.study_uid, identity.sop_uid
         self.open.touched(received.association, study_uid)
         with self._instances.hold(sop_uid):  # the same instance from two associations at once: one after the other
-            return self._store_new(received, sop_uid, study_uid, series_uid, sop_class)
+            return self._store_new(received, identity)
 
-    def _store_new(self, received: Received, sop_uid: str, study_uid: str, series_uid: str, sop_class: str) -> tuple[int, str]:
-        calling_ae = received.calling_ae
+    def _store_new(self, received: Received, identity: Identity) -> tuple[int, str]:
+        calling_ae, study_uid, sop_uid = received.calling_ae, identity.study_uid, identity.sop_uid
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
             return StoreStatus.SUCCESS, ""
@@ -308,7 +201,7 @@ class Receiver:
             log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free, self.config.min_free_disk_mb)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free:.0f} MB free)")
             return StoreStatus.OUT_OF_RESOURCES, "disk nearly full"
-        path = self.storage / study_uid / series_uid / f"{sop_uid}.dcm"
+        path = self.storage / study_uid / identity.series_uid / f"{sop_uid}.dcm"
         try:
             received.durable.result()
             move_into_place(received.path, path)
@@ -316,45 +209,16 @@ class Receiver:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
             return StoreStatus.OUT_OF_RESOURCES, "write failed"
-        if not self.store.add_instance(sop_uid, study_uid, series_uid, sop_class, path, calling_ae):
+        if not self.store.add_instance(sop_uid, study_uid, identity.series_uid, identity.sop_class, path, calling_ae):
             # indexed meanwhile by another receiver of the cluster, maybe in another series: keep one copy, the indexed one
             if str(path) not in self.store.paths_of(sop_uid):
                 path.unlink(missing_ok=True)
             log.info("duplicate instance %s acknowledged: another receiver stored it first", sop_uid)
         return StoreStatus.SUCCESS, ""
 
-    def _refuse(
-        self, calling_ae: str, study_uid: str, sop_uid: str, reason: str, comment: str, status: StoreStatus = StoreStatus.CANNOT_UNDERSTAND
-    ) -> tuple[int, str]:
-        """``status`` (0xC000 unless named) with ``comment`` (an Error Comment holds 64 characters); the whole ``reason``
-        is logged and recorded."""
-        log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", reason)
-        self.store.add_refusal(calling_ae, study_uid, sop_uid, reason)
-        return status, comment
-
-
-def parse_data_set(path: Path) -> tuple[pydicom.Dataset | None, str]:
-    """Read a received data set's structure, values longer than 256 bytes left on disk; returns it and why it is
-    broken ("" if it is whole), or None and why it cannot be read. Broken: an element whose declared length runs past
-    the end (a data set cut short), an undefined length without its delimiter, or bytes of the other VR encoding than
-    the transfer syntax of its presentation context (PS3.5 7.1: a context fixes the encoding)."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size=256)
-            size = path.stat().st_size
-            lengths = [ds.get_item(tag, keep_deferred=True) for tag in ds.keys()]
-    except Exception as exc:  # noqa: BLE001  # whatever a peer's bytes make pydicom raise, the data set is not understood
-        return None, str(exc)
-    messages = [str(w.message) for w in caught]
-    if any("found implicit VR" in m or "found explicit VR" in m for m in messages):
-        return ds, "the data set's VR encoding is not that of its presentation context's transfer syntax"
-    if any("End of file" in m for m in messages):
-        return ds, "the data set ends inside an element (an undefined length without its delimiter)"
-    if ds.file_meta.TransferSyntaxUID.is_deflated:  # positions are in the inflated stream; a cut stream fails to inflate
-        return ds, ""
-    for element in lengths:
-        length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
-        if length is not None and start is not None and length != UNDEFINED_LENGTH and start + length > size:
-            return ds, f"the data set ends inside element {element.tag}: {length} bytes declared, {size - start} sent"
-    return ds, ""
+    def _refuse(self, calling_ae: str, identity: Identity, refused: Refusal) -> tuple[int, str]:
+        """The refusal's status and Error Comment; its whole reason is logged and recorded."""
+        study_uid, sop_uid = identity.study_uid[:MAX_UID_LENGTH], identity.sop_uid[:MAX_UID_LENGTH]
+        log.warning("refused an instance from %s (study %s, SOP %s): %s", calling_ae, study_uid or "?", sop_uid or "?", refused.reason)
+        self.store.add_refusal(calling_ae, study_uid, sop_uid, refused.reason)
+        return refused.status, refused.comment

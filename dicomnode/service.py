@@ -19,11 +19,12 @@ from dicomnode.complete import open_jobs, ready_studies
 from dicomnode.config import NodeConfig, Role
 from dicomnode.delivery.send import send_due
 from dicomnode.pipeline import failed, no_priors, process_study, save_results
-from dicomnode.receive import OpenAssociations, Receiver
+from dicomnode.receive import Receiver
 from dicomnode.retention import clean
 from dicomnode.segment.configured import load_segmenter
 from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store.database import open_database
+from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Job, LeaseLost, Queued, Store
 from dicomnode.store.states import JobState
 from dicomnode.supersede import reject_superseded

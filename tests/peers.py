@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import OpenAssociations, Receiver
+from dicomnode.receive import Receiver
+from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
 
 REPO = Path(__file__).resolve().parent.parent

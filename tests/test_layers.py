@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dicomnode"
 #: Modules at the top of the package that every layer may import: settings, shared conventions, file and memory
-#: helpers, UIDs, the received instance, the kidney priors and the TLS contexts.
-FOUNDATION = {"__init__", "config", "conventions", "files", "memory", "uids", "instance", "priors", "tls", "renal"}
+#: helpers, keyed locks, UIDs, the received instance, the kidney priors and the TLS contexts.
+FOUNDATION = {"__init__", "config", "conventions", "files", "locks", "memory", "uids", "instance", "priors", "tls", "renal"}
 #: The packages in order: each imports only from the foundation and the packages before it (data flows forward).
 LAYERS = ["net", "store", "imaging", "segment", "analysis", "results", "delivery"]
 #: Modules that run the node, above every package.

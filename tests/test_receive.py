@@ -13,7 +13,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import OpenAssociations, Receiver, StoreStatus, valid_uid
+from dicomnode.net.data_set import valid_uid
+from dicomnode.receive import Receiver, StoreStatus
+from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
 from tests.peers import NodeFactory, free_port, receiver_in_process, storescu
 from training.phantom_dicom import write_study

@@ -22,8 +22,10 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_role
 
 from dicomnode.config import NodeConfig
+from dicomnode.delivery.send import record_commitment
 from dicomnode.net.acceptor import CommitmentReport
 from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.store.database import errors
 from dicomnode.store.records import Store
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,42 @@ def _encode(ds: Dataset, syntax: UID) -> bytes:
     buffer.is_little_endian, buffer.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
     write_dataset(buffer, ds)
     return buffer.getvalue()
+
+
+class Commitments:
+    """Storage Commitment for the acceptor, both ways: requests from peers that sent instances, answered from the
+    index, and reports from destinations on results the node asked them to commit. With the database down, a
+    request goes unanswered and a report is refused (the peer may send it again); both are logged."""
+
+    def __init__(self, config: NodeConfig, store: Store) -> None:
+        self.config, self.store = config, store
+        self._database_errors = errors()
+        self._reporter = Reporter(config)
+
+    def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
+        """The report on a request (:func:`commitment_report`); None where it is malformed or cannot be answered."""
+        try:
+            return commitment_report(self.store, calling_ae, data_set, transfer_syntax)
+        except self._database_errors as exc:
+            log.error("storage commitment request from %s not answered: the database does not answer (%s)", calling_ae, exc)
+            return None
+
+    def report_later(self, report: CommitmentReport) -> None:
+        """Send ``report`` on a new association, its request's having ended before the peer acknowledged it."""
+        self._reporter.later(report)
+
+    def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
+        """Record a destination's report on what it committed; False where it cannot be read or recorded."""
+        report = read_data_set(data_set, transfer_syntax)
+        if report is None or "TransactionUID" not in report:
+            log.warning("a storage commitment report from %s cannot be read", calling_ae)
+            return False
+        try:
+            record_commitment(self.config, self.store, calling_ae, report)
+        except self._database_errors as exc:
+            log.error("storage commitment report from %s not recorded: the database does not answer (%s)", calling_ae, exc)
+            return False
+        return True
 
 
 class Reporter:

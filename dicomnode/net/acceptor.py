@@ -1,6 +1,8 @@
-"""An association acceptor for the Verification and Storage services: one thread per association reading from a
-blocking socket (no polling), each data set written to a file as its fragments arrive, the C-STORE answered with what
-:class:`Services` decides. The DICOM side of the receive stage; what is stored and why is decided in ``receive.py``."""
+"""An association acceptor for the Verification, Storage and Storage Commitment services: one thread per association
+reading from a blocking socket (no polling), each data set written to a file as its fragments arrive, the C-STORE
+answered with what :class:`Services` decides and Storage Commitment with what :class:`CommitmentServices` decides.
+The DICOM side of the receive stage; what is stored and why is decided in ``receive.py``, what is committed in
+``delivery/commitment.py``."""
 
 from __future__ import annotations
 
@@ -133,8 +135,20 @@ class CommitmentReport:
 
 
 class Services(Protocol):
+    """What the acceptor asks of the receive stage."""
+
     def receive(self, received: Received) -> tuple[int, str]:
         """Status of the C-STORE-RSP, and its Error Comment (empty for none)."""
+
+    def refused(self, calling_ae: str, address: str, reason: str) -> None:
+        """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
+
+    def closed(self, association: int, released: bool) -> None:
+        """An accepted association ended: released by its peer, or not (aborted, cut off, timed out)."""
+
+
+class CommitmentServices(Protocol):
+    """What the acceptor asks of Storage Commitment, as SCP for peers' requests and as SCU receiving reports."""
 
     def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
         """Which instances of a storage commitment request are committed; None where the request is malformed."""
@@ -144,12 +158,6 @@ class Services(Protocol):
 
     def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
         """A destination reports on results the node asked it to commit; False where the report cannot be read."""
-
-    def refused(self, calling_ae: str, address: str, reason: str) -> None:
-        """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
-
-    def closed(self, association: int, released: bool) -> None:
-        """An accepted association ended: released by its peer, or not (aborted, cut off, timed out)."""
 
 
 @dataclass(frozen=True)
@@ -387,7 +395,7 @@ class _Association:
         data, self.action = bytes(self.action), bytearray()
         if not self._on_commitment_context(request, context):
             return
-        understood = self.acceptor.services.commitment_reported(calling_ae, request.action_type, data, self.transfer[context])
+        understood = self.acceptor.commitments.commitment_reported(calling_ae, request.action_type, data, self.transfer[context])
         status = StoreStatus.SUCCESS if understood else StoreStatus.PROCESSING_FAILURE
         self.send(p_data(context, response(request, status, "" if understood else "report not understood")))
 
@@ -403,7 +411,7 @@ class _Association:
         if request.action_type != REQUEST_STORAGE_COMMITMENT:
             self.send(p_data(context, response(request, StoreStatus.NO_SUCH_ACTION, f"action type {request.action_type}")))
             return
-        report = self.acceptor.services.commit(calling_ae, data, self.transfer[context])
+        report = self.acceptor.commitments.commit(calling_ae, data, self.transfer[context])
         if report is None:
             self.send(p_data(context, response(request, StoreStatus.PROCESSING_FAILURE, "no Transaction UID or Referenced SOP Sequence")))
             return
@@ -468,7 +476,7 @@ class _Association:
                 pass
         finally:
             if self.report is not None:  # ended before the peer acknowledged the report: it goes on a new association
-                self.acceptor.services.report_later(self.report)
+                self.acceptor.commitments.report_later(self.report)
             if self.incoming is not None:
                 self.incoming.discard()
             self.reader.close()
@@ -493,8 +501,8 @@ class _Server(socketserver.ThreadingTCPServer):
 class Acceptor:
     """Listens on ``address`` and serves each association in a thread of its own."""
 
-    def __init__(self, address: tuple[str, int], policy: Policy, services: Services) -> None:
-        self.policy, self.services = policy, services
+    def __init__(self, address: tuple[str, int], policy: Policy, services: Services, commitments: CommitmentServices) -> None:
+        self.policy, self.services, self.commitments = policy, services, commitments
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when an association's socket is closed
         self._admitted: set[int] = set()
