@@ -229,6 +229,11 @@ class ExternalModelConfig:
         return self
 
 
+def missing_model_files(folder: Path, fold: str, checkpoint: str) -> list[str]:
+    """What an nnU-Net v2 results folder lacks to be loaded with ``fold`` and ``checkpoint``, one line each."""
+    return [f"{folder / name} not found" for name in ("dataset.json", "plans.json", f"fold_{fold}/{checkpoint}") if not (folder / name).is_file()]
+
+
 @dataclass(frozen=True, config=_MODEL)
 class ModelConfig:
     """Which model segments and how."""
@@ -440,9 +445,8 @@ class NodeConfig:
                 value = getattr(self.tls, key)
                 check(key == "ca_certificates" and not value or bool(value) and self.path(value).is_file(), f"tls.{key}", f"file {value!r} not found")
         if self.model.parenchyma is ParenchymaSource.EXTERNAL and self.model.external.folder:
-            external, folder = self.model.external, self.path(self.model.external.folder)
-            for name in ("dataset.json", "plans.json", f"fold_{external.fold}/{external.checkpoint}"):
-                check((folder / name).is_file(), "model.external.folder", f"{folder / name} not found")
+            external = self.model.external
+            found += [f"model.external.folder: {why}" for why in missing_model_files(self.path(external.folder), external.fold, external.checkpoint)]
         _raise_found(found)
         return self
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomnode.config import CortexMethod, ExternalModelConfig, Runtime
+from dicomnode.config import CortexMethod, ExternalModelConfig, Runtime, missing_model_files
 from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import Structure
@@ -47,10 +47,7 @@ class ExternalModel:
 
     def problems(self) -> list[str]:
         """What keeps the folder from being used, one line each (empty when it is usable)."""
-        found = []
-        for name in ("dataset.json", "plans.json", f"fold_{self.fold}/{self.checkpoint}"):
-            if not (self.folder / name).is_file():
-                found.append(f"{self.folder / name} not found")
+        found = missing_model_files(self.folder, self.fold, self.checkpoint)
         if found:
             return found
         labels = self.label_names()
