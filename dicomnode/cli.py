@@ -52,7 +52,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
-    store = Store(open_database(config.database, config.base_dir))
+    store = Store(open_database(config))
     jobs = store.jobs()
     if args.json:
         report = {
@@ -99,7 +99,7 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
-    store = Store(open_database(config.database, config.base_dir))
+    store = Store(open_database(config))
     count = store.requeue_dead(args.job)
     print(f"{count} parked deliveries queued again; a running node sends them at its next tick")
     return 0
@@ -154,7 +154,7 @@ def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
             print(f"--pseudonymise: set {config.history.pseudonym_key_env} to a key of 16 characters or more (history.pseudonym_key_env)", file=sys.stderr)
             return 2
         key = secret.encode()
-    store = Store(open_database(config.database, config.base_dir))
+    store = Store(open_database(config))
     entries = store.history.entries(args.since.strftime("%Y%m%d") if args.since else "", qc_passed=args.qc == "passed")
     if args.out is None:
         sys.stdout.write(csv_text(entries, key))
@@ -166,7 +166,7 @@ def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_purge_patient(config: NodeConfig, args: argparse.Namespace) -> int:
     """Delete one patient's results from the measurement history (the patient withdrew consent), and log it."""
-    store = Store(open_database(config.database, config.base_dir))
+    store = Store(open_database(config))
     count = store.history.purge_patient(Patient(args.patient_id, args.issuer), args.reason)
     whom = f" (Patient ID {args.patient_id!r}, issuer {args.issuer!r})" if config.log_patient_data else ""
     log.warning("patient purge: %d results deleted from the measurement history%s: %s", count, whom, args.reason)

@@ -377,6 +377,7 @@ class ClusterConfig:
     name: str = ""  # this machine's name among the cluster's receivers and workers (default: its host name)
     lease_s: Positive = 60.0  # a worker's hold on its job, renewed every lease_s / 4; a job whose lease runs out goes to another worker
     receiver_timeout_s: Positive = 30.0  # a receiver silent this long: its open associations no longer hold studies back
+    database_wait_s: Positive = 5.0  # how long a statement waits for a PostgreSQL connection; with the database down, C-STORE gets 0xA700 after this
 
 
 @dataclass(frozen=True, config=_MODEL)

@@ -55,7 +55,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, segmenter: SeriesSegmenter | None = None, role: Role = Role.ALL) -> None:
         self.config, self.role = config, role
-        self.store = Store(open_database(config.database, config.base_dir))
+        self.store = Store(open_database(config))
         self.embedded = self.store.db.dialect.name == "sqlite"
         host = config.cluster.name or socket.gethostname()
         self.receiver_name = f"{host}:{config.port}"

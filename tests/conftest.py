@@ -79,7 +79,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     if request.param == "sqlite":
         made: Database = SqliteDatabase(tmp_path / "node.sqlite")
     else:
-        made = PostgresDatabase(request.getfixturevalue("pg_url"))
+        made = PostgresDatabase(request.getfixturevalue("pg_url"), 5.0)
     yield made
     made.close()
 

@@ -32,12 +32,14 @@ def study(tmp_path_factory) -> StudyFiles:
     return write_study(777, tmp_path_factory.mktemp("cluster"), phases=(Phase.NONCONTRAST, Phase.ARTERIAL), grid=GRID)
 
 
-def _member(node_process: NodeFactory, shared: Path, url: str, name: str, role: str, destinations: list[dict] | None = None) -> NodeProcess:
+def _member(
+    node_process: NodeFactory, shared: Path, url: str, name: str, role: str, destinations: list[dict] | None = None, database_wait_s: float = 5.0
+) -> NodeProcess:
     extra = {
         "database": url,
         "storage": str(shared / "storage"),
         "results": str(shared / "results"),
-        "cluster": {"name": name, "lease_s": LEASE_S, "receiver_timeout_s": 10},
+        "cluster": {"name": name, "lease_s": LEASE_S, "receiver_timeout_s": 10, "database_wait_s": database_wait_s},
         "web": {"enabled": False},
     }
     return node_process(shared / name, destinations or [], role=role, extra=extra)
@@ -129,7 +131,7 @@ def test_a_stalled_workers_late_finish_is_refused_and_nothing_is_duplicated(
 def test_a_database_restart_during_ingest_loses_no_acknowledged_instance(
     tmp_path: Path, study: StudyFiles, postgres: PostgresServer, pg_url: str, node_process: NodeFactory
 ) -> None:
-    receiver = _member(node_process, tmp_path, pg_url, "rx", "receiver")
+    receiver = _member(node_process, tmp_path, pg_url, "rx", "receiver", database_wait_s=1.0)  # each refusal waits this long
     receiver.start()
     files = [f for s in study.series for f in s.files]
     ae = AE(ae_title="SCANNER")

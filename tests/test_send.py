@@ -119,10 +119,10 @@ def test_stow_rs_credentials_never_come_from_the_file(tmp_path: Path, monkeypatc
     monkeypatch.delenv("PACS_STOW_CREDENTIALS", raising=False)
     destination = "destinations:\n  - {name: web, protocol: stow-rs, url: 'https://pacs/dicom-web', auth: basic, credentials_env: PACS_STOW_CREDENTIALS}\n"
     path.write_text(destination)
-    with pytest.raises(ValueError, match=r"destinations\[web\].credentials_env: PACS_STOW_CREDENTIALS is not set"):
+    with pytest.raises(ValueError, match=r"destinations\[0\]\.credentials_env: PACS_STOW_CREDENTIALS is not set"):
         load_config(path)
     monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:s3cret")
     assert load_config(path).destinations[0].protocol is Protocol.STOW_RS
     path.write_text(destination.replace("credentials_env", "password"))
-    with pytest.raises(ValueError, match="unknown Destination settings: destinations\\[0\\].password"):
+    with pytest.raises(ValueError, match=r"destinations\[0\]\.password: unknown setting"):
         load_config(path)

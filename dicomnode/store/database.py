@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dicomnode.config import NodeConfig
+
 Row = Mapping[str, Any]
 
 
@@ -158,14 +160,14 @@ class PostgresDatabase:
 
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, max_connections: int = 8) -> None:
+    def __init__(self, url: str, wait_s: float, max_connections: int = 8) -> None:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
         connection = {"autocommit": True, "row_factory": dict_row, "connect_timeout": 5}
-        # a statement waits at most ``timeout`` s for a connection: with the database down, a C-STORE is answered
+        # a statement waits at most ``wait_s`` for a connection: with the database down, a C-STORE is answered
         # 0xA700 well inside the sender's DIMSE timeout instead of hanging
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, kwargs=connection, timeout=5, open=True)
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, kwargs=connection, timeout=wait_s, open=True)
         self._pool.wait(timeout=30)
 
     def query(self, statement: str, params: Params = ()) -> list[Row]:
@@ -212,9 +214,9 @@ class _PostgresTransaction:
             cursor.executemany(self.dialect.sql(statement), rows)
 
 
-def open_database(setting: str, base: Path) -> Database:
-    """The database a ``database`` setting names: a ``postgresql://`` URL, or an SQLite file (relative to ``base``)."""
-    if setting.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(setting)
-    path = Path(setting)
-    return SqliteDatabase(path if path.is_absolute() else base / path)
+def open_database(config: NodeConfig) -> Database:
+    """The database the ``database`` setting names: a ``postgresql://`` URL, or an SQLite file (relative to the
+    configuration's folder)."""
+    if config.database.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(config.database, config.cluster.database_wait_s)
+    return SqliteDatabase(config.path(config.database))
