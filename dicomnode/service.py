@@ -20,6 +20,7 @@ from dicomnode.config import NodeConfig, Role
 from dicomnode.delivery.send import send_due
 from dicomnode.pipeline import failed, no_priors, process_study, save_results
 from dicomnode.receive import Receiver
+from dicomnode.results.write import warm_writers
 from dicomnode.retention import clean
 from dicomnode.segment.configured import load_segmenter
 from dicomnode.segment.model import SeriesSegmenter
@@ -62,6 +63,8 @@ class Node:
         self.worker_name = f"{host}:{os.getpid()}"
         self.receiver = Receiver(config, self.store, OpenAssociations(self.store, self.receiver_name)) if role in (Role.ALL, Role.RECEIVER) else None
         self.segmenter = (segmenter or load_segmenter(config)) if role in (Role.ALL, Role.WORKER) else None
+        if self.segmenter is not None:
+            warm_writers()
         self.scheduler = BackgroundScheduler()
         listening = self.receiver.listening if self.receiver else lambda: True
         self.web = WebServer(config, self.store, listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None

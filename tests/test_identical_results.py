@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -112,3 +113,16 @@ if __name__ == "__main__" and "--record" in sys.argv:
     with tempfile.TemporaryDirectory() as scratch:
         RECORD.write_text(json.dumps(fingerprint(Path(scratch)), indent=2) + "\n")
     print(RECORD.read_text())
+
+
+def test_warming_the_writers_reads_highdicoms_tables_before_the_first_study() -> None:
+    script = (
+        "from highdicom._standard_utils import get_module_attribute_map as tables\n"
+        "from dicomnode.results.write import warm_writers\n"
+        "assert tables.cache_info().currsize == 0\n"
+        "warm_writers()\n"
+        "print(tables.cache_info().currsize)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]  # read once, before any SEG or SR

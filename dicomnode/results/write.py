@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.uid import generate_uid
+from pynetdicom.sop_class import SegmentationStorage
 
 from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import Measurements
@@ -13,6 +16,7 @@ from dicomnode.analysis.qc import QCReport
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import STRUCTURES
 from dicomnode.results.capture import write_sc
+from dicomnode.results.equipment import MANUFACTURER
 from dicomnode.results.seg import SEGMENT_ORDER, write_seg
 from dicomnode.results.sr import write_sr
 from dicomnode.segment.model import Model
@@ -65,3 +69,18 @@ def write_results(
     seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed_for(structures), uids=uids)
     sc = write_sc(series, measurements, qc, model, uids, structures, followup) if pictures else []
     return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids, followup), sc)
+
+
+def warm_writers() -> None:
+    """Have highdicom read the standard's tables it looks attributes up in, which it does on its first object (0.3 s
+    alone, 0.8 s beside a running model), so that a worker's first study does not wait for them."""
+    hd.SOPClass(
+        study_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        sop_class_uid=SegmentationStorage,
+        instance_number=1,
+        modality="SEG",
+        manufacturer=MANUFACTURER,
+    )
