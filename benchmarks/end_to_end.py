@@ -37,7 +37,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         result = storescu(node.port, node.ae_title, files)
         assert result.returncode == 0, result.stderr
         last_sent = time.time()
-        wait_for(lambda: orthanc.instances_of_modality("SEG") and orthanc.instances_of_modality("SR"), 3600, 0.5, "results")
+        wait_for(lambda: orthanc.instances_of_modality("SEG") and orthanc.instances_of_modality("SR"), 3600, 0.1, "results")
         stored = time.time()
         job = node.status()[0]
         assert node.process is not None
@@ -48,7 +48,7 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         orthanc.stop()
     figures = {"total": stored - last_sent, "wait": job["created_at"] - last_sent}
     figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
-    figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes 0.5 s polling
+    figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes up to 0.1 s of polling
     figures["peak GiB"] = peak_gib
     figures.update({f"{stage} GiB": stage_peaks.get(stage, float("nan")) for stage in STAGES})
     return figures
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record;")
-    print("'send' = processing finished -> both results found in Orthanc (polled every 0.5 s)")
+    print("'send' = processing finished -> both results found in Orthanc (polled every 0.1 s)")
     columns = ("total", "wait", *STAGES, "send", "peak GiB")
     print("peak GiB = the node process's peak resident memory (VmHWM) after the study; the row below each study gives")
     print("the process's peak within each stage, from the node's log")

@@ -22,10 +22,12 @@ class ReadyStudy:
 
 @dataclass(frozen=True)
 class Completion:
-    """Studies ready to process, and why each of the others still waits."""
+    """Studies ready to process, why each of the others still waits, and in how many seconds the first of them is
+    due to be ready if nothing more comes (None when none waits for a time)."""
 
     ready: list[ReadyStudy]
     waiting: dict[str, str]
+    due_in_s: float | None = None
 
 
 def ready_studies(
@@ -39,9 +41,10 @@ def ready_studies(
     sending it was released."""
     now = store.now() if now is None else now
     interrupted = interrupted or {}
-    ready, waiting = [], {}
+    ready, waiting, due = [], {}, []
     for row in store.studies_with_new_instances():
         study, quiet = row["study_uid"], now - row["last_received_at"]
+        due.append((quiet_period_s if study not in open_since and study not in interrupted else max_wait_s) - quiet)
         if study in open_since and quiet >= max_wait_s:
             log.warning("study %s: association still open, no instance for %.0f s: processed (max_wait_s)", study, quiet)
             ready.append(ReadyStudy(study, row["max_seq"]))
@@ -58,7 +61,7 @@ def ready_studies(
         else:
             last = time.strftime("%H:%M:%S", time.localtime(row["last_received_at"]))
             waiting[study] = f"quiet period: last instance at {last}, complete {quiet_period_s:.0f} s after it"
-    return Completion(ready, waiting)
+    return Completion(ready, waiting, min((d for d in due if d > 0), default=None))
 
 
 def open_jobs(store: Store, ready: list[ReadyStudy]) -> list[Job]:

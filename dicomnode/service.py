@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -35,8 +35,11 @@ from dicomnode.web import WebServer
 log = logging.getLogger(__name__)
 
 #: The scheduler's names for the tasks that one step wakes for the next: a completed study wakes the worker, a
-#: finished job the sender, so that neither waits for its next tick.
-RUN_JOBS, DELIVER = "run pending jobs", "deliver"
+#: finished job the sender, so that neither waits for its next tick; completion is checked again when a study's
+#: quiet period ends, not at the tick after.
+RUN_JOBS, DELIVER, COMPLETE = "run pending jobs", "deliver", "complete studies"
+#: The least delay of a wake-up: a task woken while its own run has not returned yet would be skipped.
+WAKE_AFTER_S = 0.05
 
 
 def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
@@ -85,7 +88,7 @@ class Node:
         if self.receiver is not None:
             self.store.receiver_alive(self.receiver_name)
             self.receiver.start()
-            self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True)
+            self.scheduler.add_job(self.complete_studies, "interval", seconds=tick, max_instances=1, coalesce=True, id=COMPLETE)
         if self.role in (Role.ALL, Role.SENDER):
             if self.embedded and self.store.release_delivery_claims():
                 log.warning("deliveries claimed by a sender that was cut off are queued again")
@@ -115,6 +118,8 @@ class Node:
             self._waiting = completion.waiting
         if open_jobs(self.store, completion.ready):
             self._wake(RUN_JOBS)
+        if completion.due_in_s is not None and completion.due_in_s < self.config.tick_s:  # checked again when it is due, not a tick later
+            self._wake(COMPLETE, max(completion.due_in_s, WAKE_AFTER_S))
 
     def reap(self) -> None:
         for job_id in self.store.reap_expired():
@@ -178,12 +183,13 @@ class Node:
         if queued:
             self._wake(DELIVER)
 
-    def _wake(self, job_id: str) -> None:
-        """Run a scheduled task of this node now rather than at its next tick; nothing where it is running (it finds
-        the new work itself) or belongs to another role."""
+    def _wake(self, job_id: str, after_s: float = 0.0) -> None:
+        """Run a scheduled task of this node in ``after_s`` rather than at its next tick; nothing where it is running
+        (it finds the new work itself) or belongs to another role."""
         task = self.scheduler.get_job(job_id)
         if task is not None and job_id not in self._busy:
-            task.modify(next_run_time=datetime.now(task.next_run_time.tzinfo if task.next_run_time else None))
+            when = datetime.now(task.next_run_time.tzinfo if task.next_run_time else None) + timedelta(seconds=after_s)
+            task.modify(next_run_time=when)
 
     def deliver(self) -> None:
         with self._running(DELIVER):

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
@@ -23,11 +24,14 @@ def test_waits_for_release_then_forces_completion(tmp_path: Path) -> None:
     open_since = {"1.2.3": received - 1.0}
     soon = ready_studies(store, open_since, quiet_period_s=2, max_wait_s=60, now=received + 5)
     assert soon.ready == [] and soon.waiting["1.2.3"].startswith("waiting for association release since")
+    assert soon.due_in_s == pytest.approx(55)  # forced complete at max_wait_s
     late = ready_studies(store, open_since, quiet_period_s=2, max_wait_s=60, now=received + 61)
     assert [r.study_uid for r in late.ready] == ["1.2.3"] and late.waiting == {}
     released = ready_studies(store, {}, quiet_period_s=2, max_wait_s=60, now=received + 1)
     assert released.ready == [] and released.waiting["1.2.3"].startswith("quiet period")
-    assert [r.study_uid for r in ready_studies(store, {}, 2, 60, now=received + 3).ready] == ["1.2.3"]
+    assert released.due_in_s == pytest.approx(1)  # the quiet period ends in a second: checked again then
+    done = ready_studies(store, {}, 2, 60, now=received + 3)
+    assert [r.study_uid for r in done.ready] == ["1.2.3"] and done.due_in_s is None
     store.close()
 
 
