@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--mirroring", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print("quiet period 2 s; 'wait' = last instance sent -> job created (quiet period + tick); stages from the job record;")
+    print("quiet period 2 s; 'wait' = last instance sent -> job created (the quiet period); stages from the job record;")
     print("'send' = processing finished -> both results found in Orthanc (polled every 0.1 s)")
     columns = ("total", "wait", *STAGES, "send", "peak GiB")
     print("peak GiB = the node process's peak resident memory (VmHWM) after the study; the row below each study gives")

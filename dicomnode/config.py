@@ -24,7 +24,7 @@ from dicomnode.conventions import Orientation
 from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 
 #: Every settings model: frozen, and a key it does not know is an error.
-_MODEL = ConfigDict(extra="forbid")
+_MODEL = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Problems(ValueError):
@@ -70,11 +70,11 @@ def _checked(validator: Callable[[Any], tuple[bool, str]]) -> AfterValidator:
 
 
 def _rule(ok: Callable[[Any], bool], why: str) -> AfterValidator:
-    """A field check: ``why`` is the error where ``ok(value)`` is false."""
+    """A field check: ``why``, and the value, is the error where ``ok(value)`` is false."""
 
     def check(value: Any) -> Any:
         if not ok(value):
-            raise ValueError(why)
+            raise ValueError(f"{why}, got {list(value) if isinstance(value, tuple) else value!r}")
         return value
 
     return AfterValidator(check)
@@ -438,7 +438,8 @@ class NodeConfig:
         for name in sorted({n for n in names if names.count(n) > 1}):
             found.append(f"destinations: the name {name!r} is used {names.count(name)} times")
         for n, d in enumerate(self.destinations):
-            check(not d.tls or self.tls.certificate != "", f"destinations[{n}].tls", "needs tls.certificate and tls.private_key")
+            dimse_tls = d.tls and d.protocol is Protocol.DIMSE
+            check(not dimse_tls or self.tls.certificate != "", f"destinations[{n}].tls", "needs tls.certificate and tls.private_key")
             needs_env = d.protocol is Protocol.STOW_RS and d.auth is not Auth.NONE and d.credentials_env
             check(not needs_env or d.credentials_env in os.environ, f"destinations[{n}].credentials_env", f"{d.credentials_env} is not set")
         if self.tls.enabled or any(d.tls for d in self.destinations):
@@ -470,6 +471,7 @@ _EXPECTED = {
     "int_from_float": "expected an integer",
     "float_type": "expected a number",
     "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
     "bool_type": "expected true or false",
     "bool_parsing": "expected true or false",
     "string_type": "expected text",

@@ -7,9 +7,10 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 #: finished job the sender, so that neither waits for its next tick; completion is checked again when a study's
 #: quiet period ends, not at the tick after.
 RUN_JOBS, DELIVER, COMPLETE = "run pending jobs", "deliver", "complete studies"
-#: The least delay of a wake-up: a task woken while its own run has not returned yet would be skipped.
+#: The least delay of completion's wake-up by its own run: the scheduler counts a run as running until a moment
+#: after it returns, and skips one woken meanwhile.
 WAKE_AFTER_S = 0.05
 
 
@@ -73,7 +75,7 @@ class Node:
         self.web = WebServer(config, self.store, listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
         self._stopped = threading.Event()
         self._waiting: dict[str, str] | None = None  # what status last showed as waiting
-        self._busy: set[str] = set()  # the scheduled tasks running now (RUN_JOBS, DELIVER)
+        self._busy: set[str] = set()  # the scheduled tasks running now (RUN_JOBS, DELIVER, COMPLETE)
 
     def start(self) -> None:
         tick = self.config.tick_s
@@ -109,17 +111,22 @@ class Node:
         self.store.close()
 
     def complete_studies(self) -> None:
-        self.store.receiver_alive(self.receiver_name)
-        open_since = self.store.open_studies(self.config.cluster.receiver_timeout_s)
-        interrupted = self.store.interrupted_studies()
-        completion = ready_studies(self.store, open_since, self.config.quiet_period_s, self.config.max_wait_s, self.store.now(), interrupted)
-        if completion.waiting != self._waiting:  # written only when it changes, not every tick
-            self.store.set_waiting(completion.waiting)
-            self._waiting = completion.waiting
-        if open_jobs(self.store, completion.ready):
-            self._wake(RUN_JOBS)
-        if completion.due_in_s is not None and completion.due_in_s < self.config.tick_s:  # checked again when it is due, not a tick later
-            self._wake(COMPLETE, max(completion.due_in_s, WAKE_AFTER_S))
+        started = time.monotonic()
+        with self._running(COMPLETE):
+            self.store.receiver_alive(self.receiver_name)
+            open_since = self.store.open_studies(self.config.cluster.receiver_timeout_s)
+            interrupted = self.store.interrupted_studies()
+            completion = ready_studies(self.store, open_since, self.config.quiet_period_s, self.config.max_wait_s, self.store.now(), interrupted)
+            if completion.waiting != self._waiting:  # written only when it changes, not every tick
+                self.store.set_waiting(completion.waiting)
+                self._waiting = completion.waiting
+            if open_jobs(self.store, completion.ready):
+                self._wake(RUN_JOBS)
+        due = completion.due_in_s
+        if due is not None and due < self.config.tick_s:  # checked again when a quiet period ends, not at the tick after
+            timer = threading.Timer(max(due - (time.monotonic() - started), WAKE_AFTER_S), self._wake, (COMPLETE,))
+            timer.daemon = True
+            timer.start()
 
     def reap(self) -> None:
         for job_id in self.store.reap_expired():
@@ -183,13 +190,12 @@ class Node:
         if queued:
             self._wake(DELIVER)
 
-    def _wake(self, job_id: str, after_s: float = 0.0) -> None:
-        """Run a scheduled task of this node in ``after_s`` rather than at its next tick; nothing where it is running
-        (it finds the new work itself) or belongs to another role."""
+    def _wake(self, job_id: str) -> None:
+        """Run a scheduled task of this node now rather than at its next tick; nothing where it is running (it finds
+        the new work itself), belongs to another role, or the node is stopping."""
         task = self.scheduler.get_job(job_id)
-        if task is not None and job_id not in self._busy:
-            when = datetime.now(task.next_run_time.tzinfo if task.next_run_time else None) + timedelta(seconds=after_s)
-            task.modify(next_run_time=when)
+        if task is not None and job_id not in self._busy and not self._stopped.is_set():
+            task.modify(next_run_time=datetime.now(task.next_run_time.tzinfo if task.next_run_time else None))
 
     def deliver(self) -> None:
         with self._running(DELIVER):

@@ -144,3 +144,17 @@ def test_results_are_delivered_only_when_the_pacs_commits_them(
         job = node.status()[0]
         assert job["delivery"] == "sending" and {d["state"] for d in job["deliveries"]} == {"committing"}
         wait_for(lambda: any("commitment" in (d["last_error"] or "") for d in node.status()[0]["deliveries"]), 30, 0.5, "a resend")
+
+
+def test_a_request_while_the_database_is_down_is_answered_ask_again_later(tmp_path: Path) -> None:
+    with receiver_in_process(tmp_path) as (config, store):
+        store.close()  # every query now fails as a database that does not answer
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", config.port, ae_title=config.ae_title)
+        try:
+            status, _ = assoc.send_n_action(_request([(CTImageStorage, generate_uid())]), 1, StorageCommitmentPushModel, WELL_KNOWN)
+            assert status.Status == 0x0213  # resource limitation, not "malformed"
+            assert status.ErrorComment == "database unavailable, ask again later"
+        finally:
+            assoc.release()

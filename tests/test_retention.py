@@ -103,4 +103,4 @@ def test_the_cleaner_frees_space_before_c_store_would_be_refused() -> None:
     assert messages(raised.value) == ["retention.free_disk_mb: 400 must be above min_free_disk_mb=500, so that studies are deleted before C-STORE is refused"]
     with pytest.raises(ValidationError) as raised:
         Retention(days=-1)
-    assert messages(raised.value) == ["days: must not be negative"]
+    assert messages(raised.value) == ["days: must not be negative, got -1.0"]

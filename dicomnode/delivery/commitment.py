@@ -23,7 +23,7 @@ from pynetdicom import AE, build_role
 
 from dicomnode.config import NodeConfig
 from dicomnode.delivery.send import record_commitment
-from dicomnode.net.acceptor import CommitmentReport
+from dicomnode.net.acceptor import CommitmentReport, Unavailable
 from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.store.database import errors
 from dicomnode.store.records import Store
@@ -108,7 +108,8 @@ def _encode(ds: Dataset, syntax: UID) -> bytes:
 class Commitments:
     """Storage Commitment for the acceptor, both ways: requests from peers that sent instances, answered from the
     index, and reports from destinations on results the node asked them to commit. With the database down, a
-    request goes unanswered and a report is refused (the peer may send it again); both are logged."""
+    request is answered 0x0213 (resource limitation: ask again later) and a report is refused (the peer may send it
+    again); both are logged."""
 
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config, self.store = config, store
@@ -116,12 +117,13 @@ class Commitments:
         self._reporter = Reporter(config)
 
     def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
-        """The report on a request (:func:`commitment_report`); None where it is malformed or cannot be answered."""
+        """The report on a request (:func:`commitment_report`); None where it is malformed; :class:`Unavailable`
+        raised where the database does not answer."""
         try:
             return commitment_report(self.store, calling_ae, data_set, transfer_syntax)
         except self._database_errors as exc:
             log.error("storage commitment request from %s not answered: the database does not answer (%s)", calling_ae, exc)
-            return None
+            raise Unavailable("database unavailable, ask again later") from exc
 
     def report_later(self, report: CommitmentReport) -> None:
         """Send ``report`` on a new association, its request's having ended before the peer acknowledged it."""

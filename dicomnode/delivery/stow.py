@@ -25,7 +25,7 @@ def authorization(destination: Destination) -> str | None:
         return None
     secret = os.environ.get(destination.credentials_env, "")
     if not secret:
-        raise ValueError(f"destinations[{destination.name}].credentials_env: {destination.credentials_env} is not set")
+        raise ValueError(f"destination {destination.name!r}: {destination.credentials_env} (its credentials_env) is not set")
     if destination.auth is Auth.BASIC:
         return "Basic " + base64.b64encode(secret.encode()).decode()
     return f"Bearer {secret}"

@@ -147,11 +147,16 @@ class Services(Protocol):
         """An accepted association ended: released by its peer, or not (aborted, cut off, timed out)."""
 
 
+class Unavailable(Exception):
+    """A service cannot answer now (its database is down): the peer is told to ask again later."""
+
+
 class CommitmentServices(Protocol):
     """What the acceptor asks of Storage Commitment, as SCP for peers' requests and as SCU receiving reports."""
 
     def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
-        """Which instances of a storage commitment request are committed; None where the request is malformed."""
+        """Which instances of a storage commitment request are committed; None where the request is malformed.
+        Raises :class:`Unavailable` where it cannot be answered now."""
 
     def report_later(self, report: CommitmentReport) -> None:
         """Send a commitment report that its request's association could not take, on a new association."""
@@ -411,7 +416,11 @@ class _Association:
         if request.action_type != REQUEST_STORAGE_COMMITMENT:
             self.send(p_data(context, response(request, StoreStatus.NO_SUCH_ACTION, f"action type {request.action_type}")))
             return
-        report = self.acceptor.commitments.commit(calling_ae, data, self.transfer[context])
+        try:
+            report = self.acceptor.commitments.commit(calling_ae, data, self.transfer[context])
+        except Unavailable as exc:
+            self.send(p_data(context, response(request, StoreStatus.RESOURCE_LIMITATION, str(exc))))
+            return
         if report is None:
             self.send(p_data(context, response(request, StoreStatus.PROCESSING_FAILURE, "no Transaction UID or Referenced SOP Sequence")))
             return

@@ -59,6 +59,7 @@ class StoreStatus(enum.IntEnum):
     OUT_OF_RESOURCES = 0xA700  # "Refused: Out of Resources": nothing was stored, the sender may try again
     DATA_SET_MISMATCH = 0xA900  # "Data Set does not match SOP Class": its SOP class or instance UID is not the command's
     PROCESSING_FAILURE = 0x0110  # N-ACTION: the request's data set lacks what it must hold
+    RESOURCE_LIMITATION = 0x0213  # N-ACTION: the request cannot be answered now (the database is down); ask again later
     NO_SUCH_ACTION = 0x0123  # N-ACTION: an Action Type ID the SOP class does not define
     NO_SUCH_SOP_INSTANCE = 0x0112  # N-ACTION: not the well-known Storage Commitment instance
     CANNOT_UNDERSTAND = 0xC000  # "Cannot understand": the data set itself is unusable
