@@ -22,6 +22,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from dicomnode.config import NodeConfig
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study
+from dicomnode.renal import Side
 from dicomnode.segment.model import Model
 from dicomnode.segment.segmenter import Segmenter
 from dicomnode.store.states import Outcome
@@ -96,7 +97,7 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
             seconds = time.perf_counter() - start
             measurements = processed.measurements
             sides = []
-            for side, path in (("left", case.left), ("right", case.right)):
+            for side, path in ((Side.LEFT, case.left), (Side.RIGHT, case.right)):
                 if path is None:
                     continue
                 reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
@@ -104,7 +105,7 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
                 predicted = kidney.parenchyma if kidney is not None else np.zeros_like(reference)
                 voxel_ml = float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
                 region = score(reference, predicted, voxel_ml)
-                sides.append(SideScore(side, round(region.dice, 4), round(region.reference_ml, 1), round(region.predicted_ml, 1)))
+                sides.append(SideScore(side.value, round(region.dice, 4), round(region.reference_ml, 1), round(region.predicted_ml, 1)))
             predicted_ml = measurements.predicted_ml if measurements else 0.0
             kept = measurements.total_parenchyma_ml if measurements else 0.0
             delivered = list(processed.structures) if processed.outcome is Outcome.RESULT else []

@@ -42,7 +42,7 @@ DENSER_HU, DENSER_FILTER_VOXELS = 20.0, 5
 class KidneyMeasurement:
     """Volumes (ml) of one kidney, its masks (kept inside its box of the series grid), and where and how it lies."""
 
-    side: str
+    side: Side
     parenchyma_ml: float
     cortex_ml: float
     medulla_ml: float
@@ -58,7 +58,7 @@ class KidneyMeasurement:
     cut_share: float  # the largest face of it on an image edge, as a share of its largest cross-section on that axis
     spine_offset_mm: tuple[float, float] | None  # (x, y) of its centre from the spine's centre on its slices
     spine_slices: float  # share of its slices on which a vertebra was found
-    model_side: str | None = None  # the side most of its voxels have in the model's own labels, where it has them
+    model_side: Side | None = None  # the side most of its voxels have in the model's own labels, where it has them
     fat_share: float = float("nan")  # share of its shell that is fat (FAT_HU): perirenal fat
     outline_medulla_share: float = float("nan")  # share of its outer surface the model labelled medulla
     denser_share: float = float("nan")  # share of it denser than its median by DENSER_HU (see there)
@@ -109,7 +109,7 @@ class KidneyMeasurement:
 class Measurements:
     """Per-side volumes, totals, ratios, the midline the sides came from, and notes on what was left out."""
 
-    kidneys: dict[str, KidneyMeasurement]
+    kidneys: dict[Side, KidneyMeasurement]
     notes: list[str] = field(default_factory=list)
     midline_x: float = float("nan")  # patient x (mm) of the midline
     midline_source: str = ""  # spine, body outline, the two kidneys, nothing
@@ -217,7 +217,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     left = [c for c in candidates if sides[c] is Side.LEFT] + [None]
     right = [c for c in candidates if sides[c] is Side.RIGHT] + [None]
     best = max(((lc, rc) for lc in left for rc in right), key=preference)
-    kidneys: dict[str, KidneyMeasurement] = {}
+    kidneys: dict[Side, KidneyMeasurement] = {}
     notes: list[str] = []
     for side, component in zip(SIDES, best):
         if component is not None:
@@ -230,7 +230,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
 
 
-def _model_side(sides: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ...]) -> str | None:
+def _model_side(sides: np.ndarray | None, mask: np.ndarray, box: tuple[slice, ...]) -> Side | None:
     """The side the model gave most of ``mask``'s voxels (``mask`` within ``box``), where the model names sides."""
     if sides is None:
         return None
@@ -274,11 +274,11 @@ def _kidney(
     series: LoadedSeries,
     labels: np.ndarray,
     mask: np.ndarray,
-    side: str,
+    side: Side,
     centre: np.ndarray,
     box: tuple[slice, ...],
     offset: tuple[tuple[float, float] | None, float],
-    model_side: str | None,
+    model_side: Side | None,
     fat_share: float,
 ) -> KidneyMeasurement:
     """One kidney's volumes and intensities; ``mask`` is the kidney within ``box``, where all the work is done."""

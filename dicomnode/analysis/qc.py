@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 import numpy as np
 
@@ -48,7 +49,9 @@ CORTEX_AND_MEDULLA = (Structure.CORTEX, Structure.MEDULLA)
 _CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE})
 
 
-STUDY = "study"
+#: What a finding or note is about: one side's kidney, or the study as a whole.
+STUDY: Final = "study"
+Scope = Side | Literal["study"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Finding:
     """One failed check: the rule, where (a side or the whole study) and why, in words for the reader."""
 
     rule: Rule
-    scope: str  # "left", "right" or "study"
+    scope: Scope
     message: str
 
     def __str__(self) -> str:
@@ -67,14 +70,14 @@ class Finding:
 class Note:
     """What the reader should know of a result that passed, e.g. that a volume is a lower bound."""
 
-    scope: str
+    scope: Scope
     message: str
 
     def __str__(self) -> str:
         return f"QC note, {_where(self.scope)}: {self.message}"
 
 
-def _where(scope: str) -> str:
+def _where(scope: Scope) -> str:
     return f"{scope} kidney" if scope in SIDES else "study"
 
 
@@ -113,7 +116,7 @@ class QCReport:
             return self.verdict
         return f"QC passed for renal {' and '.join(sent)}"
 
-    def for_scope(self, scope: str) -> list[Finding]:
+    def for_scope(self, scope: Scope) -> list[Finding]:
         return [f for f in self.findings if f.scope == scope]
 
     def lines(self) -> list[str]:

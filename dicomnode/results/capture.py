@@ -17,7 +17,7 @@ from dicomnode.analysis.measure import KidneyMeasurement, Measurements
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
 from dicomnode.imaging.axes import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import SIDES, STRUCTURES, Structure
+from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX
 from dicomnode.segment.model import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
@@ -38,7 +38,7 @@ def for_diagnosis(model: Model) -> bool:
     return model.card.get("for_diagnosis") is True
 
 
-def key_slice(series: LoadedSeries, measurements: Measurements, side: str) -> int:
+def key_slice(series: LoadedSeries, measurements: Measurements, side: Side) -> int:
     """Index (in the canonical, feet-to-head order) of the axial slice where ``side``'s parenchyma is largest."""
     areas = measurements.kidneys[side].slice_areas()
     return int(np.argmax(areas[::-1] if 0 in canonical_flips(series.direction) else areas))
@@ -59,7 +59,7 @@ def _page(draw: Callable[[Figure], None]) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def slice_page(series: LoadedSeries, measurements: Measurements, side: str, caption: str, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
+def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, caption: str, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
     """The key slice of one kidney, both kidneys' outlines drawn (cortex and medulla where they are sent, else the
     parenchyma), displayed as radiologists read axial CT (patient's right on the image's left, anterior up)."""
     outlined = CORTEX_AND_MEDULLA if Structure.CORTEX in structures else (Structure.PARENCHYMA,)

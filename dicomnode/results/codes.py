@@ -73,7 +73,7 @@ STUDY_DATE = codes.DCM.StudyDate
 SIDE_CODES: dict[str, Code] = {Side.LEFT: LEFT, Side.RIGHT: RIGHT}
 STRUCTURE_CODES: dict[str, Code] = {Structure.PARENCHYMA: KIDNEY, Structure.CORTEX: RENAL_CORTEX, Structure.MEDULLA: RENAL_MEDULLA}
 #: Recommended display colours (CIELab L*, a*, b*): cortex warm red, medulla yellow, parenchyma orange.
-DISPLAY_LAB: dict[tuple[str, str], tuple[float, float, float]] = {
+DISPLAY_LAB: dict[tuple[Structure, Side], tuple[float, float, float]] = {
     (Structure.CORTEX, Side.LEFT): (50.0, 60.0, 40.0),
     (Structure.CORTEX, Side.RIGHT): (45.0, 55.0, 30.0),
     (Structure.MEDULLA, Side.LEFT): (85.0, 0.0, 80.0),

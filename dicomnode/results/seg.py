@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 from dicomnode import __version__
 from dicomnode.analysis.measure import Measurements
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import SIDES, Structure
+from dicomnode.renal import SIDES, Side, Structure
 from dicomnode.results.codes import (
     ANATOMICAL_STRUCTURE,
     DISPLAY_LAB,
@@ -45,11 +45,11 @@ def write_seg(
     series: LoadedSeries,
     measurements: Measurements,
     model: Model,
-    tracking: dict[tuple[str, str], str],
+    tracking: dict[tuple[Structure, Side], str],
     slices: np.ndarray,
     review: bool = False,
     uids: ResultUids = RANDOM_UIDS,
-) -> tuple[pydicom.Dataset, dict[tuple[str, str], int]]:
+) -> tuple[pydicom.Dataset, dict[tuple[Structure, Side], int]]:
     """A BINARY SEG with one segment per structure and side in ``tracking`` (those sent and found), derived from the
     series' ``slices`` (those the kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
     descriptions: list[hd.seg.SegmentDescription] = []
@@ -58,7 +58,7 @@ def write_seg(
     # here), so that its checks across segments and each segment's frames read whole planes
     planes = np.zeros((len(tracking), on.size, int(series.datasets[0].Rows), int(series.datasets[0].Columns)), np.uint8)
     position = np.cumsum(slices) - 1  # of each series slice among the SEG's
-    numbers: dict[tuple[str, str], int] = {}
+    numbers: dict[tuple[Structure, Side], int] = {}
     for structure, side in SEGMENT_ORDER:
         kidney = measurements.kidneys.get(side)
         if kidney is None or (structure, side) not in tracking:

@@ -15,7 +15,7 @@ from dicomnode.analysis.followup import Change, FollowUp
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.qc import STUDY, QCReport
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import STRUCTURES, Structure
+from dicomnode.renal import STRUCTURES, Side, Structure
 from dicomnode.results.codes import (
     CUBIC_CENTIMETRE,
     CUBIC_CENTIMETRE_PER_YEAR,
@@ -51,8 +51,8 @@ def write_sr(
     measurements: Measurements,
     qc: QCReport,
     seg: pydicom.Dataset,
-    numbers: dict[tuple[str, str], int],
-    tracking: dict[tuple[str, str], str],
+    numbers: dict[tuple[Structure, Side], int],
+    tracking: dict[tuple[Structure, Side], str],
     model: Model,
     slices: np.ndarray,
     uids: ResultUids = RANDOM_UIDS,

@@ -14,7 +14,7 @@ from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.qc import QCReport
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import STRUCTURES
+from dicomnode.renal import STRUCTURES, Side, Structure
 from dicomnode.results.capture import write_sc
 from dicomnode.results.equipment import MANUFACTURER
 from dicomnode.results.seg import SEGMENT_ORDER, write_seg
@@ -32,7 +32,7 @@ class Results:
     sc: list[pydicom.Dataset] = field(default_factory=list)  # Secondary Capture pages, where a destination wants them
 
 
-def tracking_uids(measurements: Measurements, uids: ResultUids, structures: tuple[str, ...] = STRUCTURES) -> dict[tuple[str, str], str]:
+def tracking_uids(measurements: Measurements, uids: ResultUids, structures: tuple[str, ...] = STRUCTURES) -> dict[tuple[Structure, Side], str]:
     """One Tracking UID per structure sent and side found, shared by its SEG segment and its SR group."""
     return {
         (structure, side): uids.uid(f"tracking/{structure}/{side}")
