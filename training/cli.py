@@ -51,6 +51,24 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(cases)} synthetic cases on {len(sources.anatomies)} anatomies ({len(sources.kidneys)} KiTS19 kidneys) and {args.out / 'manifest.csv'}")
 
 
+def cmd_holdout(args: argparse.Namespace) -> None:
+    from training.holdout_render import holdout_case
+    from training.synth import DEFAULT_CACHE, DEFAULT_DATA
+    from training.truth_case import write_truth_case
+
+    for seed in range(args.seed, args.seed + args.count):
+        write_truth_case(holdout_case(seed, args.data or DEFAULT_DATA, args.cache or DEFAULT_CACHE), args.out, f"holdout_{seed:05d}")
+    print(f"wrote {args.count} holdout-renderer cases into {args.out}")
+
+
+def cmd_repaint(args: argparse.Namespace) -> None:
+    from training.repaint import repaint_shared
+    from training.synth import DEFAULT_DATA
+
+    names = repaint_shared(args.data or DEFAULT_DATA, args.out, args.seed)
+    print(f"wrote {len(names)} repainted arterial cases into {args.out}: {', '.join(names)}")
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from training.cases import read_manifest
     from training.dataset_import import Convention, import_cases
@@ -92,10 +110,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
     from dicomnode.segment.model import Model, localizer_of
-    from training.evaluate_real import RealCase, evaluate_real, record_real_in_card, shared_cases, write_real_report
+    from training.evaluate_real import RealCase, evaluate_real, record_real_in_card, shared_cases, truth_cases, write_real_report
     from training.synth import DEFAULT_DATA
 
-    if args.image is not None:
+    if args.cases is not None:
+        cases = truth_cases(args.cases)
+    elif args.image is not None:
         cases = [RealCase(args.case_id, args.image, args.left, args.right, args.reference)]
     else:
         cases = shared_cases(args.data or DEFAULT_DATA)
@@ -161,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=36)
     p.add_argument("--slice-mm", type=float, default=5.0)
     p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("holdout", help="arterial test cases from the second renderer (geometric kidneys, never used for training), with truth")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0, help="first seed; cases use seed, seed+1, ...")
+    p.add_argument("--data", type=Path, help="folder holding anatomy/ (default: shared/data next to the repository)")
+    p.add_argument("--cache", type=Path, help="folder for the completed anatomies (default: ~/.cache/dicomnode-train)")
+    p.set_defaults(func=cmd_holdout)
+
+    p = sub.add_parser("repaint", help="semi-real arterial test cases: the shared real CTs' kidneys repainted as arterial, thin and 5 mm, with truth")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, help="folder holding real_ct/ and real_ct2/ (default: shared/data next to the repository)")
+    p.set_defaults(func=cmd_repaint)
 
     p = sub.add_parser("synth", help="write synthetic cases on real anatomy (KiTS19 kidneys in a real patient) and their manifest")
     p.add_argument("--out", type=Path, required=True)
@@ -229,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="an exported model folder (models/NAME)")
     p.add_argument("--localizer", default="auto", help="as model.localizer: auto (the one the model's card names, beside it), none, or a name")
     p.add_argument("--image", type=Path, help="one CT (NIfTI, NRRD or a folder of DICOM slices); default: every real case under --data")
+    p.add_argument("--cases", type=Path, help="a folder of cases with truth by construction (written by holdout or repaint), scored with cortex")
     p.add_argument("--left", type=Path, help="left kidney mask on the image's grid (none: no kidney in view)")
     p.add_argument("--right", type=Path, help="right kidney mask on the image's grid")
     p.add_argument("--reference", default="", help="who drew the masks, e.g. 'TotalSegmentator v1 (a model)'")

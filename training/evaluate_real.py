@@ -3,7 +3,9 @@
 Each case is a real CT (a NIfTI/NRRD volume, written as a DICOM series whose header records no contrast agent, or a
 folder of real DICOM slices) with one parenchyma mask per side, or none where no kidney is in view. Real cases here
 have no cortex labels, so the figures are per-side parenchyma Dice and volume, the prediction outside the kidneys
-kept (stray), the node's verdict and what it would have delivered.
+kept (stray), the node's verdict and what it would have delivered. Cases with truth by construction
+(:mod:`training.truth_case`: the repainted real CTs, the holdout renderer's) add cortex, are written with an arterial
+header, and take their reference volumes from the grid they were drawn on.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pydicom.uid import CTImageStorage, generate_uid
 from dicomnode.config import NodeConfig
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study
-from dicomnode.renal import Side
+from dicomnode.renal import Side, Structure
 from dicomnode.segment.model import Model
 from dicomnode.segment.segmenter import Segmenter
 from dicomnode.store.states import Outcome
 from training.evaluate import card_relative, put_in_card, score
+from training.truth_case import STRUCTURE_LABELS, truth_case_names
 from training.volume_dicom import SeriesTags, write_volume_series
 
 
@@ -39,6 +42,30 @@ class RealCase:
     left: Path | None
     right: Path | None
     reference: str  # who drew the masks, or why there are none
+    cortex: dict[Side, Path] | None = None  # cortex masks, where the case has them
+    truth_ml: dict[str, dict[str, float]] | None = None  # side: structure: ml, where counted on a finer grid
+    arterial: bool = False  # written with an arterial header (contrast given, 30 s after the bolus)
+
+
+def truth_cases(folder: Path) -> list[RealCase]:
+    """The cases :func:`training.truth_case.write_truth_case` wrote into ``folder``."""
+    cases = []
+    for name in truth_case_names(folder):
+        metadata = json.loads((folder / f"{name}.json").read_text())
+        masks = {side: {structure: folder / f"{name}_{side.value}_{structure}.nii.gz" for structure in STRUCTURE_LABELS} for side in Side}
+        cases.append(
+            RealCase(
+                name,
+                folder / f"{name}.nii.gz",
+                masks[Side.LEFT]["parenchyma"],
+                masks[Side.RIGHT]["parenchyma"],
+                f"by construction ({metadata.get('renderer', 'repainted real CT')})",
+                cortex={side: masks[side]["cortex"] for side in Side},
+                truth_ml=metadata.get("truth_ml"),
+                arterial=True,
+            )
+        )
+    return cases
 
 
 def shared_cases(data: Path) -> list[RealCase]:
@@ -64,10 +91,21 @@ class SideScore:
     dice: float
     reference_ml: float
     predicted_ml: float  # 0 where the node found no kidney on this side
+    cortex_dice: float | None = None
+    cortex_reference_ml: float | None = None
+    cortex_predicted_ml: float | None = None
+    sent: bool = False  # whether the node would deliver this side's parenchyma
+    flagged: bool = False  # sent with "QC: review"
 
     @property
     def volume_error_pct(self) -> float:
         return 100.0 * (self.predicted_ml - self.reference_ml) / self.reference_ml if self.reference_ml else float("nan")
+
+    @property
+    def cortex_error_pct(self) -> float | None:
+        if not self.cortex_reference_ml or self.cortex_predicted_ml is None:
+            return None
+        return 100.0 * (self.cortex_predicted_ml - self.cortex_reference_ml) / self.cortex_reference_ml
 
 
 @dataclass(frozen=True)
@@ -96,19 +134,20 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
             processed = process_study(_instances(files), config, segmenter)
             seconds = time.perf_counter() - start
             measurements = processed.measurements
+            delivered = list(processed.structures) if processed.outcome is Outcome.RESULT else []
             sides = []
             for side, path in ((Side.LEFT, case.left), (Side.RIGHT, case.right)):
                 if path is None:
                     continue
-                reference = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
                 kidney = measurements.kidneys.get(side) if measurements else None
-                predicted = kidney.parenchyma if kidney is not None else np.zeros_like(reference)
-                voxel_ml = float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000.0
-                region = score(reference, predicted, voxel_ml)
-                sides.append(SideScore(side.value, round(region.dice, 4), round(region.reference_ml, 1), round(region.predicted_ml, 1)))
+                parenchyma = _scored(path, kidney.parenchyma if kidney is not None else None, case.truth_ml, side, "parenchyma")
+                cortex = _scored(case.cortex[side], kidney.cortex if kidney is not None else None, case.truth_ml, side, "cortex") if case.cortex else None
+                sent = kidney is not None and Structure.PARENCHYMA in delivered
+                flagged = sent and processed.qc is not None and not processed.qc.passed_for(processed.structures)
+                cortex_figures = {} if cortex is None else dict(zip(("cortex_dice", "cortex_reference_ml", "cortex_predicted_ml"), cortex))
+                sides.append(SideScore(side.value, *parenchyma, sent=sent, flagged=flagged, **cortex_figures))
             predicted_ml = measurements.predicted_ml if measurements else 0.0
             kept = measurements.total_parenchyma_ml if measurements else 0.0
-            delivered = list(processed.structures) if processed.outcome is Outcome.RESULT else []
             findings = processed.qc.lines() if processed.qc else []
             scores.append(
                 RealScore(
@@ -126,11 +165,25 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
     return scores
 
 
+def _scored(path: Path, predicted: np.ndarray | None, truth_ml: dict[str, dict[str, float]] | None, side: Side, structure: str) -> tuple[float, float, float]:
+    """Dice, reference ml and predicted ml of one structure on one side; the reference volume from ``truth_ml`` where
+    the case counted it on a finer grid than the one it was written on."""
+    image = sitk.ReadImage(str(path))
+    reference = sitk.GetArrayFromImage(image) > 0
+    region = score(reference, predicted if predicted is not None else np.zeros_like(reference), float(np.prod(image.GetSpacing())) / 1000.0)
+    reference_ml = truth_ml[side.value][structure] if truth_ml and side.value in truth_ml else region.reference_ml
+    return round(region.dice, 4), round(reference_ml, 1), round(region.predicted_ml, 1)
+
+
 def _series_files(case: RealCase, folder: Path) -> list[Path]:
     """DICOM slices of the case: a volume written as a series that records no contrast agent (the node then finds
     the phase from the image), or a copy of real slices with any empty Study, Series or SOP Instance UID filled in."""
     if not case.image.is_dir():
-        tags = SeriesTags(description="Abdomen", seconds_after_bolus=None, study_seed=case.case_id)
+        tags = (
+            SeriesTags(description="Arterial", seconds_after_bolus=30.0, study_seed=case.case_id)
+            if case.arterial
+            else SeriesTags(description="Abdomen", seconds_after_bolus=None, study_seed=case.case_id)
+        )
         return write_volume_series(sitk.ReadImage(str(case.image)), folder, tags)
     folder.mkdir(parents=True, exist_ok=True)
     study, series, files = generate_uid(entropy_srcs=[case.case_id, "study"]), generate_uid(entropy_srcs=[case.case_id, "series"]), []

@@ -90,8 +90,8 @@ _HU: dict[Tissue, tuple] = {
     Tissue.RENAL_MASS: ((20, 45), (40, 200), (60, 150), (50, 120)),
     Tissue.RENAL_ARTERY: ((30, 55), (200, 450), (130, 220), (100, 160)),
     Tissue.RENAL_VEIN: ((30, 55), (100, 200), (120, 200), (90, 150)),
-    Tissue.CORTEX_RIGHT: ((25, 45), (150, 250), (130, 210), (100, 170)),
-    Tissue.CORTEX_LEFT: ((25, 45), (150, 250), (130, 210), (100, 170)),
+    Tissue.CORTEX_RIGHT: ((25, 45), (120, 250), (130, 210), (100, 170)),
+    Tissue.CORTEX_LEFT: ((25, 45), (120, 250), (130, 210), (100, 170)),
     Tissue.BLADDER: ((0, 20), (0, 20), (0, 25), (150, 900)),
     Tissue.HEART: ((35, 55), (150, 350), (120, 200), (100, 160)),
     Tissue.DISC: (70, 110),
@@ -100,8 +100,9 @@ _HU: dict[Tissue, tuple] = {
 _LESION_SHARE, _LESION_HU = 0.6, ((0.0, 20.0), (20.0, 60.0), (120.0, 260.0))
 #: Medulla HU relative to the cortex of the same case, per phase; arterial medulla is drawn on its own.
 _MEDULLA_OFFSET = {Phase.NONCONTRAST: (-10, 5), Phase.NEPHROGRAPHIC: (-15, 20), Phase.DELAYED: (-5, 30)}
-#: Arterial medulla: below the cortex by 0-150 HU (most often by more than 60), never below this HU.
-_CORTICOMEDULLARY_HU, _WEAK_CORTICOMEDULLARY_SHARE, _MIN_MEDULLA_HU = (60.0, 150.0), 0.2, 25.0
+#: Arterial medulla: below the cortex by 0-150 HU (by less than 60 in a third of kidneys: late timing, poor renal
+#: function), and within 30-150 HU.
+_CORTICOMEDULLARY_HU, _WEAK_CORTICOMEDULLARY_SHARE, _ARTERIAL_MEDULLA_HU = (60.0, 150.0), 0.33, (30.0, 150.0)
 #: Texture (HU standard deviation) range per tissue; others get _TEXTURE_DEFAULT.
 _TEXTURE = {
     Tissue.OUTSIDE: (0, 2),
@@ -177,6 +178,7 @@ class PlacedKidney:
     tumour: str  # none | kept (labelled as kidney) | dropped (a non-kidney mass)
     cortex_mm: float
     pyramids: int
+    medulla: str  # an InteriorStyle value
     centre_mm: tuple[float, float, float]
     hilum: tuple[float, float, float]  # unit vector, patient space
     sinus_centre_mm: tuple[float, float, float]
@@ -391,6 +393,7 @@ def place_kidney(tissues: np.ndarray, atlas: Atlas, site: KidneySite, pool: tupl
         mode,
         interior.cortex_mm,
         interior.pyramids,
+        interior.style.value,
         tuple(centre),
         tuple(hilum),
         tuple(interior.sinus_centre + origin_mm),
@@ -448,6 +451,20 @@ def _hilum_direction(medial: np.ndarray, long_axis: np.ndarray, rng: np.random.G
     return direction / np.linalg.norm(direction)
 
 
+class InteriorStyle(enum.Enum):
+    """How a kidney's medulla and sinus are drawn: real kidneys range from many small pyramids around ample sinus fat
+    to one confluent block of medulla with no sinus fat at all (young, atrophic or CKD kidneys)."""
+
+    PYRAMIDS = "pyramids"  # 7-12 pyramids between columns of Bertin, sinus fat
+    FEW = "few"  # 2-4 large pyramids, sinus fat
+    CONFLUENT = "confluent"  # one block of medulla (no columns), sinus fat
+    NO_SINUS = "no_sinus"  # one block of medulla filling the sinus, a collecting system only where it is dilated
+
+
+#: Share of kidneys drawn in each style.
+_INTERIOR_STYLES = {InteriorStyle.PYRAMIDS: 0.4, InteriorStyle.FEW: 0.2, InteriorStyle.CONFLUENT: 0.25, InteriorStyle.NO_SINUS: 0.15}
+
+
 @dataclass(frozen=True)
 class Interior:
     """Codes in a kidney's box: 0 outside, 1 cortex, 2 medulla, 3 sinus fat, 4 pelvis."""
@@ -455,18 +472,22 @@ class Interior:
     codes: np.ndarray
     cortex_mm: float
     pyramids: int
+    style: InteriorStyle
     sinus_centre: np.ndarray  # mm from the box origin (x, y, z)
 
 
-_CORTEX_MM = (4.0, 10.0)
+_CORTEX_MM = (2.5, 10.0)  # a thin cortex in chronic kidney disease
 _SHELL_SHARE = (0.3, 0.55)  # of the whole mask: caps the cortex thickness of thin kidneys
 _COLUMN_HALF_MM = (1.2, 2.5)
-_PYRAMIDS = (7, 13)
+_PYRAMIDS = {InteriorStyle.PYRAMIDS: (7, 13), InteriorStyle.FEW: (2, 5)}
 _MAX_SINUS_SHARE = 0.3
+_SINUS_SIZE = (0.35, 1.15)  # times the default sinus ellipsoid: scant to ample sinus fat
+_DILATED_PELVIS_SHARE = 0.12  # a dilated, water-dense collecting system
 
 
 def kidney_interior(kidney: np.ndarray, centre: np.ndarray, long_axis: np.ndarray, hilum: np.ndarray, rng: np.random.Generator) -> Interior:
-    """Cortex (outer shell and columns of Bertin), medullary pyramids, sinus and pelvis inside a kidney mask.
+    """Cortex (outer shell and, between pyramids, columns of Bertin), medulla, sinus and pelvis inside a kidney mask,
+    in a style drawn from _INTERIOR_STYLES.
 
     ``centre`` is the kidney's centre in mm from the mask's first voxel (x, y, z); directions are unit vectors.
     """
@@ -477,23 +498,33 @@ def kidney_interior(kidney: np.ndarray, centre: np.ndarray, long_axis: np.ndarra
     local = offsets @ frame.T  # (u along the long axis, h towards the hilum, w)
     reach = np.abs(local).max(axis=0)
     d = depth[tuple(voxels.T)]
+    styles = list(_INTERIOR_STYLES)
+    style = styles[int(rng.choice(len(styles), p=list(_INTERIOR_STYLES.values())))]
     shell_share = rng.uniform(*_SHELL_SHARE)
     cortex_mm = float(np.clip(min(rng.uniform(*_CORTEX_MM), np.quantile(d, shell_share)), *_CORTEX_MM))
-    sinus, sinus_centre, sinus_axes = _sinus(local, d, reach, cortex_mm, rng)
-    pelvis = sinus & _ellipsoid(local, sinus_centre + np.array([0.0, 0.6 * sinus_axes[1], 0.0]), sinus_axes * np.array([0.3, 0.5, 0.4]))
-    directions = _pyramid_directions(int(rng.integers(*_PYRAMIDS)), rng)
-    column = _near_pyramid_border(local - sinus_centre, reach, directions, rng.uniform(*_COLUMN_HALF_MM))
+    sinus, sinus_centre, sinus_axes = _sinus(local, d, reach, cortex_mm, rng.uniform(*_SINUS_SIZE), rng)
+    dilated = rng.random() < _DILATED_PELVIS_SHARE
+    pelvis_axes = sinus_axes * (np.array([0.55, 0.7, 0.6]) if dilated else np.array([0.3, 0.5, 0.4]))
+    pelvis = sinus & _ellipsoid(local, sinus_centre + np.array([0.0, 0.6 * sinus_axes[1], 0.0]), pelvis_axes)
+    if style is InteriorStyle.NO_SINUS:
+        sinus = pelvis if dilated else np.zeros_like(sinus)
+    if style in _PYRAMIDS:
+        directions = _pyramid_directions(int(rng.integers(*_PYRAMIDS[style])), rng)
+        column = _near_pyramid_border(local - sinus_centre, reach, directions, rng.uniform(*_COLUMN_HALF_MM))
+    else:
+        directions, column = np.zeros((1, 3)), np.zeros(len(voxels), bool)
     codes = np.where(sinus, np.where(pelvis, 4, 3), np.where((d > cortex_mm) & ~column, 2, 1)).astype(np.uint8)
     out = np.zeros(kidney.shape, np.uint8)
     out[tuple(voxels.T)] = codes
-    return Interior(out, float(cortex_mm), len(directions), centre + frame.T @ sinus_centre)
+    return Interior(out, float(cortex_mm), len(directions), style, centre + frame.T @ sinus_centre)
 
 
-def _sinus(local: np.ndarray, depth: np.ndarray, reach: np.ndarray, cortex_mm: float, rng: np.random.Generator):
-    """Sinus fat: an ellipsoid towards the hilum, a cortex deep except at the hilum lip, at most 30 % of the kidney."""
+def _sinus(local: np.ndarray, depth: np.ndarray, reach: np.ndarray, cortex_mm: float, size: float, rng: np.random.Generator):
+    """Sinus fat: an ellipsoid towards the hilum (``size`` times the usual one), a cortex deep except at the hilum lip,
+    at most 30 % of the kidney."""
     medial = local[:, 1].max()
     centre = np.array([0.0, rng.uniform(0.2, 0.4) * medial, 0.0])
-    axes = np.array([rng.uniform(0.5, 0.7), rng.uniform(0.6, 0.8), rng.uniform(0.4, 0.6)]) * reach
+    axes = np.array([rng.uniform(0.5, 0.7), rng.uniform(0.6, 0.8), rng.uniform(0.4, 0.6)]) * reach * size
     lip = (local[:, 1] > 0.5 * medial) & (np.abs(local[:, 0]) < 0.35 * reach[0])
     allowed = (depth > cortex_mm + 1.0) | lip
     sinus = allowed & _ellipsoid(local, centre, axes)
@@ -779,7 +810,7 @@ def _medulla_hu(phase: Phase, cortex: float, rng: np.random.Generator) -> float:
     if phase is Phase.ARTERIAL:
         weak = rng.random() < _WEAK_CORTICOMEDULLARY_SHARE
         difference = rng.uniform(0.0, _CORTICOMEDULLARY_HU[0]) if weak else rng.uniform(*_CORTICOMEDULLARY_HU)
-        return max(cortex - difference, _MIN_MEDULLA_HU)
+        return float(np.clip(cortex - difference, *_ARTERIAL_MEDULLA_HU))
     return cortex + rng.uniform(*_MEDULLA_OFFSET[phase])
 
 
