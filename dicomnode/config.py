@@ -339,6 +339,9 @@ class QCConfig:
     max_height_difference_mm: float = 100.0  # between the two kidneys' centres
     max_cut_share: Share = 0.3  # a kidney whose face on an image edge is at most this share of its largest cross-section: a lower bound; more: withheld
     per_structure: bool = True  # parenchyma sent when its own checks pass, cortex and medulla only when theirs pass too; false: all or nothing
+    per_kidney: bool = (
+        True  # a kidney whose own checks (and the study's) pass is sent whatever the other side shows; false: a finding on either side withholds both
+    )
     require_arterial_image: bool = True  # cortex and medulla only where the image check finds the arterial phase; false: also where it finds none
 
 

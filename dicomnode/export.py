@@ -71,7 +71,7 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         "result": "withheld" if entry.withheld else "sent",
         "verdict": entry.verdict,
         **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
-        "total_parenchyma_ml": round(sum(parenchyma), 3) if parenchyma else None,
+        "total_parenchyma_ml": round(sum(parenchyma), 3) if len(parenchyma) == 2 else None,  # both kidneys only
         "left_split": entry.left_split,
         **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in STRUCTURES},
         "qc_findings": "; ".join(entry.qc_findings),

@@ -14,8 +14,9 @@ import pydicom
 
 from dicomnode.analysis.followup import FollowUp, compare
 from dicomnode.analysis.measure import Measurements, measure
-from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport, check
-from dicomnode.config import NodeConfig, OnFail, OutputFormat
+from dicomnode.analysis.plan import ReportPlan, decide
+from dicomnode.analysis.qc import QCReport, check
+from dicomnode.config import NodeConfig, OutputFormat
 from dicomnode.files import save_dataset
 from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
@@ -61,6 +62,7 @@ class Processed:
     structures: tuple[str, ...] = ()  # what the results report: all three, or the parenchyma alone
     measured: HistoryEntry | None = None  # the study's row of the measurement history (sent or withheld)
     followup: FollowUp | None = None  # the volumes against the patient's earlier results
+    plan: ReportPlan | None = None  # what is delivered per side and structure, and why anything is absent
 
     def record(self) -> dict[str, object]:
         """The job record's figures, as the store keeps them and ``dicomnode run`` writes them: verdict, reasons,
@@ -68,6 +70,12 @@ class Processed:
         figures = self.measurements.summary() if self.measurements else None
         if figures is not None and self.qc is not None:
             figures.update(qc=self.qc.verdict, qc_findings=self.qc.lines(), qc_notes=[str(n) for n in self.qc.notes], sent=list(self.structures))
+        if figures is not None and self.plan is not None:
+            figures.update(
+                delivered=[f"{side} {structure}" for structure, side in self.plan.delivered], not_reported=self.plan.lines(), qc=self.plan.qc_verdict
+            )
+            if not self.plan.both_kidneys:
+                figures.update(total_parenchyma_ml=None, cortex_ratio=None, left_split=None)
         if figures is not None and self.followup is not None:
             figures.update(followup=self.followup.lines())
         return {
@@ -150,32 +158,46 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         report = check(measurements, selection.image_phase(series_uid), config.qc)
     reasons += report.lines() + [str(note) for note in report.notes]
     allowed = (Structure.PARENCHYMA,) if selection.parenchyma_only else STRUCTURES
-    structures = tuple(s for s in report.deliverable(config.qc.per_structure) if s in allowed)
-    passed = tuple(s for s in allowed if report.passed_for((s,)))
-    if not structures:
+    plan = decide(measurements, report, allowed, config.qc, selection.verdict)
+    reasons += plan.lines()
+    passed = plan.structures if plan.delivered and not plan.review else tuple(s for s in allowed if report.passed_for((s,)))
+    if not plan.delivered:
         log.warning("QC failed (%s): %s", config.qc.on_fail.value, "; ".join(report.lines()))
-        if config.qc.on_fail is OnFail.WITHHOLD:
-            measured = history_entry(series, series_uid, measurements, report, passed, (), WITHHELD, timings)
-            return Processed(Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings, peak_gib=peaks, measured=measured)
-        structures = allowed
-    measured = history_entry(series, series_uid, measurements, report, passed, structures, "", timings)
-    followup = compare(measured, priors(measured.patient), tuple(s for s in structures if s in passed))
+        measured = history_entry(series, series_uid, measurements, report, passed, (), WITHHELD, timings)
+        return Processed(
+            Outcome.NO_RESULT, WITHHELD, reasons, series_uid, measurements, qc=report, timings=timings, peak_gib=peaks, measured=measured, plan=plan
+        )
+    measured = history_entry(series, series_uid, measurements, report, passed, plan.structures, "", timings, plan)
+    followup = compare(measured, priors(measured.patient), tuple(s for s in plan.structures if s in passed))
     pictures = config.wants(OutputFormat.SC)
     if not pictures:  # the SEG and SR need the headers and the kidneys' masks only: the volume is freed first
         series = replace(series, hu=np.empty((0, 0, 0), series.hu.dtype))
     with _timed(timings, peaks, "write"):
-        results = write_results(series, measurements, report, segmenter.model, pictures=pictures, uids=uids, structures=structures, followup=followup)
-    if report.passed_for(structures):
-        verdict = selection.verdict if structures == STRUCTURES else f"{selection.verdict}; {PARENCHYMA_ONLY}"
-    else:
-        verdict = f"{selection.verdict}; {report.verdict}"
-    if structures != STRUCTURES:
-        log.info("renal cortex and medulla not reported: %s", "; ".join(f.message for f in report.against(CORTEX_AND_MEDULLA)) or selection.verdict)
+        results = write_results(series, measurements, report, plan, segmenter.model, pictures=pictures, uids=uids, followup=followup)
+    verdict = _verdict(selection.verdict, report, plan)
+    if plan.absent:
+        log.info("not reported: %s", "; ".join(plan.lines()))
     measured = replace(measured, verdict=verdict, timings=dict(timings))
     return Processed(
         Outcome.RESULT, verdict, reasons, series_uid, measurements, results, qc=report, timings=timings, peak_gib=peaks,
-        structures=structures, measured=measured, followup=followup,
+        structures=plan.structures, measured=measured, followup=followup, plan=plan,
     )  # fmt: skip
+
+
+def _verdict(selected: str, report: QCReport, plan: ReportPlan) -> str:
+    """The job's verdict on a study with results: the selection's, and what of it is not reported, or the QC verdict
+    where what is sent is for review."""
+    if plan.review:
+        return f"{selected}; {report.verdict}"
+    if plan.structures == (Structure.PARENCHYMA,) and plan.both_kidneys:
+        return f"{selected}; {PARENCHYMA_ONLY}"
+    parts = [selected]
+    for absent in plan.absent:
+        if absent.structures == STRUCTURES:
+            parts.append(f"{absent.side} kidney not reported ({absent.reason.value})")
+        elif absent.side in plan.sides:
+            parts.append(f"{absent.side} renal {' and '.join(absent.structures)} not reported")
+    return "; ".join(parts)
 
 
 def history_entry(
@@ -187,22 +209,29 @@ def history_entry(
     sent: tuple[str, ...],
     verdict: str,
     timings: dict[str, float],
+    plan: ReportPlan | None = None,
 ) -> HistoryEntry:
     """The study's row of the measurement history: its patient, study and series, every volume per side (as the SR
-    rounds them), the structures whose QC passed (of those the series can give) and those sent."""
+    rounds them; with a ``plan`` that delivers, those delivered only, so that a side withheld is never compared
+    later), the structures whose QC passed (of those the series can give) and those sent."""
     ds = series.datasets[0]
     return HistoryEntry(
         patient=Patient(str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or "")),
         study_uid=str(ds.StudyInstanceUID),
         study_date=str(ds.get("StudyDate", "") or ""),
         series_uid=series_uid,
-        volumes={(structure, side): round(k.volume(structure), 3) for side, k in measurements.kidneys.items() for structure in STRUCTURES},
+        volumes={
+            (structure, side): round(k.volume(structure), 3)
+            for side, k in measurements.kidneys.items()
+            for structure in STRUCTURES
+            if plan is None or plan.delivers(structure, side)
+        },
         qc_passed=passed,
         qc_findings=tuple(report.lines()),
         sent=sent,
         algorithms={structure: (a.name, a.version) for structure, a in measurements.algorithms.items()},
         verdict=verdict,
-        left_split=None if measurements.left_split is None else round(measurements.left_split, 4),
+        left_split=None if measurements.left_split is None or (plan is not None and not plan.both_kidneys) else round(measurements.left_split, 4),
         timings=dict(timings),
     )
 

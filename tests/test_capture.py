@@ -72,8 +72,8 @@ def test_key_slices_show_the_outlines_where_the_kidneys_are(made) -> None:
 def test_not_for_diagnosis_is_written_unless_the_card_allows_diagnosis(made) -> None:
     _, processed, _ = made
     research, clinical = Model("m", Path("."), {}, "0"), Model("m", Path("."), {"for_diagnosis": True}, "0")
-    warned = summary_page(processed.measurements, processed.qc, research)
-    cleared = summary_page(processed.measurements, processed.qc, clinical)
+    warned = summary_page(processed.measurements, processed.qc, processed.plan, research)
+    cleared = summary_page(processed.measurements, processed.qc, processed.plan, clinical)
 
     def pink(page: np.ndarray) -> int:  # the warning's colour
         return int(((page[..., 0] > 200) & (page[..., 1] > 100) & (page[..., 1] < 160)).sum())

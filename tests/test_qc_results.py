@@ -52,7 +52,9 @@ def instances(tmp_path_factory) -> list[Instance]:
 
 
 def test_withheld_study_sends_only_the_reasons(instances: list[Instance]) -> None:
-    config = replace(NodeConfig(), send_text_sr_without_result=True)
+    """All or nothing (``qc.per_kidney: false``, the behaviour before per-kidney reports): a missing right kidney
+    withholds the left one too."""
+    config = replace(NodeConfig(), send_text_sr_without_result=True, qc=QCConfig(per_kidney=False))
     processed = process_study(instances, config, ReferenceLabels())
     assert processed.outcome is Outcome.NO_RESULT and processed.verdict == WITHHELD
     findings = processed.qc.lines()
@@ -64,7 +66,7 @@ def test_withheld_study_sends_only_the_reasons(instances: list[Instance]) -> Non
 
 
 def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instance], tmp_path: Path) -> None:
-    config = replace(NodeConfig(), qc=QCConfig(on_fail=OnFail.FLAG))
+    config = replace(NodeConfig(), qc=QCConfig(on_fail=OnFail.FLAG, per_kidney=False))
     processed = process_study(instances, config, ReferenceLabels())
     assert processed.outcome is Outcome.RESULT and "QC failed" in processed.verdict
     seg, sr = processed.results.seg, processed.results.sr
@@ -109,6 +111,30 @@ def test_flagged_study_sends_seg_and_sr_marked_for_review(instances: list[Instan
         assert saved.path.read_bytes() == unaided[saved.sop_uid], saved.path.name
 
 
+def test_one_kidney_is_delivered_and_the_sr_says_the_other_was_not_found(instances: list[Instance], tmp_path: Path) -> None:
+    """A solitary left kidney (the right one not in the prediction): its parenchyma is sent, not withheld, with no
+    total or split function; the SR says no right kidney was found, and holds no group for it."""
+    processed = process_study(instances, NodeConfig(), ReferenceLabels())
+    assert processed.outcome is Outcome.RESULT and processed.structures == ("parenchyma",), processed.reasons
+    assert processed.plan is not None and processed.plan.delivered == (("parenchyma", "left"),)
+    assert "right kidney not reported (no kidney was found on this side)" in processed.verdict
+    seg, sr = processed.results.seg, processed.results.sr
+    assert not sr.SeriesDescription.endswith("QC: review")
+    assert {s.SegmentLabel.lower() for s in seg.SegmentSequence} == {"left renal parenchyma"}
+    groups = sr_groups(sr)
+    volumes = {g.identifier: g.volume_ml for g in groups if g.segment_number}
+    assert volumes == {"left renal parenchyma": pytest.approx(138.9, abs=0.2)}
+    study = next(g for g in groups if not g.segment_number)
+    assert "Right kidney not reported: no kidney was found on this side" in study.findings
+    record = processed.record()["measurements"]
+    assert record["left_split"] is None and record["total_parenchyma_ml"] is None
+    assert record["not_reported"][-1] == "Right kidney not reported: no kidney was found on this side"
+    assert processed.measured is not None and set(processed.measured.volumes) == {("parenchyma", "left")}
+    assert processed.measured.left_split is None
+    for saved in save_results(processed.results, tmp_path):
+        assert dciodvfy(saved.path) == [], saved.path.name
+
+
 class BothReferenceKidneys(ReferenceLabels):
     """Both reference kidneys of the shared real CT as the prediction."""
 
@@ -136,7 +162,8 @@ def test_non_contrast_study_sends_parenchyma_alone_and_says_why(instances: list[
     assert all(g.qc == "Usable - Meets the quality control standard" for g in groups)
     study = next(g for g in groups if not g.segment_number)
     assert study.findings[0] == "QC passed for renal parenchyma"
-    assert any(text.startswith("Renal cortex and medulla not reported:") and "arterial phase" in text for text in study.findings)
+    for side in ("Left", "Right"):
+        assert any(text.startswith(f"{side} renal cortex and medulla not reported: not measured in this phase") for text in study.findings), study.findings
     for saved in save_results(processed.results, tmp_path):
         assert dciodvfy(saved.path) == [], saved.path.name
 

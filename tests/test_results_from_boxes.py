@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from dicomnode.analysis.measure import measure
+from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import check
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import load_series
-from dicomnode.renal import STRUCTURES
+from dicomnode.renal import SIDES, STRUCTURES
 from dicomnode.results.write import write_results
 from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from tests.readback import seg_masks, sr_groups
@@ -35,7 +36,10 @@ def test_seg_frames_and_sr_volumes_equal_the_measured_masks(tmp_path: Path, feet
         series.origin, series.direction = series.to_patient(np.array([truth.shape[0] - 1, 0, 0])), series.direction * [1, 1, -1]
     measurements = measure(series, Segmentation(labels, MODEL, "cpu"))
     assert set(measurements.kidneys) == {"left", "right"}
-    results = write_results(series, measurements, check(measurements, ImagePhase.ARTERIAL, QCConfig()), MODEL)
+    report = check(measurements, ImagePhase.ARTERIAL, QCConfig())
+    # every structure of both sides, whatever QC says of this small phantom
+    everything = ReportPlan(tuple((s, side) for s in STRUCTURES for side in SIDES), (), not report.passed, report.verdict)
+    results = write_results(series, measurements, report, everything, MODEL)
     assert results.seg is not None
     results.seg.save_as(tmp_path / "seg.dcm")
     masks = seg_masks(tmp_path / "seg.dcm", [str(ds.SOPInstanceUID) for ds in series.datasets])

@@ -127,9 +127,9 @@ class Measurements:
 
     @property
     def left_split(self) -> float | None:
-        """Left share of total parenchyma (split renal volume)."""
+        """Left share of total parenchyma (split renal volume), where both kidneys are measured."""
         total = self.total_parenchyma_ml
-        return self.kidneys[Side.LEFT].parenchyma_ml / total if total and Side.LEFT in self.kidneys else None
+        return self.kidneys[Side.LEFT].parenchyma_ml / total if total and len(self.kidneys) == 2 else None
 
     def summary(self) -> dict[str, object]:
         """Plain figures for the job record."""

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import KidneyMeasurement, Measurements
+from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
 from dicomnode.imaging.axes import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
@@ -59,10 +60,10 @@ def _page(draw: Callable[[Figure], None]) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, caption: str, structures: tuple[str, ...] = STRUCTURES) -> np.ndarray:
-    """The key slice of one kidney, both kidneys' outlines drawn (cortex and medulla where they are sent, else the
-    parenchyma), displayed as radiologists read axial CT (patient's right on the image's left, anterior up)."""
-    outlined = CORTEX_AND_MEDULLA if Structure.CORTEX in structures else (Structure.PARENCHYMA,)
+def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, caption: str, plan: ReportPlan) -> np.ndarray:
+    """The key slice of one kidney, the outlines of what the plan delivers drawn (cortex and medulla where they are
+    sent, else the parenchyma), displayed as radiologists read axial CT (patient's right on the image's left,
+    anterior up)."""
     canonical = series.in_patient_axes
     k = key_slice(series, measurements, side)
     level, width = WINDOW
@@ -73,7 +74,8 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, cap
         axes = figure.add_axes((0, 0.06, 1, 0.88))
         axes.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
         for kidney in measurements.kidneys.values():
-            for structure in outlined:
+            outlined = CORTEX_AND_MEDULLA if plan.delivers(Structure.CORTEX, kidney.side) else (Structure.PARENCHYMA,)
+            for structure in outlined if plan.delivers(Structure.PARENCHYMA, kidney.side) or plan.delivers(Structure.CORTEX, kidney.side) else ():
                 colour = OUTLINES[structure]
                 mask = _canonical_plane(series, kidney, structure, k)
                 if mask.any():
@@ -82,25 +84,24 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, cap
         axes.text(0.01, 0.5, "R", color="white", fontsize=16, transform=axes.transAxes, va="center")
         axes.text(0.97, 0.5, "L", color="white", fontsize=16, transform=axes.transAxes, va="center")
         figure.text(0.01, 0.97, caption, color="white", fontsize=12, va="top")
-        legend = "cortex: red   medulla: yellow" if Structure.CORTEX in outlined else "parenchyma: orange"
+        legend = "cortex: red   medulla: yellow" if Structure.CORTEX in plan.structures else "parenchyma: orange"
         figure.text(0.01, 0.01, legend, color="white", fontsize=11)
         figure.text(0.99, 0.01, NOT_FOR_DIAGNOSIS, color="#ff8080", fontsize=11, ha="right")
 
     return _page(draw)
 
 
-def summary_page(
-    measurements: Measurements, qc: QCReport, model: Model, structures: tuple[str, ...] = STRUCTURES, followup: FollowUp | None = None
-) -> np.ndarray:
-    """The volumes per side of the structures sent, the QC verdict with its findings and notes, the model and its
-    intended use; with earlier results of the patient, the change since the prior and a chart of each side's
-    parenchyma (and cortex) over time."""
+def summary_page(measurements: Measurements, qc: QCReport, plan: ReportPlan, model: Model, followup: FollowUp | None = None) -> np.ndarray:
+    """The volumes per side that the plan delivers, what is not reported and why, the QC verdict with its findings
+    and notes, the model and its intended use; with earlier results of the patient, the change since the prior and
+    a chart of each side's parenchyma (and cortex) over time."""
+    structures = plan.structures
     charted = followup is not None and bool(followup.points)
     lines = [("Renal volumes (ml)", "white", 16), ("", "white", 8 if charted else 12)]
     lines.append((f"{'':<12}{'right':>10}{'left':>10}", "white", 13))
     for structure in STRUCTURES:
         sent = structure in structures
-        cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if side in measurements.kidneys and sent else f"{'-':>10}" for side in SIDES[::-1]]
+        cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if plan.delivers(structure, side) else f"{'-':>10}" for side in SIDES[::-1]]
         lines.append((f"{structure:<12}{''.join(cells)}" + ("" if sent else "  not reported"), "white", 13))
         changes = [followup.change(structure, side) if followup else None for side in SIDES[::-1]]
         if any(changes):
@@ -113,8 +114,8 @@ def summary_page(
             skipped.setdefault((n.prior_date.isoformat() if n.prior_date else "unknown date", n.why), []).append(n.structure)
         lines += [(f"  study of {when} not compared ({', '.join(s)}): {why}"[:90], "#a0a0a0", 10) for (when, why), s in list(skipped.items())[:2]]
     lines.append(("", "white", 12))
-    lines.append((qc.verdict_on(structures), "#80ff80" if qc.passed_for(structures) else "#ffb060", 13))
-    lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*qc.lines(), *(str(n) for n in qc.notes)][: 2 if charted else 8]]
+    lines.append((plan.qc_verdict, "#ffb060" if plan.review else "#80ff80", 13))
+    lines += [(f"  {line}"[:90], "#ffb060", 10) for line in [*plan.lines(), *qc.lines(), *(str(n) for n in qc.notes)][: 2 if charted else 8]]
     lines.append(("", "white", 12))
     for made in (Structure.PARENCHYMA, Structure.CORTEX):
         algorithm = measurements.algorithms.get(made)
@@ -166,18 +167,18 @@ def write_sc(
     series: LoadedSeries,
     measurements: Measurements,
     qc: QCReport,
+    plan: ReportPlan,
     model: Model,
     uids: ResultUids = RANDOM_UIDS,
-    structures: tuple[str, ...] = STRUCTURES,
     followup: FollowUp | None = None,
 ) -> list[pydicom.Dataset]:
-    """One Secondary Capture series: the summary page, then the key slice of each kidney found."""
-    pages = [summary_page(measurements, qc, model, structures, followup)]
+    """One Secondary Capture series: the summary page, then the key slice of each kidney the plan reports."""
+    pages = [summary_page(measurements, qc, plan, model, followup)]
     for side in SIDES[::-1]:
-        if side in measurements.kidneys:
-            pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice", structures))
+        if side in plan.sides:
+            pages.append(slice_page(series, measurements, side, f"{side} kidney, key slice", plan))
     series_uid = uids.uid("sc/series")
-    description = SC_DESCRIPTION + ("" if qc.passed_for(structures) else QC_REVIEW_SUFFIX)
+    description = SC_DESCRIPTION + (QC_REVIEW_SUFFIX if plan.review else "")
     images: list[pydicom.Dataset] = []
     for number, pixels in enumerate(pages, 1):
         sc = hd.sc.SCImage.from_ref_dataset(

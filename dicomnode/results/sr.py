@@ -13,9 +13,10 @@ from pydicom.uid import generate_uid
 from dicomnode import __version__
 from dicomnode.analysis.followup import Change, FollowUp
 from dicomnode.analysis.measure import Measurements
+from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import STUDY, QCReport
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import STRUCTURES, Side, Structure
+from dicomnode.renal import Side, Structure
 from dicomnode.results.codes import (
     CUBIC_CENTIMETRE,
     CUBIC_CENTIMETRE_PER_YEAR,
@@ -50,6 +51,7 @@ def write_sr(
     series: LoadedSeries,
     measurements: Measurements,
     qc: QCReport,
+    plan: ReportPlan,
     seg: pydicom.Dataset,
     numbers: dict[tuple[Structure, Side], int],
     tracking: dict[tuple[Structure, Side], str],
@@ -58,11 +60,11 @@ def write_sr(
     uids: ResultUids = RANDOM_UIDS,
     followup: FollowUp | None = None,
 ) -> pydicom.Dataset:
-    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure sent and side, volumes in cm3, each with its
-    QC verdict, its side's findings and notes, and with ``followup`` its change since the patient's prior result; a
-    TID 1501 group holds the study's QC verdict, its findings, why structures are absent (e.g. cortex and medulla
-    outside the arterial phase), and which earlier results were not compared and why."""
-    sent = tuple(dict.fromkeys(structure for structure, _ in numbers))
+    """A Comprehensive 3D SR (TID 1500): one TID 1411 group per structure and side the plan delivers, volumes in cm3,
+    each with its QC verdict, its side's findings and notes, and with ``followup`` its change since the patient's
+    prior result; a TID 1501 group holds the study's QC verdict, what is absent on which side and why (no kidney
+    found, cut off by the field of view, withheld with its finding, not measured in this phase), the findings not
+    reported with a group, and which earlier results were not compared and why."""
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for (structure, side), number in numbers.items():
         kidney = measurements.kidneys[side]
@@ -83,21 +85,18 @@ def write_sr(
                     hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
                     *_changes(followup.change(structure, side) if followup else None),
                 ],
-                qualitative_evaluations=[_qc_evaluation(qc.passed_for((structure,)))],
+                qualitative_evaluations=[_qc_evaluation(not plan.review and not any(f.scope in (side, STUDY) and structure in f.rule.structures for f in qc.findings))],
             )
         )
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
         algorithm_id=_sr_algorithm(measurements.algorithms[Structure.PARENCHYMA]),
-        qualitative_evaluations=[_qc_evaluation(qc.passed_for(sent))],
+        qualitative_evaluations=[_qc_evaluation(not plan.review)],
     )
-    reported_sides = {side for _, side in numbers}
-    unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in reported_sides]  # e.g. a missing kidney
-    absent = [structure for structure in STRUCTURES if structure not in sent]
-    why_absent = [f"Renal {' and '.join(absent)} not reported: {'; '.join(f.message for f in qc.against(tuple(absent)))}"] if absent and reported_sides else []
+    unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in plan.sides]  # e.g. a kidney withheld
     not_compared = [str(n) for n in followup.not_compared] if followup else []
-    _add_findings(study_group, [qc.verdict_on(sent), *why_absent, *(str(f) for f in unreported), *not_compared])
+    _add_findings(study_group, [plan.qc_verdict, *plan.lines(), *(str(f) for f in unreported), *not_compared])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -113,7 +112,7 @@ def write_sr(
     document = hd.sr.Comprehensive3DSR(
         evidence=[*series.datasets, seg],
         content=report[0],
-        series_description=SR_DESCRIPTION + ("" if qc.passed_for(sent) else QC_REVIEW_SUFFIX),
+        series_description=SR_DESCRIPTION + (QC_REVIEW_SUFFIX if plan.review else ""),
         contributing_equipment=contributing_equipment(measurements),
         **_new_sr_instance(uids, "sr"),
     )

@@ -12,9 +12,10 @@ from pynetdicom.sop_class import SegmentationStorage
 
 from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import Measurements
+from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import QCReport
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import STRUCTURES, Side, Structure
+from dicomnode.renal import Side, Structure
 from dicomnode.results.capture import write_sc
 from dicomnode.results.equipment import MANUFACTURER
 from dicomnode.results.seg import SEGMENT_ORDER, write_seg
@@ -32,22 +33,19 @@ class Results:
     sc: list[pydicom.Dataset] = field(default_factory=list)  # Secondary Capture pages, where a destination wants them
 
 
-def tracking_uids(measurements: Measurements, uids: ResultUids, structures: tuple[str, ...] = STRUCTURES) -> dict[tuple[Structure, Side], str]:
-    """One Tracking UID per structure sent and side found, shared by its SEG segment and its SR group."""
-    return {
-        (structure, side): uids.uid(f"tracking/{structure}/{side}")
-        for structure, side in SEGMENT_ORDER
-        if side in measurements.kidneys and structure in structures
-    }
+def tracking_uids(plan: ReportPlan, uids: ResultUids) -> dict[tuple[Structure, Side], str]:
+    """One Tracking UID per structure and side the plan delivers, shared by its SEG segment and its SR group."""
+    return {(structure, side): uids.uid(f"tracking/{structure}/{side}") for structure, side in SEGMENT_ORDER if plan.delivers(structure, side)}
 
 
-def measured_slices(series: LoadedSeries, measurements: Measurements) -> np.ndarray:
-    """Which of the series' slices a measured kidney lies on (all, where none is measured). The SEG derives from
+def measured_slices(series: LoadedSeries, measurements: Measurements, sides: tuple[Side, ...]) -> np.ndarray:
+    """Which of the series' slices a reported kidney (of ``sides``) lies on (all, where none is). The SEG derives from
     these slices only and the SR's Image Library (TID 1600) lists them: a 1 mm series has some 500 slices and the
     kidneys about a quarter of them, and carrying all of them made SEG and SR several times slower to write."""
     occupied = np.zeros(len(series.datasets), bool)
-    for kidney in measurements.kidneys.values():
-        occupied |= kidney.slice_areas() > 0
+    for side, kidney in measurements.kidneys.items():
+        if side in sides:
+            occupied |= kidney.slice_areas() > 0
     return occupied if occupied.any() else np.ones(len(series.datasets), bool)
 
 
@@ -55,20 +53,20 @@ def write_results(
     series: LoadedSeries,
     measurements: Measurements,
     qc: QCReport,
+    plan: ReportPlan,
     model: Model,
     pictures: bool = False,
     uids: ResultUids = RANDOM_UIDS,
-    structures: tuple[str, ...] = STRUCTURES,
     followup: FollowUp | None = None,
 ) -> Results:
-    """SEG and SR of the ``structures`` of a measured study, and with ``pictures`` the Secondary Capture pages; where
-    a structure sent failed QC, all say "QC: review" and the SR lists every finding. ``followup`` adds the change
-    since the patient's prior result to the SR and the summary page. ``uids`` derives every UID from the job, so a
-    re-run makes the same instances."""
-    tracking, slices = tracking_uids(measurements, uids, structures), measured_slices(series, measurements)
-    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=not qc.passed_for(structures), uids=uids)
-    sc = write_sc(series, measurements, qc, model, uids, structures, followup) if pictures else []
-    return Results(seg, write_sr(series, measurements, qc, seg, numbers, tracking, model, slices, uids, followup), sc)
+    """SEG and SR of what ``plan`` delivers of a measured study, and with ``pictures`` the Secondary Capture pages;
+    where the plan sends for review, all say "QC: review" and the SR lists every finding. ``followup`` adds the
+    change since the patient's prior result to the SR and the summary page. ``uids`` derives every UID from the job,
+    so a re-run makes the same instances."""
+    tracking, slices = tracking_uids(plan, uids), measured_slices(series, measurements, plan.sides)
+    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=plan.review, uids=uids)
+    sc = write_sc(series, measurements, qc, plan, model, uids, followup) if pictures else []
+    return Results(seg, write_sr(series, measurements, qc, plan, seg, numbers, tracking, model, slices, uids, followup), sc)
 
 
 def warm_writers() -> None:
