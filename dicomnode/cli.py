@@ -76,8 +76,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
-            texts = ("notes", "qc_findings", "qc_notes", "followup")  # lists of lines, printed one a line
-            figures = {k: v for k, v in job.measurements.items() if k not in (*texts, "sent")}
+            texts = ("not_reported", "notes", "qc_findings", "qc_notes", "followup")  # lists of lines, printed one a line
+            figures = {k: v for k, v in job.measurements.items() if k not in (*texts, "sent", "delivered")}
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
             for line in [line for key in texts for line in job.measurements.get(key, [])]:
                 print(f"    {line}")

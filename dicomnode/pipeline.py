@@ -22,7 +22,7 @@ from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.instance import Instance
 from dicomnode.memory import peak_gib, reset_peak
-from dicomnode.renal import STRUCTURES, Structure
+from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
 from dicomnode.results.write import Results, write_results
 from dicomnode.segment.model import SeriesSegmenter
@@ -192,11 +192,13 @@ def _verdict(selected: str, report: QCReport, plan: ReportPlan) -> str:
     if plan.structures == (Structure.PARENCHYMA,) and plan.both_kidneys:
         return f"{selected}; {PARENCHYMA_ONLY}"
     parts = [selected]
-    for absent in plan.absent:
-        if absent.structures == STRUCTURES:
-            parts.append(f"{absent.side} kidney not reported ({absent.reason.value})")
-        elif absent.side in plan.sides:
-            parts.append(f"{absent.side} renal {' and '.join(absent.structures)} not reported")
+    for side in SIDES:
+        absent = [a for a in plan.absent if a.side == side]
+        if side not in plan.sides and absent:
+            why = next((a for a in absent if Structure.PARENCHYMA in a.structures), absent[0])
+            parts.append(f"{side} kidney not reported ({why.reason.value})")
+        elif absent:
+            parts.append(f"{side} renal {' and '.join(s for a in absent for s in a.structures)} not reported")
     return "; ".join(parts)
 
 

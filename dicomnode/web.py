@@ -171,7 +171,8 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
         delivery = f"{job.delivery.value} ({sent}/{len(deliveries)} sent)" if deliveries else job.delivery.value
         if dead:
             delivery += f"; {e(dead[0].destination)}: {e(dead[0].last_error or '')}"
-        qc = (job.measurements or {}).get("qc", "")
+        figures = job.measurements or {}
+        qc = "; ".join([str(figures.get("qc", "")), *figures.get("not_reported", [])]).strip("; ")
         history = f"<a href='/history/{job.id}'>history</a>" if job.study_uid in followed else ""
         flag = " bad" if job.delivery is JobDelivery.FAILED or (job.outcome and job.outcome.value == "failed") else ""
         rows.append(

@@ -6,6 +6,9 @@
   touch the crop's edge on a few slices (faces of 6 % and 1 % of their largest cross-sections: lower bounds).
 - ``real_ct/example_ct_dicom``: a real series with no kidney in view; its empty Study/Series/SOP Instance UIDs are
   filled in here, as a PACS would hold them, so the node can receive it.
+- Two variants of s0009: its left kidney replaced by fat, and its field of view cut through the left kidney's middle
+  (origin shifted by (250, -180, 400) mm): the right kidney must be delivered within 10 % and the left one named
+  absent in the SR with its reason, with no total or split function.
 
 s0009 must give both kidneys on the right sides, parenchyma Dice >= 0.90 and volume within 10 %, less than 20 ml
 predicted elsewhere, and a parenchyma result in the PACS; cortex and medulla are not sent (no arterial phase), and
@@ -28,6 +31,7 @@ from pydicom.uid import generate_uid
 from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD
 from tests.peers import REAL_CT, SHARED, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts, sr_volumes
+from training.variants import cut_through, without_kidney
 from training.volume_dicom import SeriesTags, write_volume_series
 
 S0009 = SHARED / "data" / "real_ct2" / "s0009"
@@ -76,6 +80,10 @@ def _results(orthanc: Orthanc, study_uid: str, folder: Path) -> dict[str, list[P
 def test_real_ct_gives_parenchyma_on_the_right_sides_and_nothing_where_no_kidney_is(tmp_path: Path, node_process: NodeFactory, orthanc: Orthanc) -> None:
     studies = {name: write_volume_series(sitk.ReadImage(str(image)), tmp_path / name, SeriesTags(study_seed=name)) for name, (image, _) in KIDNEY_CASES.items()}
     studies["no kidney"] = _kidney_free_series(tmp_path / "no_kidney")
+    s0009, left = sitk.ReadImage(str(S0009 / "ct.nii.gz")), _mask(S0009 / "kidney_left.nii.gz")
+    studies["s0009 without left"] = write_volume_series(without_kidney(s0009, left), tmp_path / "no_left", SeriesTags(study_seed="no left"))
+    cut, _ = cut_through(s0009, left, {})
+    studies["s0009 cut left"] = write_volume_series(cut, tmp_path / "cut", SeriesTags(study_seed="cut"), shift_mm=(250.0, -180.0, 400.0))
     uids = {pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID: name for name, files in studies.items()}
     orthanc.start()
     node = node_process(
@@ -87,7 +95,7 @@ def test_real_ct_gives_parenchyma_on_the_right_sides_and_nothing_where_no_kidney
     for name, files in studies.items():
         sent = storescu(node.port, node.ae_title, files, extra=("-xv",) if name == "no kidney" else ())  # as stored: JPEG 2000 lossless
         assert sent.returncode == 0, sent.stderr
-    wait_for(lambda: len(node.jobs()) == 3 and all(j["state"] == "done" for j in node.jobs()), 900, 2.0, "three jobs to end")
+    wait_for(lambda: len(node.jobs()) == len(studies) and all(j["state"] == "done" for j in node.jobs()), 900, 2.0, "every job to end")
     wait_for(lambda: all(j["delivery"] != "sending" for j in node.status()), 120, 1.0, "deliveries")
     jobs = {uids[job["study_uid"]]: job for job in node.status()}
 
@@ -124,7 +132,24 @@ def test_real_ct_gives_parenchyma_on_the_right_sides_and_nothing_where_no_kidney
             assert volumes[f"{side} renal parenchyma"] == pytest.approx(reference_ml, rel=MAX_VOLUME_ERROR), (name, side)
             number = next(n for n, label in labels.items() if label == f"{side} renal parenchyma")
             assert dice(masks[number], reference) >= MIN_DICE, (name, side, dice(masks[number], reference))
-        assert any(text.startswith("Renal cortex and medulla not reported:") for text in sr_texts(sr)), name
+        for side in ("Left", "Right"):
+            assert any(text.startswith(f"{side} renal cortex and medulla not reported: not measured") for text in sr_texts(sr)), name
+
+    # one kidney replaced by fat, and the field of view cut through the left kidney (origin shifted): the right kidney
+    # is delivered within 10 %, the left one is named absent with its reason, and no total or split function is given
+    for name, why in (("s0009 without left", "no kidney was found on this side"), ("s0009 cut left", "cut off by the field of view")):
+        job = jobs[name]
+        assert job["outcome"] == "result" and f"left kidney not reported ({why})" in job["verdict"], (name, job)
+        figures = job["measurements"]
+        assert figures["left_split"] is None and figures["total_parenchyma_ml"] is None and figures["delivered"] == ["right parenchyma"], figures
+        results = _results(orthanc, job["study_uid"], tmp_path)
+        assert len(results["SEG"]) == 1 and len(results["SR"]) == 1, name
+        assert dciodvfy(results["SEG"][0]) == [] and dciodvfy(results["SR"][0]) == []
+        assert {s.SegmentLabel.lower() for s in pydicom.dcmread(results["SEG"][0]).SegmentSequence} == {"right renal parenchyma"}
+        sr = pydicom.dcmread(results["SR"][0])
+        volumes = {g.identifier: g.volume_ml for g in sr_groups(sr) if g.segment_number}
+        assert volumes == {"right renal parenchyma": pytest.approx(99.9, rel=MAX_VOLUME_ERROR)}, (name, volumes)
+        assert any(text.startswith(f"Left kidney not reported: {why}") for text in sr_texts(sr)), (name, sr_texts(sr))
 
     kidney_free = jobs["no kidney"]
     assert kidney_free["outcome"] == "no_result" and kidney_free["verdict"] == "no kidney found in the series", kidney_free

@@ -96,6 +96,8 @@ class SideScore:
     cortex_predicted_ml: float | None = None
     sent: bool = False  # whether the node would deliver this side's parenchyma
     flagged: bool = False  # sent with "QC: review"
+    left_out_share: float | None = None  # the model-free checks' figures (KidneyMeasurement)
+    thick_cortex_share: float | None = None
 
     @property
     def volume_error_pct(self) -> float:
@@ -141,11 +143,13 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
                     continue
                 kidney = measurements.kidneys.get(side) if measurements else None
                 parenchyma = _scored(path, kidney.parenchyma if kidney is not None else None, case.truth_ml, side, "parenchyma")
-                cortex = _scored(case.cortex[side], kidney.cortex if kidney is not None else None, case.truth_ml, side, "cortex") if case.cortex else None
-                sent = kidney is not None and Structure.PARENCHYMA in delivered
-                flagged = sent and processed.qc is not None and not processed.qc.passed_for(processed.structures)
-                cortex_figures = {} if cortex is None else dict(zip(("cortex_dice", "cortex_reference_ml", "cortex_predicted_ml"), cortex))
-                sides.append(SideScore(side.value, *parenchyma, sent=sent, flagged=flagged, **cortex_figures))
+                cortex: tuple[float | None, float | None, float | None] = (None, None, None)
+                if case.cortex:
+                    cortex = _scored(case.cortex[side], kidney.cortex if kidney is not None else None, case.truth_ml, side, "cortex")
+                plan = processed.plan
+                sent = kidney is not None and bool(delivered) and plan is not None and plan.delivers(Structure.PARENCHYMA, side)
+                checks: tuple[float | None, float | None] = (None, None) if kidney is None else (kidney.left_out_share, kidney.thick_cortex_share)
+                sides.append(SideScore(side.value, *parenchyma, *cortex, sent, sent and plan is not None and plan.review, *checks))
             predicted_ml = measurements.predicted_ml if measurements else 0.0
             kept = measurements.total_parenchyma_ml if measurements else 0.0
             findings = processed.qc.lines() if processed.qc else []

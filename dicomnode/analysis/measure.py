@@ -36,6 +36,15 @@ OUTLINE_SLICES = 40
 #: DENSER_FILTER_VOXELS in-plane (noise), is denser tissue inside the outline; the share of such voxels (voxels of the
 #: outline's own 1-voxel ring left out: partial volume) is :attr:`KidneyMeasurement.denser_share`.
 DENSER_HU, DENSER_FILTER_VOXELS = 20.0, 5
+#: Inside a kidney's outline (each slice's convex hull) but outside its mask, tissue between unopacified urine and an
+#: enhanced vessel (HU, after an in-plane median filter of DENSER_FILTER_VOXELS) is renal tissue the model left out;
+#: sinus fat, the collecting system and arteries fall outside the range (the hilar veins do not, so a little is
+#: expected). Its share of the kidney is :attr:`KidneyMeasurement.left_out_share`.
+LEFT_OUT_HU = (25.0, 180.0)
+#: A cortex is at most some 10 mm thick; cortex voxels deeper than this (mm) inside the cortex mask belong to a
+#: thicker structure taken in (spleen, liver, bowel wall, a vessel of cortex density): their share of the cortex is
+#: :attr:`KidneyMeasurement.thick_cortex_share`.
+CORTEX_HALF_THICKNESS_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class KidneyMeasurement:
     fat_share: float = float("nan")  # share of its shell that is fat (FAT_HU): perirenal fat
     outline_medulla_share: float = float("nan")  # share of its outer surface the model labelled medulla
     denser_share: float = float("nan")  # share of it denser than its median by DENSER_HU (see there)
+    left_out_share: float = float("nan")  # renal-density tissue inside its outline but outside it, as a share of it (LEFT_OUT_HU)
+    thick_cortex_share: float = float("nan")  # share of its cortex deeper than CORTEX_HALF_THICKNESS_MM inside the cortex
 
     @property
     def cortex(self) -> np.ndarray:
@@ -307,6 +318,8 @@ def _kidney(
         fat_share,
         _outline_medulla_share(cortex, medulla),
         _denser_share(hu, inside),
+        _left_out_share(hu, inside),
+        _thick_share(cortex, series.spacing_zyx),
     )
 
 
@@ -370,6 +383,30 @@ def _denser_share(hu: np.ndarray, kidney: np.ndarray) -> float:
         return 0.0
     smooth = median_at(hu[slices].astype(np.float32), core, DENSER_FILTER_VOXELS)
     return float(np.mean(smooth > np.median(smooth) + DENSER_HU))
+
+
+def _left_out_share(hu: np.ndarray, kidney: np.ndarray) -> float:
+    """Tissue of renal density inside each slice's convex hull of the kidney but outside its mask (LEFT_OUT_HU, after
+    an in-plane median filter), as a share of the kidney, on at most about :data:`OUTLINE_SLICES` of its slices."""
+    slices = _sampled_slices(kidney)
+    if not slices.size:
+        return 0.0
+    hull = np.stack([convex_hull_image(kidney[z]) for z in slices])
+    gap = hull & ~kidney[slices]
+    if not gap.any():
+        return 0.0
+    smooth = median_at(hu[slices].astype(np.float32), gap, DENSER_FILTER_VOXELS)
+    tissue = (smooth >= LEFT_OUT_HU[0]) & (smooth <= LEFT_OUT_HU[1])
+    return float(tissue.sum() / kidney[slices].sum())
+
+
+def _thick_share(cortex: np.ndarray, spacing_zyx: tuple[float, float, float]) -> float:
+    """The share of the cortex deeper than :data:`CORTEX_HALF_THICKNESS_MM` inside the cortex mask (a structure too
+    thick to be a cortex)."""
+    if not cortex.any():
+        return 0.0
+    depth = ndimage.distance_transform_edt(np.pad(cortex, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return float(np.mean(depth[cortex] > CORTEX_HALF_THICKNESS_MM))
 
 
 def median_at(planes: np.ndarray, where: np.ndarray, size: int) -> np.ndarray:

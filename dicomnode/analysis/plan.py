@@ -35,7 +35,7 @@ class Absent:
     detail: str = ""
 
     def __str__(self) -> str:
-        what = "kidney" if self.structures == STRUCTURES else f"renal {' and '.join(self.structures)}"
+        what = "kidney" if self.structures == STRUCTURES else f"renal {_listed(list(self.structures))}"
         return f"{self.side.capitalize()} {what} not reported: {self.reason.value}" + (f" ({self.detail})" if self.detail else "")
 
 
@@ -111,11 +111,12 @@ def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]
 
 
 def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements) -> Absent:
-    """Why a found kidney's structures are withheld: the field of view (with the lower bound), the phase, or the
+    """Why a found kidney's structures are withheld: the field of view where the image's edge cuts the kidney and no
+    study-level finding concerns it (with the lower bound and any other findings of the kidney), the phase, or the
     findings named."""
     rules = {f.rule for f in findings}
-    if Rule.FIELD_OF_VIEW in rules and all(f.scope == side for f in findings):
-        kidney = measurements.kidneys[side]
+    kidney = measurements.kidneys[side]
+    if (Rule.FIELD_OF_VIEW in rules or kidney.cut_share > 0) and all(f.scope == side for f in findings):
         others = [f"{f.rule.value}: {f.message}" for f in findings if f.rule is not Rule.FIELD_OF_VIEW]
         bound = f"parenchyma in view {kidney.parenchyma_ml:.0f} ml, a lower bound of the kidney's volume"
         return Absent(side, structures, Absence.CUT_OFF, "; ".join([bound, *others]))
@@ -134,5 +135,10 @@ def _qc_verdict(report: QCReport, delivered: tuple[tuple[Structure, Side], ...],
     structures = tuple(s for s in STRUCTURES if any(s == d for d, _ in delivered))
     if sides == set(measurements.kidneys) and len(delivered) == len(sides) * len(structures):
         return f"QC passed for renal {' and '.join(structures)}"
-    parts = [f"{side} renal {' and '.join(s for s, d in delivered if d == side)}" for side in SIDES if side in sides]
+    parts = [f"{side} renal {_listed([s for s, d in delivered if d == side])}" for side in SIDES if side in sides]
     return f"QC passed for the {'; the '.join(parts)}"
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 import numpy as np
 
-from dicomnode.analysis.measure import DENSER_HU, KidneyMeasurement, Measurements
+from dicomnode.analysis.measure import CORTEX_HALF_THICKNESS_MM, DENSER_HU, KidneyMeasurement, Measurements
 from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
@@ -34,6 +34,8 @@ class Rule(str, enum.Enum):
     CORTICOMEDULLARY = "no corticomedullary differentiation"
     OUTLINE = "the outline runs into a neighbouring organ"
     DENSER = "the outline takes in denser tissue"
+    LEFT_OUT = "part of the kidney is left out"
+    THICK_CORTEX = "cortex thicker than a cortex can be"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
     MODEL_SIDE = "model and anatomy disagree on the side"
@@ -196,6 +198,20 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
             "takes in a denser neighbour such as the liver or spleen"
         )
         found.append(Finding(Rule.DENSER, side, why))
+    if kidney.left_out_share > limits.max_left_out_share:
+        why = (
+            f"tissue of renal density inside the kidney's outline but outside its mask amounts to {kidney.left_out_share:.0%} of the "
+            f"kidney (at most {limits.max_left_out_share:.0%} expected: the hilar vessels), so part of the kidney, often the medulla, "
+            "is likely left out and the volume too low"
+        )
+        found.append(Finding(Rule.LEFT_OUT, side, why))
+    if kidney.thick_cortex_share > limits.max_thick_cortex_share:
+        why = (
+            f"{kidney.thick_cortex_share:.0%} of what was labelled cortex lies more than {CORTEX_HALF_THICKNESS_MM:.0f} mm deep inside it "
+            f"(at most {limits.max_thick_cortex_share:.0%} expected: a cortex is some 4-10 mm thick), so the outline likely takes in a "
+            "neighbour of cortex density (spleen, liver, bowel wall or a vessel)"
+        )
+        found.append(Finding(Rule.THICK_CORTEX, side, why))
     return found
 
 

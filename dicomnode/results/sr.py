@@ -85,7 +85,7 @@ def write_sr(
                     hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
                     *_changes(followup.change(structure, side) if followup else None),
                 ],
-                qualitative_evaluations=[_qc_evaluation(not plan.review and not any(f.scope in (side, STUDY) and structure in f.rule.structures for f in qc.findings))],
+                qualitative_evaluations=[_qc_evaluation(not plan.review and _passed(qc, structure, side))],
             )
         )
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
@@ -208,6 +208,11 @@ def _changes(change: Change | None) -> list[hd.sr.Measurement]:
             measurement[0].ContentSequence = hd.sr.ContentSequence([prior])
         found.append(measurement)
     return found
+
+
+def _passed(qc: QCReport, structure: Structure, side: Side) -> bool:
+    """Whether no finding on ``side`` or on the whole study concerns ``structure``."""
+    return not any(f.scope in (side, STUDY) and structure in f.rule.structures for f in qc.findings)
 
 
 def _qc_evaluation(passed: bool) -> hd.sr.QualitativeEvaluation:

@@ -1,0 +1,32 @@
+"""Variants of a real CT for testing what the node reports: one kidney replaced by fat (a nephrectomy or agenesis)
+and a field of view that ends in the middle of one kidney. Images are SimpleITK (HU), masks boolean ``[z, y, x]``
+arrays on their grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+#: Perirenal fat (HU): mean and the spread of the real image's noise drawn over it.
+FAT_HU, FAT_NOISE_HU = -100.0, 12.0
+
+
+def without_kidney(ct: sitk.Image, kidney: np.ndarray, seed: int = 0) -> sitk.Image:
+    """``ct`` with ``kidney`` (grown by two voxels, its partial-volume rim) replaced by fat with noise."""
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    gone = ndimage.binary_dilation(kidney, iterations=2)
+    hu[gone] = FAT_HU + np.random.default_rng(seed).normal(0.0, FAT_NOISE_HU, int(gone.sum()))
+    out = sitk.GetImageFromArray(hu)
+    out.CopyInformation(ct)
+    return out
+
+
+def cut_through(ct: sitk.Image, kidney: np.ndarray, masks: dict[str, np.ndarray]) -> tuple[sitk.Image, dict[str, np.ndarray]]:
+    """``ct`` cropped left-right through the middle of ``kidney`` (its centre column), keeping the side that holds
+    the body's middle; ``masks`` cropped the same way."""
+    columns = ct.GetSize()[0]
+    centre = int(round(np.argwhere(kidney)[:, 2].mean()))
+    keep = slice(centre, columns) if centre < columns / 2 else slice(0, centre + 1)
+    cropped = ct[keep.start : keep.stop, :, :]
+    return cropped, {name: np.ascontiguousarray(mask[:, :, keep]) for name, mask in masks.items()}
