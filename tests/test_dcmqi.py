@@ -17,9 +17,13 @@ import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
+from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
 from dicomnode.pipeline import Processed, process_study, save_results
+from dicomnode.segment.model import Segmentation
 from dicomnode.store.states import Outcome
+from tests.peers import dciodvfy
+from tests.readback import sr_groups
 from tests.standins import PhantomLabels
 from training.phantom_dicom import SeriesFiles, write_study
 from training.phantoms import Grid, Label, Phase
@@ -95,3 +99,31 @@ def test_the_sr_lists_the_measured_images_in_its_image_library(results) -> None:
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
     expected = {h.SOPInstanceUID for h in headers if round(float(h.ImagePositionPatient[2]), 2) in truth_z}
     assert 0 < len(uids) < len(headers) and uids == expected
+
+
+class RightKidneyOnly(PhantomLabels):
+    """The phantom's true labels on the patient's right half only (LPS: the right kidney lies at smaller x)."""
+
+    def segment(self, series: LoadedSeries) -> Segmentation:
+        segmentation = super().segment(series)
+        segmentation.labels[:, :, segmentation.labels.shape[2] // 2 :] = 0
+        return segmentation
+
+
+def test_a_solitary_kidney_sr_reads_back_with_the_absent_side_named(tmp_path: Path) -> None:
+    """One kidney found: dcmqi reads the right kidney's three volumes and nothing of the left; highdicom's reading of
+    the same SR has the study group say that no left kidney was found; dciodvfy passes both objects."""
+    series = write_study(4243, tmp_path / "ct", phases=(Phase.ARTERIAL,), grid=Grid.centred(200, 1.6, 36, 5.0)).series[0]
+    instances = [Instance(i, f.name, "study", "series", CTImageStorage, f) for i, f in enumerate(series.files)]
+    processed = process_study(instances, NodeConfig(), RightKidneyOnly(series))
+    assert processed.outcome is Outcome.RESULT and processed.results is not None, processed.reasons
+    saved = {f.output.value: f.path for f in save_results(processed.results, tmp_path / "results")}
+    out = tmp_path / "sr.json"
+    run = subprocess.run([str(BIN / "tid1500reader"), "--inputDICOM", str(saved["sr"]), "--outputMetadata", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = {m["TrackingIdentifier"] for m in json.loads(out.read_text())["Measurements"] if m.get("measurementItems")}
+    assert measured == {f"right renal {s}" for s in ("cortex", "medulla", "parenchyma")}
+    study = next(g for g in sr_groups(pydicom.dcmread(saved["sr"])) if not g.segment_number)
+    assert "Left kidney not reported: no kidney was found on this side" in study.findings
+    for path in saved.values():
+        assert dciodvfy(path) == [], path.name
