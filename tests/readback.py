@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
@@ -21,6 +21,7 @@ class SrGroup:
     unit: str
     qc: str  # meaning of the QC qualitative evaluation
     findings: list[str]  # TEXT "Finding" items
+    range_ml: dict[str, float] = field(default_factory=dict)  # derived volumes by their derivation's meaning (Minimum, Maximum)
 
 
 def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
@@ -31,6 +32,7 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
             continue
         for group in item.ContentSequence:
             identifier, uid, segment, seg_uid, volume, unit, qc, findings = "", "", 0, "", float("nan"), "", "", []
+            derived: dict[str, float] = {}
             for child in group.ContentSequence:
                 code = child.ConceptNameCodeSequence[0].CodeValue
                 if code == "112039":  # Tracking Identifier
@@ -41,13 +43,17 @@ def sr_groups(ds: pydicom.Dataset) -> list[SrGroup]:
                     segment = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
                     seg_uid = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                 elif child.ValueType == "NUM" and code == "118565006":
+                    derivation = [m for m in child.get("ContentSequence", []) if m.ConceptNameCodeSequence[0].CodeValue == "121401"]
+                    if derivation:  # TID 300 Derivation: a minimum or maximum, not the volume
+                        derived[derivation[0].ConceptCodeSequence[0].CodeMeaning] = float(child.MeasuredValueSequence[0].NumericValue)
+                        continue
                     volume = float(child.MeasuredValueSequence[0].NumericValue)
                     unit = child.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue
                 elif child.ValueType == "CODE" and code == "111050":  # Quality Assessment
                     qc = child.ConceptCodeSequence[0].CodeMeaning
                 elif child.ValueType == "TEXT" and code == "121071":
                     findings.append(child.TextValue)
-            groups.append(SrGroup(identifier, uid, segment, seg_uid, volume, unit, qc, findings))
+            groups.append(SrGroup(identifier, uid, segment, seg_uid, volume, unit, qc, findings, derived))
     return groups
 
 

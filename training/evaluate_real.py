@@ -98,6 +98,8 @@ class SideScore:
     flagged: bool = False  # sent with "QC: review"
     left_out_share: float | None = None  # the model-free checks' figures (KidneyMeasurement)
     thick_cortex_share: float | None = None
+    parenchyma_spread: float | None = None  # the width of the model's own range, as a share of the volume (band.py)
+    cortex_spread: float | None = None
 
     @property
     def volume_error_pct(self) -> float:
@@ -148,7 +150,9 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
                     cortex = _scored(case.cortex[side], kidney.cortex if kidney is not None else None, case.truth_ml, side, "cortex")
                 plan = processed.plan
                 sent = kidney is not None and bool(delivered) and plan is not None and plan.delivers(Structure.PARENCHYMA, side)
-                checks: tuple[float | None, float | None] = (None, None) if kidney is None else (kidney.left_out_share, kidney.thick_cortex_share)
+                checks: tuple[float | None, ...] = (None,) * 4
+                if kidney is not None:
+                    checks = (kidney.left_out_share, kidney.thick_cortex_share, kidney.spread(Structure.PARENCHYMA), kidney.spread(Structure.CORTEX))
                 sides.append(SideScore(side.value, *parenchyma, *cortex, sent, sent and plan is not None and plan.review, *checks))
             predicted_ml = measurements.predicted_ml if measurements else 0.0
             kept = measurements.total_parenchyma_ml if measurements else 0.0

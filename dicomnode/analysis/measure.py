@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -14,6 +14,7 @@ from dicomnode.imaging.load import LoadedSeries
 from dicomnode.imaging.tissue import SHELL_VOXELS, fat_share, shell_box
 from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
+from dicomnode.segment.band import VolumeBand
 from dicomnode.segment.model import Algorithm, ModelSide, Segmentation, TissueLabel
 
 #: Components smaller than this (ml) are not kidneys: half the smallest of 416 hand-drawn KiTS19 kidneys (43 ml), or,
@@ -73,6 +74,7 @@ class KidneyMeasurement:
     denser_share: float = float("nan")  # share of it denser than its median by DENSER_HU (see there)
     left_out_share: float = float("nan")  # renal-density tissue inside its outline but outside it, as a share of it (LEFT_OUT_HU)
     thick_cortex_share: float = float("nan")  # share of its cortex deeper than CORTEX_HALF_THICKNESS_MM inside the cortex
+    ranges: dict[Structure, tuple[float, float]] = field(default_factory=dict)  # ml (minimum, maximum) per structure (band.py)
 
     @property
     def cortex(self) -> np.ndarray:
@@ -88,6 +90,12 @@ class KidneyMeasurement:
 
     def volume(self, structure: str) -> float:
         return {Structure.PARENCHYMA: self.parenchyma_ml, Structure.CORTEX: self.cortex_ml, Structure.MEDULLA: self.medulla_ml}[Structure(structure)]
+
+    def spread(self, structure: str) -> float | None:
+        """The width of the structure's range as a share of its volume; None where the model gave no range."""
+        found = self.ranges.get(Structure(structure))
+        volume = self.volume(structure)
+        return None if found is None or not volume else (found[1] - found[0]) / volume
 
     def mask_in_box(self, structure: str) -> np.ndarray:
         """The structure's mask inside :attr:`box`."""
@@ -147,6 +155,7 @@ class Measurements:
         figures: dict[str, object] = {f"{structure}_{side}_ml": round(k.volume(structure), 2) for side, k in self.kidneys.items() for structure in STRUCTURES}
         for side, k in self.kidneys.items():
             figures.update({f"cortex_{side}_hu": round(k.cortex_hu, 1), f"medulla_{side}_hu": round(k.medulla_hu, 1)})
+            figures.update({f"{structure}_{side}_range_ml": [round(low, 2), round(high, 2)] for structure, (low, high) in k.ranges.items()})
         figures.update(
             total_parenchyma_ml=round(self.total_parenchyma_ml, 2),
             predicted_ml=round(self.predicted_ml, 2),
@@ -235,7 +244,8 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
             box = boxes[component - 1]
             mask = inside(component)
             model_side = _model_side(segmentation.sides, mask, box)
-            kidneys[side] = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side, fat[component])
+            kidney = _kidney(series, labels, mask, side, centres[component], box, offsets[component], model_side, fat[component])
+            kidneys[side] = replace(kidney, ranges=_ranges(kidney, segmentation.bands))
         if sum(in_place[c] for c in candidates if sides[c] == side and c != component):
             notes.append(f"more than one kidney-sized component beside the spine on the {side} side; one was kept")
     return Measurements(kidneys, notes, midline_x=midline_x, midline_source=source, predicted_ml=predicted_ml, algorithms=algorithms)
@@ -383,6 +393,15 @@ def _denser_share(hu: np.ndarray, kidney: np.ndarray) -> float:
         return 0.0
     smooth = median_at(hu[slices].astype(np.float32), core, DENSER_FILTER_VOXELS)
     return float(np.mean(smooth > np.median(smooth) + DENSER_HU))
+
+
+def _ranges(kidney: KidneyMeasurement, bands: tuple[VolumeBand, ...]) -> dict[Structure, tuple[float, float]]:
+    """Each structure's (minimum, maximum) volume from the band whose box holds the kidney's centre."""
+    middle = tuple((s.start + s.stop) // 2 for s in kidney.box)
+    band = next((b for b in bands if b.holds(middle)), None)
+    if band is None:
+        return {}
+    return {s: (kidney.volume(s) * low, kidney.volume(s) * high) for s, (low, high) in band.ratios.items()}
 
 
 def _left_out_share(hu: np.ndarray, kidney: np.ndarray) -> float:

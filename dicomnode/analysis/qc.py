@@ -35,6 +35,8 @@ class Rule(str, enum.Enum):
     OUTLINE = "the outline runs into a neighbouring organ"
     DENSER = "the outline takes in denser tissue"
     LEFT_OUT = "part of the kidney is left out"
+    UNCERTAIN = "the model is unsure of the volume"
+    UNCERTAIN_CORTEX = "the model is unsure of cortex and medulla"
     THICK_CORTEX = "cortex thicker than a cortex can be"
     PHASE = "not arterial phase"
     SIDES = "sides not established"
@@ -48,7 +50,7 @@ class Rule(str, enum.Enum):
 
 
 CORTEX_AND_MEDULLA = (Structure.CORTEX, Structure.MEDULLA)
-_CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE})
+_CORTEX_RULES = frozenset({Rule.CORTEX_SHARE, Rule.CORTICOMEDULLARY, Rule.PHASE, Rule.UNCERTAIN_CORTEX})
 
 
 #: What a finding or note is about: one side's kidney, or the study as a whole.
@@ -205,6 +207,11 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
             "is likely left out and the volume too low"
         )
         found.append(Finding(Rule.LEFT_OUT, side, why))
+    for rule, structures in ((Rule.UNCERTAIN, (Structure.PARENCHYMA,)), (Rule.UNCERTAIN_CORTEX, CORTEX_AND_MEDULLA)):
+        wide = [(s, spread) for s in structures if (spread := kidney.spread(s)) is not None and spread > limits.max_volume_range_share]
+        if wide:
+            ranges = "; ".join(f"{s} {kidney.ranges[s][0]:.0f}-{kidney.ranges[s][1]:.0f} ml, {spread:.0%} of {kidney.volume(s):.0f} ml" for s, spread in wide)
+            found.append(Finding(rule, side, f"{ranges} between the model's probability thresholds (at most {limits.max_volume_range_share:.0%} expected)"))
     if kidney.thick_cortex_share > limits.max_thick_cortex_share:
         why = (
             f"{kidney.thick_cortex_share:.0%} of what was labelled cortex lies more than {CORTEX_HALF_THICKNESS_MM:.0f} mm deep inside it "

@@ -103,6 +103,10 @@ def summary_page(measurements: Measurements, qc: QCReport, plan: ReportPlan, mod
         sent = structure in structures
         cells = [f"{measurements.kidneys[side].volume(structure):10.1f}" if plan.delivers(structure, side) else f"{'-':>10}" for side in SIDES[::-1]]
         lines.append((f"{structure:<12}{''.join(cells)}" + ("" if sent else "  not reported"), "white", 13))
+        ranges = [measurements.kidneys[side].ranges.get(structure) if plan.delivers(structure, side) else None for side in SIDES[::-1]]
+        if any(ranges):
+            cells = [f"{f'{r[0]:.0f}-{r[1]:.0f}':>10}" if r else f"{'-':>10}" for r in ranges]
+            lines.append((f"{'  range':<12}{''.join(cells)}  model probability 0.75-0.25", "#a0a0a0", 11))
         changes = [followup.change(structure, side) if followup else None for side in SIDES[::-1]]
         if any(changes):
             since = sorted({c.prior_date.isoformat() for c in changes if c})

@@ -46,6 +46,13 @@ QC_RESULT = codes.DCM.QualityAssessment
 QC_PASSED = codes.DCM.UsableMeetsTheQualityControlStandard
 QC_REVIEW = codes.DCM.UsableDoesNotMeetTheQualityControlStandard
 
+#: A volume's range (``segment/band.py``): two more Volume measurements in its group, derived as SCT 255605001
+#: "Minimum" and SCT 56851009 "Maximum", concepts of PS3.16 CID 7464 "General Region of Interest Measurement
+#: Modifier" (pydicom's concept dictionary), the TID 300 "Derivation" of a measurement; how the two were made is a
+#: TEXT finding in the group, since DICOM has no concept for a model's probability threshold.
+MINIMUM = codes.SCT.Minimum
+MAXIMUM = codes.SCT.Maximum
+
 #: The title of the node's rejection notes (IHE IOCM): DCM 113001 "Rejected for Quality Reasons", from PS3.16
 #: CID 7010 "Key Object Selection Document Title". DICOM has no concept for "superseded"; IOCM sends a result its
 #: maker no longer stands by as rejected for quality reasons. The reader accepts every rejection title of CID 7010.

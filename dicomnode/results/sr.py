@@ -23,6 +23,8 @@ from dicomnode.results.codes import (
     DIFFERENCE_IN_SIZE,
     FINDING,
     KIDNEY,
+    MAXIMUM,
+    MINIMUM,
     PERCENT,
     PRIOR_STUDY_UID,
     QC_PASSED,
@@ -34,6 +36,7 @@ from dicomnode.results.codes import (
     VOLUME,
 )
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
+from dicomnode.segment.band import BAND_METHOD
 from dicomnode.segment.model import Algorithm, Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -83,12 +86,16 @@ def write_sr(
                 algorithm_id=algorithm,
                 measurements=[
                     hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
+                    *_range(kidney.ranges.get(structure), algorithm),
                     *_changes(followup.change(structure, side) if followup else None),
                 ],
                 qualitative_evaluations=[_qc_evaluation(not plan.review and _passed(qc, structure, side))],
             )
         )
-        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
+        method = [f"Minimum and maximum: {BAND_METHOD}"] if structure in kidney.ranges else []
+        _add_findings(
+            groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side] + method
+        )
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
         algorithm_id=_sr_algorithm(measurements.algorithms[Structure.PARENCHYMA]),
@@ -185,6 +192,16 @@ def _position(item: hd.sr.ContentItem, ds: pydicom.Dataset, made: dict[tuple[str
         name = next(c for c in (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY, codes.DCM.ImagePositionPatientZ) if c.value == code)
         made[key] = hd.sr.NumContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT, unit=codes.UCUM.Millimeter)
     return made[key]
+
+
+def _range(found: tuple[float, float] | None, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """The volume's minimum and maximum (``segment/band.py``), as Volume measurements derived as such."""
+    if found is None:
+        return []
+    return [
+        hd.sr.Measurement(name=VOLUME, value=round(value, 3), unit=CUBIC_CENTIMETRE, derivation=derivation, algorithm_id=algorithm)
+        for derivation, value in zip((MINIMUM, MAXIMUM), found)
+    ]
 
 
 def _changes(change: Change | None) -> list[hd.sr.Measurement]:

@@ -13,6 +13,7 @@ import yaml
 
 from dicomnode import __version__
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.segment.band import VolumeBand
 
 
 class TissueLabel(enum.IntEnum):
@@ -75,6 +76,7 @@ class Segmentation:
     algorithms: dict[str, Algorithm] = field(default_factory=dict)  # by structure; none given: the model made all
     sides: np.ndarray | None = None  # ModelSide values
     notes: list[str] = field(default_factory=list)  # what the segmenter left out, and why
+    bands: tuple[VolumeBand, ...] = ()  # the model's own spread of the volumes, where its probabilities were kept
 
     def algorithm(self, structure: str) -> Algorithm:
         """What made ``structure`` (parenchyma, cortex or medulla)."""

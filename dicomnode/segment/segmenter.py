@@ -16,6 +16,7 @@ from dicomnode.imaging.load import LoadedSeries
 from dicomnode.imaging.tissue import bone_like, shell_box
 from dicomnode.priors import KIDNEY_PART_ML
 from dicomnode.renal import STRUCTURES
+from dicomnode.segment.band import VolumeBand, band_of
 from dicomnode.segment.model import Algorithm, Model, Segmentation, model_algorithm
 from dicomnode.segment.resample import nearest_resize, reduced, upsampled
 
@@ -121,8 +122,9 @@ class Segmenter:
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         grid = coarse if reduce else spacing
         notes: list[str] = []
+        bands: list[VolumeBand] = []
         if self.locator is not None:
-            labels, notes = self._localized(volume, grid, series.hu.shape)
+            labels, notes, bands = self._localized(volume, grid, series.hu.shape)
         else:
             if self.cascade if cascade is None else cascade:
                 labels = self._cascade(volume, grid)
@@ -131,7 +133,9 @@ class Segmenter:
             if reduce:
                 labels = nearest_resize(labels, series.hu.shape)
         algorithms: dict[str, Algorithm] = {} if self.localizer is None else dict.fromkeys(STRUCTURES, self.algorithm)
-        return Segmentation(np.ascontiguousarray(np.flip(labels, flips)) if flips else labels, self.model, self.device, algorithms, notes=notes)
+        if flips:
+            labels, bands = np.ascontiguousarray(np.flip(labels, flips)), [b.flipped(tuple(flips), series.hu.shape) for b in bands]
+        return Segmentation(labels, self.model, self.device, algorithms, notes=notes, bands=tuple(bands))
 
     @property
     def algorithm(self) -> Algorithm:
@@ -152,11 +156,12 @@ class Segmenter:
         found = np.asarray(labels) > 0
         return nearest_resize(found, volume.shape) if found.shape != volume.shape else found
 
-    def _localized(self, volume: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-        """Labels on a grid of ``shape`` (the series', of which ``volume`` may be a reduction), and notes on what was
-        left out: the localizer finds the kidneys; a component of it that is bone (see :func:`bone_like`) is left
-        out; the model runs only in a box around each other one, and keeps only what lies within LOCALIZER_GATE_MM
-        of it. Where the localizer finds no kidney-sized component, nothing is predicted: the image shows no kidney."""
+    def _localized(self, volume: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str], list[VolumeBand]]:
+        """Labels on a grid of ``shape`` (the series', of which ``volume`` may be a reduction), notes on what was
+        left out, and each box's band of volumes (:func:`band_of`): the localizer finds the kidneys; a component of
+        it that is bone (see :func:`bone_like`) is left out; the model runs only in a box around each other one,
+        and keeps only what lies within LOCALIZER_GATE_MM of it. Where the localizer finds no kidney-sized
+        component, nothing is predicted: the image shows no kidney."""
         components, sizes = kidney_sized(self.locate(volume, spacing), spacing)
         notes = []
         boxes = ndimage.find_objects(components)
@@ -168,16 +173,19 @@ class Segmenter:
                 log.info("localizer: %s", notes[-1])
                 del sizes[number]
         labels = np.zeros(shape, np.uint8)
+        bands: list[VolumeBand] = []
         if not sizes:
             log.info("localizer: no kidney-sized component")
-            return labels, notes
+            return labels, notes, bands
         found = np.isin(components, list(sizes))
         steps = np.maximum(np.round(LOCALIZER_GATE_MM / spacing).astype(int), 1)
         for box in boxes_around(components, list(sizes), spacing):
             probabilities = self._probabilities(np.ascontiguousarray(volume[box]), spacing) * _dilated(found[box], steps)
             target, inside = upsampled(probabilities, box, volume.shape, shape, self._labels_of)
             labels[target] = np.maximum(labels[target], inside)  # boxes merge where they overlap
-        return labels, notes
+            if self.predictor.label_manager.has_regions and probabilities.shape[0] == 2:
+                bands.append(band_of(probabilities, target))
+        return labels, notes, bands
 
     def _labels_of(self, probabilities: np.ndarray) -> np.ndarray:
         """The model's labels (uint8) for its probabilities (channels first)."""
