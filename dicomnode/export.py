@@ -18,7 +18,7 @@ from typing import Any
 
 from dicomnode.files import write_atomically
 from dicomnode.renal import STRUCTURES, Structure
-from dicomnode.store.history import VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
+from dicomnode.store.history import RANGE_COLUMNS, VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
 
 #: Pipeline stages whose seconds each row gives.
 STAGES = ("select", "load", "segment", "measure", "qc", "write")
@@ -29,6 +29,7 @@ COLUMNS = (
     "result",
     "verdict",
     *VOLUME_COLUMNS,
+    *RANGE_COLUMNS,
     "total_parenchyma_ml",
     "left_split",
     *(f"qc_{structure}" for structure in STRUCTURES),
@@ -71,6 +72,7 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         "result": "withheld" if entry.withheld else "sent",
         "verdict": entry.verdict,
         **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
+        **dict(zip(RANGE_COLUMNS, [bound for k in VOLUME_KEYS for bound in entry.ranges.get(k, (None, None))])),
         "total_parenchyma_ml": round(sum(parenchyma), 3) if len(parenchyma) == 2 else None,  # both kidneys only
         "left_split": entry.left_split,
         **{f"qc_{s}": ("passed" if s in entry.qc_passed else "failed") if any(k[0] == s for k in entry.volumes) else "" for s in STRUCTURES},
@@ -93,7 +95,7 @@ def write_table(entries: list[HistoryEntry], path: Path, kind: Format, key: byte
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        numbers = {*VOLUME_COLUMNS, "total_parenchyma_ml", "left_split", *(f"{stage}_s" for stage in STAGES), "recorded_at"}
+        numbers = {*VOLUME_COLUMNS, *RANGE_COLUMNS, "total_parenchyma_ml", "left_split", *(f"{stage}_s" for stage in STAGES), "recorded_at"}
         schema = pa.schema([(name, pa.float64() if name in numbers else pa.string()) for name in COLUMNS])
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)

@@ -234,6 +234,12 @@ def history_entry(
         algorithms={structure: (a.name, a.version) for structure, a in measurements.algorithms.items()},
         verdict=verdict,
         left_split=None if measurements.left_split is None or (plan is not None and not plan.both_kidneys) else round(measurements.left_split, 4),
+        ranges={
+            (structure, side): (round(low, 3), round(high, 3))
+            for side, k in measurements.kidneys.items()
+            for structure, (low, high) in k.ranges.items()
+            if plan is None or plan.delivers(structure, side)
+        },
         timings=dict(timings),
     )
 

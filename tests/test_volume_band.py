@@ -11,12 +11,15 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig, QCConfig
+from dicomnode.export import row as export_row
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
 from dicomnode.pipeline import process_study, save_results
 from dicomnode.renal import Structure
 from dicomnode.segment.band import VolumeBand, band_of
 from dicomnode.segment.model import Segmentation
+from dicomnode.store import history
+from dicomnode.store.records import Store
 from dicomnode.store.states import Outcome
 from tests.peers import dciodvfy, tools_missing
 from tests.readback import sr_groups
@@ -81,3 +84,19 @@ def test_a_volume_the_model_is_unsure_of_is_withheld(series) -> None:
     assert any("the model is unsure of the volume: parenchyma" in line for line in processed.qc.lines()), processed.qc.lines()
     wider = replace(NodeConfig(), qc=QCConfig(max_volume_range_share=0.8))
     assert process_study(instances, wider, BandedPhantomLabels(made, (0.7, 1.4))).outcome is Outcome.RESULT
+
+
+def test_the_history_keeps_each_range_and_the_export_gives_it(series, tmp_path: Path) -> None:
+    made, instances = series
+    processed = process_study(instances, NodeConfig(), BandedPhantomLabels(made))
+    entry = processed.measured
+    assert entry is not None and set(entry.ranges) == set(entry.volumes)
+    store = Store(tmp_path / "node.sqlite")
+    with store.db.transaction() as tx:
+        history.replace(tx, entry.study_uid, 1, entry)
+    kept = store.history.of_study(entry.study_uid)
+    assert kept is not None and kept.ranges == entry.ranges  # rounded to 1 µl before it was stored
+    columns = export_row(kept)
+    low, high = entry.ranges[("parenchyma", "right")]
+    assert columns["parenchyma_right_min_ml"] == pytest.approx(low) and columns["parenchyma_right_max_ml"] == pytest.approx(high)
+    store.close()

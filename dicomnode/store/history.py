@@ -16,6 +16,8 @@ from dicomnode.store.database import Database, Row, Session
 #: (structure, side) of every volume a row holds, in column order.
 VOLUME_KEYS: tuple[tuple[str, str], ...] = tuple((structure, side) for structure in STRUCTURES for side in SIDES)
 VOLUME_COLUMNS = tuple(f"{structure}_{side}_ml" for structure, side in VOLUME_KEYS)
+#: Each volume's range (segment/band.py), as the export names its columns: minimum, then maximum.
+RANGE_COLUMNS = tuple(f"{structure}_{side}_{bound}_ml" for structure, side in VOLUME_KEYS for bound in ("min", "max"))
 
 SCHEMA = (
     """
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS history (
 """
     + "".join(f"    {column} {{real}},\n" for column in VOLUME_COLUMNS)
     + """    left_split {real},
+    ranges TEXT,
     timings TEXT NOT NULL,
     recorded_at {real} NOT NULL
 );
@@ -73,6 +76,7 @@ class HistoryEntry:
     verdict: str
     left_split: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    ranges: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # (structure, side) -> (min, max) ml
     job_id: int = 0  # set by the store
     recorded_at: float = 0.0  # the database's clock, set by the store
 
@@ -97,8 +101,8 @@ def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None
     values += [json.dumps(list(entry.sent)), entry.verdict, json.dumps(list(entry.qc_passed)), json.dumps(list(entry.qc_findings))]
     values.append(json.dumps({structure: list(made_by) for structure, made_by in entry.algorithms.items()}))
     values += [entry.volumes.get(key) for key in VOLUME_KEYS]
-    values += [entry.left_split, json.dumps(entry.timings)]
-    names = (*columns, *VOLUME_COLUMNS, "left_split", "timings")
+    values += [entry.left_split, json.dumps(entry.timings), json.dumps([[*key, *bounds] for key, bounds in entry.ranges.items()])]
+    names = (*columns, *VOLUME_COLUMNS, "left_split", "timings", "ranges")
     tx.execute(f"INSERT INTO history ({', '.join(names)}, recorded_at) VALUES ({', '.join('?' for _ in names)}, {{now}})", values)
 
 
@@ -159,6 +163,7 @@ def _entry(row: Row) -> HistoryEntry:
         verdict=row["verdict"],
         left_split=row["left_split"],
         timings=json.loads(row["timings"]),
+        ranges={(structure, side): (float(low), float(high)) for structure, side, low, high in json.loads(row["ranges"] or "[]")},
         job_id=int(row["job_id"]),
         recorded_at=float(row["recorded_at"]),
     )

@@ -103,10 +103,14 @@ CREATE TABLE IF NOT EXISTS rejections (
 
 def migrate(db: Database) -> None:
     """Databases (SQLite or PostgreSQL) made before processing, outcome and delivery were kept apart (one
-    ``state`` held all three), or before leases: their columns are added and their jobs' states split."""
+    ``state`` held all three), before leases, or before the history kept volume ranges: their columns are added and
+    their jobs' states split."""
     columns = {row["name"] for row in db.query(db.dialect.columns, ("jobs",))}
     delivery_columns = {row["name"] for row in db.query(db.dialect.columns, ("deliveries",))}
+    history_columns = {row["name"] for row in db.query(db.dialect.columns, ("history",))}
     with db.transaction() as tx:
+        if "ranges" not in history_columns:
+            tx.execute("ALTER TABLE history ADD COLUMN ranges TEXT")
         if "claimed_by" not in delivery_columns:
             tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
             tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_until {real}")
