@@ -111,12 +111,13 @@ def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]
 
 
 def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements) -> Absent:
-    """Why a found kidney's structures are withheld: the field of view where the image's edge cuts the kidney and no
-    study-level finding concerns it (with the lower bound and any other findings of the kidney), the phase, or the
-    findings named."""
+    """Why a found kidney's structures are withheld: the field of view where the image's edge cuts the kidney (or a
+    kidney on the edge is too small) and no study-level finding concerns it (with the lower bound and any other
+    findings of the kidney), the phase, or the findings named."""
     rules = {f.rule for f in findings}
     kidney = measurements.kidneys[side]
-    if (Rule.FIELD_OF_VIEW in rules or kidney.cut_share > 0) and all(f.scope == side for f in findings):
+    cut = Rule.FIELD_OF_VIEW in rules or (kidney.cut_share > 0 and Rule.VOLUME in rules)  # too small where the edge cuts it
+    if cut and all(f.scope == side for f in findings):
         others = [f"{f.rule.value}: {f.message}" for f in findings if f.rule is not Rule.FIELD_OF_VIEW]
         bound = f"parenchyma in view {kidney.parenchyma_ml:.0f} ml, a lower bound of the kidney's volume"
         return Absent(side, structures, Absence.CUT_OFF, "; ".join([bound, *others]))
