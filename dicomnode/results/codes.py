@@ -40,7 +40,7 @@ CUBIC_CENTIMETRE = codes.UCUM.CubicCentimeter
 #: DICOM PS3.16 CID 7464/DCM: "Finding" (121071), the concept name of the QC findings' text items. What is absent
 #: on a side and why (``analysis/plan.py``: no kidney found, cut off by the field of view, withheld, not measured in
 #: this phase) is such a TEXT item too: no concept for these reasons was found in PS3.16's context groups (the TID
-#: 1500 groups have none for an absent measurement), so they are written in words, as the issue allows.
+#: 1500 groups have none for an absent measurement), so they are written in words.
 FINDING = codes.DCM.Finding
 #: The QC gate's verdict as a qualitative evaluation: DCM 111050 "Quality Assessment" valued from CID 6044, the
 #: assessments DICOM's CAD templates give an input against a quality control standard. A result that fails QC and
