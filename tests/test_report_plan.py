@@ -41,18 +41,26 @@ def test_a_solitary_kidney_is_delivered_and_the_other_side_is_not_found() -> Non
     assert not plan.both_kidneys and not plan.review
 
 
-def test_a_kidney_level_finding_withholds_that_kidney_only_and_is_named() -> None:
+def test_a_kidney_out_of_place_is_named_atypical_not_measured_as_a_side() -> None:
+    """A kidney not beside the spine (low in the pelvis, or across the midline) is reported as atypical."""
     report = QCReport([Finding(Rule.POSITION, Side.LEFT, "centre 160 mm to the left of the spine, expected 30-110 mm")])
+    plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig())
+    (absent,) = plan.absent
+    assert absent.reason is Absence.ATYPICAL and str(absent).startswith("Left kidney not reported: not measured: atypical position or fusion")
+
+
+def test_a_kidney_level_finding_withholds_that_kidney_only_and_is_named() -> None:
+    report = QCReport([Finding(Rule.ATTENUATION, Side.LEFT, "mean 400 HU, outside 0-350 HU for renal parenchyma")])
     plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig())
     assert plan.sides == (Side.RIGHT,)
     (absent,) = plan.absent
     assert absent.reason is Absence.WITHHELD and absent.structures == STRUCTURES
-    assert "not beside the spine: centre 160 mm" in str(absent)
+    assert "implausible attenuation: mean 400 HU" in str(absent)
     assert plan.qc_verdict == "QC passed for the right renal parenchyma, cortex and medulla"
 
 
 def test_all_or_nothing_is_one_setting_away() -> None:
-    report = QCReport([Finding(Rule.POSITION, Side.LEFT, "centre 160 mm to the left of the spine, expected 30-110 mm")])
+    report = QCReport([Finding(Rule.ATTENUATION, Side.LEFT, "mean 400 HU, outside 0-350 HU for renal parenchyma")])
     plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig(per_kidney=False))
     assert plan.delivered == () and {a.side for a in plan.absent} == set(SIDES)
     missing = QCReport([Finding(Rule.KIDNEY_MISSING, Side.LEFT, "no left kidney found")])

@@ -23,6 +23,7 @@ class Absence(str, enum.Enum):
     CUT_OFF = "cut off by the field of view"
     WITHHELD = "withheld by QC"
     NOT_MEASURED = "not measured in this phase"
+    ATYPICAL = "not measured: atypical position or fusion"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]
 def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements) -> Absent:
     """Why a found kidney's structures are withheld: the field of view where the image's edge cuts the kidney (or a
     kidney on the edge is too small) and no study-level finding concerns it (with the lower bound and any other
-    findings of the kidney), the phase, or the findings named."""
+    findings of the kidney); its place alone (not beside the spine: a pelvic transplant, a horseshoe kidney across
+    the midline), named atypical rather than measured as a left or right kidney; the phase; or the findings named."""
     rules = {f.rule for f in findings}
     kidney = measurements.kidneys[side]
     cut = Rule.FIELD_OF_VIEW in rules or (kidney.cut_share > 0 and Rule.VOLUME in rules)  # too small where the edge cuts it
@@ -121,6 +123,8 @@ def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Find
         others = [f"{f.rule.value}: {f.message}" for f in findings if f.rule is not Rule.FIELD_OF_VIEW]
         bound = f"parenchyma in view {kidney.parenchyma_ml:.0f} ml, a lower bound of the kidney's volume"
         return Absent(side, structures, Absence.CUT_OFF, "; ".join([bound, *others]))
+    if rules == {Rule.POSITION} and all(f.scope == side for f in findings):  # a pelvic (transplant) or fused kidney
+        return Absent(side, structures, Absence.ATYPICAL, "; ".join(f.message for f in findings))
     if rules == {Rule.PHASE}:
         return Absent(side, structures, Absence.NOT_MEASURED, "; ".join(f.message for f in findings))
     return Absent(side, structures, Absence.WITHHELD, "; ".join(f"{f.rule.value}: {f.message}" for f in findings))
