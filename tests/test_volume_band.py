@@ -44,9 +44,9 @@ def test_a_band_counts_the_volume_above_each_threshold_against_the_labels_volume
 
 
 class BandedPhantomLabels(PhantomLabels):
-    """The phantom's true labels, with one band over the whole grid: each volume 0.9-1.2 (or ``spread``) of itself."""
+    """The phantom's true labels, with one band over the whole grid: each volume 0.95-1.05 (or ``spread``) of itself."""
 
-    def __init__(self, series, spread: tuple[float, float] = (0.9, 1.2)) -> None:
+    def __init__(self, series, spread: tuple[float, float] = (0.95, 1.05)) -> None:
         super().__init__(series)
         self.spread = spread
 
@@ -69,21 +69,37 @@ def test_each_volume_is_sent_with_its_range_in_the_sr_and_the_record(series, tmp
     assert processed.outcome is Outcome.RESULT and processed.plan is not None and len(processed.plan.delivered) == 6, processed.reasons
     groups = [g for g in sr_groups(processed.results.sr) if g.segment_number]
     for group in groups:
-        assert group.range_ml == pytest.approx({"Minimum": 0.9 * group.volume_ml, "Maximum": 1.2 * group.volume_ml}, abs=2e-3), group.identifier
+        assert group.range_ml == pytest.approx({"Minimum": 0.95 * group.volume_ml, "Maximum": 1.05 * group.volume_ml}, abs=2e-3), group.identifier
         assert any(text.startswith("Minimum and maximum: volume range: where the model's probability is above 0.75") for text in group.findings)
     record = processed.record()["measurements"]
-    assert record["parenchyma_left_range_ml"] == pytest.approx([0.9 * record["parenchyma_left_ml"], 1.2 * record["parenchyma_left_ml"]], abs=0.02)
+    assert record["parenchyma_left_range_ml"] == pytest.approx([0.95 * record["parenchyma_left_ml"], 1.05 * record["parenchyma_left_ml"]], abs=0.02)
     for saved in save_results(processed.results, tmp_path):
         assert dciodvfy(saved.path) == [], saved.path.name
 
 
 def test_a_volume_the_model_is_unsure_of_is_withheld(series) -> None:
     made, instances = series
-    processed = process_study(instances, NodeConfig(), BandedPhantomLabels(made, (0.7, 1.4)))
+    processed = process_study(instances, NodeConfig(), BandedPhantomLabels(made, (0.9, 1.2)))
     assert processed.outcome is Outcome.NO_RESULT
     assert any("the model is unsure of the volume: parenchyma" in line for line in processed.qc.lines()), processed.qc.lines()
-    wider = replace(NodeConfig(), qc=QCConfig(max_volume_range_share=0.8))
-    assert process_study(instances, wider, BandedPhantomLabels(made, (0.7, 1.4))).outcome is Outcome.RESULT
+    wider = replace(NodeConfig(), qc=QCConfig(max_volume_range_share=0.4, max_cortex_range_share=0.4))
+    assert process_study(instances, wider, BandedPhantomLabels(made, (0.9, 1.2))).outcome is Outcome.RESULT
+
+
+class CortexUnsure(BandedPhantomLabels):
+    """Parenchyma certain (0.97-1.03), cortex and medulla not (0.8-1.2)."""
+
+    def segment(self, series: LoadedSeries) -> Segmentation:
+        made = super().segment(series)
+        ratios = {Structure.PARENCHYMA: (0.97, 1.03), Structure.CORTEX: (0.8, 1.2), Structure.MEDULLA: (0.8, 1.2)}
+        return replace(made, bands=(VolumeBand(made.bands[0].box, ratios),))
+
+
+def test_a_cortex_the_model_is_unsure_of_leaves_the_parenchyma_alone(series) -> None:
+    made, instances = series
+    processed = process_study(instances, NodeConfig(), CortexUnsure(made))
+    assert processed.outcome is Outcome.RESULT and processed.structures == ("parenchyma",), processed.reasons
+    assert any("the model is unsure of cortex and medulla: cortex" in line for line in processed.qc.lines())
 
 
 def test_the_history_keeps_each_range_and_the_export_gives_it(series, tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def evaluate_real(model: Model, cases: list[RealCase], device: str = "cpu", loca
             processed = process_study(_instances(files), config, segmenter)
             seconds = time.perf_counter() - start
             measurements = processed.measurements
-            delivered = list(processed.structures) if processed.outcome is Outcome.RESULT else []
+            delivered = [str(s) for s in processed.structures] if processed.outcome is Outcome.RESULT else []
             sides = []
             for side, path in ((Side.LEFT, case.left), (Side.RIGHT, case.right)):
                 if path is None:

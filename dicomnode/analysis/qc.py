@@ -207,11 +207,15 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
             "is likely left out and the volume too low"
         )
         found.append(Finding(Rule.LEFT_OUT, side, why))
-    for rule, structures in ((Rule.UNCERTAIN, (Structure.PARENCHYMA,)), (Rule.UNCERTAIN_CORTEX, CORTEX_AND_MEDULLA)):
-        wide = [(s, spread) for s in structures if (spread := kidney.spread(s)) is not None and spread > limits.max_volume_range_share]
-        if wide:
-            ranges = "; ".join(f"{s} {kidney.ranges[s][0]:.0f}-{kidney.ranges[s][1]:.0f} ml, {spread:.0%} of {kidney.volume(s):.0f} ml" for s, spread in wide)
-            found.append(Finding(rule, side, f"{ranges} between the model's probability thresholds (at most {limits.max_volume_range_share:.0%} expected)"))
+    for rule, structure, limit in (
+        (Rule.UNCERTAIN, Structure.PARENCHYMA, limits.max_volume_range_share),
+        (Rule.UNCERTAIN_CORTEX, Structure.CORTEX, limits.max_cortex_range_share),  # the medulla's range comes from the same probabilities
+    ):
+        spread = kidney.spread(structure)
+        if spread is not None and spread > limit:
+            low, high = kidney.ranges[structure]
+            why = f"{structure} {low:.0f}-{high:.0f} ml between the model's probability thresholds, {spread:.0%} of its {kidney.volume(structure):.0f} ml"
+            found.append(Finding(rule, side, f"{why} (at most {limit:.0%} expected)"))
     if kidney.thick_cortex_share > limits.max_thick_cortex_share:
         why = (
             f"{kidney.thick_cortex_share:.0%} of what was labelled cortex lies more than {CORTEX_HALF_THICKNESS_MM:.0f} mm deep inside it "
