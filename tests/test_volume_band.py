@@ -3,6 +3,10 @@ maximum, on the record, and withheld by QC where it is wider than the setting.""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,8 +77,18 @@ def test_each_volume_is_sent_with_its_range_in_the_sr_and_the_record(series, tmp
         assert any(text.startswith("Minimum and maximum: volume range: where the model's probability is above 0.75") for text in group.findings)
     record = processed.record()["measurements"]
     assert record["parenchyma_left_range_ml"] == pytest.approx([0.95 * record["parenchyma_left_ml"], 1.05 * record["parenchyma_left_ml"]], abs=0.02)
-    for saved in save_results(processed.results, tmp_path):
-        assert dciodvfy(saved.path) == [], saved.path.name
+    saved = {f.output.value: f.path for f in save_results(processed.results, tmp_path)}
+    for path in saved.values():
+        assert dciodvfy(path) == [], path.name
+    tid1500reader = shutil.which("tid1500reader") or str(Path(sys.executable).parent / "tid1500reader")
+    if Path(tid1500reader).exists():  # dcmqi, the reader 3D Slicer uses: the volume first, then its minimum and maximum
+        out = tmp_path / "sr.json"
+        run = subprocess.run([tid1500reader, "--inputDICOM", str(saved["sr"]), "--outputMetadata", str(out)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        for group in (m for m in json.loads(out.read_text())["Measurements"] if m.get("measurementItems")):
+            values = [float(item["value"]) for item in group["measurementItems"]]
+            assert len(values) == 3 and values[1] == pytest.approx(0.95 * values[0], abs=2e-3) and values[2] == pytest.approx(1.05 * values[0], abs=2e-3)
+            assert [item.get("derivationModifier", {}).get("CodeMeaning") for item in group["measurementItems"]] == [None, "Minimum", "Maximum"]
 
 
 def test_a_volume_the_model_is_unsure_of_is_withheld(series) -> None:
