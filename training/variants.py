@@ -1,5 +1,5 @@
-"""Variants of a real CT for testing what the node reports: one kidney replaced by fat (a nephrectomy or agenesis)
-and a field of view that ends in the middle of one kidney. Images are SimpleITK (HU), masks boolean ``[z, y, x]``
+"""Variants of a real CT for testing what the node reports: one kidney replaced by fat (a nephrectomy or agenesis),
+one moved down (a low or pelvic kidney) and a field of view that ends in the middle of one kidney. Images are SimpleITK (HU), masks boolean ``[z, y, x]``
 arrays on their grid."""
 
 from __future__ import annotations
@@ -20,6 +20,21 @@ def without_kidney(ct: sitk.Image, kidney: np.ndarray, seed: int = 0) -> sitk.Im
     out = sitk.GetImageFromArray(hu)
     out.CopyInformation(ct)
     return out
+
+
+def moved_down(ct: sitk.Image, kidney: np.ndarray, slices: int, seed: int = 0) -> tuple[sitk.Image, np.ndarray]:
+    """``ct`` with ``kidney`` (and a voxel of rim) moved ``slices`` slices down (towards index 0), as a low or pelvic
+    kidney lies, fat left in its place; returns the image and the kidney's new mask."""
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    source = ndimage.binary_dilation(kidney, iterations=1)
+    target, moved = np.zeros_like(source), np.zeros_like(kidney)
+    target[:-slices], moved[:-slices] = source[slices:], kidney[slices:]
+    out = hu.copy()
+    out[source] = FAT_HU + np.random.default_rng(seed).normal(0.0, FAT_NOISE_HU, int(source.sum()))
+    out[target] = hu[slices:][source[slices:]]
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(ct)
+    return image, moved
 
 
 def cut_through(ct: sitk.Image, kidney: np.ndarray, masks: dict[str, np.ndarray]) -> tuple[sitk.Image, dict[str, np.ndarray]]:

@@ -123,7 +123,7 @@ def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Find
         others = [f"{f.rule.value}: {f.message}" for f in findings if f.rule is not Rule.FIELD_OF_VIEW]
         bound = f"parenchyma in view {kidney.parenchyma_ml:.0f} ml, a lower bound of the kidney's volume"
         return Absent(side, structures, Absence.CUT_OFF, "; ".join([bound, *others]))
-    if rules == {Rule.POSITION} and all(f.scope == side for f in findings):  # a pelvic (transplant) or fused kidney
+    if rules == {Rule.POSITION}:  # a pelvic (transplant), ptotic or fused kidney, or two at heights apart
         return Absent(side, structures, Absence.ATYPICAL, "; ".join(f.message for f in findings))
     if rules == {Rule.PHASE}:
         return Absent(side, structures, Absence.NOT_MEASURED, "; ".join(f.message for f in findings))
