@@ -335,7 +335,7 @@ class QCConfig:
     max_denser_share: Share = 0.02  # share of a kidney 20 HU denser than its median, checked without contrast; more: it takes in a neighbour
     max_left_out_share: Share = 0.1  # renal-density tissue inside a kidney's outline but outside its mask, as a share of it; more: part left out
     max_volume_range_share: Positive = 0.15  # the parenchyma's range between the model's probability thresholds (band.py), as a share of it; more: withheld
-    max_cortex_range_share: Positive = 0.16  # the cortex's range, as a share of it; more: cortex and medulla withheld
+    max_cortex_range_share: Positive = 0.2  # the cortex's range, as a share of it; more: cortex and medulla withheld
     max_thick_cortex_share: Share = 0.1  # share of the cortex deeper than 6 mm inside it; more: a thicker neighbour taken in as cortex
     lateral_mm: Range = KIDNEY_LATERAL_MM  # kidney centre to the side of the spine's centre
     anteroposterior_mm: Range = KIDNEY_ANTEROPOSTERIOR_MM  # kidney centre from the spine's centre (+: behind)

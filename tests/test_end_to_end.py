@@ -74,7 +74,7 @@ def test_push_study_get_seg_and_sr_in_pacs(
 
     sr = pydicom.dcmread(sr_path)
     groups = [g for g in sr_groups(sr) if g.segment_number]
-    assert all(g.qc == "Usable - Meets the quality control standard" and g.findings == [] for g in groups)
+    assert all(g.qc == "Usable - Meets the quality control standard" and g.findings == [] for g in groups), [(g.identifier, g.qc, g.findings) for g in groups]
     assert sr.SeriesDescription == "Renal volumes (research)" and seg.SeriesDescription == "Renal segmentation (research)"
     assert {g.identifier for g in groups} == {f"{side} renal {s}" for side in ("left", "right") for s in ("cortex", "medulla", "parenchyma")}
     truth = arterial.phantom.volumes_ml

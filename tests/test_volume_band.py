@@ -74,7 +74,8 @@ def test_each_volume_is_sent_with_its_range_in_the_sr_and_the_record(series, tmp
     groups = [g for g in sr_groups(processed.results.sr) if g.segment_number]
     for group in groups:
         assert group.range_ml == pytest.approx({"Minimum": 0.95 * group.volume_ml, "Maximum": 1.05 * group.volume_ml}, abs=2e-3), group.identifier
-        assert any(text.startswith("Minimum and maximum: volume range: where the model's probability is above 0.75") for text in group.findings)
+    study = next(g for g in sr_groups(processed.results.sr) if not g.segment_number)
+    assert study.findings[-1].startswith("Minimum and maximum of each volume: volume range: where the model's probability is above 0.75")
     record = processed.record()["measurements"]
     assert record["parenchyma_left_range_ml"] == pytest.approx([0.95 * record["parenchyma_left_ml"], 1.05 * record["parenchyma_left_ml"]], abs=0.02)
     saved = {f.output.value: f.path for f in save_results(processed.results, tmp_path)}

@@ -92,10 +92,7 @@ def write_sr(
                 qualitative_evaluations=[_qc_evaluation(not plan.review and _passed(qc, structure, side))],
             )
         )
-        method = [f"Minimum and maximum: {BAND_METHOD}"] if structure in kidney.ranges else []
-        _add_findings(
-            groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side] + method
-        )
+        _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("tracking/qc"), identifier="renal volumetry QC"),
         algorithm_id=_sr_algorithm(measurements.algorithms[Structure.PARENCHYMA]),
@@ -103,7 +100,9 @@ def write_sr(
     )
     unreported = [f for f in qc.findings if f.scope == STUDY or f.scope not in plan.sides]  # e.g. a kidney withheld
     not_compared = [str(n) for n in followup.not_compared] if followup else []
-    _add_findings(study_group, [plan.qc_verdict, *plan.lines(), *(str(f) for f in unreported), *not_compared])
+    ranged = any(structure in measurements.kidneys[side].ranges for structure, side in numbers)
+    method = [f"Minimum and maximum of each volume: {BAND_METHOD}"] if ranged else []
+    _add_findings(study_group, [plan.qc_verdict, *plan.lines(), *(str(f) for f in unreported), *not_compared, *method])
     groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
