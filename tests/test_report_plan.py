@@ -99,3 +99,14 @@ def test_flag_sends_everything_measured_for_review_where_nothing_would_be_sent(p
     plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig(on_fail=OnFail.FLAG, per_kidney=per_kidney))
     assert plan.delivered == ALL and plan.review and plan.absent == ()
     assert plan.qc_verdict == report.verdict
+
+
+def test_outside_the_arterial_phase_other_cortex_findings_do_not_change_the_reason() -> None:
+    report = QCReport(
+        [
+            Finding(Rule.PHASE, STUDY, "the image check found no contrast enhancement"),
+            Finding(Rule.UNCERTAIN_CORTEX, Side.LEFT, "cortex 40-60 ml between the model's probability thresholds"),
+        ]
+    )
+    plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig())
+    assert all(a.reason is Absence.NOT_MEASURED and a.detail == "the image check found no contrast enhancement" for a in plan.absent)

@@ -125,8 +125,8 @@ def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Find
         return Absent(side, structures, Absence.CUT_OFF, "; ".join([bound, *others]))
     if rules == {Rule.POSITION}:  # a pelvic (transplant), ptotic or fused kidney, or two at heights apart
         return Absent(side, structures, Absence.ATYPICAL, "; ".join(f.message for f in findings))
-    if rules == {Rule.PHASE}:
-        return Absent(side, structures, Absence.NOT_MEASURED, "; ".join(f.message for f in findings))
+    if Rule.PHASE in rules and structures == (Structure.CORTEX, Structure.MEDULLA):  # whatever else concerns them
+        return Absent(side, structures, Absence.NOT_MEASURED, "; ".join(f.message for f in findings if f.rule is Rule.PHASE))
     return Absent(side, structures, Absence.WITHHELD, "; ".join(f"{f.rule.value}: {f.message}" for f in findings))
 
 
