@@ -78,6 +78,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         if job.measurements:
             texts = ("not_reported", "notes", "qc_findings", "qc_notes", "followup")  # lists of lines, printed one a line
             figures = {k: v for k, v in job.measurements.items() if k not in (*texts, "sent", "delivered")}
+            if "delivered" in job.measurements:
+                print(f"    delivered: {', '.join(job.measurements['delivered']) or 'nothing'}")
             print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
             for line in [line for key in texts for line in job.measurements.get(key, [])]:
                 print(f"    {line}")

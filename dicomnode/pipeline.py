@@ -75,7 +75,9 @@ class Processed:
                 delivered=[f"{side} {structure}" for structure, side in self.plan.delivered], not_reported=self.plan.lines(), qc=self.plan.qc_verdict
             )
             if not self.plan.both_kidneys:
-                figures.update(total_parenchyma_ml=None, cortex_ratio=None, left_split=None)
+                figures.update(total_parenchyma_ml=None, left_split=None)
+            if not all(self.plan.delivers(Structure.CORTEX, side) for side in SIDES):
+                figures.update(cortex_ratio=None)  # both kidneys' cortex, or none
         if figures is not None and self.followup is not None:
             figures.update(followup=self.followup.lines())
         return {

@@ -208,7 +208,7 @@ def test_not_beside_the_spine(good: Measurements, offset: tuple[float, float], w
 
 
 def test_no_spine_beside_the_kidney(good: Measurements) -> None:
-    assert _rules(_with_left(good, spine_offset_mm=None, spine_slices=0.0)) == {(Rule.POSITION, "left")}
+    assert _rules(_with_left(good, spine_offset_mm=None, spine_slices=0.0)) == {(Rule.NO_SPINE, "left")}
 
 
 def test_kidneys_at_different_heights(good: Measurements) -> None:

@@ -23,7 +23,7 @@ def _kidney(side: Side, ml: float = 150.0, cut_share: float = 0.0) -> KidneyMeas
 
 
 def _measured(*sides: Side, cut: Side | None = None) -> Measurements:
-    return Measurements({side: _kidney(side, 60.0 if side is cut else 150.0, 0.5 if side is cut else 0.0) for side in sides}, midline_source="spine")
+    return Measurements({side: _kidney(side, 32.0 if side is cut else 150.0, 0.5 if side is cut else 0.0) for side in sides}, midline_source="spine")
 
 
 def test_a_study_that_passes_delivers_every_structure_of_both_kidneys() -> None:
@@ -72,7 +72,7 @@ def test_a_kidney_cut_by_the_field_of_view_is_a_lower_bound_not_a_volume() -> No
     plan = decide(_measured(*SIDES, cut=Side.LEFT), report, STRUCTURES, QCConfig())
     assert plan.sides == (Side.RIGHT,)
     (absent,) = plan.absent
-    assert absent.reason is Absence.CUT_OFF and "parenchyma in view 60 ml, a lower bound" in absent.detail
+    assert absent.reason is Absence.CUT_OFF and "parenchyma in view 32 ml, a lower bound" in absent.detail
     # a kidney on the edge that fails another kidney-level rule is reported as cut off too, with that finding
     small = QCReport([Finding(Rule.VOLUME, Side.LEFT, "parenchyma 32 ml, outside 40-450 ml")])
     (absent,) = decide(_measured(*SIDES, cut=Side.LEFT), small, STRUCTURES, QCConfig()).absent
@@ -110,3 +110,17 @@ def test_outside_the_arterial_phase_other_cortex_findings_do_not_change_the_reas
     )
     plan = decide(_measured(*SIDES), report, STRUCTURES, QCConfig())
     assert all(a.reason is Absence.NOT_MEASURED and a.detail == "the image check found no contrast enhancement" for a in plan.absent)
+
+
+def test_a_spine_not_found_is_no_atypical_kidney() -> None:
+    report = QCReport([Finding(Rule.NO_SPINE, Side.LEFT, "the vertebral column was found on 10% of the kidney's slices")])
+    (absent,) = decide(_measured(*SIDES), report, STRUCTURES, QCConfig()).absent
+    assert absent.reason is Absence.WITHHELD and "its place cannot be checked" in absent.detail
+
+
+def test_a_kidney_on_the_edge_too_large_or_holding_a_neighbour_is_no_lower_bound() -> None:
+    large = QCReport([Finding(Rule.VOLUME, Side.LEFT, "parenchyma 500 ml, outside 40-450 ml")])
+    measured = Measurements({side: _kidney(side, 500.0 if side is Side.LEFT else 150.0, 0.2 if side is Side.LEFT else 0.0) for side in SIDES})
+    assert decide(measured, large, STRUCTURES, QCConfig()).absent[0].reason is Absence.WITHHELD
+    taken = QCReport([Finding(Rule.FIELD_OF_VIEW, Side.LEFT, "cut"), Finding(Rule.THICK_CORTEX, Side.LEFT, "spleen")])
+    assert decide(_measured(*SIDES, cut=Side.LEFT), taken, STRUCTURES, QCConfig()).absent[0].reason is Absence.WITHHELD

@@ -92,7 +92,7 @@ def decide(measurements: Measurements, report: QCReport, allowed: tuple[Structur
             absent.append(Absent(side, not_measured, Absence.NOT_MEASURED, not_allowed_why))
         withheld = tuple(s for s in missing if s in allowed)
         if withheld:
-            absent.append(_withheld(side, withheld, blocked[withheld[0]], measurements))
+            absent.append(_withheld(side, withheld, blocked[withheld[0]], measurements, limits.kidney_ml[0]))
     review = False
     if not delivered and limits.on_fail is OnFail.FLAG:
         delivered = [(s, side) for side in SIDES if side in measurements.kidneys for s in allowed]
@@ -103,6 +103,10 @@ def decide(measurements: Measurements, report: QCReport, allowed: tuple[Structur
     return ReportPlan(plan, tuple(absent), review, _qc_verdict(report, plan, review, measurements))
 
 
+#: Findings that the outline may hold more than the kidney: its volume in view is then no lower bound.
+_TAKES_IN = frozenset({Rule.OUTLINE, Rule.DENSER, Rule.THICK_CORTEX, Rule.EXTRA})
+
+
 def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]:
     """The findings that can withhold ``side``'s kidney. A missing other kidney is an absence, not a finding on
     this one, with ``per_kidney``; without it every finding withholds everything, as before the plan."""
@@ -111,14 +115,16 @@ def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]
     return [f for f in report.findings if f.scope in (side, STUDY)]
 
 
-def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements) -> Absent:
+def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements, smallest_ml: float) -> Absent:
     """Why a found kidney's structures are withheld: the field of view where the image's edge cuts the kidney (or a
     kidney on the edge is too small) and no study-level finding concerns it (with the lower bound and any other
     findings of the kidney); its place alone (not beside the spine: a pelvic transplant, a horseshoe kidney across
     the midline), named atypical rather than measured as a left or right kidney; the phase; or the findings named."""
     rules = {f.rule for f in findings}
     kidney = measurements.kidneys[side]
-    cut = Rule.FIELD_OF_VIEW in rules or (kidney.cut_share > 0 and Rule.VOLUME in rules)  # too small where the edge cuts it
+    too_small = Rule.VOLUME in rules and kidney.parenchyma_ml < smallest_ml
+    cut = Rule.FIELD_OF_VIEW in rules or (kidney.cut_share > 0 and too_small)  # too small where the edge cuts it
+    cut = cut and not rules & _TAKES_IN  # a volume that may hold a neighbour is no lower bound
     if cut and all(f.scope == side for f in findings):
         others = [f"{f.rule.value}: {f.message}" for f in findings if f.rule is not Rule.FIELD_OF_VIEW]
         bound = f"parenchyma in view {kidney.parenchyma_ml:.0f} ml, a lower bound of the kidney's volume"

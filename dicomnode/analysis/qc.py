@@ -29,6 +29,7 @@ class Rule(str, enum.Enum):
     SHAPE = "not one compact kidney"
     FIELD_OF_VIEW = "cut off by the field of view"
     POSITION = "not beside the spine"
+    NO_SPINE = "its place cannot be checked"
     ATTENUATION = "implausible attenuation"
     CORTEX_SHARE = "implausible cortex share"
     CORTICOMEDULLARY = "no corticomedullary differentiation"
@@ -216,7 +217,7 @@ def _kidney_findings(kidney: KidneyMeasurement, phase: ImagePhase, limits: QCCon
             low, high = kidney.ranges[structure]
             why = f"{structure} {low:.0f}-{high:.0f} ml between the model's probability thresholds, {spread:.0%} of its {kidney.volume(structure):.0f} ml"
             found.append(Finding(rule, side, f"{why} (at most {limit:.0%} expected)"))
-    if kidney.thick_cortex_share > limits.max_thick_cortex_share:
+    if phase in (ImagePhase.ARTERIAL, ImagePhase.UNKNOWN) and kidney.thick_cortex_share > limits.max_thick_cortex_share:
         why = (
             f"{kidney.thick_cortex_share:.0%} of what was labelled cortex lies more than {CORTEX_HALF_THICKNESS_MM:.0f} mm deep inside it "
             f"(at most {limits.max_thick_cortex_share:.0%} expected: a cortex is some 4-10 mm thick), so the outline likely takes in a "
@@ -230,7 +231,7 @@ def _position_findings(kidney: KidneyMeasurement, limits: QCConfig) -> list[Find
     side = kidney.side
     if kidney.spine_offset_mm is None or kidney.spine_slices < limits.min_spine_share:
         share = kidney.spine_slices
-        return [Finding(Rule.POSITION, side, f"the vertebral column was found on {share:.0%} of the kidney's slices: its place cannot be checked")]
+        return [Finding(Rule.NO_SPINE, side, f"the vertebral column was found on {share:.0%} of the kidney's slices")]
     dx, dy = kidney.spine_offset_mm
     lateral = dx if side == Side.LEFT else -dx  # LPS: the left kidney lies at larger x than the spine
     found = []
