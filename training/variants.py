@@ -15,8 +15,7 @@ FAT_HU, FAT_NOISE_HU = -100.0, 12.0
 def without_kidney(ct: sitk.Image, kidney: np.ndarray, seed: int = 0) -> sitk.Image:
     """``ct`` with ``kidney`` (grown by two voxels, its partial-volume rim) replaced by fat with noise."""
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
-    gone = ndimage.binary_dilation(kidney, iterations=2)
-    hu[gone] = FAT_HU + np.random.default_rng(seed).normal(0.0, FAT_NOISE_HU, int(gone.sum()))
+    _fat(hu, ndimage.binary_dilation(kidney, iterations=2), seed)
     out = sitk.GetImageFromArray(hu)
     out.CopyInformation(ct)
     return out
@@ -30,11 +29,16 @@ def moved_down(ct: sitk.Image, kidney: np.ndarray, slices: int, seed: int = 0) -
     target, moved = np.zeros_like(source), np.zeros_like(kidney)
     target[:-slices], moved[:-slices] = source[slices:], kidney[slices:]
     out = hu.copy()
-    out[source] = FAT_HU + np.random.default_rng(seed).normal(0.0, FAT_NOISE_HU, int(source.sum()))
+    _fat(out, source, seed)
     out[target] = hu[slices:][source[slices:]]
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(ct)
     return image, moved
+
+
+def _fat(hu: np.ndarray, where: np.ndarray, seed: int) -> None:
+    """Fill ``where`` of ``hu`` with perirenal fat and noise, in place."""
+    hu[where] = FAT_HU + np.random.default_rng(seed).normal(0.0, FAT_NOISE_HU, int(where.sum()))
 
 
 def cut_through(ct: sitk.Image, kidney: np.ndarray, masks: dict[str, np.ndarray]) -> tuple[sitk.Image, dict[str, np.ndarray]]:

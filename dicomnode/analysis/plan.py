@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from dicomnode.analysis.measure import Measurements
-from dicomnode.analysis.qc import STUDY, Finding, QCReport, Rule
+from dicomnode.analysis.qc import Finding, QCReport, Rule
 from dicomnode.config import OnFail, QCConfig
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 
@@ -110,9 +110,7 @@ _TAKES_IN = frozenset({Rule.OUTLINE, Rule.DENSER, Rule.THICK_CORTEX, Rule.EXTRA}
 def _concerning(report: QCReport, side: Side, per_kidney: bool) -> list[Finding]:
     """The findings that can withhold ``side``'s kidney. A missing other kidney is an absence, not a finding on
     this one, with ``per_kidney``; without it every finding withholds everything, as before the plan."""
-    if not per_kidney:
-        return list(report.findings)
-    return [f for f in report.findings if f.scope in (side, STUDY)]
+    return report.concerning(side) if per_kidney else list(report.findings)
 
 
 def _withheld(side: Side, structures: tuple[Structure, ...], findings: list[Finding], measurements: Measurements, smallest_ml: float) -> Absent:

@@ -107,22 +107,16 @@ class QCReport:
             return STRUCTURES
         return (Structure.PARENCHYMA,) if per_structure and self.passed_for((Structure.PARENCHYMA,)) else ()
 
-    def against(self, structures: tuple[str, ...]) -> list[Finding]:
-        """The findings that concern any of ``structures``."""
-        return [f for f in self.findings if set(f.rule.structures) & set(structures)]
-
     @property
     def verdict(self) -> str:
         return "QC passed" if self.passed else f"QC failed: {len(self.findings)} finding(s), review needed"
 
-    def verdict_on(self, sent: tuple[str, ...]) -> str:
-        """The QC verdict on what was sent: the verdict, or that the structures sent passed where others failed."""
-        if self.passed or not self.passed_for(sent):
-            return self.verdict
-        return f"QC passed for renal {' and '.join(sent)}"
-
     def for_scope(self, scope: Scope) -> list[Finding]:
         return [f for f in self.findings if f.scope == scope]
+
+    def concerning(self, side: Side) -> list[Finding]:
+        """The findings that can withhold ``side``'s kidney on its own: its own and the study's."""
+        return [f for f in self.findings if f.scope in (side, STUDY)]
 
     def lines(self) -> list[str]:
         return [str(f) for f in self.findings]

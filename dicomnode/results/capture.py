@@ -20,6 +20,7 @@ from dicomnode.imaging.axes import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX
+from dicomnode.segment.band import BAND_THRESHOLDS
 from dicomnode.segment.model import Model
 from dicomnode.uids import RANDOM_UIDS, ResultUids
 
@@ -74,8 +75,10 @@ def slice_page(series: LoadedSeries, measurements: Measurements, side: Side, cap
         axes = figure.add_axes((0, 0.06, 1, 0.88))
         axes.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
         for kidney in measurements.kidneys.values():
+            if kidney.side not in plan.sides:
+                continue
             outlined = CORTEX_AND_MEDULLA if plan.delivers(Structure.CORTEX, kidney.side) else (Structure.PARENCHYMA,)
-            for structure in outlined if plan.delivers(Structure.PARENCHYMA, kidney.side) or plan.delivers(Structure.CORTEX, kidney.side) else ():
+            for structure in outlined:
                 colour = OUTLINES[structure]
                 mask = _canonical_plane(series, kidney, structure, k)
                 if mask.any():
@@ -106,7 +109,7 @@ def summary_page(measurements: Measurements, qc: QCReport, plan: ReportPlan, mod
         ranges = [measurements.kidneys[side].ranges.get(structure) if plan.delivers(structure, side) else None for side in SIDES[::-1]]
         if any(ranges):
             cells = [f"{f'{r[0]:.0f}-{r[1]:.0f}':>10}" if r else f"{'-':>10}" for r in ranges]
-            lines.append((f"{'  range':<12}{''.join(cells)}  model probability 0.75-0.25", "#a0a0a0", 11))
+            lines.append((f"{'  range':<12}{''.join(cells)}  model probability {BAND_THRESHOLDS[0]}-{BAND_THRESHOLDS[1]}", "#a0a0a0", 11))
         changes = [followup.change(structure, side) if followup else None for side in SIDES[::-1]]
         if any(changes):
             since = sorted({c.prior_date.isoformat() for c in changes if c})

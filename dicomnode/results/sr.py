@@ -228,7 +228,7 @@ def _changes(change: Change | None) -> list[hd.sr.Measurement]:
 
 def _passed(qc: QCReport, structure: Structure, side: Side) -> bool:
     """Whether no finding on ``side`` or on the whole study concerns ``structure``."""
-    return not any(f.scope in (side, STUDY) and structure in f.rule.structures for f in qc.findings)
+    return not any(structure in f.rule.structures for f in qc.concerning(side))
 
 
 def _qc_evaluation(passed: bool) -> hd.sr.QualitativeEvaluation:
