@@ -28,9 +28,11 @@ from dicomnode.config import NodeConfig
 from dicomnode.delivery.commitment import Commitments
 from dicomnode.files import free_mb, move_into_place, remove_partial_writes
 from dicomnode.locks import KeyedLocks
-from dicomnode.net.acceptor import Acceptor, Policy, Received
+from dicomnode.net.acceptor import Acceptor
+from dicomnode.net.association import Policy
 from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
+from dicomnode.net.services import Received
 from dicomnode.store.database import errors
 from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store

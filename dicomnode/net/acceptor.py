@@ -1,60 +1,29 @@
-"""An association acceptor for the Verification, Storage and Storage Commitment services: one thread per association
-reading from a blocking socket (no polling), each data set written to a file as its fragments arrive, the C-STORE
-answered with what :class:`Services` decides and Storage Commitment with what :class:`CommitmentServices` decides.
-The DICOM side of the receive stage; what is stored and why is decided in ``receive.py``, what is committed in
-``delivery/commitment.py``."""
+"""The transport of the node's DICOM services: a listening socket, one thread per association reading from a
+blocking socket (no polling), admission (limits on connections and associations), and each association's PDUs read
+into DIMSE messages. Association control is in ``association.py``, the services in ``services.py``, the PDUs in
+``upper_layer.py`` and the DIMSE commands in ``dimse.py``."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import math
-import os
 import socket
 import socketserver
 import ssl
-import struct
 import threading
 import time
-import uuid
-from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Protocol
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    JPEG2000Lossless,
-    JPEG2000MCLossless,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-    UncompressedTransferSyntaxes,
-)
-
-from dicomnode import __version__
-from dicomnode.net.dimse import (
-    REQUEST_STORAGE_COMMITMENT,
-    STORAGE_COMMITMENT,
-    STORAGE_COMMITMENT_INSTANCE,
-    CommandField,
-    Request,
-    StoreStatus,
-    event_report,
-    parse_request,
-    response,
-)
+from dicomnode.net.association import IMPLEMENTATION_VERSION, Policy, answer_context, refusal
+from dicomnode.net.dimse import STORAGE_COMMITMENT, CommandField, parse_request
+from dicomnode.net.incoming import Incoming, file_meta
+from dicomnode.net.services import CommitmentServices, ServiceProvider, Services
 from dicomnode.net.upper_layer import (
-    DICOM_APPLICATION_CONTEXT,
     MAX_ASSOCIATE_REQUEST,
     MAX_COMMAND,
     AbortReason,
     AssociateRequest,
-    ContextAnswer,
     ContextResult,
     PduReader,
     PduType,
@@ -63,9 +32,6 @@ from dicomnode.net.upper_layer import (
     abort,
     associate_accept,
     associate_reject,
-    context_problem,
-    p_data,
-    p_data_fragments,
     parse_associate_request,
     release_response,
 )
@@ -78,174 +44,8 @@ STOP_WAIT_S = 5.0
 #: Connections open at once, negotiating or associated, per ``max_associations``; more are closed at once (a flood of
 #: idle connections would otherwise hold a thread and buffers each for ``timeout_s``).
 MAX_CONNECTIONS_PER_ASSOCIATION = 2
-
-#: Transfer syntaxes that keep every pixel value (PS3.5 Annex A): the uncompressed, deflated and lossless ones. A
-#: context gets the first of these its proposer offers, and a lossy one only where it offers no other (finding 8 of
-#: the second adversarial run: JPEG Baseline proposed first beside lossless syntaxes was accepted).
-LOSSLESS_SYNTAXES = frozenset(
-    {
-        *UncompressedTransferSyntaxes,
-        DeflatedExplicitVRLittleEndian,
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEG2000Lossless,
-        JPEG2000MCLossless,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        RLELossless,
-    }
-)
-
 #: An N-ACTION data set is read into memory: a request naming 100,000 instances fits.
 MAX_ACTION_BYTES = 16 * 2**20
-
-#: (0002,0013) Implementation Version Name, at most 16 characters.
-IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
-
-
-@dataclass(frozen=True)
-class Received:
-    """A data set that arrived in full, written after its File Meta Information to ``path``, which is being fsynced:
-    ``durable`` completes when it is on disk (or raises OSError), so that checks can run meanwhile. ``size`` counts
-    the data set's bytes, of which none past the policy's ``max_data_set_bytes`` were written; ``error`` says why
-    the data set could not be written whole, if it could not."""
-
-    association: int
-    calling_ae: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: Path
-    size: int
-    durable: futures.Future[None]
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class CommitmentReport:
-    """The answer to a storage commitment request: its event type (1: all committed; 2: failures exist) and
-    N-EVENT-REPORT data set (``encoded`` in the request's transfer syntax), for the requesting AE."""
-
-    calling_ae: str
-    transaction_uid: str
-    event_type: int
-    encoded: bytes
-    transfer_syntax: str
-    message_id: int = 1
-
-
-class Services(Protocol):
-    """What the acceptor asks of the receive stage."""
-
-    def receive(self, received: Received) -> tuple[int, str]:
-        """Status of the C-STORE-RSP, and its Error Comment (empty for none)."""
-
-    def refused(self, calling_ae: str, address: str, reason: str) -> None:
-        """An association is refused for ``reason``; A-ASSOCIATE-RJ is sent once this returns."""
-
-    def closed(self, association: int, released: bool) -> None:
-        """An accepted association ended: released by its peer, or not (aborted, cut off, timed out)."""
-
-
-class Unavailable(Exception):
-    """A service cannot answer now (its database is down): the peer is told to ask again later."""
-
-
-class CommitmentServices(Protocol):
-    """What the acceptor asks of Storage Commitment, as SCP for peers' requests and as SCU receiving reports."""
-
-    def commit(self, calling_ae: str, data_set: bytes, transfer_syntax: str) -> CommitmentReport | None:
-        """Which instances of a storage commitment request are committed; None where the request is malformed.
-        Raises :class:`Unavailable` where it cannot be answered now."""
-
-    def report_later(self, report: CommitmentReport) -> None:
-        """Send a commitment report that its request's association could not take, on a new association."""
-
-    def commitment_reported(self, calling_ae: str, event_type: int, data_set: bytes, transfer_syntax: str) -> bool:
-        """A destination reports on results the node asked it to commit; False where the report cannot be read."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Who may associate and what they may send. ``contexts`` maps each accepted abstract syntax to the transfer
-    syntaxes accepted for it, in no order: each context gets the first of its proposed transfer syntaxes that is
-    accepted and lossless, else the first accepted. A socket silent for ``timeout_s`` is closed; so is one whose
-    A-ASSOCIATE-RQ is not in within ``timeout_s`` of connecting, whose other PDUs each take longer than that, or whose
-    message (a command and its data set) takes longer than ``instance_timeout_s``, however slowly it trickles in."""
-
-    ae_title: str
-    contexts: Mapping[str, tuple[str, ...]]
-    check_called_ae: bool = True
-    allowed_callers: tuple[str, ...] = ()
-    allowed_addresses: tuple[str, ...] = ()
-    max_associations: int = 20
-    max_data_set_bytes: int = 2**40
-    timeout_s: float = 60.0
-    instance_timeout_s: float = 600.0
-    incoming: Path = Path(".")
-    ssl_context: ssl.SSLContext | None = None
-
-
-def _file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
-    """Preamble, prefix and File Meta Information (PS3.10 7.1), explicit VR little endian."""
-
-    def element(element: int, vr: bytes, value: bytes) -> bytes:
-        if len(value) % 2:
-            value += b"\0" if vr == b"UI" else b" "
-        if vr == b"OB":
-            return struct.pack("<HH2sHL", 2, element, vr, 0, len(value)) + value
-        return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
-
-    def text(value: str) -> bytes:
-        return value.encode("ascii", "replace")
-
-    body = (
-        element(0x0001, b"OB", b"\0\1")
-        + element(0x0002, b"UI", text(sop_class_uid))
-        + element(0x0003, b"UI", text(sop_instance_uid))
-        + element(0x0010, b"UI", text(transfer_syntax))
-        + element(0x0012, b"UI", text(IMPLEMENTATION_CLASS_UID))
-        + element(0x0013, b"SH", text(IMPLEMENTATION_VERSION))
-        + (element(0x0016, b"AE", text(calling_ae)) if calling_ae else b"")
-    )
-    return bytes(128) + b"DICM" + element(0x0000, b"UL", struct.pack("<L", len(body))) + body
-
-
-class _Incoming:
-    """One data set being written to a hidden file under ``folder`` as it arrives; bytes past ``limit`` are counted,
-    not kept, and so are all bytes after a failed write (``error`` says why)."""
-
-    def __init__(self, folder: Path, meta: bytes, limit: int) -> None:
-        self.path = folder / f".{uuid.uuid4().hex}.tmp"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.size, self._limit, self.error = 0, limit, ""
-        try:
-            self._write(memoryview(meta))
-        except OSError as exc:  # a full disk: the data set is read and refused, the file removed with it
-            self.error = f"write failed: {exc}"
-
-    def _write(self, view: memoryview) -> None:
-        while view:
-            view = view[os.write(self._fd, view) :]
-
-    def write(self, data: memoryview) -> None:
-        if self.size + len(data) <= self._limit and not self.error:
-            try:
-                self._write(data)
-            except OSError as exc:  # a full disk, an I/O error: the instance will be refused
-                self.error = f"write failed: {exc}"
-        self.size += len(data)
-
-    def finish(self) -> None:
-        """fsync and close; once this returns without raising, the data set is on disk."""
-        try:
-            os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-
-    def discard(self) -> None:
-        os.close(self._fd)
-        self.path.unlink(missing_ok=True)
 
 
 class _Association:
@@ -255,13 +55,10 @@ class _Association:
         self.acceptor, self.sock, self.address, self.number, self.opened = acceptor, sock, address, number, opened
         self.policy = acceptor.policy
         self.reader = PduReader(sock)
-        self.incoming: _Incoming | None = None
+        self.incoming: Incoming | None = None
         self.admitted = False
-        self.contexts: dict[int, str] = {}  # accepted context ID: abstract syntax
-        self.transfer: dict[int, str] = {}  # accepted context ID: transfer syntax
-        self.action = bytearray()  # an N-ACTION data set being read
-        self.report: CommitmentReport | None = None  # sent on this association, not acknowledged yet
-        self.peer_maximum_length = 0
+        self.action = bytearray()  # an N-ACTION or N-EVENT-REPORT data set being read
+        self.provider: ServiceProvider | None = None  # once the association is accepted
 
     def send(self, pdu: bytes) -> None:
         self.sock.sendall(pdu)
@@ -276,49 +73,31 @@ class _Association:
         if length > MAX_ASSOCIATE_REQUEST:
             raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
         request = parse_associate_request(self.reader.read(length))
-        refusal = self.refusal(request)
-        if refusal is not None:
-            rejection, reason = refusal
+        refused = refusal(request, self.policy)
+        if refused is None:
+            self.admitted = self.acceptor.admit(self.number)
+            if not self.admitted:
+                refused = Rejection.LOCAL_LIMIT_EXCEEDED, f"more than max_associations={self.policy.max_associations} associations at once"
+        if refused is not None:
+            rejection, reason = refused
             self.acceptor.services.refused(request.calling_ae, self.address, reason)  # recorded before the peer hears it
             self.send(associate_reject(rejection))
             return None
-        answers = [self.answer(c.abstract_syntax, c.transfer_syntaxes, c.context_id) for c in request.contexts]
+        answers = [answer_context(self.policy, c.abstract_syntax, c.transfer_syntaxes, c.context_id) for c in request.contexts]
         roles = tuple((uid, scu, scp) for uid, scu, scp in request.roles if uid == STORAGE_COMMITMENT)  # its reports may come to the node
         self.send(associate_accept(request, answers, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, roles))
-        self.contexts = {a.context_id: c.abstract_syntax for a, c in zip(answers, request.contexts, strict=True) if a.result is ContextResult.ACCEPTANCE}
-        self.transfer = {a.context_id: a.transfer_syntax for a in answers}
+        contexts = {a.context_id: c.abstract_syntax for a, c in zip(answers, request.contexts, strict=True) if a.result is ContextResult.ACCEPTANCE}
+        transfer = {a.context_id: a.transfer_syntax for a in answers}
+        acceptor = self.acceptor
+        self.provider = ServiceProvider(
+            self.number, self.send, contexts, transfer, request.maximum_length, acceptor.services, acceptor.commitments, acceptor.fsyncs
+        )
         return request
-
-    def refusal(self, request: AssociateRequest) -> tuple[Rejection, str] | None:
-        policy = self.policy
-        if not request.protocol_version & 1:
-            return Rejection.PROTOCOL_VERSION_NOT_SUPPORTED, f"protocol version 0x{request.protocol_version:04x} not supported"
-        if request.application_context != DICOM_APPLICATION_CONTEXT:
-            return Rejection.APPLICATION_CONTEXT_NOT_SUPPORTED, f"application context {request.application_context!r} is not DICOM's"
-        problem = context_problem(request.contexts)
-        if problem:
-            return Rejection.NO_REASON_GIVEN, problem
-        if policy.allowed_callers and request.calling_ae not in policy.allowed_callers:
-            return Rejection.CALLING_AE_NOT_RECOGNISED, "calling AE title not in allowed_callers"
-        if policy.check_called_ae and request.called_ae != policy.ae_title:
-            return Rejection.CALLED_AE_NOT_RECOGNISED, f"called AE title {request.called_ae!r} is not this node's {policy.ae_title!r}"
-        self.admitted = self.acceptor.admit(self.number)
-        if not self.admitted:
-            return Rejection.LOCAL_LIMIT_EXCEEDED, f"more than max_associations={policy.max_associations} associations at once"
-        return None
-
-    def answer(self, abstract_syntax: str, transfer_syntaxes: tuple[str, ...], context_id: int) -> ContextAnswer:
-        accepted = self.policy.contexts.get(abstract_syntax, ())
-        if not accepted:
-            return ContextAnswer(context_id, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfer_syntaxes[0])
-        usable = [ts for ts in transfer_syntaxes if ts in accepted]
-        chosen = next((ts for ts in usable if ts in LOSSLESS_SYNTAXES), usable[0] if usable else None)
-        if chosen is None:
-            return ContextAnswer(context_id, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, transfer_syntaxes[0])
-        return ContextAnswer(context_id, ContextResult.ACCEPTANCE, chosen)
 
     def messages(self, calling_ae: str) -> str:
         """Serve DIMSE messages until the peer releases or aborts; returns which."""
+        provider = self.provider
+        assert provider is not None
         command, request, context = bytearray(), None, 0  # context: of the command being read, then of its data set
         message_due = math.inf  # the deadline of the message (command and data set) under way
         while True:
@@ -344,7 +123,7 @@ class _Association:
             while remaining:
                 fragment = self.reader.fragment(remaining)
                 remaining -= 6 + fragment.length
-                if fragment.context_id not in self.contexts:
+                if fragment.context_id not in provider.contexts:
                     raise ProtocolError(f"a PDV on presentation context {fragment.context_id}, which was not accepted")
                 if fragment.command:
                     if request is not None or len(command) + fragment.length > MAX_COMMAND:
@@ -357,7 +136,7 @@ class _Association:
                         request = parse_request(bytes(command))
                         command.clear()
                         if not request.has_data_set:
-                            self.answer_request(request, context)
+                            provider.without_data_set(request, context)
                             request, message_due = None, math.inf
                     continue
                 if request is None or fragment.context_id != context:
@@ -367,92 +146,18 @@ class _Association:
                         raise ProtocolError(f"an {request.command.name} data set of more than {MAX_ACTION_BYTES} bytes")
                     self.action += self.reader.read(fragment.length)
                     if fragment.last:
-                        (self.commit if request.command is CommandField.N_ACTION_RQ else self.reported)(request, context, calling_ae)
+                        data, self.action = bytes(self.action), bytearray()
+                        (provider.commit if request.command is CommandField.N_ACTION_RQ else provider.reported)(request, context, calling_ae, data)
                         request, message_due = None, math.inf
                     continue
                 if self.incoming is None:
-                    meta = _file_meta(request.sop_class_uid, request.sop_instance_uid, self.transfer[context], calling_ae)
-                    self.incoming = _Incoming(self.policy.incoming, meta, self.policy.max_data_set_bytes)
+                    meta = file_meta(request.sop_class_uid, request.sop_instance_uid, provider.transfer[context], calling_ae)
+                    self.incoming = Incoming(self.policy.incoming, meta, self.policy.max_data_set_bytes)
                 self.reader.copy(fragment.length, self.incoming.write)
                 if fragment.last:
-                    self.stored(request, context, calling_ae)
+                    incoming, self.incoming = self.incoming, None
+                    provider.store(request, context, calling_ae, incoming)
                     request, message_due = None, math.inf
-
-    def answer_request(self, request: Request, context: int) -> None:
-        if request.command is CommandField.N_EVENT_REPORT_RSP and self.report is not None and request.message_id == self.report.message_id:
-            log.info("association %d: storage commitment report %s acknowledged (status 0x%04X)", self.number, self.report.transaction_uid, request.status)
-            self.report = None
-            return
-        if request.command is not CommandField.C_ECHO_RQ:
-            raise ProtocolError(f"{request.command.name} without a data set")
-        self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
-
-    def _on_commitment_context(self, request: Request, context: int) -> bool:
-        """Whether an N-ACTION or N-EVENT-REPORT is for Storage Commitment on its context; answered 0x0122 if not."""
-        if self.contexts[context] == STORAGE_COMMITMENT and request.sop_class_uid == STORAGE_COMMITMENT:
-            return True
-        comment = f"{request.command.name.split('_RQ')[0].replace('_', '-')} for another SOP class"
-        self.send(p_data(context, response(request, StoreStatus.SOP_CLASS_NOT_SUPPORTED, comment)))
-        return False
-
-    def reported(self, request: Request, context: int, calling_ae: str) -> None:
-        """An N-EVENT-REPORT-RQ: a destination's storage commitment report on results the node sent it."""
-        data, self.action = bytes(self.action), bytearray()
-        if not self._on_commitment_context(request, context):
-            return
-        understood = self.acceptor.commitments.commitment_reported(calling_ae, request.action_type, data, self.transfer[context])
-        status = StoreStatus.SUCCESS if understood else StoreStatus.PROCESSING_FAILURE
-        self.send(p_data(context, response(request, status, "" if understood else "report not understood")))
-
-    def commit(self, request: Request, context: int, calling_ae: str) -> None:
-        """An N-ACTION-RQ of the Storage Commitment Push Model: answered, then its report sent on this association
-        (a new one follows where this one ends before the peer acknowledges it, see :meth:`serve`)."""
-        data, self.action = bytes(self.action), bytearray()
-        if not self._on_commitment_context(request, context):
-            return
-        if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
-            self.send(p_data(context, response(request, StoreStatus.NO_SUCH_SOP_INSTANCE, "not the well-known Storage Commitment instance")))
-            return
-        if request.action_type != REQUEST_STORAGE_COMMITMENT:
-            self.send(p_data(context, response(request, StoreStatus.NO_SUCH_ACTION, f"action type {request.action_type}")))
-            return
-        try:
-            report = self.acceptor.commitments.commit(calling_ae, data, self.transfer[context])
-        except Unavailable as exc:
-            self.send(p_data(context, response(request, StoreStatus.RESOURCE_LIMITATION, str(exc))))
-            return
-        if report is None:
-            self.send(p_data(context, response(request, StoreStatus.PROCESSING_FAILURE, "no Transaction UID or Referenced SOP Sequence")))
-            return
-        self.send(p_data(context, response(request, StoreStatus.SUCCESS)))
-        self.report = replace(report, message_id=request.message_id + 1 & 0xFFFF)
-        self.send(p_data(context, event_report(self.report.message_id, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, report.event_type)))
-        for pdu in p_data_fragments(context, report.encoded, self.peer_maximum_length):
-            self.send(pdu)
-
-    def stored(self, request: Request, context: int, calling_ae: str) -> None:
-        incoming, self.incoming = self.incoming, None
-        assert incoming is not None
-        if request.command is not CommandField.C_STORE_RQ:
-            incoming.discard()
-            raise ProtocolError(f"{request.command.name} with a data set")
-        if self.contexts[context] != request.sop_class_uid:
-            incoming.discard()
-            status: int = StoreStatus.SOP_CLASS_NOT_SUPPORTED
-            comment = f"SOP class {request.sop_class_uid} sent on a context for {self.contexts[context]}"
-        else:
-            try:
-                durable = self.acceptor.fsyncs.submit(incoming.finish)
-            except RuntimeError:  # the acceptor is stopping
-                incoming.discard()
-                raise ConnectionError("the node is stopping") from None
-            try:
-                sop_class, sop_instance = request.sop_class_uid, request.sop_instance_uid
-                received = Received(self.number, calling_ae, sop_class, sop_instance, incoming.path, incoming.size, durable, incoming.error)
-                status, comment = self.acceptor.services.receive(received)
-            finally:
-                incoming.path.unlink(missing_ok=True)  # stored files were moved away; refused ones go, their fsync unawaited
-        self.send(p_data(context, response(request, status, comment)))
 
     def serve(self) -> None:
         released = False
@@ -460,7 +165,6 @@ class _Association:
             request = self.negotiate()
             self.acceptor.negotiated(self.sock)
             if request is not None:
-                self.peer_maximum_length = request.maximum_length
                 peer = f"implementation {request.implementation_class_uid or '?'}, maximum PDU {request.maximum_length or 'unlimited'}"
                 log.info("association %d from %s at %s accepted (%s)", self.number, request.calling_ae, self.address, peer)
                 ended = self.messages(request.calling_ae)
@@ -484,8 +188,8 @@ class _Association:
             except OSError:
                 pass
         finally:
-            if self.report is not None:  # ended before the peer acknowledged the report: it goes on a new association
-                self.acceptor.commitments.report_later(self.report)
+            if self.provider is not None and self.provider.report is not None:  # not acknowledged: it goes on a new association
+                self.acceptor.commitments.report_later(self.provider.report)
             if self.incoming is not None:
                 self.incoming.discard()
             self.reader.close()
