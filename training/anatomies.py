@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from training.synth_anatomy import ATLAS_MM, CACHE_VERSION, Atlas, KidneySite, Tissue, principal_axis, triple
+from training.synth_anatomy import ATLAS_MM, CACHE_VERSION, Atlas, KidneySite, Tissue, cached_atlas, principal_axis, triple
 
 #: Bumped when the completion below changes: cached atlases are reused by name.
 ANATOMY_VERSION = 1
@@ -125,19 +125,7 @@ def tissue_of(name: str) -> Tissue | None:
 def load_anatomy(source: AnatomySource, cache_dir: Path) -> Atlas:
     """The completed atlas of one source, built once and cached in ``cache_dir``."""
     digest = hashlib.sha1(f"{source.path.name}:{source.path.stat().st_size}".encode()).hexdigest()[:8]
-    cache = cache_dir / f"anatomy_v{CACHE_VERSION}.{ANATOMY_VERSION}_{source.name}_{digest}.npz"
-    if not cache.exists():
-        atlas = build_anatomy(source)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez_compressed(tmp, tissues=atlas.tissues, origin=atlas.origin, sites=json.dumps({s: vars(k) for s, k in atlas.sites.items()}))
-        tmp.rename(cache)
-    with np.load(cache) as data:
-        sites = {
-            side: KidneySite(site["side"], triple(site["centre"]), triple(site["long_axis"]), float(site["volume_ml"]))
-            for side, site in json.loads(str(data["sites"])).items()
-        }
-        return Atlas(data["tissues"], triple(data["origin"]), sites)
+    return cached_atlas(cache_dir / f"anatomy_v{CACHE_VERSION}.{ANATOMY_VERSION}_{source.name}_{digest}.npz", lambda: build_anatomy(source))
 
 
 def build_anatomy(source: AnatomySource) -> Atlas:

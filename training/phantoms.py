@@ -44,7 +44,10 @@ class Label(enum.IntEnum):
     RENAL_VESSEL = 14
 
 
-# Mean HU per label and phase: (noncontrast, arterial, nephrographic, delayed).
+#: The column of each phase in the per-phase HU tables: here and in :mod:`training.synth.hu` (whose rendered values
+#: are ranges drawn from per case, not these fixed means).
+PHASE_COLUMN = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.NEPHROGRAPHIC: 2, Phase.DELAYED: 3}
+# Mean HU per label and phase: (noncontrast, arterial, nephrographic, delayed), by PHASE_COLUMN.
 _HU: dict[Label, tuple[float, float, float, float]] = {
     Label.BODY: (-90.0, -90.0, -90.0, -90.0),
     Label.SPINE: (350.0, 350.0, 350.0, 350.0),
@@ -60,7 +63,6 @@ _HU: dict[Label, tuple[float, float, float, float]] = {
     Label.CALCIFICATION: (800.0, 800.0, 800.0, 800.0),
     Label.RENAL_VESSEL: (40.0, 260.0, 160.0, 110.0),
 }
-_PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.NEPHROGRAPHIC: 2, Phase.DELAYED: 3}
 _SOFT_TISSUE_HU = 45.0  # muscle ring and psoas
 _AIR_HU = -1000.0
 
@@ -291,8 +293,8 @@ def _box(grid: Grid, centre: tuple[float, float, float], reach: float) -> list[t
 
 
 def _hu_image(anatomy: Anatomy, phase: Phase, labels: np.ndarray, muscle: np.ndarray, grid: Grid) -> np.ndarray:
-    rng = np.random.default_rng([anatomy.seed, _PHASE_INDEX[phase]])
-    column = _PHASE_INDEX[phase]
+    rng = np.random.default_rng([anatomy.seed, PHASE_COLUMN[phase]])
+    column = PHASE_COLUMN[phase]
     hu = np.full(labels.shape, _AIR_HU, np.float32)
     base_nc = {label: values[0] for label, values in _HU.items()}
     for label, values in _HU.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +185,15 @@ def read_lps(path: Path) -> Volume:
 
 def load_atlas(real_ct: Path, cache_dir: Path) -> Atlas:
     """The example patient's anatomy at ``ATLAS_MM``, built once and cached in ``cache_dir``."""
-    cache = cache_dir / f"atlas_v{CACHE_VERSION}.npz"
+    return cached_atlas(cache_dir / f"atlas_v{CACHE_VERSION}.npz", lambda: build_atlas(real_ct))
+
+
+def cached_atlas(cache: Path, build: Callable[[], Atlas]) -> Atlas:
+    """The atlas cached in the file ``cache``, made by ``build`` and saved there first where absent: the shared real
+    CT's atlas (:func:`load_atlas`) and those of :func:`training.anatomies.load_anatomy`, each under its own name."""
     if not cache.exists():
-        atlas = build_atlas(real_ct)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(_tmp(cache), tissues=atlas.tissues, origin=atlas.origin, sites=json.dumps({side: vars(site) for side, site in atlas.sites.items()}))
-        _tmp(cache).rename(cache)
+        atlas = build()
+        _save(cache, tissues=atlas.tissues, origin=atlas.origin, sites=json.dumps({side: vars(site) for side, site in atlas.sites.items()}))
     with np.load(cache) as data:
         sites = {
             side: KidneySite(site["side"], triple(site["centre"]), triple(site["long_axis"]), float(site["volume_ml"]))
@@ -331,11 +334,9 @@ def load_kits_kidneys(kits: Path, cache_dir: Path, case_ids: list[str] | None = 
     cache = cache_dir / f"kits_kidneys_v{CACHE_VERSION}_{key}.npz"
     if not cache.exists():
         kidneys = [kidney for path in paths for kidney in kits_case_kidneys(path)]
-        cache_dir.mkdir(parents=True, exist_ok=True)
         meta = [{"case_id": k.case_id, "side": k.side, "kidney_ml": k.kidney_ml, "tumour_ml": k.tumour_ml} for k in kidneys]
         arrays: dict[str, Any] = {f"labels_{i}": k.labels for i, k in enumerate(kidneys)}
-        np.savez_compressed(_tmp(cache), meta=json.dumps(meta), **arrays)
-        _tmp(cache).rename(cache)
+        _save(cache, meta=json.dumps(meta), **arrays)
     with np.load(cache) as data:
         return [KitsKidney(labels=data[f"labels_{i}"], **m) for i, m in enumerate(json.loads(str(data["meta"])))]
 
@@ -388,5 +389,9 @@ def triple(values: Iterable[float]) -> tuple[float, float, float]:
     return a, b, c
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp.npz")
+def _save(cache: Path, **arrays: Any) -> None:
+    """Write ``arrays`` to the cache file ``cache`` (through a temporary file, so that a file there is whole)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.rename(cache)
