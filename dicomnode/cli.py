@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.config import NodeConfig, Role, load_config
+from dicomnode.config import NodeConfig, Role, SettingError, load_config
 from dicomnode.export import Format, csv_text, write_table
 from dicomnode.instance import Instance
 from dicomnode.store.database import open_database
@@ -102,6 +102,12 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
     store = Store(open_database(config))
+    if args.job is not None:
+        try:
+            store.job(args.job)
+        except ValueError:
+            print(f"--job: no job {args.job}", file=sys.stderr)
+            return 2
     count = store.requeue_dead(args.job)
     print(f"{count} parked deliveries queued again; a running node sends them at its next tick")
     return 0
@@ -148,6 +154,12 @@ def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
     kind = Format(args.format)
     if kind is Format.PARQUET and args.out is None:
         print("--out: a Parquet table needs a file to go to", file=sys.stderr)
+        return 2
+    if args.out is not None and not args.out.parent.is_dir():
+        print(f"--out: folder {args.out.parent} does not exist", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.is_dir():
+        print(f"--out: {args.out} is a folder; name the file to write", file=sys.stderr)
         return 2
     key = None
     if args.pseudonymise:
@@ -213,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("export", help="write the measurement history as a table, one row per result", parents=[common])
     p.add_argument("--format", choices=[f.value for f in Format], default=Format.CSV.value)
-    p.add_argument("--out", type=Path, help="the file to write (default: CSV to standard output)")
+    p.add_argument("--out", type=Path, help="the file to write, in a folder that exists (default: CSV to standard output)")
     p.add_argument("--since", type=_date, help="only studies of this date (YYYY-MM-DD) or later")
     p.add_argument("--qc", choices=["all", "passed"], default="all", help="passed: only results whose every structure passed QC")
     p.add_argument("--pseudonymise", action="store_true", help="identifiers as keyed hashes; the key comes from history.pseudonym_key_env")
@@ -236,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config)
     except ValueError as exc:
         sys.exit(f"configuration error: {exc}")
-    sys.exit(args.func(config, args))
+    try:
+        sys.exit(args.func(config, args))
+    except SettingError as exc:
+        sys.exit(f"configuration error: {args.config}: {exc}")
 
 
 if __name__ == "__main__":

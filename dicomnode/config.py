@@ -35,6 +35,10 @@ class Problems(ValueError):
         self.found = found
 
 
+class SettingError(ValueError):
+    """A setting that loaded but cannot be acted on when it is used (a model folder that is not there): ``key: why``."""
+
+
 def _raise_found(found: list[str]) -> None:
     if found:
         raise Problems(found)

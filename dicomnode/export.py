@@ -4,6 +4,10 @@ Identifiers (Patient ID, Issuer of Patient ID, study and series UIDs) are writte
 ``pseudonymise`` as keyed hashes (HMAC-SHA-256 under a key the user keeps): the same patient gives the same pseudonym
 in every export made with that key, so follow-up stays linkable, and without the key no one can recover or test an
 identifier. Study dates stay, as follow-up needs them.
+
+In CSV (OWASP's advice on CSV injection), text cells are in double quotes, and one beginning with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return gets a single quote in front, so that a spreadsheet shows it rather than runs it as
+a formula; numbers are written bare, a negative one too.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ COLUMNS = (
     *(f"{stage}_s" for stage in STAGES),
     "recorded_at",
 )
+
+
+#: What starts a formula in a spreadsheet (OWASP, CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class Format(str, enum.Enum):
@@ -104,9 +112,17 @@ def write_table(entries: list[HistoryEntry], path: Path, kind: Format, key: byte
 
 
 def csv_text(entries: list[HistoryEntry], key: bytes | None = None) -> str:
-    """The table as CSV: a header of COLUMNS, then a row per entry (empty cells where there is no value)."""
+    """The table as CSV: a header of COLUMNS, then a row per entry (empty cells where there is no value). Text is
+    quoted, so that a carriage return in it stays in its cell, and behind a single quote where it would start a formula."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row(entry, key).items()} for entry in entries)
+    writer.writerows({k: _cell(v) for k, v in row(entry, key).items()} for entry in entries)
     return text.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """``value`` as a CSV cell: None empty, text starting with FORMULA_START behind a single quote, numbers as they are."""
+    if value is None:
+        return ""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value

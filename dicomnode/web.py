@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -25,6 +26,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.files import free_mb
 from dicomnode.renal import Side, Structure
 from dicomnode.store.history import HistoryEntry
+from dicomnode.store.jobs import MAX_ID
 from dicomnode.store.records import Job, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState
 
@@ -114,7 +116,7 @@ class WebServer:
             self._server.server_close()
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
-        """Status code, content type and body for a GET of ``path``."""
+        """Status code, content type and body for a GET of ``path`` (percent-decoded, without its query)."""
         if path == "/healthz":
             state = self._health()
             body = json.dumps({"status": "ok" if state.ok else "unhealthy", "checks": state.checks}).encode()
@@ -123,8 +125,12 @@ class WebServer:
             return HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         if path in ("/", "/index.html"):
             return HTTPStatus.OK, "text/html; charset=utf-8", status_page(self.store.recent_jobs(PAGE_JOBS), self._health(), self.store).encode()
-        if path.startswith("/history/") and path.removeprefix("/history/").isdigit():
-            page = self.history_page(int(path.removeprefix("/history/")))
+        if path.startswith("/history/"):
+            digits = path.removeprefix("/history/")
+            if not (digits.isascii() and digits.isdigit()):  # isdigit() alone takes "²", which int() refuses
+                return HTTPStatus.BAD_REQUEST, "text/plain; charset=utf-8", b"job id: expected digits 0-9\n"
+            known = len(digits.lstrip("0")) <= len(str(MAX_ID))  # longer is no job, and int() refuses over 4,300 digits
+            page = self.history_page(int(digits)) if known else None
             if page is not None:
                 return HTTPStatus.OK, "text/html; charset=utf-8", page.encode()
             return HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"no measurement history for this job\n"
@@ -146,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
     web: WebServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        code, content_type, body = self.web.respond(self.path.split("?", 1)[0])
+        code, content_type, body = self.web.respond(urllib.parse.unquote(self.path.split("?", 1)[0]))
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -95,6 +95,14 @@ def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:
     assert result.returncode != 0 and "port: 0 is not 1-65535" in result.stderr
 
 
+def test_a_model_name_without_its_folder_stops_serve_naming_the_setting_and_the_folder(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("database: node.sqlite\nweb: {enabled: false}\nmodel: {name: no-such-model}\n")
+    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(path)], capture_output=True, text=True, env=ENV, timeout=120)
+    missing = tmp_path / "models" / "no-such-model"
+    assert (result.returncode, result.stderr) == (1, f"configuration error: {path}: model.name: model folder {missing} not found\n")
+
+
 def test_the_cluster_deployment_example_is_a_valid_configuration() -> None:
     config = load_config(Path(__file__).resolve().parent.parent / "deploy" / "cluster.yaml")
     assert config.database.startswith("postgresql://") and config.cluster.lease_s == 60

@@ -101,6 +101,14 @@ def test_pacs_down_parks_results_survives_a_kill_and_retry_sends_them_once(
     wait_for(lambda: [(j["state"], j["delivery"]) for j in node.jobs()] == [("done", "delivered")], 30, 0.5, "the job to be done and delivered")
 
 
+@pytest.mark.parametrize("job", ["7", "99999999999999999999"])
+def test_retry_of_an_unknown_job_names_it_in_one_line_and_fails(tmp_path: Path, node_process: NodeFactory, job: str) -> None:
+    node = node_process(tmp_path / "node", [])
+    node.write_config()
+    retry = node.cli("retry", "--job", job)
+    assert (retry.returncode, retry.stdout, retry.stderr) == (2, "", f"--job: no job {job}\n")
+
+
 def test_disk_nearly_full_refuses_with_out_of_resources(tmp_path: Path, study: StudyFiles, node_process: NodeFactory) -> None:
     node = node_process(tmp_path / "node", [], extra={"min_free_disk_mb": 10**9, "retention": {"free_disk_mb": 10**9 + 1}})
     node.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 import shutil
@@ -304,3 +305,25 @@ def test_the_export_writes_csv_and_parquet_with_the_same_rows(tmp_path: Path) ->
     table = pq.read_table(tmp_path / "t.parquet").to_pylist()
     assert [(r["study_uid"], r["result"], r["parenchyma_right_ml"]) for r in table] == [("s1", "sent", 150.0), ("s2", "withheld", 140.0)]
     assert json.dumps(table[0]["cortex_left_ml"]) == "105.0"
+
+
+def test_the_csv_export_puts_a_quote_before_text_a_spreadsheet_would_run_and_leaves_numbers_alone() -> None:
+    entry = replace(
+        _entry("s1", "20250101", 150.0), patient=Patient("=1+1", "@SUM(1)"), verdict="+1", qc_findings=("-1",),
+        algorithms={"parenchyma": ("\tmodel", "1"), "cortex": ("\rmodel", "1")},
+    )  # fmt: skip
+    entry.volumes[("parenchyma", "left")] = -3.2
+    [row] = csv.DictReader(io.StringIO(csv_text([entry]), newline=""))
+    quoted = {"patient_id": "'=1+1", "issuer": "'@SUM(1)", "verdict": "'+1", "qc_findings": "'-1", "model": "'\tmodel", "cortex_model": "'\rmodel"}
+    assert {column: row[column] for column in quoted} == quoted  # the carriage return stays in its cell
+    assert (row["parenchyma_left_ml"], row["study_uid"], row["model_version"]) == ("-3.2", "s1", "1")
+
+
+def test_the_export_into_a_folder_that_does_not_exist_or_onto_a_folder_is_refused_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("database: node.sqlite\n")
+    missing = _cli(config, "export", "--out", str(tmp_path / "missing" / "cohort.csv"))
+    assert (missing.returncode, missing.stdout, missing.stderr) == (2, "", f"--out: folder {tmp_path / 'missing'} does not exist\n")
+    assert not (tmp_path / "missing").exists()
+    folder = _cli(config, "export", "--format", "parquet", "--out", str(tmp_path))
+    assert (folder.returncode, folder.stderr) == (2, f"--out: {tmp_path} is a folder; name the file to write\n")

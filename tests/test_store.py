@@ -48,6 +48,12 @@ def test_a_job_moves_pending_running_done_and_its_delivery_follows_its_files(sto
     assert store.jobs(JobState.DONE, JobDelivery.DELIVERED) == [store.job(job.id)]
 
 
+@pytest.mark.parametrize("job_id", [7, 2**63, -(2**63) - 1, 10**30])
+def test_an_unknown_job_or_one_beyond_64_bit_ids_is_named_as_no_job(store: Store, job_id: int) -> None:
+    with pytest.raises(ValueError, match=f"no job {job_id}$"):
+        store.job(job_id)
+
+
 def test_a_job_without_result_files_has_nothing_to_deliver_and_keeps_its_outcome(store: Store) -> None:
     job = store.create_job("1.2.1", 10)
     store.start_job(job.id)

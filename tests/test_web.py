@@ -5,8 +5,10 @@ with their state, outcome, delivery, verdict and QC and shows no patient identit
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -69,6 +71,16 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def _raw_get(base: str, target: bytes) -> tuple[int, bytes]:
+    """Status code and body of a GET of ``target`` sent as raw bytes (urllib would quote them)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"GET " + target + b" HTTP/1.0\r\n\r\n")
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]) if head else 0, body
+
+
 def test_metrics_parse_and_count_what_the_store_holds(site) -> None:
     base, _ = site
     status, text = _get(base + "/metrics")
@@ -127,3 +139,25 @@ def test_a_job_links_to_its_patients_history_which_names_the_patient_only_when_a
     assert "WEB-PATIENT-7" not in page and "identifiers hidden" in page  # log_patient_data is off
     assert "Patient ID WEB-PATIENT-7" in history_page(MEASURED, [MEASURED], identified=True)
     assert _get(base + "/history/2")[0] == 404 and _get(base + "/history/99")[0] == 404
+
+
+@pytest.mark.parametrize(
+    "target, code, body",
+    [
+        (b"/history/99999999999999999999", 404, b"no measurement history for this job\n"),  # beyond 64 bits
+        (b"/history/9223372036854775808", 404, b"no measurement history for this job\n"),  # 2**63
+        (b"/history/" + b"9" * 5000, 404, b"no measurement history for this job\n"),  # more digits than int() takes
+        (b"/history/%C2%B2", 400, b"job id: expected digits 0-9\n"),  # "²": str.isdigit() takes it, int() does not
+        (b"/history/\xb2", 400, b"job id: expected digits 0-9\n"),  # the same as a raw Latin-1 byte
+        (b"/history/-1", 400, b"job id: expected digits 0-9\n"),
+    ],
+)
+def test_a_history_id_beyond_any_job_is_not_found_and_a_malformed_one_is_refused_without_a_traceback(
+    site, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, target: bytes, code: int, body: bytes
+) -> None:
+    base, _ = site
+    with caplog.at_level(logging.DEBUG, logger="dicomnode"):
+        assert _raw_get(base, target) == (code, body)
+        assert _get(base + "/history/1")[0] == 200  # the server still answers
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]

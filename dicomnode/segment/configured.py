@@ -3,7 +3,7 @@ with the cortex method."""
 
 from __future__ import annotations
 
-from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource
+from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource, SettingError
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
 from dicomnode.segment.model import Model, SeriesSegmenter, localizer_of
 from dicomnode.segment.segmenter import Segmenter
@@ -14,7 +14,10 @@ def load_segmenter(config: NodeConfig) -> SeriesSegmenter:
     settings = config.model
     project = None
     if settings.parenchyma is ParenchymaSource.PROJECT or settings.cortex is CortexMethod.MODEL:
-        model = Model.from_folder(config.path(settings.folder) / settings.name)
+        folder = config.path(settings.folder) / settings.name
+        if not folder.is_dir():
+            raise SettingError(f"model.name: model folder {folder} not found")
+        model = Model.from_folder(folder)
         localizer = localizer_of(model, settings.localizer, config.path(settings.folder))
         project = Segmenter(model, settings.device, settings.mirroring, settings.tile_step_size, settings.cascade, settings.runtime, localizer)
     if settings.parenchyma is ParenchymaSource.PROJECT:

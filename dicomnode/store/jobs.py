@@ -9,6 +9,9 @@ from dicomnode.store.rows import Job, Queued, job_from
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 from dicomnode.store.transitions import move, settle, supersede_earlier
 
+#: The largest id SQLite's and PostgreSQL's integer keys hold (signed 64 bits).
+MAX_ID = 2**63 - 1
+
 
 class LeaseLost(ValueError):
     """A worker's lease on a job expired (another worker may have it now): its result is not recorded."""
@@ -43,7 +46,8 @@ class Jobs:
         return made
 
     def job(self, job_id: int) -> Job:
-        rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        """Job ``job_id``; ValueError where there is none, as for an id beyond ``MAX_ID``, which no database holds."""
+        rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,)) if abs(job_id) <= MAX_ID else []
         if not rows:
             raise ValueError(f"job_id: no job {job_id}")
         return job_from(rows[0])
