@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.series import machine
-from dicomnode.config import CortexMethod, ExternalModelConfig
+from dicomnode.config import ExternalModelConfig
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.options import CortexMethod
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter, model_cortex
 from dicomnode.segment.model import Model, ModelSide

@@ -67,8 +67,8 @@ def measure_one(model: Path, device: str, runtime: str, cascade: bool, mirroring
     """Runs in a child process: load, segment one phantom series, report seconds and peak memory, save the labels."""
     import torch
 
-    from dicomnode.config import Runtime
     from dicomnode.imaging.load import LoadedSeries
+    from dicomnode.options import Runtime
     from dicomnode.segment.model import Model
     from dicomnode.segment.segmenter import Segmenter
     from training.phantoms import Grid, make_phantom

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.series import big_study, machine
-from dicomnode.files import fsync_folder
+from dicomnode.base.files import fsync_folder
 from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wait_for
 
 

@@ -1,5 +1,5 @@
 """``python -m dicomnode``: the ``dicomnode`` command."""
 
-from dicomnode.cli import main
+from dicomnode.node.cli import main
 
 main()

@@ -8,7 +8,6 @@ value, a tuple from a list).
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from collections.abc import Callable
@@ -20,8 +19,8 @@ import yaml
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from dicomnode.conventions import Orientation
-from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
+from dicomnode.options import Auth, CortexMethod, OnFail, Orientation, OutputFormat, ParenchymaSource, Protocol, Runtime
+from dicomnode.renal_limits import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 
 #: Every settings model: frozen, and a key it does not know is an error.
 _MODEL = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -104,38 +103,6 @@ class TLSConfig:
     ca_certificates: str = ""  # peers must present a certificate signed by these
 
 
-class Protocol(str, enum.Enum):
-    """How results reach a destination."""
-
-    DIMSE = "dimse"  # C-STORE to an AE title, host and port
-    STOW_RS = "stow-rs"  # DICOMweb STOW-RS: HTTP POST to {url}/studies
-
-
-class Auth(str, enum.Enum):
-    """HTTP authentication of a STOW-RS destination; the secret comes from the environment, never the file."""
-
-    NONE = "none"
-    BASIC = "basic"  # credentials_env holds "user:password"
-    BEARER = "bearer"  # credentials_env holds the token
-
-
-class Role(str, enum.Enum):
-    """What a ``serve`` process does; ``all`` is the embedded node, the others split it over a cluster."""
-
-    ALL = "all"
-    RECEIVER = "receiver"  # C-STORE SCP and completion (one completer at a time, over every receiver's associations)
-    WORKER = "worker"  # claims jobs under a lease and processes them with the warm model
-    SENDER = "sender"  # delivers results and runs retention
-
-
-class OutputFormat(str, enum.Enum):
-    """What a destination receives of a result."""
-
-    SEG = "seg"  # DICOM-SEG: cortex, medulla and parenchyma per side
-    SR = "sr"  # TID 1500 SR with the volumes (or the text SR of a study without result)
-    SC = "sc"  # Secondary Capture pictures: key slices with outlines and a page of volumes, for PACS without SEG
-
-
 @dataclass(frozen=True, config=_MODEL)
 class Destination:
     """A peer that results are sent to: a DICOM AE by C-STORE, or a DICOMweb service by STOW-RS."""
@@ -186,28 +153,6 @@ class Delivery:
     max_backoff_s: NonNegative = 600.0
     timeout_s: Positive = 30.0
     commitment_timeout_s: Positive = 300.0  # a destination with storage_commitment that has not reported by then: sent again
-
-
-class ParenchymaSource(str, enum.Enum):
-    """Which model segments the renal parenchyma."""
-
-    PROJECT = "project"  # the project's model (model.name): parenchyma and cortex
-    EXTERNAL = "external"  # an nnU-Net v2 results folder from elsewhere (model.external), e.g. TotalSegmentator's
-
-
-class Runtime(str, enum.Enum):
-    """What runs the network's tiles."""
-
-    AUTO = "auto"  # ONNX Runtime on the CPU, torch on CUDA
-    TORCH = "torch"  # as nnU-Net loads it
-    ONNXRUNTIME = "onnxruntime"  # the same weights exported to ONNX at load (CPU only): about 8x faster on 2 cores
-
-
-class CortexMethod(str, enum.Enum):
-    """How cortex and medulla are told apart inside an external model's parenchyma."""
-
-    MODEL = "model"  # the project's model (model.name), run around each kidney; its cortex kept inside the parenchyma
-    INTENSITY = "intensity"  # Otsu's threshold between cortex and medulla enhancement, per kidney (arterial phase)
 
 
 @dataclass(frozen=True, config=_MODEL)
@@ -268,7 +213,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, config=_MODEL)
-class Selection:
+class SelectionRules:
     """Series selection rules; keywords match SeriesDescription / ProtocolName, case-insensitively."""
 
     arterial_keywords: tuple[str, ...] = (
@@ -312,13 +257,6 @@ class Selection:
     parenchyma_fallback: bool = True  # no arterial series: the best other CT series gives parenchyma volumes only; false: no result
 
 
-class OnFail(str, enum.Enum):
-    """What the node does with a study that fails QC."""
-
-    WITHHOLD = "withhold"  # send no volumes; the job says why (and the text SR, where configured)
-    FLAG = "flag"  # send SEG and SR with the findings inside and "QC: review" in the series descriptions
-
-
 @dataclass(frozen=True, config=_MODEL)
 class QCConfig:
     """Plausibility limits of the QC gate (see ``dicomnode/analysis/qc.py``); each (low, high) pair is inclusive.
@@ -355,7 +293,7 @@ class QCConfig:
 
 @dataclass(frozen=True, config=_MODEL)
 class Retention:
-    """When received instances and results are deleted (see ``dicomnode/retention.py``): never before every
+    """When received instances and results are deleted (see ``dicomnode/node/retention.py``): never before every
     destination confirmed a study's results; a job not done or a delivery queued or parked keeps the study."""
 
     days: NonNegative = 30.0  # after a finished study's last activity; 0 keeps studies until disk pressure
@@ -374,7 +312,7 @@ class HistoryConfig:
 
 @dataclass(frozen=True, config=_MODEL)
 class WebConfig:
-    """The read-only status page, ``/healthz`` and ``/metrics`` (see ``dicomnode/web.py``)."""
+    """The read-only status page, ``/healthz`` and ``/metrics`` (see ``dicomnode/node/web.py``)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"  # loopback: the page lists study UIDs and verdicts; put a proxy with authentication in front to share it
@@ -416,7 +354,7 @@ class NodeConfig:
     send_text_sr_without_result: bool = False
     tls: TLSConfig = field(default_factory=TLSConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    selection: Selection = field(default_factory=Selection)
+    selection: SelectionRules = field(default_factory=SelectionRules)
     qc: QCConfig = field(default_factory=QCConfig)
     delivery: Delivery = field(default_factory=Delivery)
     retention: Retention = field(default_factory=Retention)

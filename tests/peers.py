@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import Receiver
+from dicomnode.intake.receive import Receiver
+from dicomnode.outbound.commitment import Commitments
 from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
 
@@ -205,7 +206,7 @@ class NodeProcess:
         self._log_offset = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "serve", "--role", self.role]
+        command = [sys.executable, "-m", "dicomnode.node.cli", "--config", str(self.config_path), "serve", "--role", self.role]
         self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
         wait_for(lambda: self.process.poll() is not None or f"role {self.role} started" in self.log(), 180, 0.2, what=f"the node ({self.role}) to start")
         assert self.process.poll() is None, f"node exited: {self.log()[-3000:]}"
@@ -244,12 +245,12 @@ class NodeProcess:
             return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), *args], capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "dicomnode.node.cli", "--config", str(self.config_path), *args], capture_output=True, text=True)
 
     def report(self) -> dict:
         """``dicomnode status --json``: jobs with their deliveries, waiting studies, refused instances."""
         result = subprocess.run(
-            [sys.executable, "-m", "dicomnode.cli", "--config", str(self.config_path), "status", "--json"],
+            [sys.executable, "-m", "dicomnode.node.cli", "--config", str(self.config_path), "status", "--json"],
             capture_output=True,
             text=True,
             check=True,
@@ -271,7 +272,7 @@ def receiver_in_process(folder: Path, **settings: Any) -> Iterator[tuple[NodeCon
     NodeConfig's defaults."""
     config = replace(NodeConfig(), port=free_port(), storage=str(folder / "storage"), base_dir=folder, **settings)
     store = Store(folder / "node.sqlite")
-    receiver = Receiver(config, store, OpenAssociations(store, "test"))
+    receiver = Receiver(config, store, OpenAssociations(store, "test"), Commitments(config, store))
     receiver.start()
     try:
         yield config, store

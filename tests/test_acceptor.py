@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import StoreStatus
+from dicomnode.intake.receive import StoreStatus
 from tests.peers import echoscu, receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

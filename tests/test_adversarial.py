@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicomnode.config import NodeConfig
-from dicomnode.receive import StoreStatus
+from dicomnode.intake.receive import StoreStatus
 from tests.peers import receiver_in_process
 from tests.test_acceptor import _associate_rq, _c_store_rq, _item, _pdu, _status
 from training.phantom_dicom import write_study

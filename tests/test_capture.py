@@ -12,14 +12,16 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
-from dicomnode.config import Destination, NodeConfig, OutputFormat
+from dicomnode.base.uids import ResultUids, job_seed
+from dicomnode.config import Destination, NodeConfig
 from dicomnode.imaging.load import load_series
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study, save_results
+from dicomnode.node.pipeline import process_study
+from dicomnode.options import OutputFormat
+from dicomnode.outbound.save import save_results
 from dicomnode.results.capture import key_slice, summary_page
 from dicomnode.segment.model import Model
 from dicomnode.store.states import Outcome
-from dicomnode.uids import ResultUids, job_seed
 from tests.peers import dciodvfy, tools_missing
 from tests.standins import PhantomLabels
 from training.phantom_dicom import write_study

@@ -16,7 +16,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from dicomnode.uids import ResultUids, job_seed
+from dicomnode.base.uids import ResultUids, job_seed
 from tests.peers import NodeFactory, NodeProcess, Orthanc, storescu, tools_missing, wait_for
 from tests.postgres import PostgresServer
 from training.phantom_dicom import StudyFiles, write_study

@@ -10,7 +10,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicomnode.complete import ready_studies
+from dicomnode.intake.complete import ready_studies
 from dicomnode.store.records import Store
 from tests.peers import NodeFactory, storescu, wait_for
 from training.phantom_dicom import write_study

@@ -87,18 +87,18 @@ def test_config_option_before_or_after_the_subcommand(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("database: node.sqlite\n")
     for args in (["--config", str(path), "status"], ["status", "--config", str(path)]):  # no ./config.yaml in cwd
-        result = subprocess.run([sys.executable, "-m", "dicomnode.cli", *args], capture_output=True, text=True, cwd=tmp_path, env=ENV)
+        result = subprocess.run([sys.executable, "-m", "dicomnode.node.cli", *args], capture_output=True, text=True, cwd=tmp_path, env=ENV)
         assert result.returncode == 0 and "no jobs yet" in result.stdout, result.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("port: 0\n")
-    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--config", str(broken)], capture_output=True, text=True, env=ENV)
+    result = subprocess.run([sys.executable, "-m", "dicomnode.node.cli", "status", "--config", str(broken)], capture_output=True, text=True, env=ENV)
     assert result.returncode != 0 and "port: 0 is not 1-65535" in result.stderr
 
 
 def test_a_model_name_without_its_folder_stops_serve_naming_the_setting_and_the_folder(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("database: node.sqlite\nweb: {enabled: false}\nmodel: {name: no-such-model}\n")
-    result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(path)], capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "dicomnode.node.cli", "serve", "--config", str(path)], capture_output=True, text=True, env=ENV, timeout=120)
     missing = tmp_path / "models" / "no-such-model"
     assert (result.returncode, result.stderr) == (1, f"configuration error: {path}: model.name: model folder {missing} not found\n")
 

@@ -11,8 +11,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
 
+from dicomnode.intake.receive import ACCEPTED_CONTEXTS
 from dicomnode.net.dimse import STORAGE_COMMITMENT
-from dicomnode.receive import ACCEPTED_CONTEXTS
 from tests.peers import receiver_in_process
 
 STATEMENT = Path(__file__).resolve().parent.parent / "docs" / "conformance.md"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicomnode.conventions import Orientation, reorientation, resample_image, resample_labels
+from dicomnode.options import Orientation
+from dicomnode.segment.conventions import reorientation, resample_image, resample_labels
 from training.dataset_import import TOTALSEGMENTATOR_LABELS, kidney_sides
 
 SHAPE = (4, 5, 6)  # slices, rows, columns

@@ -19,7 +19,8 @@ from pydicom.uid import CTImageStorage
 from dicomnode.config import NodeConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
-from dicomnode.pipeline import Processed, process_study, save_results
+from dicomnode.node.pipeline import Processed, process_study
+from dicomnode.outbound.save import save_results
 from dicomnode.segment.model import Segmentation
 from dicomnode.store.states import Outcome
 from tests.peers import dciodvfy

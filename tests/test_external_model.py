@@ -17,9 +17,10 @@ from pydicom.uid import generate_uid
 
 from dicomnode.analysis.measure import measure
 from dicomnode.analysis.qc import Rule, check
-from dicomnode.config import CortexMethod, ExternalModelConfig, QCConfig, load_config
+from dicomnode.config import ExternalModelConfig, QCConfig, load_config
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.options import CortexMethod
 from dicomnode.segment.cortex import split_cortex
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
 from dicomnode.segment.model import Model, ModelSide, Segmentation

@@ -30,12 +30,12 @@ from PIL import Image
 
 from dicomnode.analysis.followup import compare
 from dicomnode.config import Retention, load_config
-from dicomnode.export import COLUMNS, Format, csv_text, pseudonym, write_table
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.node.export import COLUMNS, Format, csv_text, pseudonym, write_table
+from dicomnode.node.retention import clean
+from dicomnode.node.service import Node
 from dicomnode.results.codes import DIFFERENCE_IN_SIZE
-from dicomnode.retention import clean
 from dicomnode.segment.model import Model, Segmentation, TissueLabel
-from dicomnode.service import Node
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Store
 from dicomnode.store.states import Outcome
@@ -112,7 +112,7 @@ def _of_study(orthanc: Orthanc, modality: str, study_uid: str) -> list[str]:
 
 def _cli(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dicomnode.cli", "--config", str(config), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "dicomnode.node.cli", "--config", str(config), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
 
 

@@ -23,13 +23,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomnode.base.uids import ResultUids
 from dicomnode.config import NodeConfig
 from dicomnode.imaging.load import load_series
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study
+from dicomnode.node.pipeline import process_study
 from dicomnode.results.sr import image_library
 from dicomnode.segment.resample import reduced
-from dicomnode.uids import ResultUids
 from tests.peers import REAL_CT
 from tests.standins import PhantomLabels
 from training.phantom_dicom import write_study

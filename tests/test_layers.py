@@ -11,13 +11,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dicomnode"
-#: Modules at the top of the package that every layer may import: settings, shared conventions, file and memory
-#: helpers, keyed locks, UIDs, the received instance, the kidney priors and the TLS contexts.
-FOUNDATION = {"__init__", "config", "conventions", "files", "locks", "memory", "uids", "instance", "priors", "tls", "renal"}
-#: The packages in order: each imports only from the foundation and the packages before it (data flows forward).
-LAYERS = ["net", "store", "imaging", "segment", "analysis", "results", "delivery"]
-#: Modules that run the node, above every package.
-ORCHESTRATION = {"__main__", "cli", "service", "pipeline", "receive", "complete", "supersede", "retention", "web", "export"}
+#: Modules at the top of the package that every layer may import: the settings and their allowed values, the renal
+#: domain (sides, structures, a kidney's figures) and the received instance. At most MAX_FLAT modules sit there.
+FOUNDATION = {"__init__", "config", "options", "renal", "renal_limits", "instance"}
+MAX_FLAT = 8
+#: The packages in the order a study travels through them, each importing only from the foundation and the packages
+#: before it: utilities, the DICOM network, the store, intake (receiving and completing a study), image reading,
+#: selection of the series, segmentation, measurement and QC, the result objects, outbound (saving, superseding,
+#: delivery, Storage Commitment), and the node that runs it all (job runner, pipeline, service, CLI, status page).
+LAYERS = ["base", "net", "store", "intake", "imaging", "selection", "segment", "analysis", "results", "outbound", "node"]
+#: Modules that start the node, above every package.
+ORCHESTRATION = {"__main__"}
 
 
 def _module(path: Path) -> str:
@@ -80,7 +84,13 @@ def test_packages_import_only_from_the_layers_below_them() -> None:
     graph = _imports()
     upward = {m: sorted(n for n in names if _rank(n) > _rank(m)) for m, names in graph.items()}
     assert {m: n for m, n in upward.items() if n} == {}
-    assert graph["pipeline"] & {"receive", "delivery.send", "complete", "retention", "service", "cli"} == set()
+    assert graph["node.pipeline"] & {"intake.receive", "outbound.send", "intake.complete", "node.retention", "node.service", "node.cli"} == set()
+
+
+def test_the_tree_names_the_journey_with_few_modules_at_its_top() -> None:
+    flat = {p.stem for p in PACKAGE.glob("*.py")}
+    assert len(flat) <= MAX_FLAT and flat <= FOUNDATION | ORCHESTRATION, sorted(flat)
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(LAYERS)
 
 
 def test_modules_import_without_cycles() -> None:
@@ -109,7 +119,7 @@ def test_help_of_both_commands_comes_without_importing_torch() -> None:
     """``--help`` answers at once: torch (seconds to import) is imported only by a command that runs a model."""
     code = (
         "import contextlib, io, sys\n"
-        "from dicomnode.cli import main as node\n"
+        "from dicomnode.node.cli import main as node\n"
         "from training.cli import main as train\n"
         "for main in (node, train):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"

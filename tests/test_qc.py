@@ -11,9 +11,10 @@ from scipy import ndimage
 
 from dicomnode.analysis.measure import Measurements, measure
 from dicomnode.analysis.qc import Rule, check
-from dicomnode.config import OnFail, QCConfig
+from dicomnode.config import QCConfig
 from dicomnode.imaging.aorta import ImagePhase
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.options import OnFail
 from dicomnode.segment.model import Algorithm, Model, Segmentation, TissueLabel, localizer_of
 from dicomnode.segment.segmenter import Segmenter
 from training.phantoms import Grid, Label, Phase, make_phantom

@@ -16,10 +16,12 @@ import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
-from dicomnode.config import NodeConfig, OnFail, QCConfig
+from dicomnode.config import NodeConfig, QCConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
-from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study, save_results
+from dicomnode.node.pipeline import PARENCHYMA_ONLY, WITHHELD, process_study
+from dicomnode.options import OnFail
+from dicomnode.outbound.save import save_results
 from dicomnode.segment.model import Model, Segmentation, TissueLabel
 from dicomnode.store.states import Outcome
 from tests.peers import REAL_CT as REAL

@@ -28,7 +28,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from dicomnode.pipeline import PARENCHYMA_ONLY, WITHHELD
+from dicomnode.node.pipeline import PARENCHYMA_ONLY, WITHHELD
 from tests.peers import REAL_CT, SHARED, NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import dice, seg_masks, sr_groups, sr_texts, sr_volumes
 from training.variants import cut_through, without_kidney

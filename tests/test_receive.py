@@ -13,8 +13,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.config import NodeConfig
+from dicomnode.intake.receive import Receiver, StoreStatus
 from dicomnode.net.data_set import valid_uid
-from dicomnode.receive import Receiver, StoreStatus
+from dicomnode.outbound.commitment import Commitments
 from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
 from tests.peers import NodeFactory, free_port, receiver_in_process, storescu
@@ -79,7 +80,7 @@ def test_uid_validator_returns_a_reason() -> None:
 
 def test_wrong_called_ae_title_is_refused_and_logged(node, caplog) -> None:
     config, store = node
-    with caplog.at_level(logging.WARNING, logger="dicomnode.receive"):
+    with caplog.at_level(logging.WARNING, logger="dicomnode.intake.receive"):
         assoc = _scu("ROUTER").associate("127.0.0.1", config.port, ae_title="SOMEONEELSE")
         assert assoc.is_rejected
     assert "'SOMEONEELSE' is not this node's 'RENALNODE'" in store.refusals()[-1]["reason"]
@@ -139,8 +140,8 @@ def test_stored_instances_the_index_lost_are_indexed_again_at_start(tmp_path: Pa
     stored.write_bytes(slice_file.read_bytes())  # fsynced and acknowledged; its index row lost with a power cut
     config = replace(NodeConfig(), port=free_port(), storage=str(tmp_path / "storage"), base_dir=tmp_path)
     store = Store(tmp_path / "node.sqlite")
-    Receiver(config, store, OpenAssociations(store, "test"))
+    Receiver(config, store, OpenAssociations(store, "test"), Commitments(config, store))
     assert store.has_instance(str(ds.SOPInstanceUID))
     assert [i.path for i in store.study_instances(str(ds.StudyInstanceUID), 10**9)] == [stored]
-    assert Receiver(config, store, OpenAssociations(store, "test")).reindex() == 0  # nothing twice
+    assert Receiver(config, store, OpenAssociations(store, "test"), Commitments(config, store)).reindex() == 0  # nothing twice
     store.close()

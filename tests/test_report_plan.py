@@ -8,7 +8,8 @@ import pytest
 from dicomnode.analysis.measure import KidneyMeasurement, Measurements
 from dicomnode.analysis.plan import Absence, decide
 from dicomnode.analysis.qc import STUDY, Finding, QCReport, Rule
-from dicomnode.config import OnFail, QCConfig
+from dicomnode.config import QCConfig
+from dicomnode.options import OnFail
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 
 ALL = tuple((s, side) for s in STRUCTURES for side in SIDES)

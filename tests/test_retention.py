@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from dicomnode.config import NodeConfig, Retention, messages
-from dicomnode.retention import clean
+from dicomnode.node.retention import clean
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
 

@@ -9,8 +9,9 @@ import pytest
 from scipy import ndimage
 
 from dicomnode.analysis.measure import measure
-from dicomnode.config import ModelConfig, Runtime
+from dicomnode.config import ModelConfig
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.options import Runtime
 from dicomnode.segment.model import Model
 from dicomnode.segment.onnx_network import OnnxNetwork
 from dicomnode.segment.resample import nearest_resize, reduced

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydicom.uid import CTImageStorage
 
-from dicomnode.config import Selection as Rules
-from dicomnode.imaging.select import NO_ARTERIAL, PARENCHYMA_SERIES, SELECTED, SeriesSummary, select_series, summarise
+from dicomnode.config import SelectionRules as Rules
 from dicomnode.instance import Instance
+from dicomnode.selection.series import NO_ARTERIAL, PARENCHYMA_SERIES, SELECTED, SeriesSummary, select_series, summarise
 from training.phantom_dicom import write_study
 from training.phantoms import Grid
 

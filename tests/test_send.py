@@ -12,8 +12,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.config import Auth, Delivery, Destination, NodeConfig, Protocol, load_config
-from dicomnode.delivery.send import backoff, send_due
+from dicomnode.config import Delivery, Destination, NodeConfig, load_config
+from dicomnode.options import Auth, Protocol
+from dicomnode.outbound.send import backoff, send_due
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
 from tests.peers import Orthanc, tools_missing

@@ -10,14 +10,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.config import NodeConfig
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study, save_results
+from dicomnode.node.pipeline import process_study
+from dicomnode.outbound.save import save_results
+from dicomnode.outbound.supersede import reject_superseded
 from dicomnode.results.rejection import read_rejection_note, write_rejection_note
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
-from dicomnode.supersede import reject_superseded
-from dicomnode.uids import ResultUids, job_seed
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.standins import PhantomLabels
 from training.phantom_dicom import StudyFiles, write_study

@@ -114,7 +114,7 @@ def test_training_cli_round_trip(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(settings))
     study = write_study(5, tmp_path / "study", grid=Grid.centred(64, 5.6, 20, 8.0))
     result = subprocess.run(
-        [sys.executable, "-m", "dicomnode.cli", "--config", str(config), "run", str(tmp_path / "study"), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "dicomnode.node.cli", "--config", str(config), "run", str(tmp_path / "study"), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         env=env,

@@ -11,9 +11,9 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig
-from dicomnode.imaging.select import NO_ARTERIAL, patient_conflicts, summarise
 from dicomnode.instance import Instance
-from dicomnode.pipeline import IDENTITY_CONFLICT, process_study
+from dicomnode.node.pipeline import IDENTITY_CONFLICT, process_study
+from dicomnode.selection.series import NO_ARTERIAL, patient_conflicts, summarise
 from dicomnode.store.states import Outcome
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

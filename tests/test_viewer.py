@@ -22,9 +22,10 @@ from PIL import Image
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Destination, NodeConfig
-from dicomnode.delivery.send import send_due
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study, save_results
+from dicomnode.node.pipeline import process_study
+from dicomnode.outbound.save import save_results
+from dicomnode.outbound.send import send_due
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import JobDelivery, Outcome
 from tests import ohif

@@ -15,10 +15,11 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.config import NodeConfig, QCConfig
-from dicomnode.export import row as export_row
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study, save_results
+from dicomnode.node.export import row as export_row
+from dicomnode.node.pipeline import process_study
+from dicomnode.outbound.save import save_results
 from dicomnode.renal import Structure
 from dicomnode.segment.band import VolumeBand, band_of
 from dicomnode.segment.model import Segmentation

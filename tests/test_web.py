@@ -19,10 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.config import NodeConfig, WebConfig
+from dicomnode.node.web import WebServer, history_page
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
-from dicomnode.web import WebServer, history_page
 from tests.peers import REPO, free_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

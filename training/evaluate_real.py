@@ -23,7 +23,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from dicomnode.config import NodeConfig
 from dicomnode.instance import Instance
-from dicomnode.pipeline import process_study
+from dicomnode.node.pipeline import process_study
 from dicomnode.renal import Side, Structure
 from dicomnode.segment.model import Model
 from dicomnode.segment.segmenter import Segmenter

@@ -12,8 +12,8 @@ from dicomnode.imaging.anatomy import Midline, find_midline
 from dicomnode.imaging.axes import canonical_flips
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.imaging.tissue import SHELL_VOXELS, fat_share, shell_box
-from dicomnode.priors import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
+from dicomnode.renal_limits import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML, KIDNEY_PART_ML
 from dicomnode.segment.band import VolumeBand
 from dicomnode.segment.model import Algorithm, ModelSide, Segmentation, TissueLabel
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.qc import Finding, QCReport, Rule
-from dicomnode.config import OnFail, QCConfig
+from dicomnode.config import QCConfig
+from dicomnode.options import OnFail
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent import futures
 
+from dicomnode.base.uids import IMPLEMENTATION_CLASS_UID
 from dicomnode.net.association import IMPLEMENTATION_VERSION, Policy, answer_context, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, CommandField, parse_request
 from dicomnode.net.incoming import Incoming, file_meta
@@ -35,7 +36,6 @@ from dicomnode.net.upper_layer import (
     parse_associate_request,
     release_response,
 )
-from dicomnode.uids import IMPLEMENTATION_CLASS_UID
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import struct
 import uuid
 from pathlib import Path
 
+from dicomnode.base.uids import IMPLEMENTATION_CLASS_UID
 from dicomnode.net.association import IMPLEMENTATION_VERSION
-from dicomnode.uids import IMPLEMENTATION_CLASS_UID
 
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:

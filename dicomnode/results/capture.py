@@ -16,13 +16,13 @@ from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import KidneyMeasurement, Measurements
 from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import CORTEX_AND_MEDULLA, QCReport
+from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.axes import canonical_flips, plane_in_patient_axes
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX
 from dicomnode.segment.band import BAND_THRESHOLDS
 from dicomnode.segment.model import Model
-from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SC_SERIES_NUMBER = 9703
 SC_DESCRIPTION = "Renal volumes key images (research)"

@@ -30,10 +30,8 @@ from dicomnode.renal import Side, Structure
 KIDNEY = codes.SCT.Kidney
 LEFT = codes.SCT.Left
 RIGHT = codes.SCT.Right
-LATERALITY = codes.SCT.Laterality
 VOLUME = codes.SCT.Volume
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
-TISSUE = codes.SCT.Tissue
 RENAL_CORTEX = Code("50403003", "SCT", "Renal cortex")
 RENAL_MEDULLA = Code("0000362", "UBERON", "Renal medulla")
 CUBIC_CENTIMETRE = codes.UCUM.CubicCentimeter

@@ -16,9 +16,9 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
+from dicomnode.base.uids import ResultUids
 from dicomnode.results.codes import REJECTED_FOR_QUALITY_REASONS, REJECTION_TITLES
 from dicomnode.results.equipment import MANUFACTURER
-from dicomnode.uids import ResultUids
 
 REJECTION_SERIES_NUMBER = 9704
 KEY_OBJECT_DESCRIPTION = codes.DCM.KeyObjectDescription  # DCM 113012, the description item of TID 2010

@@ -10,6 +10,7 @@ from pydicom.sr.codedict import codes
 
 from dicomnode import __version__
 from dicomnode.analysis.measure import Measurements
+from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import SIDES, Side, Structure
 from dicomnode.results.codes import (
@@ -21,7 +22,6 @@ from dicomnode.results.codes import (
 )
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
 from dicomnode.segment.model import Algorithm, Model
-from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 #: SEG segments, in order: cortex and medulla per side (DESIGN), then parenchyma per side for the SR groups.
 SEGMENT_ORDER = [(s, side) for s in (Structure.CORTEX, Structure.MEDULLA, Structure.PARENCHYMA) for side in SIDES]

@@ -15,6 +15,7 @@ from dicomnode.analysis.followup import Change, FollowUp
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import STUDY, QCReport
+from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import Side, Structure
 from dicomnode.results.codes import (
@@ -38,7 +39,6 @@ from dicomnode.results.codes import (
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
 from dicomnode.segment.band import BAND_METHOD
 from dicomnode.segment.model import Algorithm, Model
-from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 SR_SERIES_NUMBER = 9702
 SR_DESCRIPTION = "Renal volumes (research)"

@@ -14,6 +14,7 @@ from dicomnode.analysis.followup import FollowUp
 from dicomnode.analysis.measure import Measurements
 from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import QCReport
+from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.renal import Side, Structure
 from dicomnode.results.capture import write_sc
@@ -21,7 +22,6 @@ from dicomnode.results.equipment import MANUFACTURER
 from dicomnode.results.seg import SEGMENT_ORDER, write_seg
 from dicomnode.results.sr import write_sr
 from dicomnode.segment.model import Model
-from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ with the cortex method."""
 
 from __future__ import annotations
 
-from dicomnode.config import CortexMethod, NodeConfig, ParenchymaSource, SettingError
+from dicomnode.config import NodeConfig, SettingError
+from dicomnode.options import CortexMethod, ParenchymaSource
 from dicomnode.segment.external import ExternalModel, ExternalSegmenter
 from dicomnode.segment.model import Model, SeriesSegmenter, localizer_of
 from dicomnode.segment.segmenter import Segmenter

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from dicomnode.config import Runtime
 from dicomnode.imaging.axes import canonical_flips
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.imaging.tissue import bone_like, shell_box
-from dicomnode.priors import KIDNEY_PART_ML
+from dicomnode.options import Runtime
 from dicomnode.renal import STRUCTURES
+from dicomnode.renal_limits import KIDNEY_PART_ML
 from dicomnode.segment.band import VolumeBand, band_of
 from dicomnode.segment.model import Algorithm, Model, Segmentation, model_algorithm
 from dicomnode.segment.resample import nearest_resize, reduced, upsampled

@@ -22,9 +22,9 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_role
 
 from dicomnode.config import NodeConfig
-from dicomnode.delivery.send import record_commitment
 from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.net.services import CommitmentReport, Unavailable
+from dicomnode.outbound.send import record_commitment
 from dicomnode.store.database import errors
 from dicomnode.store.records import Store
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.base.files import free_mb
 from dicomnode.config import Retention
-from dicomnode.files import free_mb
 from dicomnode.store.records import FinishedStudy, Store
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.config import NodeConfig, Role, SettingError, load_config
-from dicomnode.export import Format, csv_text, write_table
+from dicomnode.config import NodeConfig, SettingError, load_config
 from dicomnode.instance import Instance
+from dicomnode.node.export import Format, csv_text, write_table
+from dicomnode.options import Role
 from dicomnode.store.database import open_database
 from dicomnode.store.history import Patient
 from dicomnode.store.records import Store
@@ -37,7 +38,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
-    from dicomnode.service import Node
+    from dicomnode.node.service import Node
 
     node = Node(config, role=Role(args.role))
     stop = threading.Event()
@@ -115,8 +116,8 @@ def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     """Process a folder of DICOM files offline, one study at a time; results and a summary go to --out."""
-    from dicomnode.pipeline import failed, process_study, save_results
-    from dicomnode.service import load_segmenter
+    from dicomnode.node.run import run_job
+    from dicomnode.segment.configured import load_segmenter
 
     studies: dict[str, list[Instance]] = defaultdict(list)
     for seq, path in enumerate(sorted(p for p in args.folder.rglob("*") if p.is_file())):
@@ -136,13 +137,9 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     segmenter = load_segmenter(config)
     summary = {}
     for study_uid, instances in studies.items():
-        try:
-            processed = process_study(instances, config, segmenter)
-        except Exception as exc:
-            log.exception("study %s failed", study_uid)
-            processed = failed(exc)
-        saved = save_results(processed.results, args.out / study_uid) if processed.results else []
-        summary[study_uid] = {"outcome": processed.outcome.value, **processed.record(), "results": [str(f.path) for f in saved]}
+        ran = run_job(f"study {study_uid}", instances, config, segmenter, args.out / study_uid)
+        processed = ran.processed
+        summary[study_uid] = {"outcome": processed.outcome.value, **processed.record(), "results": [str(f.path) for f in ran.saved]}
         print(f"study {study_uid}: {processed.outcome.value} ({processed.verdict})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -10,9 +10,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from dicomnode.config import Auth, Destination, NodeConfig
+from dicomnode.base.tls import https_context
+from dicomnode.config import Destination, NodeConfig
+from dicomnode.options import Auth
 from dicomnode.store.states import SendOutcome
-from dicomnode.tls import https_context
 
 #: PS3.18 Table 10.5.3-1 and PS3.3: tags of the STOW-RS response.
 FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081198", "00081199"

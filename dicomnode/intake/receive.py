@@ -1,5 +1,5 @@
 """Receive stage: the node's SCP for C-ECHO, C-STORE and Storage Commitment (``net/acceptor.py`` speaks DICOM,
-``net/data_set.py`` checks each data set, ``delivery/commitment.py`` answers commitment); what it accepts is stored
+``net/data_set.py`` checks each data set, ``outbound/commitment.py`` answers commitment, handed in by the service); what it accepts is stored
 atomically and indexed here."""
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ from pynetdicom.sop_class import (
     XRayRadiationDoseSRStorage,
 )
 
+from dicomnode.base.files import free_mb, move_into_place, remove_partial_writes
+from dicomnode.base.locks import KeyedLocks
+from dicomnode.base.tls import receiver_context
 from dicomnode.config import NodeConfig
-from dicomnode.delivery.commitment import Commitments
-from dicomnode.files import free_mb, move_into_place, remove_partial_writes
-from dicomnode.locks import KeyedLocks
 from dicomnode.net.acceptor import Acceptor
 from dicomnode.net.association import Policy
 from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
-from dicomnode.net.services import Received
+from dicomnode.net.services import CommitmentServices, Received
 from dicomnode.store.database import errors
 from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Store
-from dicomnode.tls import receiver_context
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ INCOMING = ".incoming"
 class Receiver:
     """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
 
-    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations, commitments: Commitments | None = None) -> None:
+    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations, commitments: CommitmentServices) -> None:
         self._database_errors = errors()
         self.config = config
         self.store = store
@@ -83,7 +82,7 @@ class Receiver:
             self.reindex()
         self._acceptor: Acceptor | None = None
         self._instances = KeyedLocks()
-        self.commitments = commitments or Commitments(config, store)
+        self.commitments = commitments
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded

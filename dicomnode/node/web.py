@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
+from dicomnode.base.files import free_mb
 from dicomnode.config import NodeConfig
-from dicomnode.files import free_mb
 from dicomnode.renal import Side, Structure
 from dicomnode.store.history import HistoryEntry
 from dicomnode.store.jobs import MAX_ID

@@ -16,10 +16,10 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.files import save_dataset
+from dicomnode.base.files import save_dataset
+from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.results.rejection import write_rejection_note
 from dicomnode.store.records import Queued, Store, Superseded
-from dicomnode.uids import ResultUids, job_seed
 
 log = logging.getLogger(__name__)
 

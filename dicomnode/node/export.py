@@ -20,7 +20,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from dicomnode.files import write_atomically
+from dicomnode.base.files import write_atomically
 from dicomnode.renal import STRUCTURES, Structure
 from dicomnode.store.history import RANGE_COLUMNS, VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
 

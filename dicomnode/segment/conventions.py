@@ -11,19 +11,12 @@ column) with DICOM's patient axes (LPS: +x to the patient's left, +y posterior, 
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-
-class Orientation(str, enum.Enum):
-    """Which way the axes of a model's arrays point, in (slice, row, column) order."""
-
-    RAS = "RAS"  # columns to the patient's right, rows anterior, slices superior (nibabel canonical; TotalSegmentator)
-    LPS = "LPS"  # columns to the patient's left, rows posterior, slices superior (DICOM patient axes; this project)
-
+from dicomnode.options import Orientation
 
 #: Sign of the LPS patient axis (x, y, z) each orientation's (column, row, slice) axis follows.
 _SIGNS = {Orientation.RAS: (-1, -1, 1), Orientation.LPS: (1, 1, 1)}

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -16,19 +15,19 @@ from dicomnode.analysis.followup import FollowUp, compare
 from dicomnode.analysis.measure import Measurements, measure
 from dicomnode.analysis.plan import ReportPlan, decide
 from dicomnode.analysis.qc import QCReport, check
-from dicomnode.config import NodeConfig, OutputFormat
-from dicomnode.files import save_dataset
+from dicomnode.base.memory import peak_gib, reset_peak
+from dicomnode.base.uids import RANDOM_UIDS, ResultUids
+from dicomnode.config import NodeConfig
 from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
-from dicomnode.imaging.select import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.instance import Instance
-from dicomnode.memory import peak_gib, reset_peak
+from dicomnode.options import OutputFormat
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
 from dicomnode.results.write import Results, write_results
 from dicomnode.segment.model import SeriesSegmenter
+from dicomnode.selection.series import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.states import Outcome
-from dicomnode.uids import RANDOM_UIDS, ResultUids
 
 log = logging.getLogger(__name__)
 
@@ -249,25 +248,3 @@ def history_entry(
 def failed(exc: BaseException) -> Processed:
     """The outcome of a stage that raised unexpectedly."""
     return Processed(Outcome.FAILED, "processing failed", [], error=f"{type(exc).__name__}: {exc}")
-
-
-@dataclass(frozen=True)
-class Saved:
-    """A result file on disk."""
-
-    output: OutputFormat
-    sop_uid: str
-    path: Path
-
-
-def save_results(results: Results, folder: Path) -> list[Saved]:
-    """Write SEG, SR and SC pages atomically into ``folder``; returns each file."""
-    objects = [(OutputFormat.SEG, results.seg), (OutputFormat.SR, results.sr), *((OutputFormat.SC, ds) for ds in results.sc)]
-    saved = []
-    for output, ds in objects:
-        if ds is None:
-            continue
-        path = folder / f"{output.value.upper()}_{ds.SOPInstanceUID}.dcm"
-        save_dataset(path, ds)
-        saved.append(Saved(output, str(ds.SOPInstanceUID), path))
-    return saved

@@ -16,22 +16,25 @@ from pathlib import Path
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicomnode.complete import open_jobs, ready_studies
-from dicomnode.config import NodeConfig, Role
-from dicomnode.delivery.send import send_due
-from dicomnode.pipeline import failed, no_priors, process_study, save_results
-from dicomnode.receive import Receiver
+from dicomnode.base.uids import ResultUids, job_seed
+from dicomnode.config import NodeConfig
+from dicomnode.intake.complete import open_jobs, ready_studies
+from dicomnode.intake.receive import Receiver
+from dicomnode.node.pipeline import no_priors
+from dicomnode.node.retention import clean
+from dicomnode.node.run import run_job
+from dicomnode.node.web import WebServer
+from dicomnode.options import Role
+from dicomnode.outbound.commitment import Commitments
+from dicomnode.outbound.send import send_due
+from dicomnode.outbound.supersede import reject_superseded
 from dicomnode.results.write import warm_writers
-from dicomnode.retention import clean
 from dicomnode.segment.configured import load_segmenter
 from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store.database import open_database
 from dicomnode.store.open_associations import OpenAssociations
 from dicomnode.store.records import Job, LeaseLost, Queued, Store
 from dicomnode.store.states import JobState
-from dicomnode.supersede import reject_superseded
-from dicomnode.uids import ResultUids, job_seed
-from dicomnode.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,11 @@ class Node:
         host = config.cluster.name or socket.gethostname()
         self.receiver_name = f"{host}:{config.port}"
         self.worker_name = f"{host}:{os.getpid()}"
-        self.receiver = Receiver(config, self.store, OpenAssociations(self.store, self.receiver_name)) if role in (Role.ALL, Role.RECEIVER) else None
+        self.receiver = (
+            Receiver(config, self.store, OpenAssociations(self.store, self.receiver_name), Commitments(config, self.store))
+            if role in (Role.ALL, Role.RECEIVER)
+            else None
+        )
         self.segmenter = (segmenter or load_segmenter(config)) if role in (Role.ALL, Role.WORKER) else None
         if self.segmenter is not None:
             warm_writers()
@@ -163,16 +170,10 @@ class Node:
             header = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
             log.info("job %d: patient %s, ID %s", job.id, header.get("PatientName", ""), header.get("PatientID", ""))
         keep = self.config.history.enabled
-        try:
-            uids = ResultUids(job_seed(job.study_uid, job.version))
-            processed = process_study(instances, self.config, self.segmenter, uids, self.store.history.of_patient if keep else no_priors)
-            saved = []
-            if processed.results is not None:
-                folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
-                saved = save_results(processed.results, folder)
-        except Exception as exc:  # a job must never take the node down
-            log.exception("job %d failed", job.id)
-            processed, saved = failed(exc), []
+        folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
+        uids, priors = ResultUids(job_seed(job.study_uid, job.version)), self.store.history.of_patient if keep else no_priors
+        ran = run_job(f"job {job.id}", instances, self.config, self.segmenter, folder, uids, priors)
+        processed, saved = ran.processed, ran.saved
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:
             measured = processed.measured if keep else None
@@ -181,11 +182,6 @@ class Node:
             log.error("job %d: result discarded: %s", job.id, exc)
             return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
-        stages = ", ".join(
-            f"{stage} {seconds:.1f} s" + (f" {processed.peak_gib[stage]:.2f} GiB" if stage in processed.peak_gib else "")
-            for stage, seconds in processed.timings.items()
-        )
-        log.info("job %d stages (seconds, peak memory): %s", job.id, stages)
         reject_superseded(self.store, self.config.path(self.config.results))
         if queued:
             self._wake(DELIVER)

@@ -14,7 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from dicomnode.config import Selection as SelectionRules
+from dicomnode.config import SelectionRules
 from dicomnode.imaging.aorta import AortaEvidence, ImagePhase, aorta_evidence
 from dicomnode.imaging.load import read_header
 from dicomnode.instance import Instance

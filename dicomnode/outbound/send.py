@@ -16,12 +16,13 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
-from dicomnode.config import Delivery, Destination, NodeConfig, Protocol
-from dicomnode.delivery.stow import stow_rs
+from dicomnode.base.tls import dicom_client_context
+from dicomnode.config import Delivery, Destination, NodeConfig
 from dicomnode.net.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.options import Protocol
+from dicomnode.outbound.stow import stow_rs
 from dicomnode.store.records import DeliveryRecord, Store
 from dicomnode.store.states import DeliveryState, SendOutcome
-from dicomnode.tls import dicom_client_context
 
 log = logging.getLogger(__name__)
 

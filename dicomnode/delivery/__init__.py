@@ -1,1 +1,0 @@
-"""Sending results: C-STORE (with Storage Commitment) and STOW-RS."""

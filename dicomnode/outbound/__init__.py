@@ -1,0 +1,1 @@
+"""Outbound: results saved, superseded results withdrawn, delivery by DIMSE or STOW-RS, Storage Commitment."""

@@ -1,0 +1,1 @@
+"""Selection: which series of a study is measured."""
