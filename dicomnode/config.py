@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from dicomnode.options import Auth, CortexMethod, OnFail, Orientation, OutputFormat, ParenchymaSource, Protocol, Runtime
@@ -104,35 +104,70 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, config=_MODEL)
-class Destination:
-    """A peer that results are sent to: a DICOM AE by C-STORE, or a DICOMweb service by STOW-RS."""
+class DimseDestination:
+    """A DICOM AE that results are sent to by C-STORE (``protocol: dimse``, the default)."""
 
     name: str
-    ae_title: str = ""  # dimse
-    host: str = ""  # dimse
-    port: int = 0  # dimse
-    tls: bool = False  # dimse: DICOM TLS with the node's tls settings
-    protocol: Protocol = Protocol.DIMSE
-    url: str = ""  # stow-rs: the service root, e.g. https://pacs.example.org/dicom-web
-    auth: Auth = Auth.NONE  # stow-rs
-    credentials_env: str = ""  # stow-rs: the environment variable holding the credentials for ``auth``
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    tls: bool = False  # DICOM TLS with the node's tls settings
+    storage_commitment: bool = False  # a result is delivered only when the destination reports it committed
     formats: tuple[OutputFormat, ...] = (OutputFormat.SEG, OutputFormat.SR)
-    storage_commitment: bool = False  # dimse: a result is delivered only when the destination reports it committed
+    protocol: Literal["dimse"] = "dimse"
 
     @model_validator(mode="after")
-    def _check(self) -> Destination:
-        found = []
-        if self.protocol is Protocol.STOW_RS:
-            if not self.url.startswith(("http://", "https://")):
-                found.append(f"url: {self.url!r} is not an http(s) URL")
-            if self.auth is not Auth.NONE and not self.credentials_env:
-                found.append(f"credentials_env: names no environment variable for {self.auth.value} auth")
-        else:
-            for key, (ok, why) in (("ae_title", valid_ae_title(self.ae_title)), ("port", valid_port(self.port))):
-                if not ok:
-                    found.append(f"{key}: {getattr(self, key)!r} {why}")
+    def _check(self) -> DimseDestination:
+        checks = (("ae_title", valid_ae_title(self.ae_title)), ("port", valid_port(self.port)))
+        found = [f"{key}: {getattr(self, key)!r} {why}" for key, (ok, why) in checks if not ok]
         _raise_found(found)
         return self
+
+    def describe(self) -> str:
+        """The destination as the log names it."""
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
+
+@dataclass(frozen=True, config=_MODEL)
+class StowRsDestination:
+    """A DICOMweb service that results are sent to by STOW-RS (``protocol: stow-rs``): one POST per batch to
+    ``url`` + ``/studies``."""
+
+    name: str
+    url: str = ""  # the service root, e.g. https://pacs.example.org/dicom-web
+    auth: Auth = Auth.NONE
+    credentials_env: str = ""  # the environment variable holding the credentials for ``auth``
+    formats: tuple[OutputFormat, ...] = (OutputFormat.SEG, OutputFormat.SR)
+    protocol: Literal["stow-rs"] = "stow-rs"
+
+    @model_validator(mode="after")
+    def _check(self) -> StowRsDestination:
+        found = []
+        if not self.url.startswith(("http://", "https://")):
+            found.append(f"url: {self.url!r} is not an http(s) URL")
+        if self.auth is not Auth.NONE and not self.credentials_env:
+            found.append(f"credentials_env: names no environment variable for {self.auth.value} auth")
+        _raise_found(found)
+        return self
+
+    def describe(self) -> str:
+        """The destination as the log names it."""
+        return f"{self.name} ({self.url})"
+
+
+def _protocol_of(value: Any) -> str:
+    """Which kind of destination ``value`` is: its ``protocol``, DIMSE where it names none."""
+    found = value.get("protocol", Protocol.DIMSE.value) if isinstance(value, dict) else getattr(value, "protocol", Protocol.DIMSE.value)
+    return str(found.value if isinstance(found, Protocol) else found)
+
+
+#: A destination, by its protocol: adding a protocol is a model here (and its sender in ``outbound/send.py``).
+Destination = Annotated[
+    Annotated[DimseDestination, Tag(Protocol.DIMSE.value)] | Annotated[StowRsDestination, Tag(Protocol.STOW_RS.value)],
+    Discriminator(_protocol_of),
+]
+#: The tags of :data:`Destination`, which a validation error's location names between a destination and its key.
+_DESTINATION_TAGS = frozenset(p.value for p in Protocol)
 
 
 @dataclass(frozen=True, config=_MODEL)
@@ -387,11 +422,11 @@ class NodeConfig:
         for name in sorted({n for n in names if names.count(n) > 1}):
             found.append(f"destinations: the name {name!r} is used {names.count(name)} times")
         for n, d in enumerate(self.destinations):
-            dimse_tls = d.tls and d.protocol is Protocol.DIMSE
-            check(not dimse_tls or self.tls.certificate != "", f"destinations[{n}].tls", "needs tls.certificate and tls.private_key")
-            needs_env = d.protocol is Protocol.STOW_RS and d.auth is not Auth.NONE and d.credentials_env
-            check(not needs_env or d.credentials_env in os.environ, f"destinations[{n}].credentials_env", f"{d.credentials_env} is not set")
-        if self.tls.enabled or any(d.tls for d in self.destinations):
+            if isinstance(d, DimseDestination):
+                check(not d.tls or self.tls.certificate != "", f"destinations[{n}].tls", "needs tls.certificate and tls.private_key")
+            elif d.auth is not Auth.NONE and d.credentials_env:
+                check(d.credentials_env in os.environ, f"destinations[{n}].credentials_env", f"{d.credentials_env} is not set")
+        if self.tls.enabled or any(isinstance(d, DimseDestination) and d.tls for d in self.destinations):
             for key in ("certificate", "private_key", "ca_certificates"):
                 value = getattr(self.tls, key)
                 check(key == "ca_certificates" and not value or bool(value) and self.path(value).is_file(), f"tls.{key}", f"file {value!r} not found")
@@ -433,7 +468,8 @@ _EXPECTED = {
 
 
 def _key(loc: tuple[str | int, ...]) -> str:
-    """A setting's name as the file spells it: ``destinations[0].port``."""
+    """A setting's name as the file spells it: ``destinations[0].port`` (a destination's protocol tag left out)."""
+    loc = tuple(part for n, part in enumerate(loc) if not (n and isinstance(loc[n - 1], int) and part in _DESTINATION_TAGS))
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
@@ -453,6 +489,9 @@ def messages(error: ValidationError) -> list[str]:
             found.append(f"{key}: unknown setting")
         elif kind == "missing":
             found.append(f"{key}: is required")
+        elif kind == "union_tag_invalid":
+            allowed = item["ctx"]["expected_tags"].replace("'", "")
+            found.append(f"{key}.protocol: {item['ctx']['tag']!r} is not one of {allowed}")
         elif kind in ("enum", "literal_error"):
             allowed = item["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
             found.append(f"{key}: {item['input']!r} is not one of {allowed}")

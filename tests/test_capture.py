@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from dicomnode.base.uids import ResultUids, job_seed
-from dicomnode.config import Destination, NodeConfig
+from dicomnode.config import DimseDestination, NodeConfig
 from dicomnode.imaging.load import load_series
 from dicomnode.instance import Instance
 from dicomnode.node.pipeline import process_study
@@ -28,7 +28,7 @@ from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}")
-LEGACY = Destination("legacy", "LEGACY", "127.0.0.1", 104, formats=(OutputFormat.SC,))
+LEGACY = DimseDestination("legacy", "LEGACY", "127.0.0.1", 104, formats=(OutputFormat.SC,))
 
 
 @pytest.fixture(scope="module")

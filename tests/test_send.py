@@ -12,8 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.config import Delivery, Destination, NodeConfig, load_config
-from dicomnode.options import Auth, Protocol
+from dicomnode.config import Delivery, DimseDestination, NodeConfig, StowRsDestination, load_config
+from dicomnode.options import Auth
 from dicomnode.outbound.send import backoff, send_due
 from dicomnode.store.records import Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
@@ -38,7 +38,7 @@ def queued(tmp_path: Path) -> tuple[Store, list[Path], int]:
 
 
 def _config(orthanc: Orthanc, **delivery: float) -> NodeConfig:
-    pacs = Destination("pacs", orthanc.aet, "127.0.0.1", orthanc.dicom_port)
+    pacs = DimseDestination("pacs", orthanc.aet, "127.0.0.1", orthanc.dicom_port)
     return NodeConfig(destinations=(pacs,), delivery=replace(Delivery(timeout_s=5), **delivery))
 
 
@@ -85,7 +85,7 @@ def test_a_destination_no_longer_configured_or_a_missing_file_parks_at_once(queu
 
 
 def _stow(orthanc: Orthanc, **delivery: float) -> NodeConfig:
-    pacs = Destination("pacs", protocol=Protocol.STOW_RS, url=orthanc.dicomweb_url, auth=Auth.BASIC, credentials_env="PACS_STOW_CREDENTIALS")
+    pacs = StowRsDestination("pacs", url=orthanc.dicomweb_url, auth=Auth.BASIC, credentials_env="PACS_STOW_CREDENTIALS")
     return NodeConfig(destinations=(pacs,), delivery=replace(Delivery(timeout_s=10), **delivery))
 
 
@@ -123,7 +123,7 @@ def test_stow_rs_credentials_never_come_from_the_file(tmp_path: Path, monkeypatc
     with pytest.raises(ValueError, match=r"destinations\[0\]\.credentials_env: PACS_STOW_CREDENTIALS is not set"):
         load_config(path)
     monkeypatch.setenv("PACS_STOW_CREDENTIALS", "node:s3cret")
-    assert load_config(path).destinations[0].protocol is Protocol.STOW_RS
+    assert isinstance(load_config(path).destinations[0], StowRsDestination)
     path.write_text(destination.replace("credentials_env", "password"))
     with pytest.raises(ValueError, match=r"destinations\[0\]\.password: unknown setting"):
         load_config(path)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import CTImageStorage
 
-from dicomnode.config import Destination, NodeConfig
+from dicomnode.config import DimseDestination, NodeConfig
 from dicomnode.instance import Instance
 from dicomnode.node.pipeline import process_study
 from dicomnode.outbound.save import save_results
@@ -59,7 +59,7 @@ def test_ohif_draws_the_seg_on_the_ct_and_lists_its_segments(tmp_path: Path, ort
     job = store.create_job(processed.results.sr.StudyInstanceUID, 1)
     store.start_job(job.id)
     store.finish_job(job.id, Outcome.RESULT, [Queued("pacs", f.sop_uid, f.path) for f in saved], verdict="ok", reasons=[])
-    config = NodeConfig(destinations=(Destination("pacs", orthanc.aet, "127.0.0.1", orthanc.dicom_port),))
+    config = NodeConfig(destinations=(DimseDestination("pacs", orthanc.aet, "127.0.0.1", orthanc.dicom_port),))
     assert send_due(config, store) == 2 and store.job(job.id).delivery is JobDelivery.DELIVERED
     store.close()
 

@@ -45,7 +45,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
-    log.info("node running; results go to %s", ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in config.destinations) or "nowhere")
+    log.info("node running; results go to %s", ", ".join(d.describe() for d in config.destinations) or "nowhere")
     stop.wait()
     log.info("stopping")
     node.stop()

@@ -23,7 +23,7 @@ from dicomnode.instance import Instance
 from dicomnode.options import OutputFormat
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
-from dicomnode.results.write import Results, write_results
+from dicomnode.results.write import ALWAYS, NEEDS_PIXELS, WRITERS, Results, write_results
 from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.selection.series import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.store.history import HistoryEntry, Patient
@@ -116,7 +116,7 @@ def process_study(
     processed = _run_stages(instances, config, segmenter, uids, priors)
     if processed.outcome is Outcome.NO_RESULT and config.send_text_sr_without_result and instances and processed.verdict != IDENTITY_CONFLICT:
         source = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
-        processed.results = Results(None, write_no_result_sr(source, processed.verdict, processed.reasons, uids))
+        processed.results = Results({OutputFormat.SR: [write_no_result_sr(source, processed.verdict, processed.reasons, uids)]})
     return processed
 
 
@@ -170,11 +170,11 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         )
     measured = history_entry(series, series_uid, measurements, report, passed, plan.structures, "", timings, plan)
     followup = compare(measured, priors(measured.patient), tuple(s for s in plan.structures if s in passed))
-    pictures = config.wants(OutputFormat.SC)
-    if not pictures:  # the SEG and SR need the headers and the kidneys' masks only: the volume is freed first
+    formats = {output for output in WRITERS if output in ALWAYS or config.wants(output)}
+    if not formats & NEEDS_PIXELS:  # the other writers need the headers and the kidneys' masks only: the volume is freed first
         series = replace(series, hu=np.empty((0, 0, 0), series.hu.dtype))
     with _timed(timings, peaks, "write"):
-        results = write_results(series, measurements, report, plan, segmenter.model, pictures=pictures, uids=uids, followup=followup)
+        results = write_results(series, measurements, report, plan, segmenter.model, formats, uids, followup)
     verdict = _verdict(selection.verdict, report, plan)
     if plan.absent:
         log.info("not reported: %s", "; ".join(plan.lines()))

@@ -19,11 +19,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
-from pynetdicom import AE, build_role
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import DimseDestination, NodeConfig
 from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.net.services import CommitmentReport, Unavailable
+from dicomnode.outbound.dicom_client import open_association
 from dicomnode.outbound.send import record_commitment
 from dicomnode.store.database import errors
 from dicomnode.store.records import Store
@@ -155,7 +155,7 @@ class Reporter:
     def address(self, ae_title: str) -> tuple[str, int] | None:
         """The requester's address: a ``commitment_peers`` entry, else a DIMSE destination with its AE title."""
         peers = [(p.ae_title, p.host, p.port) for p in self.config.commitment_peers]
-        peers += [(d.ae_title, d.host, d.port) for d in self.config.destinations]
+        peers += [(d.ae_title, d.host, d.port) for d in self.config.destinations if isinstance(d, DimseDestination)]
         return next(((host, port) for title, host, port in peers if title == ae_title and host and port), None)
 
     def _send(self, report: CommitmentReport) -> None:
@@ -178,10 +178,8 @@ class Reporter:
 
     def _try(self, report: CommitmentReport, address: tuple[str, int]) -> str:
         """Send once; "" on success, else why not."""
-        ae = AE(ae_title=self.config.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.delivery.timeout_s
-        ae.add_requested_context(STORAGE_COMMITMENT, [report.transfer_syntax])
-        assoc = ae.associate(*address, ae_title=report.calling_ae, ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)])
+        contexts = [(STORAGE_COMMITMENT, [report.transfer_syntax])]
+        assoc = open_association(self.config, address, report.calling_ae, contexts, scp_roles=[STORAGE_COMMITMENT])
         if not assoc.is_established:
             return "association rejected" if assoc.is_rejected else "no association"
         try:

@@ -20,12 +20,9 @@ class Saved:
 
 
 def save_results(results: Results, folder: Path) -> list[Saved]:
-    """Write SEG, SR and SC pages atomically into ``folder``; returns each file."""
-    objects = [(OutputFormat.SEG, results.seg), (OutputFormat.SR, results.sr), *((OutputFormat.SC, ds) for ds in results.sc)]
+    """Write each result object atomically into ``folder`` as ``<FORMAT>_<SOP Instance UID>.dcm``; returns each file."""
     saved = []
-    for output, ds in objects:
-        if ds is None:
-            continue
+    for output, ds in ((output, ds) for output, objects in results.objects.items() for ds in objects):
         path = folder / f"{output.value.upper()}_{ds.SOPInstanceUID}.dcm"
         save_dataset(path, ds)
         saved.append(Saved(output, str(ds.SOPInstanceUID), path))

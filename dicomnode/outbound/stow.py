@@ -8,11 +8,13 @@ import os
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.base.tls import https_context
-from dicomnode.config import Destination, NodeConfig
+from dicomnode.config import Destination, NodeConfig, StowRsDestination
 from dicomnode.options import Auth
+from dicomnode.outbound.outgoing import Committing, Outgoing
 from dicomnode.store.states import SendOutcome
 
 #: PS3.18 Table 10.5.3-1 and PS3.3: tags of the STOW-RS response.
@@ -20,7 +22,7 @@ FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081198", "00081199"
 REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON = "00081155", "00081197"
 
 
-def authorization(destination: Destination) -> str | None:
+def authorization(destination: StowRsDestination) -> str | None:
     """The Authorization header for ``destination``, from the environment variable it names."""
     if destination.auth is Auth.NONE:
         return None
@@ -38,8 +40,17 @@ def multipart(files: list[Path], boundary: str) -> bytes:
     return b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
 
 
-def stow_rs(config: NodeConfig, destination: Destination, files: list[Path], sop_uids: list[str]) -> list[SendOutcome]:
-    """POST ``files`` in one request; one outcome per file, from the response's Failed and Referenced SOP Sequences."""
+def send(
+    config: NodeConfig, destination: Destination, datasets: Sequence[Outgoing], committing: Committing | None = None
+) -> tuple[list[SendOutcome], str | None]:
+    """POST the result files in one request; one outcome per file, from the response's Failed and Referenced SOP
+    Sequences (STOW-RS has no storage commitment: no Transaction UID)."""
+    if not isinstance(destination, StowRsDestination):
+        raise TypeError(f"destination: {destination.name} is not a STOW-RS destination")
+    return _post(config, destination, [d.path for d in datasets], [d.sop_instance for d in datasets]), None
+
+
+def _post(config: NodeConfig, destination: StowRsDestination, files: list[Path], sop_uids: list[str]) -> list[SendOutcome]:
     boundary = f"dicomnode-{uuid.uuid4().hex}"
     request = urllib.request.Request(
         destination.url.rstrip("/") + "/studies",

@@ -103,3 +103,12 @@ def write_seg(
         contributing_equipment=contributing_equipment(measurements),
     )
     return seg, numbers
+
+
+def segment_numbers(seg: pydicom.Dataset) -> dict[tuple[Structure, Side], int]:
+    """Each structure and side's segment number in a SEG :func:`write_seg` made, read from its Tracking IDs."""
+    numbers = {}
+    for item in seg.SegmentSequence:
+        side, _, structure = str(item.TrackingID).partition(" renal ")
+        numbers[(Structure(structure), Side(side))] = int(item.SegmentNumber)
+    return numbers

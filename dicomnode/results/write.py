@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -16,21 +17,78 @@ from dicomnode.analysis.plan import ReportPlan
 from dicomnode.analysis.qc import QCReport
 from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.options import OutputFormat
 from dicomnode.renal import Side, Structure
 from dicomnode.results.capture import write_sc
 from dicomnode.results.equipment import MANUFACTURER
-from dicomnode.results.seg import SEGMENT_ORDER, write_seg
+from dicomnode.results.seg import SEGMENT_ORDER, segment_numbers, write_seg
 from dicomnode.results.sr import write_sr
 from dicomnode.segment.model import Model
 
 
 @dataclass(frozen=True)
 class Results:
-    """The result objects of one job: SEG and TID 1500 SR, or a text SR alone when there is no result."""
+    """The result objects of one job by output format, in the order they were written: SEG and TID 1500 SR (and the
+    Secondary Capture pages where a destination wants them), or a text SR alone when there is no result."""
 
-    seg: pydicom.Dataset | None
-    sr: pydicom.Dataset
-    sc: list[pydicom.Dataset] = field(default_factory=list)  # Secondary Capture pages, where a destination wants them
+    objects: dict[OutputFormat, list[pydicom.Dataset]]
+
+    @property
+    def seg(self) -> pydicom.Dataset | None:
+        return next(iter(self.objects.get(OutputFormat.SEG, [])), None)
+
+    @property
+    def sr(self) -> pydicom.Dataset:
+        return self.objects[OutputFormat.SR][0]
+
+    @property
+    def sc(self) -> list[pydicom.Dataset]:
+        return self.objects.get(OutputFormat.SC, [])
+
+
+@dataclass(frozen=True)
+class Report:
+    """What every writer is given: the measured series (its HU freed where no writer needs it), the measurements, QC
+    and the report plan, the model, the job's UIDs, the follow-up, each delivered structure's Tracking UID and the
+    series' slices the kidneys lie on."""
+
+    series: LoadedSeries
+    measurements: Measurements
+    qc: QCReport
+    plan: ReportPlan
+    model: Model
+    uids: ResultUids
+    followup: FollowUp | None
+    tracking: dict[tuple[Structure, Side], str]
+    slices: np.ndarray
+
+
+#: A writer: the objects of one output format for a report, given what the writers before it made.
+Writer = Callable[[Report, Mapping[OutputFormat, list[pydicom.Dataset]]], list[pydicom.Dataset]]
+
+
+def _seg(report: Report, made: Mapping[OutputFormat, list[pydicom.Dataset]]) -> list[pydicom.Dataset]:
+    r = report
+    return [write_seg(r.series, r.measurements, r.model, r.tracking, r.slices, review=r.plan.review, uids=r.uids)[0]]
+
+
+def _sr(report: Report, made: Mapping[OutputFormat, list[pydicom.Dataset]]) -> list[pydicom.Dataset]:
+    r, seg = report, made[OutputFormat.SEG][0]
+    return [write_sr(r.series, r.measurements, r.qc, r.plan, seg, segment_numbers(seg), r.tracking, r.model, r.slices, r.uids, r.followup)]
+
+
+def _sc(report: Report, made: Mapping[OutputFormat, list[pydicom.Dataset]]) -> list[pydicom.Dataset]:
+    r = report
+    return write_sc(r.series, r.measurements, r.qc, r.plan, r.model, r.uids, r.followup)
+
+
+#: Each output format's writer, in the order they run (the SR refers to the SEG): a new format is a writer here, its
+#: value in ``options.OutputFormat`` and, where it needs the image's pixels, a place in :data:`NEEDS_PIXELS`.
+WRITERS: dict[OutputFormat, Writer] = {OutputFormat.SEG: _seg, OutputFormat.SR: _sr, OutputFormat.SC: _sc}
+#: The formats always written: the SEG and the SR are the result; the others only where a destination wants them.
+ALWAYS = (OutputFormat.SEG, OutputFormat.SR)
+#: The formats whose writers draw the image (the others need its headers and the kidneys' masks only).
+NEEDS_PIXELS = frozenset({OutputFormat.SC})
 
 
 def tracking_uids(plan: ReportPlan, uids: ResultUids) -> dict[tuple[Structure, Side], str]:
@@ -55,18 +113,20 @@ def write_results(
     qc: QCReport,
     plan: ReportPlan,
     model: Model,
-    pictures: bool = False,
+    formats: Collection[OutputFormat] = ALWAYS,
     uids: ResultUids = RANDOM_UIDS,
     followup: FollowUp | None = None,
 ) -> Results:
-    """SEG and SR of what ``plan`` delivers of a measured study, and with ``pictures`` the Secondary Capture pages;
-    where the plan sends for review, all say "QC: review" and the SR lists every finding. ``followup`` adds the
-    change since the patient's prior result to the SR and the summary page. ``uids`` derives every UID from the job,
-    so a re-run makes the same instances."""
-    tracking, slices = tracking_uids(plan, uids), measured_slices(series, measurements, plan.sides)
-    seg, numbers = write_seg(series, measurements, model, tracking, slices, review=plan.review, uids=uids)
-    sc = write_sc(series, measurements, qc, plan, model, uids, followup) if pictures else []
-    return Results(seg, write_sr(series, measurements, qc, plan, seg, numbers, tracking, model, slices, uids, followup), sc)
+    """The objects of ``formats`` (the SEG and SR always) for what ``plan`` delivers of a measured study; where the
+    plan sends for review, all say "QC: review" and the SR lists every finding. ``followup`` adds the change since the
+    patient's prior result to the SR and the summary page. ``uids`` derives every UID from the job, so a re-run makes
+    the same instances."""
+    report = Report(series, measurements, qc, plan, model, uids, followup, tracking_uids(plan, uids), measured_slices(series, measurements, plan.sides))
+    made: dict[OutputFormat, list[pydicom.Dataset]] = {}
+    for output, writer in WRITERS.items():
+        if output in ALWAYS or output in formats:
+            made[output] = writer(report, made)
+    return Results(made)
 
 
 def warm_writers() -> None:
