@@ -57,7 +57,7 @@ class Runtime(str, enum.Enum):
 
     AUTO = "auto"  # ONNX Runtime on the CPU, torch on CUDA
     TORCH = "torch"  # as nnU-Net loads it
-    ONNXRUNTIME = "onnxruntime"  # the same weights exported to ONNX at load (CPU only): about 8x faster on 2 cores
+    ONNXRUNTIME = "onnxruntime"  # the same weights exported to ONNX at load (CPU only): faster on the CPU (benchmarks/inference.py)
 
 
 class CortexMethod(str, enum.Enum):

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from dicomnode.store import Store
 from dicomnode.store.database import Database, PostgresDatabase, SqliteDatabase
-from dicomnode.store.records import Store
 from tests.peers import NodeFactory, NodeProcess, Orthanc
 from tests.postgres import PostgresServer, binaries
 

@@ -23,8 +23,8 @@ import yaml
 from dicomnode.config import NodeConfig
 from dicomnode.intake.receive import Receiver
 from dicomnode.outbound.commitment import Commitments
+from dicomnode.store import Store
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.records import Store
 
 REPO = Path(__file__).resolve().parent.parent
 #: The shared data beside the checkout (real CT, KiTS19 labels); tests that need it skip when it is absent.

@@ -11,7 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.intake.complete import ready_studies
-from dicomnode.store.records import Store
+from dicomnode.store import Store
 from tests.peers import NodeFactory, storescu, wait_for
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

@@ -61,7 +61,10 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         ("destinations:\n  - {ae_title: A, host: h, port: 104}\n", "destinations[0].name: is required"),
         ("destinations:\n  - {name: web, protocol: ftp, url: 'ftp://pacs'}\n", "destinations[0].protocol: 'ftp' is not one of dimse, stow-rs"),
         ("destinations:\n  - {name: pacs, ae_title: A, host: h, port: 104, url: 'https://pacs'}\n", "destinations[0].url: unknown setting"),
-        ("destinations:\n  - {name: web, protocol: stow-rs, url: 'https://pacs', storage_commitment: true}\n", "destinations[0].storage_commitment: unknown setting"),
+        (
+            "destinations:\n  - {name: web, protocol: stow-rs, url: 'https://pacs', storage_commitment: true}\n",
+            "destinations[0].storage_commitment: unknown setting",
+        ),
         ("model: {device: gpu}\n", "model.device: 'gpu' is not one of auto, cuda, cpu"),
         ("model: {external: {tile_step_size: 0}}\n", "model.external.tile_step_size: must be in (0, 1]"),
         ("base_dir: /\n", "base_dir: unknown setting"),

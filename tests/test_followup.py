@@ -31,13 +31,13 @@ from PIL import Image
 from dicomnode.analysis.followup import compare
 from dicomnode.config import Retention, load_config
 from dicomnode.imaging.load import LoadedSeries
+from dicomnode.measured import HistoryEntry, Patient
 from dicomnode.node.export import COLUMNS, Format, csv_text, pseudonym, write_table
 from dicomnode.node.retention import clean
 from dicomnode.node.service import Node
 from dicomnode.results.codes import DIFFERENCE_IN_SIZE
 from dicomnode.segment.model import Model, Segmentation, TissueLabel
-from dicomnode.store.history import HistoryEntry, Patient
-from dicomnode.store.records import Store
+from dicomnode.store import Store
 from dicomnode.store.states import Outcome
 from tests.peers import REPO, Orthanc, dciodvfy, free_port, storescu, tools_missing, wait_for
 from tests.readback import sr_changes, sr_groups, sr_texts

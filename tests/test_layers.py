@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dicomnode"
 #: Modules at the top of the package that every layer may import: the settings and their allowed values, the renal
-#: domain (sides, structures, a kidney's figures) and the received instance. At most MAX_FLAT modules sit there.
-FOUNDATION = {"__init__", "config", "options", "renal", "renal_limits", "instance"}
+#: domain (sides, structures, a kidney's figures, a study's measured result) and the received instance. At most MAX_FLAT
+#: modules sit there.
+FOUNDATION = {"__init__", "config", "options", "renal", "renal_limits", "measured", "instance"}
 MAX_FLAT = 8
 #: The packages in the order a study travels through them, each importing only from the foundation and the packages
 #: before it: utilities, the DICOM network, the store, intake (receiving and completing a study), image reading,

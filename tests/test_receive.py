@@ -16,8 +16,8 @@ from dicomnode.config import NodeConfig
 from dicomnode.intake.receive import Receiver, StoreStatus
 from dicomnode.net.data_set import valid_uid
 from dicomnode.outbound.commitment import Commitments
+from dicomnode.store import Store
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.records import Store
 from tests.peers import NodeFactory, free_port, receiver_in_process, storescu
 from training.phantom_dicom import write_study
 from training.phantoms import Grid, Phase

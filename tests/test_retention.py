@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from dicomnode.config import NodeConfig, Retention, messages
 from dicomnode.node.retention import clean
-from dicomnode.store.records import Queued, Store
+from dicomnode.store import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -14,8 +14,9 @@ import pytest
 
 from dicomnode.config import Delivery, DimseDestination, NodeConfig, StowRsDestination, load_config
 from dicomnode.options import Auth
-from dicomnode.outbound.send import backoff, send_due
-from dicomnode.store.records import Queued, Store
+from dicomnode.outbound.retry import backoff
+from dicomnode.outbound.send import send_due
+from dicomnode.store import Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
 from tests.peers import Orthanc, tools_missing
 from training.phantom_dicom import write_study

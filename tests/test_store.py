@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.node.service import remove_unrecorded_results
+from dicomnode.store import LeaseLost, Queued, Store
 from dicomnode.store.database import SQLITE, Database, SqliteDatabase
-from dicomnode.store.records import LeaseLost, Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 
 

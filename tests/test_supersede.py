@@ -17,7 +17,7 @@ from dicomnode.node.pipeline import process_study
 from dicomnode.outbound.save import save_results
 from dicomnode.outbound.supersede import reject_superseded
 from dicomnode.results.rejection import read_rejection_note, write_rejection_note
-from dicomnode.store.records import Queued, Store
+from dicomnode.store import Queued, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, Outcome
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.standins import PhantomLabels

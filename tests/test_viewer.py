@@ -26,7 +26,7 @@ from dicomnode.instance import Instance
 from dicomnode.node.pipeline import process_study
 from dicomnode.outbound.save import save_results
 from dicomnode.outbound.send import send_due
-from dicomnode.store.records import Queued, Store
+from dicomnode.store import Queued, Store
 from dicomnode.store.states import JobDelivery, Outcome
 from tests import ohif
 from tests.peers import REPO, Orthanc, free_port, tools_missing

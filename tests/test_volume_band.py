@@ -23,8 +23,7 @@ from dicomnode.outbound.save import save_results
 from dicomnode.renal import Structure
 from dicomnode.segment.band import VolumeBand, band_of
 from dicomnode.segment.model import Segmentation
-from dicomnode.store import history
-from dicomnode.store.records import Store
+from dicomnode.store import Store, history
 from dicomnode.store.states import Outcome
 from tests.peers import dciodvfy, tools_missing
 from tests.readback import sr_groups

@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.config import NodeConfig, WebConfig
+from dicomnode.measured import HistoryEntry, Patient
 from dicomnode.node.web import WebServer, history_page
-from dicomnode.store.history import HistoryEntry, Patient
-from dicomnode.store.records import Queued, Store
+from dicomnode.store import Queued, Store
 from dicomnode.store.states import DeliveryState, Outcome
 from tests.peers import REPO, free_port
 

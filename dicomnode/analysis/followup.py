@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from dicomnode.measured import HistoryEntry
 from dicomnode.renal import SIDES
-from dicomnode.store.history import HistoryEntry
 
 DAYS_PER_YEAR = 365.25
 

@@ -190,7 +190,7 @@ def measure(series: LoadedSeries, segmentation: Segmentation) -> Measurements:
     predicted_ml = float(np.count_nonzero(parenchyma) * series.voxel_ml)
     start = np.array([s.start for s in crop])
     components, count = ndimage.label(parenchyma, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # scipy's sum_labels: 2 s for 500 x 512 x 512
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]  # one pass, not scipy's sum_labels (a pass per label)
     boxes = [_shifted(box, start) for box in ndimage.find_objects(components)]
     largest = [int(i) + 1 for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES] if sizes[i] * series.voxel_ml >= KIDNEY_PART_ML]
     sized = [c for c in largest if sizes[c - 1] * series.voxel_ml >= MIN_KIDNEY_ML or _box_touches_edge(boxes[c - 1], labels.shape)]

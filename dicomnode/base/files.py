@@ -62,8 +62,8 @@ def save_dataset(path: Path, ds: pydicom.Dataset) -> None:
     """Write ``ds``, a dataset the node built, as a DICOM file (with File Meta Information) atomically to ``path``.
 
     pydicom checks a dataset it did not read for ambiguous VRs (such as "OB or OW") before writing it, and each check
-    covers every item below, so an item six levels deep was checked six times: most of the 2.6 s that a 1 mm study's
-    SR (7,000 items) took. The items, and the dataset itself where none of its own elements is ambiguous, are marked
+    covers every item below, so an item six levels deep was checked six times: most of the time a 1 mm study's SR
+    (7,000 items) took to write. The items, and the dataset itself where none of its own elements is ambiguous, are marked
     as encoded already (``set_original_encoding``), so that the check runs once at most; the bytes are the same, and
     an item holding an ambiguous VR makes pydicom refuse to write rather than guess.
     """

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from dicomnode.store.records import Job, Store
+from dicomnode.store import Job, Store
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from dicomnode.net.association import Policy
 from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.net.services import CommitmentServices, Received
+from dicomnode.store import Store
 from dicomnode.store.database import errors
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.records import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig, SettingError, load_config
 from dicomnode.instance import Instance
+from dicomnode.measured import Patient
 from dicomnode.node.export import Format, csv_text, write_table
 from dicomnode.options import Role
+from dicomnode.store import Store
 from dicomnode.store.database import open_database
-from dicomnode.store.history import Patient
-from dicomnode.store.records import Store
 from dicomnode.store.states import JobDelivery, Outcome
 
 log = logging.getLogger("dicomnode")

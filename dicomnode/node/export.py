@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.base.files import write_atomically
+from dicomnode.measured import HistoryEntry
 from dicomnode.renal import STRUCTURES, Structure
-from dicomnode.store.history import RANGE_COLUMNS, VOLUME_COLUMNS, VOLUME_KEYS, HistoryEntry
+from dicomnode.store.history import RANGE_COLUMNS, VOLUME_COLUMNS, VOLUME_KEYS
 
 #: Pipeline stages whose seconds each row gives.
 STAGES = ("select", "load", "segment", "measure", "qc", "write")

@@ -20,13 +20,13 @@ from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.config import NodeConfig
 from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.instance import Instance
+from dicomnode.measured import HistoryEntry, Patient
 from dicomnode.options import OutputFormat
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
 from dicomnode.results.write import ALWAYS, NEEDS_PIXELS, WRITERS, Results, write_results
 from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.selection.series import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
-from dicomnode.store.history import HistoryEntry, Patient
 from dicomnode.store.states import Outcome
 
 log = logging.getLogger(__name__)

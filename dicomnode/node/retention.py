@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dicomnode.base.files import free_mb
 from dicomnode.config import Retention
-from dicomnode.store.records import FinishedStudy, Store
+from dicomnode.store import FinishedStudy, Store
 
 log = logging.getLogger(__name__)
 

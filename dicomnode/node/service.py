@@ -31,9 +31,9 @@ from dicomnode.outbound.supersede import reject_superseded
 from dicomnode.results.write import warm_writers
 from dicomnode.segment.configured import load_segmenter
 from dicomnode.segment.model import SeriesSegmenter
+from dicomnode.store import Job, LeaseLost, Queued, Store
 from dicomnode.store.database import open_database
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.records import Job, LeaseLost, Queued, Store
 from dicomnode.store.states import JobState
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dicomnode.base.files import free_mb
 from dicomnode.config import NodeConfig
+from dicomnode.measured import HistoryEntry
 from dicomnode.renal import Side, Structure
-from dicomnode.store.history import HistoryEntry
+from dicomnode.store import Job, Store
 from dicomnode.store.jobs import MAX_ID
-from dicomnode.store.records import Job, Store
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState
 
 log = logging.getLogger(__name__)

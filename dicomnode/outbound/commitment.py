@@ -1,9 +1,15 @@
-"""Storage Commitment Push Model SCP (PS3.4 J.3): a scanner or PACS that sent instances asks the node to take
-responsibility for them before it deletes its own copies. An instance is committed only when the node holds it
-durably and indexed (every stored instance is fsynced before it is indexed); the others are listed as failures
-with a reason. The report (N-EVENT-REPORT) goes on the request's association while it is open; where the requester
-releases it first (Orthanc does), on a new association to the requester's address, from ``commitment_peers`` or a
-destination with its AE title, with SCP/SCU role selection, retried with backoff.
+"""Storage Commitment Push Model (PS3.4 J.3), both roles, in one place.
+
+As SCP: a scanner or PACS that sent instances asks the node to take responsibility for them before it deletes its own
+copies. An instance is committed only when the node holds it durably and indexed (every stored instance is fsynced
+before it is indexed); the others are listed as failures with a reason. The report (N-EVENT-REPORT) goes on the
+request's association while it is open; where the requester releases it first (Orthanc does), on a new association
+to the requester's address, from ``commitment_peers`` or a destination with its AE title, with SCP/SCU role
+selection, retried with backoff.
+
+As SCU: after C-STORE of results to a destination with ``storage_commitment``, the node asks it to commit them on the
+same association (:func:`request_commitment`); its report settles each result as delivered, or sends it again
+(:func:`record_commitment`). The network side (the N-ACTION and N-EVENT-REPORT on an association) is ``net/services.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -18,15 +25,19 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
+from pynetdicom.association import Association
+from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from dicomnode.config import DimseDestination, NodeConfig
-from dicomnode.net.dimse import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.net.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from dicomnode.net.services import CommitmentReport, Unavailable
 from dicomnode.outbound.dicom_client import open_association
-from dicomnode.outbound.send import record_commitment
+from dicomnode.outbound.outgoing import Committing, Outgoing, SendOutcome
+from dicomnode.outbound.retry import failed_delivery
+from dicomnode.store import Store
 from dicomnode.store.database import errors
-from dicomnode.store.records import Store
+from dicomnode.store.states import DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +199,53 @@ class Reporter:
             return "" if code == 0 else f"status {code}" if code is not None else "no N-EVENT-REPORT-RSP (timeout or abort)"
         finally:
             assoc.release()
+
+
+def request_commitment(
+    assoc: Association, datasets: Sequence[Outgoing], stored: list[int], outcomes: list[SendOutcome], committing: Committing | None
+) -> str | None:
+    """Ask the destination to commit the ``stored`` datasets (N-ACTION, PS3.4 J.3.2); its Transaction UID, or None
+    where it refused, after marking those outcomes failed."""
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = []
+    for n in stored:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = datasets[n].sop_class, datasets[n].sop_instance
+        request.ReferencedSOPSequence.append(item)
+    if committing is not None:
+        committing(str(request.TransactionUID), stored)
+    status, _ = assoc.send_n_action(request, REQUEST_STORAGE_COMMITMENT, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+    code = getattr(status, "Status", None)
+    if code == 0:
+        return str(request.TransactionUID)
+    why = f"stored, but the storage commitment request was refused ({'no answer' if code is None else f'status 0x{code:04X}'})"
+    for n in stored:
+        outcomes[n] = SendOutcome(False, why)
+    return None
+
+
+def record_commitment(config: NodeConfig, store: Store, calling_ae: str, report: Dataset) -> int:
+    """A destination's storage commitment report (N-EVENT-REPORT): what it committed is delivered, what it did not
+    is sent again (or parked after the last try); returns how many it committed."""
+    transaction = str(report.get("TransactionUID", ""))
+    committed = {str(i.ReferencedSOPInstanceUID) for i in report.get("ReferencedSOPSequence", [])}
+    failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0)) for i in report.get("FailedSOPSequence", [])}
+    titles = {d.name: d.ae_title for d in config.destinations if isinstance(d, DimseDestination)}
+    now, count = store.now(), 0
+    waiting = store.committing(transaction)
+    if not waiting:
+        log.warning("storage commitment report %s from %s names no delivery awaiting it: ignored", transaction, calling_ae)
+    for record in waiting:
+        if titles.get(record.destination) != calling_ae:
+            log.warning("storage commitment %s reported by %s, not by %s's AE title: ignored", transaction, calling_ae, record.destination)
+            continue
+        if record.sop_uid in committed:
+            store.update_delivery(record.id, DeliveryState.SENT, record.attempts, record.next_attempt_at, None)
+            count += 1
+        elif record.sop_uid in failed:
+            failed_delivery(config, store, record, now, f"{record.destination} did not commit it (failure reason 0x{failed[record.sop_uid]:04X})")
+        else:
+            failed_delivery(config, store, record, now, f"{record.destination}'s commitment report does not name it")
+    log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling_ae, count, len(failed))
+    return count

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from dicomnode.config import Destination, DimseDestination, NodeConfig
-from dicomnode.net.dimse import REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+from dicomnode.outbound.commitment import request_commitment
 from dicomnode.outbound.dicom_client import open_association
-from dicomnode.outbound.outgoing import Committing, Outgoing
-from dicomnode.store.states import SendOutcome
+from dicomnode.outbound.outgoing import Committing, Outgoing, SendOutcome
 
 
 def send(
@@ -49,31 +45,7 @@ def send(
                 outcomes.append(SendOutcome(ok, f"status 0x{code:04X} ({': '.join(filter(None, (category, meaning)))})"))
         stored = [n for n, outcome in enumerate(outcomes) if outcome.ok]
         if destination.storage_commitment and stored:
-            transaction = _request_commitment(assoc, datasets, stored, outcomes, committing)
+            transaction = request_commitment(assoc, datasets, stored, outcomes, committing)
     finally:
         assoc.release()
     return outcomes, transaction
-
-
-def _request_commitment(
-    assoc: Association, datasets: Sequence[Outgoing], stored: list[int], outcomes: list[SendOutcome], committing: Committing | None
-) -> str | None:
-    """Ask the destination to commit the ``stored`` datasets (N-ACTION, PS3.4 J.3.2); its Transaction UID, or None
-    where it refused, after marking those outcomes failed."""
-    request = Dataset()
-    request.TransactionUID = generate_uid()
-    request.ReferencedSOPSequence = []
-    for n in stored:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = datasets[n].sop_class, datasets[n].sop_instance
-        request.ReferencedSOPSequence.append(item)
-    if committing is not None:
-        committing(str(request.TransactionUID), stored)
-    status, _ = assoc.send_n_action(request, REQUEST_STORAGE_COMMITMENT, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
-    code = getattr(status, "Status", None)
-    if code == 0:
-        return str(request.TransactionUID)
-    why = f"stored, but the storage commitment request was refused ({'no answer' if code is None else f'status 0x{code:04X}'})"
-    for n in stored:
-        outcomes[n] = SendOutcome(False, why)
-    return None

@@ -11,7 +11,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from dicomnode.config import Destination, NodeConfig
-from dicomnode.store.states import SendOutcome
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one attempt to send one file to one destination gave (by C-STORE or STOW-RS)."""
+
+    ok: bool
+    detail: str
+
 
 #: Called with a Transaction UID and the indices of the datasets stored, before the commitment request is sent.
 Committing = Callable[[str, list[int]], None]

@@ -14,8 +14,7 @@ from pathlib import Path
 from dicomnode.base.tls import https_context
 from dicomnode.config import Destination, NodeConfig, StowRsDestination
 from dicomnode.options import Auth
-from dicomnode.outbound.outgoing import Committing, Outgoing
-from dicomnode.store.states import SendOutcome
+from dicomnode.outbound.outgoing import Committing, Outgoing, SendOutcome
 
 #: PS3.18 Table 10.5.3-1 and PS3.3: tags of the STOW-RS response.
 FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081198", "00081199"

@@ -19,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.base.files import save_dataset
 from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.results.rejection import write_rejection_note
-from dicomnode.store.records import Queued, Store, Superseded
+from dicomnode.store import Queued, Store, Superseded
 
 log = logging.getLogger(__name__)
 

@@ -129,7 +129,7 @@ def _with_image_library(document: hd.sr.Comprehensive3DSR, images: list[pydicom.
     """The SR as a plain dataset with the TID 1600 Image Library of ``images`` (the SEG's slices) where TID 1500 puts
     it, before the imaging measurements: the same document as MeasurementReport(referenced_images=...) makes, built
     after the SR instance because the instance copies and searches its whole content tree (some 7,000 items for the
-    100 slices a kidney covers at 1 mm: 4 s of the SR's 6 s)."""
+    100 slices a kidney covers at 1 mm), which took most of the SR's time (``benchmarks/end_to_end.py``)."""
     plain = pydicom.Dataset(document)
     plain.file_meta = document.file_meta
     content = pydicom.Sequence(plain.ContentSequence)
@@ -148,9 +148,9 @@ _KIND = ("SOPClassUID", "FrameOfReferenceUID", "Rows", "Columns", "PixelSpacing"
 
 def image_library(images: list[pydicom.Dataset]) -> pydicom.Dataset:
     """The Image Library container (TID 1600) of ``images``, the same content as ``hd.sr.ImageLibrary(images)``
-    gives, made about 20 times faster for slices of one series: highdicom makes 16 descriptors per slice (2.4 s for
-    100 slices), while here the descriptors of the first slice of each kind (SOP class, frame of reference, matrix,
-    spacing, thickness, orientation) are made by highdicom once and each later slice of that kind gets only its own
+    gives, made faster for slices of one series: highdicom makes 16 descriptors per slice, while here the descriptors
+    of the first slice of each kind (SOP class, frame of reference, matrix, spacing, thickness, orientation) are made
+    by highdicom once and each later slice of that kind gets only its own
     image position items, made as highdicom makes them; items of equal value are the same objects in memory (the
     file holds a copy in each place). ``test_image_library_is_highdicoms`` compares the two."""
     templates: dict[tuple[str, ...], list[hd.sr.ContentItem]] = {}

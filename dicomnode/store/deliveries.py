@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicomnode.store.database import Database, Session
-from dicomnode.store.rows import DeliveryRecord, Queued, Superseded, delivery_from
+from dicomnode.store.records import DeliveryRecord, Queued, Superseded, delivery_from
 from dicomnode.store.states import DeliveryState
 from dicomnode.store.transitions import NOTES, UNREJECTED_SENT, WAITING_FOR_NOTE, settle
 

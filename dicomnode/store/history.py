@@ -8,8 +8,8 @@ version without measurements removes it, as the results it replaces are withdraw
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
+from dicomnode.measured import HistoryEntry, Patient
 from dicomnode.renal import SIDES, STRUCTURES
 from dicomnode.store.database import Database, Row, Session
 
@@ -50,44 +50,6 @@ CREATE TABLE IF NOT EXISTS patient_purges (
 )
 """
 )
-
-
-@dataclass(frozen=True)
-class Patient:
-    """A patient as the images name them: Patient ID (0010,0020) within Issuer of Patient ID (0010,0021)."""
-
-    patient_id: str
-    issuer: str = ""
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One study's result as the history keeps it."""
-
-    patient: Patient
-    study_uid: str
-    study_date: str  # YYYYMMDD as in the images; "" where they give none
-    series_uid: str
-    volumes: dict[tuple[str, str], float]  # (structure, side) -> ml, for each kidney found
-    qc_passed: tuple[str, ...]  # structures whose QC checks passed
-    qc_findings: tuple[str, ...]
-    sent: tuple[str, ...]  # structures sent to the destinations; () where the result was withheld
-    algorithms: dict[str, tuple[str, str]]  # structure -> (name, version) of what made it
-    verdict: str
-    left_split: float | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    ranges: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # (structure, side) -> (min, max) ml
-    job_id: int = 0  # set by the store
-    recorded_at: float = 0.0  # the database's clock, set by the store
-
-    @property
-    def withheld(self) -> bool:
-        return not self.sent
-
-    @property
-    def passed(self) -> bool:
-        """Whether every structure measured passed QC."""
-        return {structure for structure, _ in self.volumes} <= set(self.qc_passed)
 
 
 def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dicomnode.measured import HistoryEntry
 from dicomnode.store import history
 from dicomnode.store.database import Database
-from dicomnode.store.history import HistoryEntry
-from dicomnode.store.rows import Job, Queued, job_from
+from dicomnode.store.records import Job, Queued, job_from
 from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 from dicomnode.store.transitions import move, settle, supersede_earlier
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicomnode.store.database import Database
-from dicomnode.store.rows import Counts, Job, job_from
+from dicomnode.store.records import Counts, Job, job_from
 
 
 class Monitoring:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from dicomnode.store.records import Store
+from dicomnode.store import Store
 
 
 class OpenAssociations:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicomnode.store.database import Database
-from dicomnode.store.rows import FinishedStudy, finished_from
+from dicomnode.store.records import FinishedStudy, finished_from
 
 
 class Purging:

@@ -1,39 +1,130 @@
-"""The node's index of received instances, refusals, jobs and deliveries, on SQLite (embedded) or PostgreSQL
-(cluster mode, shared by several receivers, workers and senders); the SQL is written once (see database.py). The
-store is one class made of its parts, one module each: intake, jobs, deliveries, purging, monitoring, and the
-measurement history."""
+"""What the store's tables hold, as dataclasses, and how a row becomes one."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from dicomnode.store import history
-from dicomnode.store.database import Database, SqliteDatabase
-from dicomnode.store.deliveries import Deliveries
-from dicomnode.store.history import History
-from dicomnode.store.intake import Intake
-from dicomnode.store.jobs import Jobs, LeaseLost
-from dicomnode.store.monitoring import Monitoring
-from dicomnode.store.purging import Purging
-from dicomnode.store.rows import Counts, DeliveryRecord, FinishedStudy, Job, Queued, Superseded
-from dicomnode.store.schema import SCHEMA, migrate
-
-__all__ = ["Counts", "DeliveryRecord", "FinishedStudy", "Job", "LeaseLost", "Queued", "Store", "Superseded"]
+from dicomnode.store.database import Row
+from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
 
 
-class Store(Intake, Jobs, Deliveries, Purging, Monitoring):
-    """Thread-safe access to the node's database."""
+@dataclass(frozen=True)
+class Job:
+    """One processing run of a study (a new version when more instances came after a run)."""
 
-    def __init__(self, database: Database | Path) -> None:
-        self.db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
-        self.db.script(SCHEMA)
-        self.db.script(history.SCHEMA)
-        migrate(self.db)
-        self.history = History(self.db)
+    id: int
+    study_uid: str
+    version: int
+    upto_seq: int
+    state: JobState
+    outcome: Outcome | None  # set when the state becomes done
+    delivery: JobDelivery
+    series_uid: str | None
+    verdict: str | None
+    reasons: list[str]
+    error: str | None
+    measurements: dict | None
+    timings: dict[str, float]
+    created_at: float
+    updated_at: float
 
-    def close(self) -> None:
-        self.db.close()
 
-    def now(self) -> float:
-        """The database's clock (one clock for every machine of a cluster)."""
-        return float(self.db.query("SELECT {now} AS now")[0]["now"])
+@dataclass(frozen=True)
+class Queued:
+    """A result file to send to one destination, as a finished job queues it."""
+
+    destination: str
+    sop_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A study whose every job is done and delivered (or had nothing to deliver), with no instance left unprocessed."""
+
+    study_uid: str
+    upto_seq: int  # its instances up to here are covered by its jobs
+    last_activity: float  # latest of its last instance received and its last job change
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Totals for monitoring, read in one pass (``/metrics``)."""
+
+    instances_received: int  # ever indexed, including those retention deleted since
+    instances_stored: int
+    refusals: int
+    studies_waiting: int
+    studies_purged: int
+    jobs: dict[tuple[str, str, str], int]  # (state, outcome or "", delivery) -> jobs
+    deliveries: dict[str, int]  # delivery state -> files
+    failed_sends: int  # attempts that did not deliver
+    stage_seconds: dict[str, tuple[float, int]]  # stage -> (seconds in all, jobs timed)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One result file to be sent to one destination."""
+
+    id: int
+    job_id: int
+    destination: str
+    path: Path
+    sop_uid: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A result sent to a destination, and the later version of its study whose rejection note is to name it."""
+
+    delivery: DeliveryRecord
+    study_uid: str
+    version: int
+    by_job: int
+    by_version: int
+
+
+def job_from(row: Row) -> Job:
+    return Job(
+        row["id"],
+        row["study_uid"],
+        row["version"],
+        row["upto_seq"],
+        JobState(row["state"]),
+        Outcome(row["outcome"]) if row["outcome"] else None,
+        JobDelivery(row["delivery"]),
+        row["series_uid"],
+        row["verdict"],
+        json.loads(row["reasons"]),
+        row["error"],
+        json.loads(row["measurements"]) if row["measurements"] else None,
+        json.loads(row["timings"]),
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+def finished_from(row: Row) -> FinishedStudy:
+    versions = tuple(sorted(int(v) for v in str(row["versions"]).split(",")))
+    return FinishedStudy(row["study_uid"], row["upto_seq"], row["last_activity"], versions)
+
+
+def delivery_from(row: Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        row["id"],
+        row["job_id"],
+        row["destination"],
+        Path(row["path"]),
+        row["sop_uid"],
+        DeliveryState(row["state"]),
+        row["attempts"],
+        row["next_attempt_at"],
+        row["last_error"],
+    )

@@ -1,4 +1,4 @@
-"""The named states of a job and of its deliveries; only ``store.py`` writes them.
+"""The named states of a job and of its deliveries; only the store (``store/transitions.py``) changes them.
 
 A job is processed once (``JobState``), ends with one ``Outcome``, and then its result files travel to every
 destination (``DeliveryState`` per file and destination, summed up per job as ``JobDelivery``). The values are the
@@ -8,7 +8,6 @@ strings kept in the database and printed by ``dicomnode status``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 
 class JobState(str, enum.Enum):
@@ -45,14 +44,6 @@ class JobDelivery(str, enum.Enum):
     DELIVERED = "delivered"  # every file confirmed by every destination
     FAILED = "failed"  # nothing queued and at least one file parked
     SUPERSEDED = "superseded"  # nothing queued or parked, and a later version replaced what was not sent yet
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What one attempt to send one file to one destination gave (by C-STORE or STOW-RS)."""
-
-    ok: bool
-    detail: str
 
 
 def job_delivery(states: set[DeliveryState]) -> JobDelivery:
