@@ -1,4 +1,5 @@
-"""Node configuration: validated models read from YAML (``config.yaml`` is the embedded default).
+"""Node configuration: validated models read from YAML (``dicomnode serve`` reads ``config.yaml`` by default); the values
+a setting may take are Enums in ``options.py``.
 
 Every check of a setting lives here, on the model that holds it: a field's own type and range on the field, checks
 across fields in the model's validator. A file is read strictly (``port: "104"`` is refused, not converted); code

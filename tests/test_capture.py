@@ -19,7 +19,7 @@ from dicomnode.instance import Instance
 from dicomnode.node.pipeline import process_study
 from dicomnode.options import OutputFormat
 from dicomnode.outbound.save import save_results
-from dicomnode.results.capture import key_slice, summary_page
+from dicomnode.results.secondary_capture import key_slice, summary_page
 from dicomnode.segment.model import Model
 from dicomnode.store.states import Outcome
 from tests.peers import dciodvfy, tools_missing

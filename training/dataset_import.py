@@ -4,7 +4,7 @@ The project's convention (default): region-based labels, 1 = medulla (parenchyma
 regions trained: parenchyma = {1, 2} and cortex = {2}, so one model gives both of the paper's targets.
 
 TotalSegmentator's convention (``Convention.TOTALSEGMENTATOR``): images prepared as TotalSegmentator prepares them
-for its nnU-Net models (closest canonical RAS orientation, isotropic spacing, int32; see ``dicomnode.segment.conventions``)
+for its nnU-Net models (closest canonical RAS orientation, isotropic spacing, int32; see ``dicomnode.segment.external_arrays``)
 and its ``total`` label numbers for the kidneys, 2 = right kidney and 3 = left kidney (1, its spleen, is declared and
 not drawn). It builds stand-ins for TotalSegmentator's models, to test the node's external model source.
 """
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from dicomnode.imaging.load import SeriesError, load_series
 from dicomnode.options import Orientation
-from dicomnode.segment.conventions import reorientation, resample_image, resample_labels
+from dicomnode.segment.external_arrays import reorientation, resample_image, resample_labels
 from training.cases import CORTEX_VALUES, PARENCHYMA_VALUES, Case
 
 DATASET_LABELS = {"background": 0, "parenchyma": [1, 2], "cortex": 2}

@@ -19,8 +19,8 @@ from dicomnode.base.uids import RANDOM_UIDS, ResultUids
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.options import OutputFormat
 from dicomnode.renal import Side, Structure
-from dicomnode.results.capture import write_sc
 from dicomnode.results.equipment import MANUFACTURER
+from dicomnode.results.secondary_capture import write_sc
 from dicomnode.results.seg import SEGMENT_ORDER, segment_numbers, write_seg
 from dicomnode.results.sr import write_sr
 from dicomnode.segment.model import Model

@@ -1,7 +1,7 @@
 """Renal parenchyma from an nnU-Net v2 model trained elsewhere (TotalSegmentator's organ model, or any other), with
 cortex and medulla added inside it by the project's model or by intensity.
 
-The external model sees the series as its own training data looked (``dicomnode.segment.conventions``: orientation and
+The external model sees the series as its own training data looked (``dicomnode.segment.external_arrays``: orientation and
 isotropic spacing as TotalSegmentator prepares images); its right and left kidney labels make the parenchyma, and
 the side it gave each voxel travels on so that QC can compare it with the side the anatomy gives.
 """
@@ -19,8 +19,8 @@ from dicomnode.config import ExternalModelConfig, missing_model_files
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.options import CortexMethod, Orientation, Runtime
 from dicomnode.renal import Structure
-from dicomnode.segment.conventions import reorientation, resample_image, resample_labels
 from dicomnode.segment.cortex import split_cortex
+from dicomnode.segment.external_arrays import reorientation, resample_image, resample_labels
 from dicomnode.segment.model import Algorithm, Model, ModelSide, Segmentation, TissueLabel
 from dicomnode.segment.segmenter import Segmenter, boxes_around, kidney_sized, load_predictor, resolve_device
 

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.options import Orientation
-from dicomnode.segment.conventions import reorientation, resample_image, resample_labels
+from dicomnode.segment.external_arrays import reorientation, resample_image, resample_labels
 from training.dataset_import import TOTALSEGMENTATOR_LABELS, kidney_sides
 
 SHAPE = (4, 5, 6)  # slices, rows, columns
