@@ -226,7 +226,7 @@ class ModelConfig:
     folder: str = "models"
     name: str = "renal-synth3-cpu"
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto (cuda if present), cuda or cpu
-    mirroring: bool = False  # test-time mirroring: better, 8x slower
+    mirroring: bool = False  # test-time mirroring: better, several times slower (benchmarks/inference.py)
     tile_step_size: Step = 0.5
     cascade: bool = True  # without a localizer: a coarse pass without tile overlap, then the usual pass around its largest components (docs/pipeline.md)
     localizer: str = (
@@ -425,7 +425,7 @@ class NodeConfig:
         for n, d in enumerate(self.destinations):
             if isinstance(d, DimseDestination):
                 check(not d.tls or self.tls.certificate != "", f"destinations[{n}].tls", "needs tls.certificate and tls.private_key")
-            elif d.auth is not Auth.NONE and d.credentials_env:
+            elif isinstance(d, StowRsDestination) and d.auth is not Auth.NONE and d.credentials_env:
                 check(d.credentials_env in os.environ, f"destinations[{n}].credentials_env", f"{d.credentials_env} is not set")
         if self.tls.enabled or any(isinstance(d, DimseDestination) and d.tls for d in self.destinations):
             for key in ("certificate", "private_key", "ca_certificates"):

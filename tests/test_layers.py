@@ -85,7 +85,8 @@ def test_packages_import_only_from_the_layers_below_them() -> None:
     graph = _imports()
     upward = {m: sorted(n for n in names if _rank(n) > _rank(m)) for m, names in graph.items()}
     assert {m: n for m, n in upward.items() if n} == {}
-    assert graph["node.pipeline"] & {"intake.receive", "outbound.send", "intake.complete", "node.retention", "node.service", "node.cli"} == set()
+    # the stages in order know nothing of how a study arrived, how results leave, or what runs them
+    assert {m for m in graph["node.pipeline"] if m.split(".")[0] in ("intake", "outbound", "node")} == set()
 
 
 def test_the_tree_names_the_journey_with_few_modules_at_its_top() -> None:

@@ -32,8 +32,7 @@ SMALL_PLANS = {
     # kidney from the left)
     "3d_cpu_iso": SmallPlan("3d_cpu_iso", (32, 64, 64), (8, 16, 32, 64, 96), ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))),
     # the kidney localizer: 160 x 240 x 240 mm patches at 5 mm, so that a voxel sees the liver, spleen, spine and
-    # bowel around it and most of an abdomen's width (64 x 64 in-plane trained at 0.65 s an iteration here, 48 x 48
-    # at a third of that)
+    # bowel around it and most of an abdomen's width (48 x 48 in-plane, as 64 x 64 trained too slowly on 2 cores)
     "3d_loc": SmallPlan("3d_loc", (32, 48, 48), (8, 16, 32, 64, 96), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)), (5.0, 5.0, 5.0)),
 }
 

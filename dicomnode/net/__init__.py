@@ -1,1 +1,3 @@
-"""DICOM networking: the upper layer state machine, DIMSE messages and the association acceptor."""
+"""DICOM networking in the standard's layers: PDUs (upper_layer), DIMSE commands (dimse), association control
+(association), the services on an association (services), data sets written as they arrive (incoming), and the
+transport with admission (acceptor)."""

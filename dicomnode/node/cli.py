@@ -116,7 +116,7 @@ def cmd_retry(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     """Process a folder of DICOM files offline, one study at a time; results and a summary go to --out."""
-    from dicomnode.node.run import run_job
+    from dicomnode.node.run import process_job
     from dicomnode.segment.configured import load_segmenter
 
     studies: dict[str, list[Instance]] = defaultdict(list)
@@ -137,7 +137,7 @@ def cmd_run(config: NodeConfig, args: argparse.Namespace) -> int:
     segmenter = load_segmenter(config)
     summary = {}
     for study_uid, instances in studies.items():
-        ran = run_job(f"study {study_uid}", instances, config, segmenter, args.out / study_uid)
+        ran = process_job(f"study {study_uid}", instances, config, segmenter, args.out / study_uid)
         processed = ran.processed
         summary[study_uid] = {"outcome": processed.outcome.value, **processed.record(), "results": [str(f.path) for f in ran.saved]}
         print(f"study {study_uid}: {processed.outcome.value} ({processed.verdict})")

@@ -24,7 +24,7 @@ from dicomnode.measured import HistoryEntry, Patient
 from dicomnode.options import OutputFormat
 from dicomnode.renal import SIDES, STRUCTURES, Structure
 from dicomnode.results.sr import write_no_result_sr
-from dicomnode.results.write import ALWAYS, NEEDS_PIXELS, WRITERS, Results, write_results
+from dicomnode.results.write import NEEDS_PIXELS, WRITERS, Results, write_results
 from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.selection.series import NO_ARTERIAL, Selection, patient_conflicts, select_series, summarise
 from dicomnode.store.states import Outcome
@@ -170,7 +170,7 @@ def _run_stages(instances: list[Instance], config: NodeConfig, segmenter: Series
         )
     measured = history_entry(series, series_uid, measurements, report, passed, plan.structures, "", timings, plan)
     followup = compare(measured, priors(measured.patient), tuple(s for s in plan.structures if s in passed))
-    formats = {output for output in WRITERS if output in ALWAYS or config.wants(output)}
+    formats = {output for output in WRITERS if config.wants(output)}  # and the SEG and SR always (write_results)
     if not formats & NEEDS_PIXELS:  # the other writers need the headers and the kidneys' masks only: the volume is freed first
         series = replace(series, hu=np.empty((0, 0, 0), series.hu.dtype))
     with _timed(timings, peaks, "write"):

@@ -25,7 +25,7 @@ class Ran:
     saved: list[Saved]
 
 
-def run_job(
+def process_job(
     name: str,
     instances: list[Instance],
     config: NodeConfig,

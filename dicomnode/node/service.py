@@ -22,7 +22,7 @@ from dicomnode.intake.complete import open_jobs, ready_studies
 from dicomnode.intake.receive import Receiver
 from dicomnode.node.pipeline import no_priors
 from dicomnode.node.retention import clean
-from dicomnode.node.run import run_job
+from dicomnode.node.run import process_job
 from dicomnode.node.web import WebServer
 from dicomnode.options import Role
 from dicomnode.outbound.commitment import Commitments
@@ -172,7 +172,7 @@ class Node:
         keep = self.config.history.enabled
         folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
         uids, priors = ResultUids(job_seed(job.study_uid, job.version)), self.store.history.of_patient if keep else no_priors
-        ran = run_job(f"job {job.id}", instances, self.config, self.segmenter, folder, uids, priors)
+        ran = process_job(f"job {job.id}", instances, self.config, self.segmenter, folder, uids, priors)
         processed, saved = ran.processed, ran.saved
         queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:

@@ -9,7 +9,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import NodeConfig
 from dicomnode.options import Protocol
-from dicomnode.outbound import dimse, stow
+from dicomnode.outbound import c_store, stow
 from dicomnode.outbound.outgoing import Outgoing, Sender
 from dicomnode.outbound.retry import failed_delivery
 from dicomnode.store import DeliveryRecord, Store
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 #: Each protocol's sender (``outbound/outgoing.Sender``), looked up by a destination's ``protocol``.
-SENDERS: dict[Protocol, Sender] = {Protocol.DIMSE: dimse.send, Protocol.STOW_RS: stow.send}
+SENDERS: dict[Protocol, Sender] = {Protocol.DIMSE: c_store.send, Protocol.STOW_RS: stow.send}
 
 
 def send_due(config: NodeConfig, store: Store, now: float | None = None, sender: str = "local") -> int:

@@ -2,7 +2,7 @@
 
 When a later version of a study's result is done (more instances came after a run: a series cut off by an abort, a
 restart, a late series), what earlier versions queued and did not send is superseded and never sent
-(``store.finish_job``), and what they did send gets a rejection note (IHE IOCM, ``rejection.py``): one per
+(``store.finish_job``), and what they did send gets a rejection note (IHE IOCM, ``results/rejection.py``): one per
 destination, queued as a delivery of the latest version and sent before that version's own results, which wait for
 it. A withheld or failed later version rejects the earlier results all the same: the node no longer stands by them.
 """

@@ -49,16 +49,15 @@ def write_seg(
     slices: np.ndarray,
     review: bool = False,
     uids: ResultUids = RANDOM_UIDS,
-) -> tuple[pydicom.Dataset, dict[tuple[Structure, Side], int]]:
+) -> pydicom.Dataset:
     """A BINARY SEG with one segment per structure and side in ``tracking`` (those sent and found), derived from the
-    series' ``slices`` (those the kidneys lie on, ``measured_slices``); returns it and the segment numbers."""
+    series' ``slices`` (those the kidneys lie on, ``measured_slices``); :func:`segment_numbers` reads its numbering back."""
     descriptions: list[hd.seg.SegmentDescription] = []
     on = np.flatnonzero(slices)
     # the SEG's slices only; one plane per segment in memory (highdicom takes the segments as the last axis, a view
     # here), so that its checks across segments and each segment's frames read whole planes
     planes = np.zeros((len(tracking), on.size, int(series.datasets[0].Rows), int(series.datasets[0].Columns)), np.uint8)
     position = np.cumsum(slices) - 1  # of each series slice among the SEG's
-    numbers: dict[tuple[Structure, Side], int] = {}
     for structure, side in SEGMENT_ORDER:
         kidney = measurements.kidneys.get(side)
         if kidney is None or (structure, side) not in tracking:
@@ -83,7 +82,6 @@ def write_seg(
         z, rows, columns = kidney.box
         picked = slices[z]
         planes[number - 1, position[z][picked], rows, columns] = kidney.mask_in_box(structure)[picked]
-        numbers[(structure, side)] = number
     seg = hd.seg.Segmentation(
         source_images=[ds for ds, on in zip(series.datasets, slices) if on],
         pixel_array=np.moveaxis(planes[: len(descriptions)], 0, -1),
@@ -98,11 +96,11 @@ def write_seg(
         software_versions=__version__,
         device_serial_number="1",
         content_label="KIDNEYS",
-        content_description="Renal cortex, medulla and parenchyma" if any(s == Structure.CORTEX for s, _ in numbers) else "Renal parenchyma",
+        content_description="Renal cortex, medulla and parenchyma" if any(s == Structure.CORTEX for s, _ in tracking) else "Renal parenchyma",
         series_description=SEG_DESCRIPTION + (QC_REVIEW_SUFFIX if review else ""),
         contributing_equipment=contributing_equipment(measurements),
     )
-    return seg, numbers
+    return seg
 
 
 def segment_numbers(seg: pydicom.Dataset) -> dict[tuple[Structure, Side], int]:

@@ -69,7 +69,7 @@ Writer = Callable[[Report, Mapping[OutputFormat, list[pydicom.Dataset]]], list[p
 
 def _seg(report: Report, made: Mapping[OutputFormat, list[pydicom.Dataset]]) -> list[pydicom.Dataset]:
     r = report
-    return [write_seg(r.series, r.measurements, r.model, r.tracking, r.slices, review=r.plan.review, uids=r.uids)[0]]
+    return [write_seg(r.series, r.measurements, r.model, r.tracking, r.slices, review=r.plan.review, uids=r.uids)]
 
 
 def _sr(report: Report, made: Mapping[OutputFormat, list[pydicom.Dataset]]) -> list[pydicom.Dataset]:

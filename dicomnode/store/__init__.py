@@ -11,7 +11,7 @@ from dicomnode.store import history
 from dicomnode.store.database import Database, SqliteDatabase
 from dicomnode.store.deliveries import Deliveries
 from dicomnode.store.history import History
-from dicomnode.store.intake import Intake
+from dicomnode.store.instances import Intake
 from dicomnode.store.jobs import Jobs, LeaseLost
 from dicomnode.store.monitoring import Monitoring
 from dicomnode.store.purging import Purging

@@ -1,4 +1,5 @@
-"""The named states of a job and of its deliveries; only the store (``store/transitions.py``) changes them.
+"""The named states of a job and of its deliveries; only the store package changes them (``transitions.py`` moves a
+job, settles it and supersedes earlier versions).
 
 A job is processed once (``JobState``), ends with one ``Outcome``, and then its result files travel to every
 destination (``DeliveryState`` per file and destination, summed up per job as ``JobDelivery``). The values are the

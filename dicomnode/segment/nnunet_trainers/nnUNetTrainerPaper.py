@@ -26,7 +26,7 @@ class nnUNetTrainerPaper(nnUNetTrainer):
         self.save_every = 1  # a checkpoint every epoch: CPU training resumes where a session stopped
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        """nnU-Net's fold validation without test-time mirroring: 8x faster on a CPU; the node serves without it."""
+        """nnU-Net's fold validation without test-time mirroring, much faster on a CPU; the node serves without it."""
         axes = self.inference_allowed_mirroring_axes  # type: ignore[has-type]  # set by nnU-Net during training
         self.inference_allowed_mirroring_axes = None
         try:
@@ -36,7 +36,7 @@ class nnUNetTrainerPaper(nnUNetTrainer):
 
 
 class nnUNetTrainerPaper_160epochs_150it(nnUNetTrainerPaper):
-    """The schedule that fits about 70 minutes of 2 CPU cores with the 3d_cpu plan (models/renal-synth-cpu)."""
+    """The schedule of models/renal-synth-cpu with the 3d_cpu plan, sized for a 2-core CPU."""
 
     EPOCHS = 160
     ITERATIONS = 150
