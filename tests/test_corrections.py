@@ -1,7 +1,7 @@
 """A reader's corrected SEG, written by two independent writers (highdicom, and dcmqi's itkimage2segimage, the writer
-of 3D Slicer) from s0009's people-corrected kidney masks, reads back as the masks' volumes to 0.1 ml; a SEG of
-another patient, study or frame of reference, off the series' slices, with segments the node cannot identify, or
-broken, is refused with the reason."""
+of 3D Slicer) from s0009's people-corrected kidney masks, reads back as the masks' volumes to 0.1 ml, and its SR names
+the reader and passes dciodvfy, dcmqi's tid1500reader and highdicom; a SEG of another patient, study or frame of
+reference, off the series' slices, with segments the node cannot identify, or broken, is refused with the reason."""
 
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ from dicomnode.imaging.load import LoadedSeries, load_series
 from dicomnode.renal import Side, Structure
 from dicomnode.results.codes import KIDNEY, SIDE_CODES
 from dicomnode.results.correction import Refusal, read_correction
-from tests.peers import SHARED
+from dicomnode.results.sr import write_corrected_sr
+from tests.peers import SHARED, dciodvfy
 from training.volume_dicom import SeriesTags, write_volume_series
 
 S0009 = SHARED / "data" / "real_ct2" / "s0009"
 pytestmark = pytest.mark.skipif(not S0009.exists(), reason="shared real CT s0009 not present")
 ITKIMAGE2SEGIMAGE = Path(sys.executable).parent / "itkimage2segimage"
+TID1500READER = Path(sys.executable).parent / "tid1500reader"
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +171,26 @@ def _encoded(seg: pydicom.Dataset) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_the_sr_of_a_correction_names_the_reader_and_passes_dciodvfy_dcmqi_and_highdicom(s0009, tmp_path: Path) -> None:
+    series, _, masks = s0009
+    seg = _highdicom_seg(series, masks)
+    correction = read_correction(seg, series)
+    sr = write_corrected_sr(series, correction, seg)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == []
+    # dcmqi's reader (3D Slicer's) finds one group per kidney, with the masks' volume in cm3
+    out = tmp_path / "sr.json"
+    run = subprocess.run([str(TID1500READER), "--inputDICOM", str(path), "--outputMetadata", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    read = {g["TrackingIdentifier"]: float(g["measurementItems"][0]["value"]) for g in json.loads(out.read_text())["Measurements"] if g.get("measurementItems")}
+    assert read == pytest.approx({f"{side} renal parenchyma": ml for (_, side), ml in _expected(series, masks).items()}, abs=0.1)
+    # highdicom reads the reader as the observer, and the groups reference the reader's segments
+    parsed = hd.sr.srread(path)
+    observer = parsed.content.get_observer_contexts(observer_type=codes.DCM.Person)
+    assert [str(o.observer_identifying_attributes[0].value) for o in observer] == ["Reader^Renal"]
+    groups = parsed.content.get_volumetric_roi_measurement_groups()
+    assert {g.referenced_segment.referenced_sop_instance_uid for g in groups} == {seg.SOPInstanceUID}
+    assert sr.SeriesDescription == "Renal volumes (reader-corrected)"

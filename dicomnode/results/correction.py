@@ -57,6 +57,7 @@ class Correction:
     created: str  # Content Date and Time, YYYYMMDDHHMMSS as far as given
     masks: dict[tuple[Structure, Side], np.ndarray]
     voxel_ml: float
+    numbers: dict[tuple[Structure, Side], int]  # each structure and side's segment number in the reader's SEG
 
     @property
     def volumes_ml(self) -> dict[tuple[Structure, Side], float]:
@@ -90,7 +91,8 @@ def read_correction(seg: pydicom.Dataset, series: LoadedSeries, labels: Mapping[
         if number not in segments:
             raise CorrectionError(Refusal.BROKEN, f"a frame of segment {number}, which the SEG does not describe")
         masks[segments[number]][index] |= frame
-    return Correction(str(seg.SOPInstanceUID), _reader(seg), f"{seg.get('ContentDate', '')}{seg.get('ContentTime', '')}".split(".")[0], masks, series.voxel_ml)
+    created = f"{seg.get('ContentDate', '')}{seg.get('ContentTime', '')}".split(".")[0]
+    return Correction(str(seg.SOPInstanceUID), _reader(seg), created, masks, series.voxel_ml, {key: number for number, key in segments.items()})
 
 
 def _reader(seg: pydicom.Dataset) -> str:

@@ -36,6 +36,7 @@ from dicomnode.results.codes import (
     STUDY_DATE,
     VOLUME,
 )
+from dicomnode.results.correction import Correction
 from dicomnode.results.equipment import MANUFACTURER, QC_REVIEW_SUFFIX, contributing_equipment
 from dicomnode.segment.band import BAND_METHOD
 from dicomnode.segment.model import Algorithm, Model
@@ -241,6 +242,55 @@ def _add_findings(group: pydicom.Sequence, texts: list[str]) -> None:
     container.ContentSequence.extend(
         hd.sr.TextContentItem(name=FINDING, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS) for text in texts
     )
+
+
+#: The series description of an SR of a reader's correction, and the words that say whose the volumes are.
+CORRECTED_SR_DESCRIPTION = "Renal volumes (reader-corrected)"
+READER_CORRECTED = "Volumes of a reader's corrected segmentation (SEG {sop_uid}), replacing the node's own for this study"
+
+
+def write_corrected_sr(series: LoadedSeries, correction: Correction, seg: pydicom.Dataset, uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:
+    """A Comprehensive 3D SR (TID 1500) of a reader's correction (``seg``, read as ``correction``): the observer is the
+    reader (TID 1003, Person), one TID 1411 group per structure and side gives its volume in cm3 and references the
+    reader's segment, and the study group says the volumes are the reader's."""
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
+    volumes = correction.volumes_ml
+    for (structure, side), number in sorted(correction.numbers.items()):
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid(f"corrected/tracking/{structure}/{side}"), identifier=f"{side} renal {structure}"),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
+                ),
+                finding_type=STRUCTURE_CODES[structure],
+                finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
+                measurements=[hd.sr.Measurement(name=VOLUME, value=round(volumes[(structure, side)], 3), unit=CUBIC_CENTIMETRE)],
+            )
+        )
+    study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("corrected/tracking/study"), identifier="renal volumetry, reader-corrected"),
+    )
+    _add_findings(study_group, [READER_CORRECTED.format(sop_uid=correction.sop_uid)])
+    groups.append(study_group)
+    reader = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=correction.reader or "Unknown^Reader"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=reader),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    document = hd.sr.Comprehensive3DSR(
+        evidence=[*series.datasets, seg],
+        content=report[0],
+        series_description=CORRECTED_SR_DESCRIPTION,
+        **_new_sr_instance(uids, f"corrected-sr/{correction.sop_uid}"),
+    )
+    return document
 
 
 def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str], uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:
