@@ -27,6 +27,9 @@ from dicomnode.store.states import JobDelivery, Outcome
 
 log = logging.getLogger("dicomnode")
 
+#: Seconds between the main thread's checks for SIGTERM or SIGINT while the node serves.
+SIGNAL_CHECK_S = 1.0
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -46,7 +49,8 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     node.start()
     log.info("node running; results go to %s", ", ".join(d.describe() for d in config.destinations) or "nowhere")
-    stop.wait()
+    while not stop.wait(SIGNAL_CHECK_S):  # a signal the kernel hands to another thread reaches Python's handler only
+        pass  # when the main thread next runs: waiting without a timeout could miss a SIGTERM for good
     log.info("stopping")
     node.stop()
     return 0
