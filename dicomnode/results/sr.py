@@ -74,23 +74,18 @@ def write_sr(
         kidney = measurements.kidneys[side]
         algorithm = _sr_algorithm(measurements.algorithms[structure])
         groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[(structure, side)], identifier=f"{side} renal {structure}"),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.SOPClassUID,
-                    sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
-                ),
-                finding_type=STRUCTURE_CODES[structure],
-                finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
-                algorithm_id=algorithm,
-                measurements=[
+            _volume_group(
+                series,
+                seg,
+                (structure, side, number),
+                tracking[(structure, side)],
+                [
                     hd.sr.Measurement(name=VOLUME, value=round(kidney.volume(structure), 3), unit=CUBIC_CENTIMETRE, algorithm_id=algorithm),
                     *_range(kidney.ranges.get(structure), algorithm),
                     *_changes(followup.change(structure, side) if followup else None),
                 ],
-                qualitative_evaluations=[_qc_evaluation(not plan.review and _passed(qc, structure, side))],
+                algorithm,
+                [_qc_evaluation(not plan.review and _passed(qc, structure, side))],
             )
         )
         _add_findings(groups[-1], [str(f) for f in qc.for_scope(side) if structure in f.rule.structures] + [str(n) for n in qc.notes if n.scope == side])
@@ -249,6 +244,34 @@ CORRECTED_SR_DESCRIPTION = "Renal volumes (reader-corrected)"
 READER_CORRECTED = "Volumes of a reader's corrected segmentation (SEG {sop_uid}), replacing the node's own for this study"
 
 
+def _volume_group(
+    series: LoadedSeries,
+    seg: pydicom.Dataset,
+    segment: tuple[Structure, Side, int],
+    tracking_uid: str,
+    measurements: list[hd.sr.Measurement],
+    algorithm: hd.sr.AlgorithmIdentification | None = None,
+    evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The TID 1411 group of one structure and side (``segment``: structure, side, and its number in ``seg``), made
+    from ``series``: tracked by ``tracking_uid``, with ``measurements``, the method and the qualitative evaluations."""
+    structure, side, number = segment
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"{side} renal {structure}"),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
+        ),
+        finding_type=STRUCTURE_CODES[structure],
+        finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
 def write_corrected_sr(series: LoadedSeries, correction: Correction, seg: pydicom.Dataset, uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:
     """A Comprehensive 3D SR (TID 1500) of a reader's correction (``seg``, read as ``correction``): the observer is the
     reader (TID 1003, Person), one TID 1411 group per structure and side gives its volume in cm3 and references the
@@ -256,20 +279,8 @@ def write_corrected_sr(series: LoadedSeries, correction: Correction, seg: pydico
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     volumes = correction.volumes_ml
     for (structure, side), number in sorted(correction.numbers.items()):
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid(f"corrected/tracking/{structure}/{side}"), identifier=f"{side} renal {structure}"),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.SOPClassUID,
-                    sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(series.datasets[0].SeriesInstanceUID),
-                ),
-                finding_type=STRUCTURE_CODES[structure],
-                finding_sites=[hd.sr.FindingSite(anatomic_location=KIDNEY, laterality=SIDE_CODES[side])],
-                measurements=[hd.sr.Measurement(name=VOLUME, value=round(volumes[(structure, side)], 3), unit=CUBIC_CENTIMETRE)],
-            )
-        )
+        volume = hd.sr.Measurement(name=VOLUME, value=round(volumes[(structure, side)], 3), unit=CUBIC_CENTIMETRE)
+        groups.append(_volume_group(series, seg, (structure, side, number), uids.uid(f"corrected/tracking/{structure}/{side}"), [volume]))
     study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("corrected/tracking/study"), identifier="renal volumetry, reader-corrected"),
     )
