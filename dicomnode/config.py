@@ -21,6 +21,7 @@ from pydantic import AfterValidator, ConfigDict, Discriminator, Tag, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 from dicomnode.options import Auth, CortexMethod, OnFail, Orientation, OutputFormat, ParenchymaSource, Protocol, Runtime
+from dicomnode.renal import Side, Structure
 from dicomnode.renal_limits import KIDNEY_ANTEROPOSTERIOR_MM, KIDNEY_HU, KIDNEY_LATERAL_MM, KIDNEY_ML
 
 #: Every settings model: frozen, and a key it does not know is an error.
@@ -347,6 +348,21 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True, config=_MODEL)
+class CorrectionsConfig:
+    """Readers' corrections (``docs/conformance.md``, "Corrections"): a SEG sent to the node for a study whose result
+    it made, checked against the series it measured, gives a reader-corrected SR for the destinations and a site case
+    for ``dicomnode-train finetune``."""
+
+    enabled: bool = True  # false: a SEG is stored like any other instance, as before
+    labels: dict[str, tuple[Structure, Side]] = field(
+        default_factory=dict
+    )  # Segment Label -> (structure, side), for viewers that do not code segments as the node does
+    withdraw_model_results: bool = False  # a correction also rejects the model's results sent for its study (IHE IOCM); false: they stay in the PACS
+    site_cases: str = "var/site_cases"  # where each correction is kept as a training case; "": not kept
+    pseudonymise: bool = True  # a site case names its patient, study and series by keyed hashes (the key of history.pseudonym_key_env); false: as in the images
+
+
+@dataclass(frozen=True, config=_MODEL)
 class WebConfig:
     """The read-only status page, ``/healthz`` and ``/metrics`` (see ``dicomnode/node/web.py``)."""
 
@@ -363,6 +379,16 @@ class ClusterConfig:
     lease_s: Positive = 60.0  # a worker's hold on its job, renewed every lease_s / 4; a job whose lease runs out goes to another worker
     receiver_timeout_s: Positive = 30.0  # a receiver silent this long: its open associations no longer hold studies back
     database_wait_s: Positive = 5.0  # how long a statement waits for a PostgreSQL connection; with the database down, C-STORE gets 0xA700 after this
+
+
+@dataclass(frozen=True, config=_MODEL)
+class ShadowConfig:
+    """Shadow mode (see ``dicomnode/node/shadow.py``): a candidate model runs on each live study after the live
+    result is queued; its results are compared with the live ones and recorded, never sent."""
+
+    model: str = ""  # the candidate, a model folder in ``model.folder``; empty: shadow mode off
+    localizer: str = "auto"  # the candidate's localizer, as ``model.localizer``: auto (the one its card names), none, or a name
+    last_n: AtLeastOne = 20  # the status page, ``dicomnode status`` and the metrics show the agreement over this many latest studies
 
 
 @dataclass(frozen=True, config=_MODEL)
@@ -395,8 +421,10 @@ class NodeConfig:
     delivery: Delivery = field(default_factory=Delivery)
     retention: Retention = field(default_factory=Retention)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    corrections: CorrectionsConfig = field(default_factory=CorrectionsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     destinations: tuple[Destination, ...] = ()
     commitment_peers: tuple[Peer, ...] = ()  # where Storage Commitment requesters that are not destinations take their reports
     base_dir: Path = Path(".")  # the configuration file's folder (set by load_config), not a setting
@@ -414,6 +442,7 @@ class NodeConfig:
         check(self.instance_timeout_s >= self.network_timeout_s, "instance_timeout_s", "must be at least network_timeout_s")
         check(self.cluster.lease_s >= 4 * self.tick_s, "cluster.lease_s", f"{self.cluster.lease_s:g} is shorter than 4 ticks")
         check(self.cluster.receiver_timeout_s >= 3 * self.tick_s, "cluster.receiver_timeout_s", "is shorter than 3 ticks")
+        check(self.shadow.model != self.model.name, "shadow.model", f"{self.shadow.model!r} is the live model (model.name)")
         check(
             self.retention.free_disk_mb > self.min_free_disk_mb,
             "retention.free_disk_mb",

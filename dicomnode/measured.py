@@ -3,6 +3,7 @@ measurement history (``store/history.py`` keeps it, ``analysis/followup.py`` com
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 
@@ -12,6 +13,13 @@ class Patient:
 
     patient_id: str
     issuer: str = ""
+
+
+class Source(str, enum.Enum):
+    """Whose volumes an entry holds: the node's model, or a reader who corrected its segmentation."""
+
+    NODE = "node"
+    READER = "reader"
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class HistoryEntry:
     left_split: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     ranges: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # (structure, side) -> (min, max) ml
+    source: Source = Source.NODE
     job_id: int = 0  # set by the store
     recorded_at: float = 0.0  # the database's clock, set by the store
 

@@ -68,6 +68,8 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         ("model: {device: gpu}\n", "model.device: 'gpu' is not one of auto, cuda, cpu"),
         ("model: {external: {tile_step_size: 0}}\n", "model.external.tile_step_size: must be in (0, 1]"),
         ("base_dir: /\n", "base_dir: unknown setting"),
+        ("shadow: {last_n: 0}\n", "shadow.last_n: must be at least 1, got 0"),
+        ("shadow: {model: renal-synth3-cpu}\n", "shadow.model: 'renal-synth3-cpu' is the live model (model.name)"),
     ],
 )
 def test_wrong_values_are_refused_naming_the_setting_and_the_file(tmp_path: Path, text: str, named: str) -> None:

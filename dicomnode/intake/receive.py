@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -33,7 +36,7 @@ from dicomnode.net.association import Policy
 from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
 from dicomnode.net.dimse import STORAGE_COMMITMENT, StoreStatus
 from dicomnode.net.services import CommitmentServices, Received
-from dicomnode.store import Store
+from dicomnode.store import Job, NewCorrection, Store, StudyBusy
 from dicomnode.store.database import errors
 from dicomnode.store.open_associations import OpenAssociations
 
@@ -66,10 +69,26 @@ INDEXED_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPC
 INCOMING = ".incoming"
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A SEG taken as a reader's correction: the job whose result it corrects, who made it and when."""
+
+    corrects: Job
+    reader: str
+    created: str
+
+
+#: The check of a received SEG (its file, its UIDs), handed in by the service: a correction to take, a refusal, or
+#: None where it is no correction (of a study the node measured nothing of).
+CorrectionCheck = Callable[[Path, Identity], "Taken | Refusal | None"]
+
+
 class Receiver:
     """The node's SCP: stores what it accepts under ``storage/<study>/<series>/<sop>.dcm``."""
 
-    def __init__(self, config: NodeConfig, store: Store, open_associations: OpenAssociations, commitments: CommitmentServices) -> None:
+    def __init__(
+        self, config: NodeConfig, store: Store, open_associations: OpenAssociations, commitments: CommitmentServices, corrections: CorrectionCheck | None = None
+    ) -> None:
         self._database_errors = errors()
         self.config = config
         self.store = store
@@ -83,6 +102,7 @@ class Receiver:
         self._acceptor: Acceptor | None = None
         self._instances = KeyedLocks()
         self.commitments = commitments
+        self.corrections = corrections
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
@@ -197,11 +217,17 @@ class Receiver:
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
             return StoreStatus.SUCCESS, ""
+        if self.store.is_own_result(sop_uid):  # stored, it would start a new run of its study, whose result it is
+            log.info("instance %s acknowledged, not stored: the node's own result, sent back", sop_uid)
+            return StoreStatus.SUCCESS, ""
         free = free_mb(self.storage)
         if free < self.config.min_free_disk_mb:
             log.error("refusing %s: %.0f MB free, below min_free_disk_mb=%d", sop_uid, free, self.config.min_free_disk_mb)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"disk nearly full ({free:.0f} MB free)")
             return StoreStatus.OUT_OF_RESOURCES, "disk nearly full"
+        taken = self.corrections(received.path, identity) if self.corrections is not None and identity.sop_class == SegmentationStorage else None
+        if isinstance(taken, Refusal):
+            return self._refuse(calling_ae, identity, taken)
         path = self.storage / study_uid / identity.series_uid / f"{sop_uid}.dcm"
         try:
             received.durable.result()
@@ -210,11 +236,52 @@ class Receiver:
             log.error("cannot write %s: %s", path, exc)
             self.store.add_refusal(calling_ae, study_uid, sop_uid, f"write failed: {exc}")
             return StoreStatus.OUT_OF_RESOURCES, "write failed"
+        if taken is not None:
+            return self._take_correction(received, identity, path, taken)
         if not self.store.add_instance(sop_uid, study_uid, identity.series_uid, identity.sop_class, path, calling_ae):
             # indexed meanwhile by another receiver of the cluster, maybe in another series: keep one copy, the indexed one
             if str(path) not in self.store.paths_of(sop_uid):
                 path.unlink(missing_ok=True)
             log.info("duplicate instance %s acknowledged: another receiver stored it first", sop_uid)
+        return StoreStatus.SUCCESS, ""
+
+    def _take_correction(self, received: Received, identity: Identity, path: Path, taken: Taken) -> tuple[int, str]:
+        """Index a reader's SEG with its correction job; a study whose result is about to change refuses it (the
+        sender may send it again once the new result is out)."""
+        new = NewCorrection(
+            identity.sop_uid,
+            identity.study_uid,
+            identity.series_uid,
+            identity.sop_class,
+            path,
+            received.calling_ae,
+            taken.corrects,
+            taken.reader,
+            taken.created,
+        )
+        try:
+            job = self.store.add_correction(new)
+        except StudyBusy as exc:
+            path.unlink(missing_ok=True)
+            return self._refuse(
+                received.calling_ae,
+                identity,
+                Refusal(f"not taken as a correction: {exc}", "study being processed again, send later", StoreStatus.OUT_OF_RESOURCES),
+            )
+        if job is None:  # indexed meanwhile by another receiver of the cluster
+            if str(path) not in self.store.paths_of(identity.sop_uid):
+                path.unlink(missing_ok=True)
+            log.info("duplicate instance %s acknowledged: another receiver stored it first", identity.sop_uid)
+        else:
+            log.info(
+                "study %s: SEG %s from %s taken as a correction of job %d by %s: job %d",
+                identity.study_uid,
+                identity.sop_uid,
+                received.calling_ae,
+                taken.corrects.id,
+                taken.reader or "an unnamed reader",
+                job.id,
+            )
         return StoreStatus.SUCCESS, ""
 
     def _refuse(self, calling_ae: str, identity: Identity, refused: Refusal) -> tuple[int, str]:

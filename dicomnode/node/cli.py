@@ -1,4 +1,5 @@
-"""``dicomnode``: serve, status, retry, run a folder offline, export the measurement history, purge a patient."""
+"""``dicomnode``: serve, status, retry, run a folder offline, export the measurement history, purge a patient, report
+shadow mode's agreement."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import pydicom
@@ -20,10 +22,11 @@ from dicomnode.config import NodeConfig, SettingError, load_config
 from dicomnode.instance import Instance
 from dicomnode.measured import Patient
 from dicomnode.node.export import Format, csv_text, write_table
+from dicomnode.node.shadow_report import agreement_of, record_on_card, shadow_lines
 from dicomnode.options import Role
 from dicomnode.store import Store
 from dicomnode.store.database import open_database
-from dicomnode.store.states import JobDelivery, Outcome
+from dicomnode.store.states import JobDelivery, JobKind, Outcome
 
 log = logging.getLogger("dicomnode")
 
@@ -66,6 +69,7 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
             "refusals": [dict(row) for row in store.refusals()],
             "purges": [dict(row) for row in store.purges()],
             "patient_purges": store.history.purges(),
+            "shadow": [asdict(a) for a in agreement_of(config, store)],
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -77,7 +81,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         when = dt.datetime.fromtimestamp(job.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         outcome = job.outcome.value.replace("_", " ") if job.outcome else ""
         progress = f"delivery {job.delivery.value}" if job.delivery is not JobDelivery.NONE else ""
-        print(f"job {job.id}  study {job.study_uid}  v{job.version}  {job.state.value:<8} {outcome:<10} {progress:<19} {when}  {job.verdict or ''}")
+        kind = " correction" if job.kind is JobKind.CORRECTION else ""
+        print(f"job {job.id}  study {job.study_uid}  v{job.version}{kind}  {job.state.value:<8} {outcome:<10} {progress:<19} {when}  {job.verdict or ''}")
         if job.error:
             print(f"    error: {job.error}")
         if job.measurements:
@@ -102,6 +107,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     for purge in store.history.purges():
         when = dt.datetime.fromtimestamp(purge["purged_at"]).strftime("%Y-%m-%d %H:%M:%S")
         print(f"patient purge {when}: {purge['results']} results deleted from the measurement history ({purge['reason']})")
+    for line in shadow_lines(config, store):
+        print(line)
     return 0
 
 
@@ -189,6 +196,24 @@ def cmd_purge_patient(config: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow_report(config: NodeConfig, args: argparse.Namespace) -> int:
+    """Shadow mode's agreement per structure; with --record, written into the candidate's model card."""
+    if not config.shadow.model:
+        print("shadow mode is off: shadow.model names no candidate", file=sys.stderr)
+        return 2
+    store = Store(open_database(config))
+    for line in shadow_lines(config, store):
+        print(line)
+    if args.record:
+        try:
+            card = record_on_card(config, store, dt.date.today())
+        except ValueError as exc:
+            print(f"--record: {exc}", file=sys.stderr)
+            return 2
+        print(f"recorded in {card} (shadow:)")
+    return 0
+
+
 def _date(value: str) -> dt.date:
     for pattern in ("%Y-%m-%d", "%Y%m%d"):
         try:
@@ -236,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issuer", default="", help="Issuer of Patient ID (0010,0021), where the images give one")
     p.add_argument("--reason", default="the patient withdrew consent", help="recorded with the purge")
     p.set_defaults(func=cmd_purge_patient)
+    p = sub.add_parser("shadow-report", help="shadow mode: the candidate's agreement with the live model per structure", parents=[common])
+    p.add_argument("--record", action="store_true", help="write it into the candidate's model card (models/NAME/model.yaml, under shadow:)")
+    p.set_defaults(func=cmd_shadow_report)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The cohort table: one row per result in the measurement history, as CSV or Parquet, for researchers.
+"""The cohort table: one row per result in the measurement history, as CSV or Parquet, for researchers; a study a
+reader corrected has two, the node's (``source`` node) and the reader's (``source`` reader).
 
 Identifiers (Patient ID, Issuer of Patient ID, study and series UIDs) are written as stored, or with
 ``pseudonymise`` as keyed hashes (HMAC-SHA-256 under a key the user keeps): the same patient gives the same pseudonym
@@ -32,6 +33,7 @@ COLUMNS = (
     *IDENTIFIERS,
     "study_date",
     "result",
+    "source",
     "verdict",
     *VOLUME_COLUMNS,
     *RANGE_COLUMNS,
@@ -79,6 +81,7 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         **identifiers,
         "study_date": entry.study_date,
         "result": "withheld" if entry.withheld else "sent",
+        "source": entry.source.value,
         "verdict": entry.verdict,
         **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
         **dict(zip(RANGE_COLUMNS, [bound for k in VOLUME_KEYS for bound in entry.ranges.get(k, (None, None))])),

@@ -20,9 +20,11 @@ from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.config import NodeConfig
 from dicomnode.intake.complete import open_jobs, ready_studies
 from dicomnode.intake.receive import Receiver
+from dicomnode.node.corrections import CorrectionIntake, process_correction
 from dicomnode.node.pipeline import no_priors
 from dicomnode.node.retention import clean
 from dicomnode.node.run import process_job
+from dicomnode.node.shadow import shadow_runner
 from dicomnode.node.web import WebServer
 from dicomnode.options import Role
 from dicomnode.outbound.commitment import Commitments
@@ -34,7 +36,7 @@ from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store import Job, LeaseLost, Queued, Store
 from dicomnode.store.database import open_database
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.states import JobState
+from dicomnode.store.states import JobKind, JobState
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +64,29 @@ def remove_unrecorded_results(results: Path, jobs: list[Job]) -> list[Path]:
 class Node:
     """Owns the store, and as its role says: the SCP, the warm model, the senders; a scheduler drives them."""
 
-    def __init__(self, config: NodeConfig, segmenter: SeriesSegmenter | None = None, role: Role = Role.ALL) -> None:
+    def __init__(self, config: NodeConfig, segmenter: SeriesSegmenter | None = None, role: Role = Role.ALL, candidate: SeriesSegmenter | None = None) -> None:
+        """``segmenter`` and ``candidate`` stand in for the configured model and shadow mode's candidate (tests)."""
         self.config, self.role = config, role
-        self.store = Store(open_database(config))
+        self.store = Store(open_database(config), config.corrections.withdraw_model_results)
         self.embedded = self.store.db.dialect.name == "sqlite"
         host = config.cluster.name or socket.gethostname()
         self.receiver_name = f"{host}:{config.port}"
         self.worker_name = f"{host}:{os.getpid()}"
         self.receiver = (
-            Receiver(config, self.store, OpenAssociations(self.store, self.receiver_name), Commitments(config, self.store))
+            Receiver(
+                config,
+                self.store,
+                OpenAssociations(self.store, self.receiver_name),
+                Commitments(config, self.store),
+                CorrectionIntake(config, self.store) if config.corrections.enabled else None,
+            )
             if role in (Role.ALL, Role.RECEIVER)
             else None
         )
         self.segmenter = (segmenter or load_segmenter(config)) if role in (Role.ALL, Role.WORKER) else None
         if self.segmenter is not None:
             warm_writers()
+        self.shadow = shadow_runner(config, self.store, candidate) if self.segmenter is not None else None  # None: shadow mode off
         self.scheduler = BackgroundScheduler()
         listening = self.receiver.listening if self.receiver else lambda: True
         self.web = WebServer(config, self.store, listening, lambda: bool(self.scheduler.running)) if config.web.enabled else None
@@ -115,6 +125,8 @@ class Node:
         if self.receiver is not None:
             self.receiver.stop()
         self.scheduler.shutdown(wait=True)
+        if self.shadow is not None:
+            self.shadow.stop()
         self.store.close()
 
     def complete_studies(self) -> None:
@@ -163,6 +175,9 @@ class Node:
                 return
 
     def _process(self, job: Job) -> None:
+        if job.kind is JobKind.CORRECTION:
+            self._take_correction(job)
+            return
         log.info("job %d: processing study %s version %d", job.id, job.study_uid, job.version)
         assert self.segmenter is not None
         instances = self.store.study_instances(job.study_uid, job.upto_seq)
@@ -182,6 +197,25 @@ class Node:
             log.error("job %d: result discarded: %s", job.id, exc)
             return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
+        reject_superseded(self.store, self.config.path(self.config.results))
+        if queued:
+            self._wake(DELIVER)
+        if self.shadow is not None:  # the candidate, in its own thread, once the live result is queued
+            self.shadow.offer(job.id, job.study_uid, processed, instances)
+
+    def _take_correction(self, job: Job) -> None:
+        """A reader's correction: its SR queued for the destinations that take SRs, the history's reader row."""
+        log.info("job %d: taking the correction of study %s (version %d)", job.id, job.study_uid, job.version)
+        folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
+        ran = process_correction(job, self.store.correction_of(job.id), self.config, self.store, folder, ResultUids(job_seed(job.study_uid, job.version)))
+        queued = [Queued(d.name, f.sop_uid, f.path) for f in ran.saved for d in self.config.destinations if f.output in d.formats]
+        measured = ran.measured if self.config.history.enabled else None
+        try:
+            self.store.finish_job(job.id, ran.outcome, queued, worker=self.worker_name, measured=measured, **ran.record())
+        except LeaseLost as exc:
+            log.error("job %d: result discarded: %s", job.id, exc)
+            return
+        log.info("job %d: %s (%s); %s", job.id, ran.outcome.value, ran.verdict, "; ".join(ran.reasons[1:]))
         reject_superseded(self.store, self.config.path(self.config.results))
         if queued:
             self._wake(DELIVER)

@@ -24,11 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dicomnode.base.files import free_mb
 from dicomnode.config import NodeConfig
-from dicomnode.measured import HistoryEntry
+from dicomnode.measured import HistoryEntry, Source
+from dicomnode.node.shadow_report import ShadowCollector, shadow_section
 from dicomnode.renal import Side, Structure
 from dicomnode.store import Job, Store
 from dicomnode.store.jobs import MAX_ID
-from dicomnode.store.states import DeliveryState, JobDelivery, JobState
+from dicomnode.store.states import DeliveryState, JobDelivery, JobKind, JobState
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class WebServer:
         self.config, self.store = config, store
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StoreCollector(store))
+        if config.shadow.model:
+            self.registry.register(ShadowCollector(config, store))
         self._health = lambda: health(config, store, receiving, scheduling)
         self._server: ThreadingHTTPServer | None = None
 
@@ -124,7 +127,8 @@ class WebServer:
         if path == "/metrics":
             return HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         if path in ("/", "/index.html"):
-            return HTTPStatus.OK, "text/html; charset=utf-8", status_page(self.store.recent_jobs(PAGE_JOBS), self._health(), self.store).encode()
+            status = status_page(self.store.recent_jobs(PAGE_JOBS), self._health(), self.store, shadow_section(self.config, self.store))
+            return HTTPStatus.OK, "text/html; charset=utf-8", status.encode()
         if path.startswith("/history/"):
             digits = path.removeprefix("/history/")
             if not (digits.isascii() and digits.isdigit()):  # isdigit() alone takes "²", which int() refuses
@@ -145,7 +149,9 @@ class WebServer:
         entry = self.store.history.of_study(job.study_uid)
         if entry is None:
             return None
-        return history_page(entry, self.store.history.of_patient(entry.patient) or [entry], self.config.log_patient_data)
+        entries = [e for e in self.store.history.of_patient(entry.patient) if e.study_uid != job.study_uid] + self.store.history.both_of_study(job.study_uid)
+        entries.sort(key=lambda e: (e.study_date, e.recorded_at))
+        return history_page(entry, entries, self.config.log_patient_data)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,8 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("web: " + format, *args)
 
 
-def status_page(jobs: list[Job], state: Health, store: Store) -> str:
-    """A read-only HTML page: health checks and the recent jobs with state, outcome, delivery, verdict, QC, timings."""
+def status_page(jobs: list[Job], state: Health, store: Store, shadow: str = "") -> str:
+    """A read-only HTML page: health checks and the recent jobs with state, outcome, delivery, verdict, QC, timings;
+    then ``shadow``, shadow mode's section, where it is on."""
     e = html.escape
     checks = "".join(f"<li class='{'ok' if v == 'ok' else 'bad'}'>{e(k)}: {e(v)}</li>" for k, v in state.checks.items())
     rows = []
@@ -180,9 +187,10 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
         figures = job.measurements or {}
         qc = "; ".join([str(figures.get("qc", "")), *figures.get("not_reported", [])]).strip("; ")
         history = f"<a href='/history/{job.id}'>history</a>" if job.study_uid in followed else ""
+        kind = " (reader's correction)" if job.kind is JobKind.CORRECTION else ""
         flag = " bad" if job.delivery is JobDelivery.FAILED or (job.outcome and job.outcome.value == "failed") else ""
         rows.append(
-            f"<tr class='job{flag}'><td>{job.id}</td><td class='uid'>{e(job.study_uid)}</td><td>v{job.version}</td>"
+            f"<tr class='job{flag}'><td>{job.id}</td><td class='uid'>{e(job.study_uid)}</td><td>v{job.version}{kind}</td>"
             f"<td>{e(job.state.value)}</td><td>{e(job.outcome.value if job.outcome else '')}</td><td>{delivery}</td>"
             f"<td>{e(job.verdict or '')}</td><td>{e(qc)}</td><td>{sum(job.timings.values()):.1f} s</td>"
             f"<td>{dt.datetime.fromtimestamp(job.updated_at).strftime('%Y-%m-%d %H:%M:%S')}</td><td>{history}</td></tr>"
@@ -200,7 +208,7 @@ def status_page(jobs: list[Job], state: Health, store: Store) -> str:
 <h2>Recent jobs</h2>
 <table id="jobs"><tr><th>Job</th><th>Study</th><th>Version</th><th>State</th><th>Outcome</th><th>Delivery</th>
 <th>Verdict</th><th>QC</th><th>Processing</th><th>Updated</th><th>Patient</th></tr>{body}</table>
-<p>Read-only; refreshes every 10 s. <a href="/metrics">Metrics</a> · <a href="/healthz">Health (JSON)</a></p>
+{shadow}<p>Read-only; refreshes every 10 s. <a href="/metrics">Metrics</a> · <a href="/healthz">Health (JSON)</a></p>
 </body></html>
 """
 
@@ -220,7 +228,7 @@ def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: b
         mark = " class='this'" if item.study_uid == entry.study_uid else ""
         rows.append(
             f"<tr{mark}><td>{e(item.study_date)}</td><td class='uid'>{e(item.study_uid)}</td><td>{'withheld' if item.withheld else 'sent'}</td>"
-            f"{volumes}<td>{e(qc)}</td><td>{e(f'{name} {version}'.strip())}</td></tr>"
+            f"{volumes}<td>{e(qc)}</td><td>{e(f'{name} {version}'.strip() if item.source is Source.NODE else item.verdict)}</td></tr>"
         )
     head = "".join(f"<th>{e(side)} {e(s)} (ml)</th>" for s, side in columns)
     return f"""<!doctype html>
@@ -230,7 +238,8 @@ def history_page(entry: HistoryEntry, entries: list[HistoryEntry], identified: b
 </style></head><body>
 <h1>Measurement history</h1>
 <p id="patient">{heading}</p>
-<table id="history"><tr><th>Study date</th><th>Study</th><th>Result</th>{head}<th>QC</th><th>Model</th></tr>{"".join(rows)}</table>
-<p>Studies compared in an SR are those whose QC passed, made by the same model version. <a href="/">Status</a></p>
+<table id="history"><tr><th>Study date</th><th>Study</th><th>Result</th>{head}<th>QC</th><th>Measured by</th></tr>{"".join(rows)}</table>
+<p>Studies compared in an SR are those whose QC passed, made by the same model version, or corrected by a reader
+(the reader's volumes are then the ones compared). <a href="/">Status</a></p>
 </body></html>
 """

@@ -5,6 +5,8 @@ restart, a late series), what earlier versions queued and did not send is supers
 (``store.finish_job``), and what they did send gets a rejection note (IHE IOCM, ``results/rejection.py``): one per
 destination, queued as a delivery of the latest version and sent before that version's own results, which wait for
 it. A withheld or failed later version rejects the earlier results all the same: the node no longer stands by them.
+A reader's correction replaces an earlier correction of its study the same way, and the model's results only where
+the site withdraws them (``store.transitions.supersedes``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dicomnode.base.files import save_dataset
 from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.results.rejection import write_rejection_note
 from dicomnode.store import Queued, Store, Superseded
+from dicomnode.store.states import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,10 @@ def reject_superseded(store: Store, results: Path) -> int:
             continue
         versions = ", ".join(str(v) for v in sorted({item.version for item in items}))
         description = (
-            f"Superseded: renal volumetry version {by_version} of this study replaces version {versions}, made before "
+            f"Superseded: renal volumetry version {by_version} of this study, a reader's correction, replaces version {versions}; "
+            "do not use the rejected segmentation, report or summary."
+            if items[0].by_kind is JobKind.CORRECTION
+            else f"Superseded: renal volumetry version {by_version} of this study replaces version {versions}, made before "
             "the study's instances were complete; do not use the rejected segmentation, report or summary."
         )
         uids = ResultUids(job_seed(study_uid, by_version))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dicomnode.store.database import Database, Session
 from dicomnode.store.records import DeliveryRecord, Queued, Superseded, delivery_from
-from dicomnode.store.states import DeliveryState
-from dicomnode.store.transitions import NOTES, UNREJECTED_SENT, WAITING_FOR_NOTE, settle
+from dicomnode.store.states import DeliveryState, JobKind
+from dicomnode.store.transitions import NOTES, UNREJECTED_SENT, settle, supersedes, waiting_for_note
 
 
 class _AlreadyNamed(Exception):
@@ -16,6 +16,7 @@ class Deliveries:
     """Result files to send: claimed by a sender, their attempts, Storage Commitment, and rejection notes for results superseded."""
 
     db: Database
+    withdraw_by_correction: bool
 
     def release_delivery_claims(self) -> int:
         """Drop every sender's claims (the embedded node at start: the only sender was the process that died)."""
@@ -30,7 +31,7 @@ class Deliveries:
             rows = tx.query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
                 "SELECT q.id FROM deliveries q WHERE q.state = ? AND q.next_attempt_at <= ? AND (q.claimed_until IS NULL OR q.claimed_until < {now})"
-                " AND (q.sop_uid IN (" + NOTES + ") OR NOT EXISTS (" + WAITING_FOR_NOTE + "))"
+                " AND (q.sop_uid IN (" + NOTES + ") OR NOT EXISTS (" + waiting_for_note(self.withdraw_by_correction) + "))"
                 " ORDER BY q.id LIMIT ?{skip_locked}) RETURNING *",
                 (sender, lease_s, DeliveryState.QUEUED.value, now, limit),
             )
@@ -38,15 +39,17 @@ class Deliveries:
         return sorted((delivery_from(r) for r in rows), key=lambda d: (d.sop_uid not in notes, d.id))
 
     def superseded_sent(self) -> list[Superseded]:
-        """Results sent to a destination whose study has a later version done since, and that no rejection note
-        names yet, each with the latest done job of its study (the one whose note will reject it)."""
+        """Results sent to a destination that a later version of their study done since replaces (``supersedes``),
+        and that no rejection note names yet, each with the latest such version (the one whose note will reject it)."""
         rows = self.db.query(
-            "SELECT d.*, j.study_uid, j.version AS rejected_version, k.id AS by_job, k.version AS by_version FROM deliveries d"
+            "SELECT d.*, j.study_uid, j.version AS rejected_version, k.id AS by_job, k.version AS by_version, k.kind AS by_kind FROM deliveries d"
             " JOIN jobs j ON j.id = d.job_id"
-            " JOIN jobs k ON k.study_uid = j.study_uid AND k.version = (SELECT MAX(version) FROM jobs WHERE study_uid = j.study_uid AND state = 'done')"
-            " WHERE k.version > j.version AND " + UNREJECTED_SENT + " ORDER BY d.id"
+            " JOIN jobs k ON k.id = (SELECT x.id FROM jobs x WHERE x.study_uid = j.study_uid AND x.state = 'done' AND x.version > j.version AND "
+            + supersedes("x", "j", self.withdraw_by_correction)
+            + " ORDER BY x.version DESC LIMIT 1)"
+            " WHERE " + UNREJECTED_SENT + " ORDER BY d.id"
         )
-        return [Superseded(delivery_from(r), r["study_uid"], r["rejected_version"], r["by_job"], r["by_version"]) for r in rows]
+        return [Superseded(delivery_from(r), r["study_uid"], r["rejected_version"], r["by_job"], r["by_version"], JobKind(r["by_kind"])) for r in rows]
 
     def queue_rejection(self, job_id: int, destination: str, note: Queued | None, rejected: list[int]) -> bool:
         """Queue the rejection ``note`` (as a delivery of ``job_id``) for the sent deliveries ``rejected``, or, with

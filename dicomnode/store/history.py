@@ -2,14 +2,17 @@
 Issuer of Patient ID), kept when retention deletes the study's images; only the patient's own purge deletes it.
 
 A study processed again (a later version of its job) replaces its row, so a study sent twice counts once; a later
-version without measurements removes it, as the results it replaces are withdrawn from the PACS.
+version without measurements removes it, as the results it replaces are withdrawn from the PACS. A reader's
+correction of a study's result is kept beside the node's row, in a table of its own (a later correction replaces
+it); follow-up compares a study by the reader's volumes where it has them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from dicomnode.measured import HistoryEntry, Patient
+from dicomnode.measured import HistoryEntry, Patient, Source
 from dicomnode.renal import SIDES, STRUCTURES
 from dicomnode.store.database import Database, Row, Session
 
@@ -19,9 +22,12 @@ VOLUME_COLUMNS = tuple(f"{structure}_{side}_ml" for structure, side in VOLUME_KE
 #: Each volume's range (segment/band.py), as the export names its columns: minimum, then maximum.
 RANGE_COLUMNS = tuple(f"{structure}_{side}_{bound}_ml" for structure, side in VOLUME_KEYS for bound in ("min", "max"))
 
-SCHEMA = (
+#: Each source's table.
+TABLES = {Source.NODE: "history", Source.READER: "reader_history"}
+
+_TABLE = (
     """
-CREATE TABLE IF NOT EXISTS history (
+CREATE TABLE IF NOT EXISTS {table} (
     id {id},
     patient_id TEXT NOT NULL,
     issuer TEXT NOT NULL,
@@ -41,8 +47,12 @@ CREATE TABLE IF NOT EXISTS history (
     timings TEXT NOT NULL,
     recorded_at {real} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id, issuer);
-CREATE TABLE IF NOT EXISTS patient_purges (
+CREATE INDEX IF NOT EXISTS {table}_patient ON {table} (patient_id, issuer);
+"""
+)
+SCHEMA = (
+    "".join(_TABLE.replace("{table}", table) for table in TABLES.values())
+    + """CREATE TABLE IF NOT EXISTS patient_purges (
     id {id},
     purged_at {real} NOT NULL,
     results INTEGER NOT NULL,
@@ -52,10 +62,11 @@ CREATE TABLE IF NOT EXISTS patient_purges (
 )
 
 
-def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None) -> None:
-    """Make ``entry`` the history's row of ``study_uid`` (from job ``job_id``), or remove the row where the job gave no
-    measurements; called in the transaction that records the job's outcome."""
-    tx.execute("DELETE FROM history WHERE study_uid = ?", (study_uid,))
+def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None, source: Source) -> None:
+    """Make ``entry`` the row of ``study_uid`` (from job ``job_id``) in ``source``'s table, or remove the row where the
+    job gave no measurements; called in the transaction that records the job's outcome."""
+    table = TABLES[source]
+    tx.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
     if entry is None:
         return
     columns = ("patient_id", "issuer", "study_uid", "study_date", "series_uid", "job_id", "sent", "verdict", "qc_passed", "qc_findings", "algorithms")
@@ -65,7 +76,7 @@ def replace(tx: Session, study_uid: str, job_id: int, entry: HistoryEntry | None
     values += [entry.volumes.get(key) for key in VOLUME_KEYS]
     values += [entry.left_split, json.dumps(entry.timings), json.dumps([[*key, *bounds] for key, bounds in entry.ranges.items()])]
     names = (*columns, *VOLUME_COLUMNS, "left_split", "timings", "ranges")
-    tx.execute(f"INSERT INTO history ({', '.join(names)}, recorded_at) VALUES ({', '.join('?' for _ in names)}, {{now}})", values)
+    tx.execute(f"INSERT INTO {table} ({', '.join(names)}, recorded_at) VALUES ({', '.join('?' for _ in names)}, {{now}})", values)
 
 
 class History:
@@ -75,42 +86,55 @@ class History:
         self.db = db
 
     def of_patient(self, patient: Patient) -> list[HistoryEntry]:
-        """Every result of ``patient``, oldest study first; none for a blank Patient ID, which names nobody."""
+        """Every result of ``patient``, oldest study first, a study by its reader's correction where it has one;
+        none for a blank Patient ID, which names nobody."""
         if not patient.patient_id.strip():
             return []
-        rows = self.db.query("SELECT * FROM history WHERE patient_id = ? AND issuer = ? ORDER BY study_date, recorded_at", (patient.patient_id, patient.issuer))
-        return [_entry(r) for r in rows]
+        found = self._rows("WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer))
+        corrected = {e.study_uid for e in found if e.source is Source.READER}
+        return [e for e in found if e.source is Source.READER or e.study_uid not in corrected]
 
     def of_study(self, study_uid: str) -> HistoryEntry | None:
-        rows = self.db.query("SELECT * FROM history WHERE study_uid = ?", (study_uid,))
-        return _entry(rows[0]) if rows else None
+        """The study's result: its reader's correction where it has one, else the node's."""
+        found = self.both_of_study(study_uid)
+        return found[-1] if found else None
+
+    def both_of_study(self, study_uid: str) -> list[HistoryEntry]:
+        """The node's row of the study and its reader's correction, those it has, in that order."""
+        return self._rows("WHERE study_uid = ?", (study_uid,))
 
     def studies_recorded(self, study_uids: list[str]) -> set[str]:
         """Which of ``study_uids`` have a row in the history."""
         if not study_uids:
             return set()
-        rows = self.db.query(f"SELECT study_uid FROM history WHERE study_uid IN ({', '.join('?' for _ in study_uids)})", study_uids)
-        return {r["study_uid"] for r in rows}
+        return {e.study_uid for e in self._rows(f"WHERE study_uid IN ({', '.join('?' for _ in study_uids)})", study_uids)}
 
     def entries(self, since: str = "", qc_passed: bool = False) -> list[HistoryEntry]:
-        """Every result, by study date then when it was recorded: those of studies on or after ``since`` (YYYYMMDD),
-        and with ``qc_passed`` only those whose every structure measured passed QC."""
-        rows = self.db.query("SELECT * FROM history WHERE study_date >= ? ORDER BY study_date, recorded_at, id", (since,))
-        found = [_entry(r) for r in rows]
+        """Every result, the node's and the readers', by study date then when it was recorded: those of studies on or
+        after ``since`` (YYYYMMDD), and with ``qc_passed`` only those whose every structure measured passed QC."""
+        found = self._rows("WHERE study_date >= ?", (since,))
         return [e for e in found if not qc_passed or e.passed]
 
     def purge_patient(self, patient: Patient, reason: str) -> int:
-        """Delete every result of ``patient`` and log the purge (when, how many, why: not whom); returns how many."""
+        """Delete every result of ``patient``, the node's and the readers', and log the purge (when, how many, why:
+        not whom); returns how many."""
         with self.db.transaction() as tx:
-            count = tx.execute("DELETE FROM history WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer))
+            count = sum(
+                tx.execute(f"DELETE FROM {table} WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer)) for table in TABLES.values()
+            )
             tx.execute("INSERT INTO patient_purges (purged_at, results, reason) VALUES ({now}, ?, ?)", (count, reason))
         return count
+
+    def _rows(self, where: str, params: Sequence[object]) -> list[HistoryEntry]:
+        """Both tables' rows matching ``where``, by study date, when recorded (the node's first on a tie) and id."""
+        found = [_entry(r, source) for source, table in TABLES.items() for r in self.db.query(f"SELECT * FROM {table} {where}", params)]
+        return sorted(found, key=lambda e: (e.study_date, e.recorded_at, e.source is Source.READER, e.job_id))
 
     def purges(self) -> list[dict]:
         return [dict(r) for r in self.db.query("SELECT * FROM patient_purges ORDER BY id")]
 
 
-def _entry(row: Row) -> HistoryEntry:
+def _entry(row: Row, source: Source) -> HistoryEntry:
     volumes = {key: float(row[column]) for key, column in zip(VOLUME_KEYS, VOLUME_COLUMNS) if row[column] is not None}
     return HistoryEntry(
         patient=Patient(row["patient_id"], row["issuer"]),
@@ -128,4 +152,5 @@ def _entry(row: Row) -> HistoryEntry:
         ranges={(structure, side): (float(low), float(high)) for structure, side, low, high in json.loads(row["ranges"] or "[]")},
         job_id=int(row["job_id"]),
         recorded_at=float(row["recorded_at"]),
+        source=source,
     )

@@ -27,6 +27,10 @@ class Intake:
             == 1
         )
 
+    def is_own_result(self, sop_uid: str) -> bool:
+        """Whether ``sop_uid`` is one of the node's own results (a PACS that routes them back)."""
+        return bool(self.db.query("SELECT 1 AS found FROM deliveries WHERE sop_uid = ?", (sop_uid,)))
+
     def instance_class(self, sop_uid: str) -> str | None:
         """The SOP Class UID the instance ``sop_uid`` was stored under; None if it is not indexed."""
         rows = self.db.query("SELECT sop_class_uid FROM instances WHERE sop_uid = ?", (sop_uid,))

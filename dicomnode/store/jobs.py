@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dicomnode.measured import HistoryEntry
+from dicomnode.measured import HistoryEntry, Source
 from dicomnode.store import history
 from dicomnode.store.database import Database
 from dicomnode.store.records import Job, Queued, job_from
-from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
+from dicomnode.store.states import DeliveryState, JobDelivery, JobKind, JobState, Outcome
 from dicomnode.store.transitions import move, settle, supersede_earlier
 
 #: The largest id SQLite's and PostgreSQL's integer keys hold (signed 64 bits).
@@ -21,6 +21,7 @@ class Jobs:
     """Jobs: made by the completer, claimed under a lease by a worker, finished with their outcome and results."""
 
     db: Database
+    withdraw_by_correction: bool
 
     def create_job(self, study_uid: str, upto_seq: int) -> Job:
         [job] = self.create_jobs([(study_uid, upto_seq)])
@@ -131,6 +132,7 @@ class Jobs:
             )
             move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
             settle(tx, job_id)
-            supersede_earlier(tx, job_id)
-            [study] = tx.query("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
-            history.replace(tx, study["study_uid"], job_id, measured)
+            supersede_earlier(tx, job_id, self.withdraw_by_correction)
+            [job] = tx.query("SELECT study_uid, kind FROM jobs WHERE id = ?", (job_id,))
+            source = Source.READER if job["kind"] == JobKind.CORRECTION.value else Source.NODE
+            history.replace(tx, job["study_uid"], job_id, measured, source)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.store.database import Row
-from dicomnode.store.states import DeliveryState, JobDelivery, JobState, Outcome
+from dicomnode.store.states import DeliveryState, JobDelivery, JobKind, JobState, Outcome
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Job:
     timings: dict[str, float]
     created_at: float
     updated_at: float
+    kind: JobKind = JobKind.MODEL
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Superseded:
     version: int
     by_job: int
     by_version: int
+    by_kind: JobKind = JobKind.MODEL
 
 
 def job_from(row: Row) -> Job:
@@ -108,6 +110,7 @@ def job_from(row: Row) -> Job:
         json.loads(row["timings"]),
         row["created_at"],
         row["updated_at"],
+        JobKind(row["kind"]),
     )
 
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     version INTEGER NOT NULL,
     upto_seq BIGINT NOT NULL,
     state TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'model',
     outcome TEXT,
     delivery TEXT NOT NULL DEFAULT 'none',
     lease_owner TEXT,
@@ -88,6 +89,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at {real} NOT NULL,
     UNIQUE (job_id, destination, sop_uid)
 );
+CREATE INDEX IF NOT EXISTS deliveries_sop ON deliveries (sop_uid);
 CREATE TABLE IF NOT EXISTS commitment_requests (
     delivery_id BIGINT PRIMARY KEY REFERENCES deliveries (id),
     transaction_uid TEXT NOT NULL
@@ -103,8 +105,8 @@ CREATE TABLE IF NOT EXISTS rejections (
 
 def migrate(db: Database) -> None:
     """Databases (SQLite or PostgreSQL) made before processing, outcome and delivery were kept apart (one
-    ``state`` held all three), before leases, or before the history kept volume ranges: their columns are added and
-    their jobs' states split."""
+    ``state`` held all three), before leases, before the history kept volume ranges, or before jobs had a kind: their
+    columns are added and their jobs' states split."""
     columns = {row["name"] for row in db.query(db.dialect.columns, ("jobs",))}
     delivery_columns = {row["name"] for row in db.query(db.dialect.columns, ("deliveries",))}
     history_columns = {row["name"] for row in db.query(db.dialect.columns, ("history",))}
@@ -114,6 +116,8 @@ def migrate(db: Database) -> None:
         if "claimed_by" not in delivery_columns:
             tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
             tx.execute("ALTER TABLE deliveries ADD COLUMN claimed_until {real}")
+        if "kind" not in columns:
+            tx.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'model'")
         if "lease_owner" not in columns:
             tx.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
             tx.execute("ALTER TABLE jobs ADD COLUMN lease_until {real}")

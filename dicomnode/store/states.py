@@ -19,6 +19,13 @@ class JobState(str, enum.Enum):
     DONE = "done"
 
 
+class JobKind(str, enum.Enum):
+    """What a job does: run the model on a study's instances, or take a reader's correction of its result."""
+
+    MODEL = "model"
+    CORRECTION = "correction"  # a reader's SEG: volumes from its masks, no model; its versions supersede only each other
+
+
 class Outcome(str, enum.Enum):
     """What processing gave, set once when the job is done."""
 

@@ -12,11 +12,27 @@ from dicomnode.store.states import DeliveryState, JobState, job_delivery
 NOTES = "SELECT note_sop_uid FROM rejections WHERE note_sop_uid != ''"
 #: A delivery ``d`` of a result (not a note) that was sent and that no rejection note names yet.
 UNREJECTED_SENT = "d.state = 'sent' AND NOT EXISTS (SELECT 1 FROM rejections r WHERE r.delivery_id = d.id) AND d.sop_uid NOT IN (" + NOTES + ")"
-#: For a queued delivery ``q``: an earlier version of its study sent a result to its destination that no note names.
-WAITING_FOR_NOTE = (
-    "SELECT 1 FROM deliveries d JOIN jobs e ON e.id = d.job_id JOIN jobs jq ON jq.id = q.job_id"
-    " WHERE d.destination = q.destination AND e.study_uid = jq.study_uid AND e.version < jq.version AND " + UNREJECTED_SENT
-)
+
+
+def supersedes(later: str, earlier: str, withdraw: bool) -> str:
+    """SQL: a done job ``later`` replaces the results of an earlier version ``earlier`` of its study (aliases of
+    ``jobs``). Versions of one kind replace each other: the model's results a later model run, a reader's correction
+    an earlier correction. A correction replaces the model's results too only where the site ``withdraw``s them
+    (``corrections.withdraw_model_results``); the model never replaces a reader's correction."""
+    rule = f"{earlier}.kind = {later}.kind"
+    return f"({rule} OR {later}.kind = 'correction')" if withdraw else rule
+
+
+def waiting_for_note(withdraw: bool) -> str:
+    """SQL, for a queued delivery ``q``: an earlier version of its study that its job replaces sent a result to its
+    destination that no note names yet."""
+    return (
+        "SELECT 1 FROM deliveries d JOIN jobs e ON e.id = d.job_id JOIN jobs jq ON jq.id = q.job_id"
+        " WHERE d.destination = q.destination AND e.study_uid = jq.study_uid AND e.version < jq.version AND "
+        + supersedes("jq", "e", withdraw)
+        + " AND "
+        + UNREJECTED_SENT
+    )
 
 
 def move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobState, **values: object) -> None:
@@ -30,13 +46,16 @@ def move(tx: Session, job_id: int, before: tuple[JobState, ...], after: JobState
         raise ValueError(f"job_id: job {job_id} is not {' or '.join(s.value for s in before)}, so it cannot become {after.value}")
 
 
-def supersede_earlier(tx: Session, job_id: int) -> None:
-    """What earlier versions of the job's study queued or parked, and has not been sent, is not sent any more."""
+def supersede_earlier(tx: Session, job_id: int, withdraw: bool) -> None:
+    """What earlier versions of the job's study that it replaces (:func:`supersedes`) queued or parked, and has not
+    been sent, is not sent any more."""
     rows = tx.query(
         "UPDATE deliveries SET state = ?, claimed_by = NULL, claimed_until = NULL, updated_at = {now} WHERE state IN (?, ?)"
         " AND sop_uid NOT IN ("
         + NOTES
-        + ") AND job_id IN (SELECT e.id FROM jobs e JOIN jobs j ON j.study_uid = e.study_uid WHERE j.id = ? AND e.version < j.version)"
+        + ") AND job_id IN (SELECT e.id FROM jobs e JOIN jobs j ON j.study_uid = e.study_uid WHERE j.id = ? AND e.version < j.version AND "
+        + supersedes("j", "e", withdraw)
+        + ")"
         " RETURNING job_id",
         (DeliveryState.SUPERSEDED.value, DeliveryState.QUEUED.value, DeliveryState.DEAD.value, job_id),
     )
