@@ -40,6 +40,7 @@ class HistoryEntry:
     timings: dict[str, float] = field(default_factory=dict)
     ranges: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # (structure, side) -> (min, max) ml
     source: Source = Source.NODE
+    corrected: frozenset[tuple[str, str]] = frozenset()  # (structure, side) whose volume a reader gave
     job_id: int = 0  # set by the store
     recorded_at: float = 0.0  # the database's clock, set by the store
 

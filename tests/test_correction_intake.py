@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +22,14 @@ import pytest
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
+from dicomnode.config import NodeConfig
+from dicomnode.intake.receive import Receiver
+from dicomnode.node.corrections import CorrectionIntake
+from dicomnode.outbound.commitment import Commitments
 from dicomnode.renal import Side
+from dicomnode.store import Store
+from dicomnode.store.open_associations import OpenAssociations
+from dicomnode.store.states import JobKind, Outcome
 from tests.peers import NodeFactory, Orthanc, dciodvfy, storescu, tools_missing, wait_for
 from tests.readback import sr_groups
 from tests.reader_segs import ITKIMAGE2SEGIMAGE, S0009, dcmqi_seg, expected_volumes, highdicom_seg, s0009_series
@@ -167,3 +176,32 @@ def test_a_seg_that_does_not_fit_is_refused_with_the_reason_and_records_nothing(
     assert not list((tmp_path / "node").glob("var/site_cases/*.json"))
     stored = [p for p in (tmp_path / "node" / "storage").rglob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"]
     assert stored == []
+
+
+def test_a_correction_seg_the_index_lost_is_taken_again_at_start_and_starts_no_model_run(tmp_path: Path) -> None:
+    """A power cut after the SEG was acknowledged can lose the embedded index's last commit, never the file: at start,
+    the receiver takes the SEG as the correction it was, not as an instance that would start a new model run."""
+    series, files, masks = s0009_series(tmp_path / "s0009")
+    config = dataclasses.replace(NodeConfig(), storage=str(tmp_path / "storage"), base_dir=tmp_path)
+    store = Store(tmp_path / "node.sqlite")
+    for source in files:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        path = tmp_path / "storage" / ds.StudyInstanceUID / ds.SeriesInstanceUID / source.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, path)
+        store.add_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path, "CT")
+    study_uid, series_uid = str(series.datasets[0].StudyInstanceUID), str(series.datasets[0].SeriesInstanceUID)
+    [job] = store.create_jobs([(study_uid, len(files))])
+    store.start_job(job.id)
+    store.finish_job(job.id, Outcome.RESULT, [], series_uid=series_uid, measurements={"left": 1})
+    seg = highdicom_seg(series, masks)
+    lost = tmp_path / "storage" / study_uid / str(seg.SeriesInstanceUID) / f"{seg.SOPInstanceUID}.dcm"
+    lost.parent.mkdir(parents=True)
+    seg.save_as(lost, enforce_file_format=True)
+
+    Receiver(config, store, OpenAssociations(store, "test"), Commitments(config, store), CorrectionIntake(config, store))
+    [correction] = store.corrections()
+    assert (correction.sop_uid, correction.corrects_job, correction.reader) == (seg.SOPInstanceUID, job.id, "Reader^Renal")
+    assert store.job(correction.job_id).kind is JobKind.CORRECTION
+    assert store.studies_with_new_instances() == []  # no model run
+    store.close()

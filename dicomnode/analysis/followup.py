@@ -1,8 +1,8 @@
 """Follow-up: each kidney's volumes against the patient's latest comparable earlier result.
 
 A prior is comparable for a structure and side where it measured that structure on that side, its QC passed for the
-structure, and the same algorithm (name and version) made it, or a reader corrected it (the history gives a study by
-its reader's volumes where it has them: a reference whatever model measures the study compared). Priors that are newer than the one compared, or that
+structure, and the same algorithm (name and version) made it; or a reader gave that volume (the history gives a study
+by its reader's volumes where it has them: a reference whatever model measures the study compared). Priors that are newer than the one compared, or that
 stand alone, and are not comparable are named with why, never compared.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from dicomnode.measured import HistoryEntry, Source
+from dicomnode.measured import HistoryEntry
 from dicomnode.renal import SIDES
 
 DAYS_PER_YEAR = 365.25
@@ -99,9 +99,11 @@ def study_date(value: str) -> dt.date | None:
 
 def _why_not(prior: HistoryEntry, current: HistoryEntry, structure: str, side: str) -> str:
     """Why ``prior`` cannot be compared with ``current`` for ``structure`` on ``side``; "" where it can."""
+    if (structure, side) in prior.corrected:
+        return ""  # a reader's volume: the reference, whatever model measured either study
     if structure not in prior.qc_passed:
         return "its QC failed" + (" (withheld)" if prior.withheld else " (sent for review)")
-    if prior.source is not Source.READER and prior.algorithms.get(structure) != current.algorithms.get(structure):
+    if prior.algorithms.get(structure) != current.algorithms.get(structure):
         name, version = prior.algorithms.get(structure, ("unknown", ""))
         return f"made by another model ({name} {version})".replace(" )", ")")
     if (structure, side) not in prior.volumes:

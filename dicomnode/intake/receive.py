@@ -31,6 +31,7 @@ from dicomnode.base.files import free_mb, move_into_place, remove_partial_writes
 from dicomnode.base.locks import KeyedLocks
 from dicomnode.base.tls import receiver_context
 from dicomnode.config import NodeConfig
+from dicomnode.measured import Patient
 from dicomnode.net.acceptor import Acceptor
 from dicomnode.net.association import Policy
 from dicomnode.net.data_set import MAX_UID_LENGTH, Identity, Refusal, parse_data_set, refusal
@@ -76,6 +77,7 @@ class Taken:
     corrects: Job
     reader: str
     created: str
+    patient: Patient
 
 
 #: The check of a received SEG (its file, its UIDs), handed in by the service: a correction to take, a refusal, or
@@ -95,6 +97,7 @@ class Receiver:
         self.open = open_associations
         self.storage = config.path(config.storage)
         self.storage.mkdir(parents=True, exist_ok=True)
+        self.corrections = corrections
         for partial in remove_partial_writes(self.storage):
             log.warning("removed %s, left by a write that was cut off", partial)
         if store.db.dialect.name == "sqlite":
@@ -102,7 +105,6 @@ class Receiver:
         self._acceptor: Acceptor | None = None
         self._instances = KeyedLocks()
         self.commitments = commitments
-        self.corrections = corrections
 
     def reindex(self) -> int:
         """Index stored instances the index lacks; returns how many. The fsynced file is the record: the embedded
@@ -119,7 +121,10 @@ class Receiver:
             except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
                 log.warning("cannot index %s found in storage: %s", path, exc)
                 continue
-            if self.store.add_instance(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path, "(recovered)"):
+            identity = Identity.of(ds)
+            if self.corrections is not None and identity.sop_class == SegmentationStorage and self._recovered_correction(path, identity):
+                recovered += 1
+            elif self.store.add_instance(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path, "(recovered)"):
                 recovered += 1
             else:  # a second copy of an instance indexed elsewhere (sent twice at once before the receiver serialised it)
                 log.warning(
@@ -132,6 +137,23 @@ class Receiver:
         if recovered:
             log.warning("indexed %d stored instances the index had lost (a power cut before its last commits reached the disk)", recovered)
         return recovered
+
+    def _recovered_correction(self, path: Path, identity: Identity) -> bool:
+        """A SEG in storage that the index lost: taken as the correction it was, True; False where it is none (indexed
+        as an instance then). One that is refused now, or whose study is busy, is removed, with a warning."""
+        assert self.corrections is not None
+        taken = self.corrections(path, identity)
+        if taken is None:
+            return False
+        if isinstance(taken, Refusal):
+            log.warning("removed %s, a SEG the index had lost: %s", path, taken.reason)
+            path.unlink(missing_ok=True)
+            return True
+        try:
+            self._add_correction(identity, path, "(recovered)", taken)
+        except StudyBusy as exc:
+            log.warning("removed %s, a SEG the index had lost: %s", path, exc)
+        return True
 
     def start(self) -> None:
         incoming = self.storage / INCOMING
@@ -248,41 +270,49 @@ class Receiver:
     def _take_correction(self, received: Received, identity: Identity, path: Path, taken: Taken) -> tuple[int, str]:
         """Index a reader's SEG with its correction job; a study whose result is about to change refuses it (the
         sender may send it again once the new result is out)."""
+        try:
+            job = self._add_correction(identity, path, received.calling_ae, taken)
+        except StudyBusy as exc:
+            refused = Refusal(f"not taken as a correction: {exc}", "study being processed again, send later", StoreStatus.OUT_OF_RESOURCES)
+            return self._refuse(received.calling_ae, identity, refused)
+        if job is None:  # indexed meanwhile by another receiver of the cluster
+            log.info("duplicate instance %s acknowledged: another receiver stored it first", identity.sop_uid)
+        return StoreStatus.SUCCESS, ""
+
+    def _add_correction(self, identity: Identity, path: Path, calling_ae: str, taken: Taken) -> Job | None:
+        """Index the SEG at ``path`` with its correction job; where nothing is indexed (busy, a database error, another
+        receiver first), its file goes unless it is the one indexed, so that no SEG is found later as an instance no
+        job covers."""
         new = NewCorrection(
             identity.sop_uid,
             identity.study_uid,
             identity.series_uid,
             identity.sop_class,
             path,
-            received.calling_ae,
+            calling_ae,
             taken.corrects,
             taken.reader,
             taken.created,
+            taken.patient,
         )
+        job = None
         try:
             job = self.store.add_correction(new)
-        except StudyBusy as exc:
-            path.unlink(missing_ok=True)
-            return self._refuse(
-                received.calling_ae,
-                identity,
-                Refusal(f"not taken as a correction: {exc}", "study being processed again, send later", StoreStatus.OUT_OF_RESOURCES),
-            )
-        if job is None:  # indexed meanwhile by another receiver of the cluster
-            if str(path) not in self.store.paths_of(identity.sop_uid):
+        finally:
+            if job is None and str(path) not in self.store.paths_of(identity.sop_uid):
                 path.unlink(missing_ok=True)
-            log.info("duplicate instance %s acknowledged: another receiver stored it first", identity.sop_uid)
-        else:
+        if job is not None:
+            reader = taken.reader or "an unnamed reader"
             log.info(
-                "study %s: SEG %s from %s taken as a correction of job %d by %s: job %d",
+                "study %s: SEG %s from %s by %s taken as a correction of job %d: job %d",
                 identity.study_uid,
                 identity.sop_uid,
-                received.calling_ae,
+                calling_ae,
+                reader,
                 taken.corrects.id,
-                taken.reader or "an unnamed reader",
                 job.id,
             )
-        return StoreStatus.SUCCESS, ""
+        return job
 
     def _refuse(self, calling_ae: str, identity: Identity, refused: Refusal) -> tuple[int, str]:
         """The refusal's status and Error Comment; its whole reason is logged and recorded."""

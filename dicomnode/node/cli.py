@@ -23,6 +23,7 @@ from dicomnode.instance import Instance
 from dicomnode.measured import Patient
 from dicomnode.node.export import Format, csv_text, write_table
 from dicomnode.node.shadow_report import agreement_of, record_on_card, shadow_lines
+from dicomnode.node.site_cases import delete_site_case
 from dicomnode.options import Role
 from dicomnode.store import Store
 from dicomnode.store.database import open_database
@@ -187,12 +188,17 @@ def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_purge_patient(config: NodeConfig, args: argparse.Namespace) -> int:
-    """Delete one patient's results from the measurement history (the patient withdrew consent), and log it."""
+    """Delete one patient's results from the measurement history and their site cases (the patient withdrew consent),
+    and log it."""
     store = Store(open_database(config))
-    count = store.history.purge_patient(Patient(args.patient_id, args.issuer), args.reason)
+    patient = Patient(args.patient_id, args.issuer)
+    count = store.history.purge_patient(patient, args.reason)
+    cases = store.forget_site_cases(patient)
+    for name in cases:
+        delete_site_case(config.path(config.corrections.site_cases), name)
     whom = f" (Patient ID {args.patient_id!r}, issuer {args.issuer!r})" if config.log_patient_data else ""
-    log.warning("patient purge: %d results deleted from the measurement history%s: %s", count, whom, args.reason)
-    print(f"{count} results deleted from the measurement history")
+    log.warning("patient purge: %d results deleted from the measurement history, %d site cases deleted%s: %s", count, len(cases), whom, args.reason)
+    print(f"{count} results deleted from the measurement history, {len(cases)} site cases deleted")
     return 0
 
 

@@ -20,11 +20,11 @@ from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.intake.receive import Taken
 from dicomnode.measured import HistoryEntry, Patient, Source
 from dicomnode.net.data_set import Identity, Refusal
-from dicomnode.node.site_cases import Provenance, write_site_case
+from dicomnode.node.site_cases import MIN_KEY_LENGTH, Provenance, write_site_case
 from dicomnode.options import OutputFormat
 from dicomnode.outbound.save import Saved
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
-from dicomnode.results.correction import Correction, CorrectionError, read_correction
+from dicomnode.results.correction import Correction, CorrectionError, check_correction, read_correction
 from dicomnode.results.sr import write_corrected_sr
 from dicomnode.store import CorrectionRecord, Job, Store
 from dicomnode.store.states import Outcome
@@ -47,26 +47,27 @@ class CorrectionIntake:
         corrects = self.store.corrected_job(identity.study_uid)
         if corrects is None:
             return None
+        why = f"not taken as a correction of job {corrects.id}"
         try:
+            headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in measured_files(self.store, corrects)]
             seg = pydicom.dcmread(path)
-            correction = read_correction(seg, measured_series(self.store, corrects), self.config.corrections.labels)
+            checked = check_correction(seg, headers, self.config.corrections.labels)
         except CorrectionError as exc:
-            return Refusal(f"not taken as a correction of job {corrects.id}: {exc}", f"correction refused: {exc.refusal.value}"[:64])
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            return Refusal(f"not taken as a correction of job {corrects.id}: the SEG cannot be read: {exc}", "correction refused: SEG cannot be read")
+            return Refusal(f"{why}: {exc}", f"not a correction: {exc.refusal.name.lower().replace('_', ' ')}")
         except SeriesError as exc:
-            return Refusal(
-                f"not taken as a correction of job {corrects.id}: the series it measured cannot be read any more: {exc}", "correction refused: series gone"
-            )
-        return Taken(corrects, correction.reader, correction.created)
+            return Refusal(f"{why}: the series it measured cannot be read any more: {exc}", "not a correction: measured series gone")
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            return Refusal(f"{why}: the SEG or the measured series cannot be read: {exc}", "not a correction: cannot be read")
+        source = headers[0]
+        return Taken(corrects, checked.reader, checked.created, Patient(str(source.get("PatientID", "") or ""), str(source.get("IssuerOfPatientID", "") or "")))
 
 
-def measured_series(store: Store, job: Job) -> LoadedSeries:
-    """The series ``job`` measured, read again from storage; SeriesError where it is gone or no longer loads."""
+def measured_files(store: Store, job: Job) -> list[Path]:
+    """The stored files of the series ``job`` measured; SeriesError where none is left (retention deleted them)."""
     files = [i.path for i in store.study_instances(job.study_uid, job.upto_seq) if i.series_uid == job.series_uid]
     if not files:
         raise SeriesError(f"no instance of series {job.series_uid} is stored any more")
-    return load_series(files)
+    return files
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def process_correction(job: Job, record: CorrectionRecord, config: NodeConfig, s
 
 def _process(job: Job, record: CorrectionRecord, config: NodeConfig, store: Store, folder: Path, uids: ResultUids) -> CorrectionRun:
     seg = pydicom.dcmread(record.path)
-    series = measured_series(store, store.job(record.corrects_job))
+    series = load_series(measured_files(store, store.job(record.corrects_job)))
     correction = read_correction(seg, series, config.corrections.labels)
     sr = write_corrected_sr(series, correction, seg, uids)
     path = folder / f"SR_{sr.SOPInstanceUID}.dcm"
@@ -116,28 +117,52 @@ def _process(job: Job, record: CorrectionRecord, config: NodeConfig, store: Stor
         reasons.append(f"{side} renal {structure}: {ml:.1f} ml{was}")
     figures: dict[str, object] = {"reader": reader, **{f"{structure}_{side}_ml": round(ml, 1) for (structure, side), ml in sorted(volumes.items())}}
     if config.corrections.site_cases:
-        name = f"case_{job.id:06d}"
-        model = next(iter(node.algorithms.values()), ("", "")) if node is not None else ("", "")
-        node_ml = {f"{s}_{side}": ml for (s, side), ml in node.volumes.items()} if node is not None else {}
-        provenance = Provenance(
-            reader=record.reader,
-            created=record.created,
-            corrected_at=dt.datetime.fromtimestamp(record.received_at, dt.UTC).isoformat(timespec="seconds"),
-            model=model,
-            identifiers={
-                "patient_id": measured.patient.patient_id,
-                "issuer": measured.patient.issuer,
-                "study_uid": record.study_uid,
-                "series_uid": record.series_uid,
-                "seg_sop_uid": record.sop_uid,
-            },
-            volumes_ml={"node": node_ml, "reader": {f"{s}_{side}": round(ml, 3) for (s, side), ml in volumes.items()}},
-            arterial=node is not None and any(s == Structure.CORTEX for s, _ in node.volumes),
-        )
-        key = os.environ.get(config.history.pseudonym_key_env, "").encode() or None
-        write_site_case(config.path(config.corrections.site_cases), name, series, correction.masks, provenance, key, config.corrections.pseudonymise)
-        figures["site_case"] = name
+        figures.update(_keep_site_case(job, record, config, store, series, correction, volumes, node))
     return CorrectionRun(Outcome.RESULT, f"{READER_CORRECTED} by {reader}", reasons, figures, measured, [Saved(OutputFormat.SR, str(sr.SOPInstanceUID), path)])
+
+
+def _keep_site_case(
+    job: Job,
+    record: CorrectionRecord,
+    config: NodeConfig,
+    store: Store,
+    series: LoadedSeries,
+    correction: Correction,
+    volumes: dict[tuple[Structure, Side], float],
+    node: HistoryEntry | None,
+) -> dict[str, str]:
+    """Keep the correction as a site case; the job record's figure naming it, or saying why it could not be kept (the
+    reader's SR goes out all the same)."""
+    name = f"case_{job.id:06d}"
+    ds = series.datasets[0]
+    provenance = Provenance(
+        reader=record.reader,
+        created=record.created,
+        corrected_at=dt.datetime.fromtimestamp(record.received_at, dt.UTC).isoformat(timespec="seconds"),
+        model=next(iter(node.algorithms.values()), ("", "")) if node is not None else ("", ""),
+        identifiers={
+            "patient_id": str(ds.get("PatientID", "") or ""),
+            "issuer": str(ds.get("IssuerOfPatientID", "") or ""),
+            "study_uid": record.study_uid,
+            "series_uid": record.series_uid,
+            "seg_sop_uid": record.sop_uid,
+        },
+        volumes_ml={
+            "node": {f"{s}_{side}": ml for (s, side), ml in node.volumes.items()} if node is not None else {},
+            "reader": {f"{s}_{side}": round(ml, 3) for (s, side), ml in volumes.items()},
+        },
+        arterial=node is not None and any(s == Structure.CORTEX for s, _ in node.volumes),
+        node_sides=tuple(sorted({Side(side) for s, side in node.volumes if s == Structure.PARENCHYMA})) if node is not None else SIDES,
+    )
+    secret = os.environ.get(config.history.pseudonym_key_env, "")
+    key = secret.encode() if len(secret) >= MIN_KEY_LENGTH else None
+    try:
+        write_site_case(config.path(config.corrections.site_cases), name, series, correction.masks, provenance, key, config.corrections.pseudonymise)
+    except (OSError, RuntimeError) as exc:  # SimpleITK raises RuntimeError where it cannot write
+        log.error("job %d: the correction's site case could not be kept: %s", job.id, exc)
+        return {"site_case_error": str(exc)}
+    store.kept_site_case(job.id, name)
+    return {"site_case": name}
 
 
 def reader_volumes(correction: Correction) -> dict[tuple[Structure, Side], float]:

@@ -33,7 +33,6 @@ COLUMNS = (
     *IDENTIFIERS,
     "study_date",
     "result",
-    "source",
     "verdict",
     *VOLUME_COLUMNS,
     *RANGE_COLUMNS,
@@ -47,6 +46,7 @@ COLUMNS = (
     "cortex_model_version",
     *(f"{stage}_s" for stage in STAGES),
     "recorded_at",
+    "source",
 )
 
 
@@ -81,7 +81,6 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         **identifiers,
         "study_date": entry.study_date,
         "result": "withheld" if entry.withheld else "sent",
-        "source": entry.source.value,
         "verdict": entry.verdict,
         **{column: entry.volumes.get(k) for column, k in zip(VOLUME_COLUMNS, VOLUME_KEYS)},
         **dict(zip(RANGE_COLUMNS, [bound for k in VOLUME_KEYS for bound in entry.ranges.get(k, (None, None))])),
@@ -95,6 +94,7 @@ def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
         "cortex_model_version": made_by[Structure.CORTEX][1],
         **{f"{stage}_s": entry.timings.get(stage) for stage in STAGES},
         "recorded_at": round(entry.recorded_at, 3),
+        "source": entry.source.value,
     }
 
 

@@ -20,6 +20,7 @@ from dicomnode.base.uids import ResultUids, job_seed
 from dicomnode.config import NodeConfig
 from dicomnode.intake.complete import open_jobs, ready_studies
 from dicomnode.intake.receive import Receiver
+from dicomnode.measured import HistoryEntry
 from dicomnode.node.corrections import CorrectionIntake, process_correction
 from dicomnode.node.pipeline import no_priors
 from dicomnode.node.retention import clean
@@ -28,6 +29,7 @@ from dicomnode.node.shadow import shadow_runner
 from dicomnode.node.web import WebServer
 from dicomnode.options import Role
 from dicomnode.outbound.commitment import Commitments
+from dicomnode.outbound.save import Saved
 from dicomnode.outbound.send import send_due
 from dicomnode.outbound.supersede import reject_superseded
 from dicomnode.results.write import warm_writers
@@ -36,7 +38,7 @@ from dicomnode.segment.model import SeriesSegmenter
 from dicomnode.store import Job, LeaseLost, Queued, Store
 from dicomnode.store.database import open_database
 from dicomnode.store.open_associations import OpenAssociations
-from dicomnode.store.states import JobKind, JobState
+from dicomnode.store.states import JobKind, JobState, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,9 @@ class Node:
             self.web.stop()
         if self.receiver is not None:
             self.receiver.stop()
-        self.scheduler.shutdown(wait=True)
-        if self.shadow is not None:
+        if self.shadow is not None:  # first: a job that ends while the scheduler stops starts no candidate run
             self.shadow.stop()
+        self.scheduler.shutdown(wait=True)
         self.store.close()
 
     def complete_studies(self) -> None:
@@ -188,19 +190,11 @@ class Node:
         folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
         uids, priors = ResultUids(job_seed(job.study_uid, job.version)), self.store.history.of_patient if keep else no_priors
         ran = process_job(f"job {job.id}", instances, self.config, self.segmenter, folder, uids, priors)
-        processed, saved = ran.processed, ran.saved
-        queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
-        try:
-            measured = processed.measured if keep else None
-            self.store.finish_job(job.id, processed.outcome, queued, worker=self.worker_name, measured=measured, **processed.record())
-        except LeaseLost as exc:
-            log.error("job %d: result discarded: %s", job.id, exc)
+        processed = ran.processed
+        if not self._record(job, processed.outcome, ran.saved, processed.measured, processed.record()):
             return
         log.info("job %d: %s (%s); %s", job.id, processed.outcome.value, processed.verdict, "; ".join(processed.reasons[:1]))
-        reject_superseded(self.store, self.config.path(self.config.results))
-        if queued:
-            self._wake(DELIVER)
-        if self.shadow is not None:  # the candidate, in its own thread, once the live result is queued
+        if self.shadow is not None and not self._stopped.is_set():  # the candidate, in its own thread, once the live result is queued
             self.shadow.offer(job.id, job.study_uid, processed, instances)
 
     def _take_correction(self, job: Job) -> None:
@@ -208,17 +202,23 @@ class Node:
         log.info("job %d: taking the correction of study %s (version %d)", job.id, job.study_uid, job.version)
         folder = self.config.path(self.config.results) / job.study_uid / f"v{job.version}"
         ran = process_correction(job, self.store.correction_of(job.id), self.config, self.store, folder, ResultUids(job_seed(job.study_uid, job.version)))
-        queued = [Queued(d.name, f.sop_uid, f.path) for f in ran.saved for d in self.config.destinations if f.output in d.formats]
-        measured = ran.measured if self.config.history.enabled else None
+        if self._record(job, ran.outcome, ran.saved, ran.measured, ran.record()):
+            log.info("job %d: %s (%s); %s", job.id, ran.outcome.value, ran.verdict, "; ".join(ran.reasons[1:]))
+
+    def _record(self, job: Job, outcome: Outcome, saved: list[Saved], measured: HistoryEntry | None, record: dict[str, object]) -> bool:
+        """Record a job's outcome with its history row, queue its files for the destinations that take them, reject
+        what it replaces; False where this worker's lease ran out (nothing recorded)."""
+        queued = [Queued(d.name, f.sop_uid, f.path) for f in saved for d in self.config.destinations if f.output in d.formats]
         try:
-            self.store.finish_job(job.id, ran.outcome, queued, worker=self.worker_name, measured=measured, **ran.record())
+            kept = measured if self.config.history.enabled else None
+            self.store.finish_job(job.id, outcome, queued, worker=self.worker_name, measured=kept, **record)
         except LeaseLost as exc:
             log.error("job %d: result discarded: %s", job.id, exc)
-            return
-        log.info("job %d: %s (%s); %s", job.id, ran.outcome.value, ran.verdict, "; ".join(ran.reasons[1:]))
+            return False
         reject_superseded(self.store, self.config.path(self.config.results))
         if queued:
             self._wake(DELIVER)
+        return True
 
     def _wake(self, job_id: str) -> None:
         """Run a scheduled task of this node now rather than at its next tick; nothing where it is running (it finds

@@ -26,6 +26,9 @@ from dicomnode.store import Store
 
 log = logging.getLogger(__name__)
 
+#: How long the node's stop waits for a shadow run in progress.
+STOP_WAIT_S = 30.0
+
 
 @dataclass(frozen=True)
 class ShadowTask:
@@ -66,12 +69,15 @@ class ShadowRunner:
         return True
 
     def stop(self) -> None:
-        """Start no more runs, and wait for the one in progress."""
+        """Start no more runs, and wait for the one in progress for at most ``STOP_WAIT_S``: a run still going then is
+        left to die with the process, unrecorded (the node's stop does not wait on a model it never sends)."""
         with self._lock:
             self._stopping = True
             thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(STOP_WAIT_S)
+            if thread.is_alive():
+                log.warning("stopping without waiting for the shadow run of job %d: it is not recorded", self._busy_with)
 
     def _run(self, task: ShadowTask) -> None:
         started = time.perf_counter()

@@ -3,7 +3,10 @@ the reader's labels and where they came from, in the layout ``dicomnode-train ev
 
 Files of a case ``NAME`` (in one folder for every case): ``NAME.nii.gz`` (the series in HU), ``NAME_labels.nii.gz``
 (1 medulla, 2 cortex; where the reader gave the parenchyma alone, 1 parenchyma), ``NAME_{left,right}_{parenchyma,
-cortex}.nii.gz`` and ``NAME.json``, written last, so that a case cut off while written is never read. The images carry
+cortex}.nii.gz`` and ``NAME.json``, written last, so that a case cut off while written is never read. The json says
+which sides the reader labelled, whether that is every kidney the model found (``complete``: a side left out is
+background in the labels, so an incomplete case must not be trained on) and whether every labelled side has its
+cortex (``cortex_labelled``). The images carry
 no identifier; the json names the patient, study and series by keyed hashes (``corrections.pseudonymise``, the key of
 ``history.pseudonym_key_env``), leaves them out where no key is set, or gives them as in the images where the site
 turned pseudonymisation off.
@@ -36,6 +39,11 @@ class Provenance:
     identifiers: dict[str, str]  # patient_id, issuer, study_uid, series_uid, seg_sop_uid, as the images give them
     volumes_ml: dict[str, dict[str, float]]  # "node" and "reader": "<structure>_<side>" -> ml
     arterial: bool  # the series was measured as arterial (cortex and medulla reported)
+    node_sides: tuple[Side, ...]  # the sides on which the node's model found a kidney
+
+
+#: The shortest key that pseudonymises (as ``dicomnode export --pseudonymise`` asks); a shorter one counts as none.
+MIN_KEY_LENGTH = 16
 
 
 def write_site_case(
@@ -55,6 +63,7 @@ def write_site_case(
         for side in SIDES
     }
     cortex = {side: _mask(masks, Structure.CORTEX, side, shape) for side in SIDES}
+    labelled = [side for side in SIDES if parenchyma[side].any()]
     labels = np.zeros(shape, np.uint8)
     for side in SIDES:
         labels[parenchyma[side]] = 1
@@ -73,7 +82,9 @@ def write_site_case(
         "corrected_at": provenance.corrected_at,
         "model": {"name": provenance.model[0], "version": provenance.model[1]},
         "identifiers": _identifiers(provenance.identifiers, key, pseudonymise),
-        "cortex_labelled": any(mask.any() for mask in cortex.values()),
+        "sides_labelled": [str(side) for side in labelled],
+        "complete": set(provenance.node_sides) <= set(labelled),  # every kidney the model found is labelled
+        "cortex_labelled": bool(labelled) and all(cortex[side].any() for side in labelled),
         "arterial": provenance.arterial,
         "volumes_ml": provenance.volumes_ml,
         "change_ml": {k: round(ml - node_ml[k], 3) for k, ml in reader_ml.items() if k in node_ml},
@@ -81,6 +92,16 @@ def write_site_case(
     path = folder / f"{name}.json"
     write_atomically(path, json.dumps(metadata, indent=2).encode())
     return path
+
+
+def delete_site_case(folder: Path, name: str) -> int:
+    """Delete the case ``name`` from ``folder``, its json first (so that a case half deleted is never read); returns
+    how many files went."""
+    files = [folder / f"{name}.json", folder / f"{name}.nii.gz", *sorted(folder.glob(f"{name}_*.nii.gz"))]
+    for path in files:
+        path.unlink(missing_ok=True)
+    fsync_folder(folder)
+    return len(files)
 
 
 def _identifiers(identifiers: dict[str, str], key: bytes | None, pseudonymise: bool) -> dict[str, str]:

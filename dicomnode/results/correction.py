@@ -10,7 +10,7 @@ anatomic region; or, for a viewer that writes other codes, by Segment Label thro
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,10 +64,23 @@ class Correction:
         return {key: float(mask.sum()) * self.voxel_ml for key, mask in self.masks.items()}
 
 
-def read_correction(seg: pydicom.Dataset, series: LoadedSeries, labels: Mapping[str, tuple[Structure, Side]] | None = None) -> Correction:
-    """``seg`` as a correction of ``series`` (the series the node measured); ``labels`` maps Segment Labels of a viewer
-    that does not code its segments as the node does. Raises :class:`CorrectionError` naming what does not fit."""
-    source = series.datasets[0]
+@dataclass(frozen=True)
+class CheckedSeg:
+    """A SEG that fits the measured series, before its frames are read: who made it and when, its segments, and the
+    series' slice each frame lies on (in the order of the headers it was checked against)."""
+
+    reader: str  # Content Creator's Name, else Operators' Name; "" where the SEG names no one
+    created: str  # Content Date and Time, YYYYMMDDHHMMSS as far as given
+    segments: dict[int, tuple[Structure, Side]]  # segment number -> structure and side
+    slices: list[int]
+    numbers: list[int]  # each frame's segment number
+
+
+def check_correction(seg: pydicom.Dataset, headers: Sequence[pydicom.Dataset], labels: Mapping[str, tuple[Structure, Side]] | None = None) -> CheckedSeg:
+    """``seg`` checked as a correction of the series whose slices' ``headers`` are given (the series the node
+    measured), without decoding a frame; ``labels`` maps Segment Labels of a viewer that does not code its segments as
+    the node does. Raises :class:`CorrectionError` naming what does not fit."""
+    source = headers[0]
     if str(seg.get("SOPClassUID", "")) != SegmentationStorage:
         raise CorrectionError(Refusal.NOT_SEG, f"SOP Class {seg.get('SOPClassUID', 'missing')}")
     for keyword, refusal in (("PatientID", Refusal.PATIENT), ("IssuerOfPatientID", Refusal.PATIENT), ("StudyInstanceUID", Refusal.STUDY)):
@@ -77,22 +90,37 @@ def read_correction(seg: pydicom.Dataset, series: LoadedSeries, labels: Mapping[
         raise CorrectionError(Refusal.FRAME_OF_REFERENCE, f"{seg.get('FrameOfReferenceUID', 'none')}, the measured series has {source.FrameOfReferenceUID}")
     try:
         segments = _segments(seg, labels or {})
-        slices = _slices(seg, series)
-        frames = _frames(seg)
+        slices = _slices(seg, headers)
         numbers = [int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for item in seg.PerFrameFunctionalGroupsSequence]
+        frames = int(seg.get("NumberOfFrames", 1) or 1)
     except CorrectionError:
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:  # a missing or malformed element
         raise CorrectionError(Refusal.BROKEN, f"{type(exc).__name__}: {exc}") from None
-    if not len(numbers) == len(slices) == len(frames):
-        raise CorrectionError(Refusal.BROKEN, f"{len(frames)} frames, {len(numbers)} frame descriptions")
-    masks = {key: np.zeros(series.hu.shape, bool) for key in segments.values()}
-    for frame, number, index in zip(frames, numbers, slices, strict=True):
-        if number not in segments:
-            raise CorrectionError(Refusal.BROKEN, f"a frame of segment {number}, which the SEG does not describe")
-        masks[segments[number]][index] |= frame
+    if not len(numbers) == len(slices) == frames:
+        raise CorrectionError(Refusal.BROKEN, f"{frames} frames, {len(numbers)} frame descriptions")
+    unknown = sorted(set(numbers) - set(segments))
+    if unknown:
+        raise CorrectionError(Refusal.BROKEN, f"a frame of segment {unknown[0]}, which the SEG does not describe")
     created = f"{seg.get('ContentDate', '')}{seg.get('ContentTime', '')}".split(".")[0]
-    return Correction(str(seg.SOPInstanceUID), _reader(seg), created, masks, series.voxel_ml, {key: number for number, key in segments.items()})
+    return CheckedSeg(_reader(seg), created, segments, slices, numbers)
+
+
+def read_correction(seg: pydicom.Dataset, series: LoadedSeries, labels: Mapping[str, tuple[Structure, Side]] | None = None) -> Correction:
+    """``seg`` as a correction of ``series`` (the series the node measured), checked by :func:`check_correction`, with
+    its masks on the series' grid. Raises :class:`CorrectionError` naming what does not fit."""
+    checked = check_correction(seg, series.datasets, labels)
+    try:
+        frames = _frames(seg)
+    except (AttributeError, ValueError) as exc:  # pixel data missing, short or in a syntax that cannot be decoded
+        raise CorrectionError(Refusal.BROKEN, f"{type(exc).__name__}: {exc}") from None
+    if len(frames) != len(checked.slices):
+        raise CorrectionError(Refusal.BROKEN, f"{len(frames)} frames decoded, {len(checked.slices)} frame descriptions")
+    masks = {key: np.zeros(series.hu.shape, bool) for key in checked.segments.values()}
+    for frame, number, index in zip(frames, checked.numbers, checked.slices, strict=True):
+        masks[checked.segments[number]][index] |= frame
+    numbers = {key: number for number, key in checked.segments.items()}
+    return Correction(str(seg.SOPInstanceUID), checked.reader, checked.created, masks, series.voxel_ml, numbers)
 
 
 def _reader(seg: pydicom.Dataset) -> str:
@@ -134,12 +162,13 @@ def _functional(seg: pydicom.Dataset, frame: pydicom.Dataset, keyword: str) -> p
     return seg.SharedFunctionalGroupsSequence[0][keyword].value[0]
 
 
-def _slices(seg: pydicom.Dataset, series: LoadedSeries) -> list[int]:
-    """The series' slice each frame lies on; CorrectionError where a frame's plane, pixel grid or spacing differs."""
-    source = series.datasets[0]
+def _slices(seg: pydicom.Dataset, headers: Sequence[pydicom.Dataset]) -> list[int]:
+    """The slice (index into ``headers``) each frame lies on; CorrectionError where a frame's plane, pixel grid or
+    spacing differs."""
+    source = headers[0]
     if (int(seg.Rows), int(seg.Columns)) != (int(source.Rows), int(source.Columns)):
         raise CorrectionError(Refusal.GEOMETRY, f"frames of {seg.Rows} x {seg.Columns} pixels, slices of {source.Rows} x {source.Columns}")
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in series.datasets])
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
     orientation, spacing = np.array(source.ImageOrientationPatient, float), np.array(source.PixelSpacing, float)
     slices = []
     for n, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.measured import Patient
 from dicomnode.store.database import Database, Row
 from dicomnode.store.records import Job, job_from
 from dicomnode.store.states import JobKind, JobState, Outcome
@@ -23,9 +24,14 @@ CREATE TABLE IF NOT EXISTS corrections (
     reader TEXT NOT NULL,
     created TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    withdraws INTEGER NOT NULL,
+    site_case TEXT NOT NULL DEFAULT '',
     received_at {real} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS corrections_study ON corrections (study_uid)
+CREATE INDEX IF NOT EXISTS corrections_study ON corrections (study_uid);
+CREATE INDEX IF NOT EXISTS corrections_patient ON corrections (patient_id, issuer)
 """
 
 
@@ -48,6 +54,9 @@ class CorrectionRecord:
     reader: str
     created: str
     calling_ae: str
+    patient: Patient
+    withdraws: bool  # it replaces the model's results of its study (``corrections.withdraw_model_results`` when taken)
+    site_case: str  # the name of its site case; "" where none was kept
     received_at: float
 
 
@@ -64,22 +73,23 @@ class NewCorrection:
     corrects: Job
     reader: str
     created: str
+    patient: Patient
 
 
 class Corrections:
     """Readers' corrections and the jobs that take them."""
 
     db: Database
+    withdraw_by_correction: bool
 
     def corrected_job(self, study_uid: str) -> Job | None:
-        """The latest model run of the study that measured a series (with a result or withheld), the one a reader's
-        SEG can correct; None where the node measured none."""
-        rows = self.db.query(
-            "SELECT * FROM jobs WHERE study_uid = ? AND kind = ? AND state = ? AND outcome IN (?, ?) AND series_uid IS NOT NULL"
-            " AND measurements IS NOT NULL ORDER BY version DESC LIMIT 1",
-            (study_uid, JobKind.MODEL.value, JobState.DONE.value, Outcome.RESULT.value, Outcome.NO_RESULT.value),
-        )
-        return job_from(rows[0]) if rows else None
+        """The study's latest model run, where it is done and measured a series (with a result or withheld): the one a
+        reader's SEG can correct; None where there is none, or the latest run measured nothing."""
+        rows = self.db.query("SELECT * FROM jobs WHERE study_uid = ? AND kind = ? ORDER BY version DESC LIMIT 1", (study_uid, JobKind.MODEL.value))
+        job = job_from(rows[0]) if rows else None
+        if job is None or job.state is not JobState.DONE or job.outcome is Outcome.FAILED or job.series_uid is None or job.measurements is None:
+            return None
+        return job
 
     def add_correction(self, new: NewCorrection) -> Job | None:
         """Index the SEG's instance, its correction and a pending correction job (the study's next version, covering
@@ -89,9 +99,9 @@ class Corrections:
             if tx.dialect.completion_lock:
                 tx.query(tx.dialect.completion_lock)
             busy = tx.query(
-                "SELECT 1 AS found FROM jobs WHERE study_uid = ? AND kind = ? AND state != ?"
+                "SELECT 1 AS found FROM jobs WHERE study_uid = ? AND kind = ? AND (state != ? OR version > ?)"
                 " UNION ALL SELECT 1 AS found FROM instances WHERE study_uid = ? AND seq > (SELECT MAX(upto_seq) FROM jobs WHERE study_uid = ?)",
-                (new.study_uid, JobKind.MODEL.value, JobState.DONE.value, new.study_uid, new.study_uid),
+                (new.study_uid, JobKind.MODEL.value, JobState.DONE.value, new.corrects.version, new.study_uid, new.study_uid),
             )
             if busy:
                 raise StudyBusy(f"study {new.study_uid} is being received or processed again; its new result is the one to correct")
@@ -110,9 +120,12 @@ class Corrections:
             )
             job = job_from(row)
             tx.execute(
-                "INSERT INTO corrections (job_id, corrects_job, study_uid, series_uid, sop_uid, path, reader, created, calling_ae, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {now})",
-                (job.id, new.corrects.id, new.study_uid, new.corrects.series_uid, new.sop_uid, str(new.path), new.reader, new.created, new.calling_ae),
+                "INSERT INTO corrections (job_id, corrects_job, study_uid, series_uid, sop_uid, path, reader, created, calling_ae, patient_id, issuer,"
+                " withdraws, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})",
+                (
+                    *(job.id, new.corrects.id, new.study_uid, new.corrects.series_uid, new.sop_uid, str(new.path), new.reader, new.created),
+                    *(new.calling_ae, new.patient.patient_id, new.patient.issuer, int(self.withdraw_by_correction)),
+                ),
             )
         return job
 
@@ -125,6 +138,17 @@ class Corrections:
 
     def corrections(self) -> list[CorrectionRecord]:
         return [_record(r) for r in self.db.query("SELECT * FROM corrections ORDER BY id")]
+
+    def kept_site_case(self, job_id: int, name: str) -> None:
+        """Record that correction job ``job_id`` kept its site case as ``name``."""
+        self.db.execute("UPDATE corrections SET site_case = ? WHERE job_id = ?", (name, job_id))
+
+    def forget_site_cases(self, patient: Patient) -> list[str]:
+        """The names of ``patient``'s site cases, forgotten here (the caller deletes their files)."""
+        with self.db.transaction() as tx:
+            rows = tx.query("SELECT site_case FROM corrections WHERE patient_id = ? AND issuer = ? AND site_case != ''", (patient.patient_id, patient.issuer))
+            tx.execute("UPDATE corrections SET site_case = '' WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer))
+        return [r["site_case"] for r in rows]
 
 
 def _record(row: Row) -> CorrectionRecord:
@@ -139,5 +163,8 @@ def _record(row: Row) -> CorrectionRecord:
         row["reader"],
         row["created"],
         row["calling_ae"],
+        Patient(row["patient_id"], row["issuer"]),
+        bool(row["withdraws"]),
+        row["site_case"],
         float(row["received_at"]),
     )

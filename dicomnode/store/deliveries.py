@@ -16,7 +16,6 @@ class Deliveries:
     """Result files to send: claimed by a sender, their attempts, Storage Commitment, and rejection notes for results superseded."""
 
     db: Database
-    withdraw_by_correction: bool
 
     def release_delivery_claims(self) -> int:
         """Drop every sender's claims (the embedded node at start: the only sender was the process that died)."""
@@ -31,7 +30,7 @@ class Deliveries:
             rows = tx.query(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = {now} + ? WHERE id IN ("
                 "SELECT q.id FROM deliveries q WHERE q.state = ? AND q.next_attempt_at <= ? AND (q.claimed_until IS NULL OR q.claimed_until < {now})"
-                " AND (q.sop_uid IN (" + NOTES + ") OR NOT EXISTS (" + waiting_for_note(self.withdraw_by_correction) + "))"
+                " AND (q.sop_uid IN (" + NOTES + ") OR NOT EXISTS (" + waiting_for_note() + "))"
                 " ORDER BY q.id LIMIT ?{skip_locked}) RETURNING *",
                 (sender, lease_s, DeliveryState.QUEUED.value, now, limit),
             )
@@ -45,7 +44,7 @@ class Deliveries:
             "SELECT d.*, j.study_uid, j.version AS rejected_version, k.id AS by_job, k.version AS by_version, k.kind AS by_kind FROM deliveries d"
             " JOIN jobs j ON j.id = d.job_id"
             " JOIN jobs k ON k.id = (SELECT x.id FROM jobs x WHERE x.study_uid = j.study_uid AND x.state = 'done' AND x.version > j.version AND "
-            + supersedes("x", "j", self.withdraw_by_correction)
+            + supersedes("x", "j")
             + " ORDER BY x.version DESC LIMIT 1)"
             " WHERE " + UNREJECTED_SENT + " ORDER BY d.id"
         )

@@ -9,6 +9,7 @@ it); follow-up compares a study by the reader's volumes where it has them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -86,13 +87,15 @@ class History:
         self.db = db
 
     def of_patient(self, patient: Patient) -> list[HistoryEntry]:
-        """Every result of ``patient``, oldest study first, a study by its reader's correction where it has one;
-        none for a blank Patient ID, which names nobody."""
+        """Every result of ``patient``, oldest study first, one per study: where a reader corrected it, the reader's
+        volumes and, for what the reader left out, the node's; none for a blank Patient ID, which names nobody."""
         if not patient.patient_id.strip():
             return []
         found = self._rows("WHERE patient_id = ? AND issuer = ?", (patient.patient_id, patient.issuer))
-        corrected = {e.study_uid for e in found if e.source is Source.READER}
-        return [e for e in found if e.source is Source.READER or e.study_uid not in corrected]
+        readers = {e.study_uid: e for e in found if e.source is Source.READER}
+        nodes = {e.study_uid: e for e in found if e.source is Source.NODE}
+        kept = [e for e in found if e.source is Source.READER or e.study_uid not in readers]
+        return [_merged(nodes.get(e.study_uid), e) if e.source is Source.READER else e for e in kept]
 
     def of_study(self, study_uid: str) -> HistoryEntry | None:
         """The study's result: its reader's correction where it has one, else the node's."""
@@ -134,6 +137,16 @@ class History:
         return [dict(r) for r in self.db.query("SELECT * FROM patient_purges ORDER BY id")]
 
 
+def _merged(node: HistoryEntry | None, reader: HistoryEntry) -> HistoryEntry:
+    """A study's reader row completed with the node's volumes of what the reader did not give (which keep the node's
+    QC and model, and are compared only as the node's would be)."""
+    if node is None:
+        return reader
+    volumes = {**node.volumes, **reader.volumes}
+    ranges = {key: bounds for key, bounds in node.ranges.items() if key not in reader.volumes}
+    return dataclasses.replace(reader, volumes=volumes, ranges=ranges, qc_passed=node.qc_passed, qc_findings=node.qc_findings, algorithms=node.algorithms)
+
+
 def _entry(row: Row, source: Source) -> HistoryEntry:
     volumes = {key: float(row[column]) for key, column in zip(VOLUME_KEYS, VOLUME_COLUMNS) if row[column] is not None}
     return HistoryEntry(
@@ -153,4 +166,5 @@ def _entry(row: Row, source: Source) -> HistoryEntry:
         job_id=int(row["job_id"]),
         recorded_at=float(row["recorded_at"]),
         source=source,
+        corrected=frozenset(volumes) if source is Source.READER else frozenset(),
     )

@@ -21,7 +21,6 @@ class Jobs:
     """Jobs: made by the completer, claimed under a lease by a worker, finished with their outcome and results."""
 
     db: Database
-    withdraw_by_correction: bool
 
     def create_job(self, study_uid: str, upto_seq: int) -> Job:
         [job] = self.create_jobs([(study_uid, upto_seq)])
@@ -132,7 +131,9 @@ class Jobs:
             )
             move(tx, job_id, (JobState.RUNNING,), JobState.DONE, outcome=Outcome(outcome).value, lease_owner=None, lease_until=None, **record)
             settle(tx, job_id)
-            supersede_earlier(tx, job_id, self.withdraw_by_correction)
+            supersede_earlier(tx, job_id)
             [job] = tx.query("SELECT study_uid, kind FROM jobs WHERE id = ?", (job_id,))
-            source = Source.READER if job["kind"] == JobKind.CORRECTION.value else Source.NODE
-            history.replace(tx, job["study_uid"], job_id, measured, source)
+            if job["kind"] == JobKind.MODEL.value:
+                history.replace(tx, job["study_uid"], job_id, measured, Source.NODE)
+            elif measured is not None:  # a correction not taken leaves the reader's row as it was
+                history.replace(tx, job["study_uid"], job_id, measured, Source.READER)
