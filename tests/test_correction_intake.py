@@ -107,7 +107,8 @@ def test_a_readers_seg_from_highdicom_or_dcmqi_gives_a_reader_corrected_sr_in_or
         i.ReferencedSOPInstanceUID for s in note.CurrentRequestedProcedureEvidenceSequence for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence
     }
     first = next(sr for sr in corrected if readers[sr_groups(sr)[0].seg_uid] == "Reader^Renal")
-    assert rejected == {first.SOPInstanceUID}
+    assert rejected == {first.SOPInstanceUID, sr_groups(first)[0].seg_uid}  # its SR, and the reader's SEG sent with it
+    assert {pydicom.dcmread(orthanc.download(i, tmp_path / "seg.dcm")).SOPInstanceUID for i in orthanc.instances_of_modality("SEG")} >= set(readers)
 
     # the history and the export keep both: the node's row and the reader's (the latest correction)
     exported = node.cli("export", "--format", "csv")

@@ -1,6 +1,7 @@
 """Readers' corrections through the node: the receiver's check of a SEG sent to it (a correction of a result the node
 made, fitting the series it measured?) and the correction job, which runs no model: the volumes of the reader's
-masks, a reader-corrected SR for the destinations, the history's reader row and a site case for fine-tuning."""
+masks, a reader-corrected SR for the destinations (with the reader's SEG it references, for a destination that did
+not get it from the reader), the history's reader row and a site case for fine-tuning."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.base.files import save_dataset
+from dicomnode.base.files import save_dataset, write_atomically
 from dicomnode.base.uids import ResultUids
 from dicomnode.config import NodeConfig
 from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
@@ -106,6 +107,8 @@ def _process(job: Job, record: CorrectionRecord, config: NodeConfig, store: Stor
     sr = write_corrected_sr(series, correction, seg, uids)
     path = folder / f"SR_{sr.SOPInstanceUID}.dcm"
     save_dataset(path, sr)
+    copy = folder / f"SEG_{seg.SOPInstanceUID}.dcm"  # the SR references it: a destination other than the reader's PACS gets it too
+    write_atomically(copy, record.path.read_bytes())
     volumes = reader_volumes(correction)
     node = next((e for e in store.history.both_of_study(record.study_uid) if e.source is Source.NODE), None)
     reader = record.reader or "an unnamed reader"
@@ -118,7 +121,8 @@ def _process(job: Job, record: CorrectionRecord, config: NodeConfig, store: Stor
     figures: dict[str, object] = {"reader": reader, **{f"{structure}_{side}_ml": round(ml, 1) for (structure, side), ml in sorted(volumes.items())}}
     if config.corrections.site_cases:
         figures.update(_keep_site_case(job, record, config, store, series, correction, volumes, node))
-    return CorrectionRun(Outcome.RESULT, f"{READER_CORRECTED} by {reader}", reasons, figures, measured, [Saved(OutputFormat.SR, str(sr.SOPInstanceUID), path)])
+    saved = [Saved(OutputFormat.SEG, str(seg.SOPInstanceUID), copy), Saved(OutputFormat.SR, str(sr.SOPInstanceUID), path)]
+    return CorrectionRun(Outcome.RESULT, f"{READER_CORRECTED} by {reader}", reasons, figures, measured, saved)
 
 
 def _keep_site_case(
