@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,13 @@ def read_manifest(path: Path) -> list[Case]:
 
 
 def write_manifest(path: Path, cases: list[Case]) -> None:
-    """Write a manifest with paths relative to its folder."""
+    """Write a manifest with paths relative to its folder (with ``..`` where a file lies outside it)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "image", "labels", "group"])
         for case in cases:
-            labels = case.labels.relative_to(path.parent) if case.labels else ""
-            writer.writerow([case.case_id, case.image.relative_to(path.parent), labels, case.group])
+            labels = os.path.relpath(case.labels, path.parent) if case.labels else ""
+            writer.writerow([case.case_id, os.path.relpath(case.image, path.parent), labels, case.group])
 
 
 def phantom_cases(folder: Path, seeds: list[int], phase: Phase, grid: Grid) -> list[Case]:

@@ -1,4 +1,4 @@
-"""``dicomnode-train``: phantoms or synth -> import -> train -> evaluate -> export, offline."""
+"""``dicomnode-train``: phantoms or synth -> import -> train -> evaluate -> export, offline; finetune on a site's corrections."""
 
 from __future__ import annotations
 
@@ -167,6 +167,34 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {export_model(result_folder, fold, args.models, card)}")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from training.finetune import FinetuneRequest, prepare, run_finetune
+
+    _set_nnunet_paths(args.work)
+    fields = ("site_cases", "model", "work", "name", "models", "holdout", "trainer", "device", "dataset_id", "tolerance_pct", "localizer")
+    request = FinetuneRequest(**{field: getattr(args, field) for field in fields})
+    try:
+        plan = prepare(request)
+    except ValueError as exc:  # the arguments, checked before anything is trained: said as argparse says it
+        argument, _, reason = str(exc).partition(": ")
+        said = f"argument --{argument.replace('_', '-')}: {reason}" if argument in fields else str(exc)
+        print(f"dicomnode-train finetune: error: {said}", file=sys.stderr)
+        raise SystemExit(2) from None
+    split = plan.split
+    print(f"site cases: {len(split.training)} to train on, {len(split.held_out)} held out for the gate ({', '.join(c.name for c in split.held_out)})")
+    if split.incomplete:
+        print(f"left out of training, a kidney the model found not labelled by the reader: {', '.join(c.name for c in split.incomplete)}")
+    if split.without_cortex:
+        print(f"left out of training, without cortex labels ({plan.model.name} learns cortex): {', '.join(c.name for c in split.without_cortex)}")
+    outcome = run_finetune(plan)
+    print(outcome.verdict.reason)
+    print(f"reports: {outcome.reports}")
+    if outcome.exported is None:
+        print(f"nothing exported; {args.model} is as it was")
+        raise SystemExit(1)
+    print(f"exported {outcome.exported}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomnode-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--card", type=Path, help="YAML with training_data, training, intended_use, not_fit_for")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on the node's site cases (reader corrections); export it only if no worse on held-out ones")
+    p.add_argument("--site-cases", type=Path, required=True, help="the node's folder of site cases (NAME.nii.gz, NAME_labels.nii.gz, NAME.json, ...)")
+    p.add_argument("--model", type=Path, required=True, help="the current model, an exported folder (models/NAME)")
+    p.add_argument("--work", type=Path, required=True, help="folder for nnU-Net raw/preprocessed/results and the gate's reports")
+    p.add_argument("--name", required=True, help="the candidate's name")
+    p.add_argument("--models", type=Path, default=Path("models"), help="where an accepted candidate is exported (default: models)")
+    p.add_argument("--holdout", type=int, default=1, help="how many site cases, the newest by 'created', are held out for the gate (default 1)")
+    p.add_argument("--trainer", default="nnUNetTrainerPaper_12epochs_100it", help="the schedule (default: 12 epochs of 100 iterations)")
+    p.add_argument("--device", default="auto", help="auto (CUDA where torch finds a GPU, else cpu), cuda or cpu")
+    p.add_argument("--dataset-id", type=int, default=590, help="the nnU-Net dataset id of the training cases; must be new in --work")
+    p.add_argument(
+        "--tolerance-pct",
+        type=float,
+        default=0.0,
+        help="how many points of mean |parenchyma volume error| the candidate may be worse by on the held-out cases (default 0)",
+    )
+    p.add_argument("--localizer", default="auto", help="as model.localizer: auto (the one the model's card names, beside it), none, or a name")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -5,7 +5,8 @@ folder of real DICOM slices) with one parenchyma mask per side, or none where no
 have no cortex labels, so the figures are per-side parenchyma Dice and volume, the prediction outside the kidneys
 kept (stray), the node's verdict and what it would have delivered. Cases with truth by construction
 (:mod:`training.truth_case`: the repainted real CTs, the holdout renderer's) add cortex, are written with an arterial
-header, and take their reference volumes from the grid they were drawn on.
+header, and take their reference volumes from the grid they were drawn on. A site's reader corrections, which the node
+keeps in the same layout, are read the same way, with cortex where the reader drew it and the phase the node measured.
 """
 
 from __future__ import annotations
@@ -48,24 +49,35 @@ class RealCase:
 
 
 def truth_cases(folder: Path) -> list[RealCase]:
-    """The cases :func:`training.truth_case.write_truth_case` wrote into ``folder``."""
+    """The cases :func:`training.truth_case.write_truth_case` (or the node, for a reader's correction) wrote into
+    ``folder``. Its json may say which sides were labelled (``sides_labelled``, default both: a side left out is not
+    scored), whether cortex was (``cortex_labelled``, default true: else cortex is not scored) and the phase the series
+    is written in (``arterial``, default true)."""
     cases = []
     for name in truth_case_names(folder):
         metadata = json.loads((folder / f"{name}.json").read_text())
         masks = {side: {structure: folder / f"{name}_{side.value}_{structure}.nii.gz" for structure in STRUCTURE_LABELS} for side in Side}
+        labelled = metadata.get("sides_labelled", [side.value for side in Side])
         cases.append(
             RealCase(
                 name,
                 folder / f"{name}.nii.gz",
-                masks[Side.LEFT]["parenchyma"],
-                masks[Side.RIGHT]["parenchyma"],
-                f"by construction ({metadata.get('renderer', 'repainted real CT')})",
-                cortex={side: masks[side]["cortex"] for side in Side},
+                masks[Side.LEFT]["parenchyma"] if Side.LEFT in labelled else None,
+                masks[Side.RIGHT]["parenchyma"] if Side.RIGHT in labelled else None,
+                _truth_reference(metadata),
+                cortex={side: masks[side]["cortex"] for side in Side} if metadata.get("cortex_labelled", True) else None,
                 truth_ml=metadata.get("truth_ml"),
-                arterial=True,
+                arterial=bool(metadata.get("arterial", True)),
             )
         )
     return cases
+
+
+def _truth_reference(metadata: dict) -> str:
+    """Who drew a truth case's masks: a reader (the node's site cases) or the renderer."""
+    if "reader" in metadata:
+        return f"{metadata.get('source', 'reader correction')} by {metadata['reader']}"
+    return f"by construction ({metadata.get('renderer', 'repainted real CT')})"
 
 
 def shared_cases(data: Path) -> list[RealCase]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,18 @@ def plan_and_preprocess(dataset_id: int, preprocessed: Path, dataset_name: str, 
     data_identifier = json.loads(path.read_text())["configurations"][configuration]["data_identifier"]
     if not (preprocessed / dataset_name / data_identifier).exists():
         preprocess([dataset_id], configurations=(configuration,), num_processes=(processes,))
+
+
+def preprocess_with_plans(raw_dataset: Path, dataset_id: int, preprocessed: Path, model_folder: Path, configuration: str, processes: int) -> None:
+    """Preprocess ``raw_dataset`` with a trained model's own plans and fingerprint (its ``plans.json`` and
+    ``dataset_fingerprint.json``), as nnU-Net moves plans between datasets for pretraining: the same network, spacing
+    and intensity normalisation, so that training can start from the model's weights."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
+    plans = json.loads((model_folder / "plans.json").read_text())
+    folder = preprocessed / raw_dataset.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(raw_dataset / "dataset.json", folder / "dataset.json")
+    shutil.copy2(model_folder / "dataset_fingerprint.json", folder / "dataset_fingerprint.json")
+    plans_path(preprocessed, raw_dataset.name).write_text(json.dumps({**plans, "dataset_name": raw_dataset.name}, indent=2))
+    preprocess([dataset_id], configurations=(configuration,), num_processes=(processes,))

@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FoldResult:
-    """Validation result of one trained fold."""
+    """Validation result of one trained fold (no Dice where it was not validated)."""
 
     fold: int
     dice: dict[str, float]  # region name -> mean validation Dice
@@ -43,13 +43,21 @@ def write_splits(preprocessed_dataset: Path, groups: dict[str, str], n_folds: in
 
 
 def train_fold(
-    preprocessed_dataset: Path, trainer_name: str, configuration: str, fold: int, device: str, resume: bool = False, pretrained: Path | None = None
+    preprocessed_dataset: Path,
+    trainer_name: str,
+    configuration: str,
+    fold: int,
+    device: str,
+    resume: bool = False,
+    pretrained: Path | None = None,
+    validate: bool = True,
 ) -> FoldResult:
     """Train and validate one fold with the named trainer (a schedule of ``TRAINERS``); returns its validation Dice per region.
 
     With ``resume``, training continues from the fold's latest checkpoint where there is one (nnU-Net saves it
     every few epochs), so a long CPU run can be split over several sessions. With ``pretrained`` (a checkpoint of the
     same network, e.g. a shipped model's), a new training starts from its weights, every layer included: fine-tuning.
+    Without ``validate``, nnU-Net's validation of the fold is skipped (the caller tests it otherwise): no Dice.
     """
     import torch
 
@@ -70,6 +78,8 @@ def train_fold(
     elif pretrained is not None:
         start_from(trainer, pretrained)
     trainer.run_training()
+    if not validate:
+        return FoldResult(fold, {}, Path(trainer.output_folder))
     trainer.perform_actual_validation()
     return read_fold(Path(trainer.output_folder), fold)
 

@@ -107,6 +107,13 @@ class nnUNetTrainerPaper_NoMirroring_1epoch_3it(nnUNetTrainerPaper_NoMirroring):
     ITERATIONS = 3
 
 
+class nnUNetTrainerPaper_2epochs_20it(nnUNetTrainerPaper):
+    """A fine-tune in a test (``dicomnode-train finetune`` on a few small site cases): two epochs of 20 iterations."""
+
+    EPOCHS = 2
+    ITERATIONS = 20
+
+
 #: Every schedule ``dicomnode-train train --trainer`` offers, by name.
 TRAINERS = {
     cls.__name__: cls
@@ -122,5 +129,6 @@ TRAINERS = {
         nnUNetTrainerPaper_NoMirroring,
         nnUNetTrainerPaper_NoMirroring_40epochs_100it,
         nnUNetTrainerPaper_NoMirroring_1epoch_3it,
+        nnUNetTrainerPaper_2epochs_20it,
     )
 }
