@@ -2,7 +2,10 @@
 100-slice 5 mm, a 500-slice 1 mm and a 600-slice 1 mm study (512 x 512), split into stages from the node's job
 record, with the node's peak memory.
 
-    .venv/bin/python -m benchmarks.end_to_end [--studies 100x5 500x1]
+    .venv/bin/python -m benchmarks.end_to_end [--studies 100x5 500x1] [--shadow MODEL]
+
+With ``--shadow MODEL`` the node runs in shadow mode with that candidate: the figures are the live result's, and
+"shadow s" says when the candidate's rows were recorded, counted from the live result stored in Orthanc.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from tests.peers import NodeProcess, Orthanc, storescu, wait_for
 STAGES = ("select", "load", "segment", "measure", "write")
 
 
-def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[str, float]:
+def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool, shadow: str = "") -> dict[str, float]:
     files = big_study(work / "study", slices, slice_mm).series[0].files
     orthanc = Orthanc(work / "orthanc")
     orthanc.start()
     node = NodeProcess(
         work / "node",
         [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        extra={"quiet_period_s": 2, "qc": {"on_fail": "flag"}},
+        extra={"quiet_period_s": 2, "qc": {"on_fail": "flag"}, **({"shadow": {"model": shadow}} if shadow else {})},
     )  # results are sent whatever QC finds
     node.start()
     try:
@@ -43,6 +46,9 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
         assert node.process is not None
         peak_gib = peak_rss_gib(node.process.pid)
         stage_peaks = stage_peaks_gib(node.log())
+        if shadow:
+            wait_for(lambda: "shadow run of" in node.log(), 3600, 0.1, "the shadow run")
+            shadow_after = time.time() - stored
     finally:
         node.stop()
         orthanc.stop()
@@ -50,6 +56,8 @@ def run_one(work: Path, slices: int, slice_mm: float, mirroring: bool) -> dict[s
     figures.update({stage: job["timings"].get(stage, 0.0) for stage in STAGES})
     figures["send"] = stored - (job["created_at"] + sum(job["timings"].values()))  # includes up to 0.1 s of polling
     figures["peak GiB"] = peak_gib
+    if shadow:
+        figures["shadow s"] = shadow_after
     figures.update({f"{stage} GiB": stage_peaks.get(stage, float("nan")) for stage in STAGES})
     return figures
 
@@ -71,18 +79,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--studies", nargs="+", default=["100x5", "500x1", "600x1"], help="SLICESxMM")
     parser.add_argument("--mirroring", action="store_true")
+    parser.add_argument("--shadow", default="", help="a candidate model (folder name under models/) run in shadow mode")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print("quiet period 2 s; 'wait' = last instance sent -> job created (the quiet period); stages from the job record;")
     print("'send' = processing finished -> both results found in Orthanc (polled every 0.1 s)")
-    columns = ("total", "wait", *STAGES, "send", "peak GiB")
+    columns = ("total", "wait", *STAGES, "send", "peak GiB", *(("shadow s",) if args.shadow else ()))
     print("peak GiB = the node process's peak resident memory (VmHWM) after the study; the row below each study gives")
     print("the process's peak within each stage, from the node's log")
     print(f"{'study':>12} " + " ".join(f"{name:>8}" for name in columns))
     for spec in args.studies:
         slices, mm = spec.split("x")
         with tempfile.TemporaryDirectory() as tmp:
-            figures = run_one(Path(tmp), int(slices), float(mm), args.mirroring)
+            figures = run_one(Path(tmp), int(slices), float(mm), args.mirroring, args.shadow)
         print(f"{spec + ' mm':>12} " + " ".join(f"{figures[name]:8.1f}" for name in columns))
         print(f"{'peak GiB':>12} " + " ".join(f"{figures.get(name + ' GiB', float('nan')):8.2f}" if name in STAGES else " " * 8 for name in columns))
         slowest = max(("wait", *STAGES, "send"), key=lambda name: figures[name])

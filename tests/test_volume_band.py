@@ -17,6 +17,7 @@ from pydicom.uid import CTImageStorage
 from dicomnode.config import NodeConfig, QCConfig
 from dicomnode.imaging.load import LoadedSeries
 from dicomnode.instance import Instance
+from dicomnode.measured import Source
 from dicomnode.node.export import row as export_row
 from dicomnode.node.pipeline import process_study
 from dicomnode.outbound.save import save_results
@@ -124,7 +125,7 @@ def test_the_history_keeps_each_range_and_the_export_gives_it(series, tmp_path: 
     assert entry is not None and set(entry.ranges) == set(entry.volumes)
     store = Store(tmp_path / "node.sqlite")
     with store.db.transaction() as tx:
-        history.replace(tx, entry.study_uid, 1, entry)
+        history.replace(tx, entry.study_uid, 1, entry, Source.NODE)
     kept = store.history.of_study(entry.study_uid)
     assert kept is not None and kept.ranges == entry.ranges  # rounded to 1 µl before it was stored
     columns = export_row(kept)
