@@ -87,8 +87,12 @@ def test_a_seg_that_does_not_fit_the_measured_series_is_refused_with_the_reason(
 
     liver = highdicom_seg(series, masks, kind=codes.SCT.Liver)
     assert _refusal(liver, series) is Refusal.SEGMENTS
-    mapped = read_correction(liver, series, {"left kidney": (Structure.PARENCHYMA, Side.LEFT), "right kidney": (Structure.PARENCHYMA, Side.RIGHT)})
+    mapped = read_correction(liver, series, {"Left Kidney": (Structure.PARENCHYMA, Side.LEFT), "right kidney": (Structure.PARENCHYMA, Side.RIGHT)})
     assert mapped.volumes_ml.keys() == expected_volumes(series, masks).keys()  # a site's label mapping identifies them
+    relabelled = copy.deepcopy(liver)
+    for item in relabelled.SegmentSequence:
+        item.SegmentLabel = item.SegmentLabel.replace("kidney", "renal parenchyma").capitalize()  # "Left renal parenchyma"
+    assert read_correction(relabelled, series).volumes_ml.keys() == expected_volumes(series, masks).keys()  # the node's own labels
 
     broken = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded(good)))
     del broken.SegmentSequence

@@ -4,7 +4,8 @@ holds. A SEG that fails a check is refused with the reason, and nothing of it is
 
 Segments are identified as the node's own SEG types them (``seg.py``): Segmented Property Type Kidney (renal
 parenchyma), Renal cortex or Renal medulla (``codes.py``), with a Left or Right modifier on the type or on the
-anatomic region; or, for a viewer that writes other codes, by Segment Label through a mapping the site configures.
+anatomic region; or, for a viewer that writes other codes, by Segment Label (case aside): the node's own labels
+("Left renal cortex") and those of a mapping the site configures.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pydicom
 from pynetdicom.sop_class import SegmentationStorage
 
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.renal import Side, Structure
+from dicomnode.renal import SIDES, STRUCTURES, Side, Structure
 from dicomnode.results.codes import SIDE_CODES, STRUCTURE_CODES
 
 #: How far (mm) a frame's position may lie from a slice of the series and still be that slice: DS values carry at
@@ -26,6 +27,11 @@ from dicomnode.results.codes import SIDE_CODES, STRUCTURE_CODES
 POSITION_TOLERANCE_MM = 0.05
 #: How far the SEG's row and column direction cosines and pixel spacing (relative) may differ from the series'.
 DIRECTION_TOLERANCE, SPACING_TOLERANCE = 1e-3, 1e-3
+
+
+#: The Segment Labels of the node's own SEG ("Left renal cortex"), lower case: a viewer that keeps a segment's label
+#: and not its codes still names it.
+NODE_LABELS = {f"{side} renal {structure}": (Structure(structure), Side(side)) for structure in STRUCTURES for side in SIDES}
 
 
 class Refusal(str, enum.Enum):
@@ -134,6 +140,7 @@ def _reader(seg: pydicom.Dataset) -> str:
 def _segments(seg: pydicom.Dataset, labels: Mapping[str, tuple[Structure, Side]]) -> dict[int, tuple[Structure, Side]]:
     """Each segment number's structure and side; CorrectionError for a segment that is neither coded nor mapped, or a
     structure and side two segments claim."""
+    named = {**NODE_LABELS, **{label.strip().lower(): key for label, key in labels.items()}}
     structures = {(code.value, code.scheme_designator): Structure(structure) for structure, code in STRUCTURE_CODES.items()}
     sides = {(code.value, code.scheme_designator): Side(side) for side, code in SIDE_CODES.items()}
     found: dict[int, tuple[Structure, Side]] = {}
@@ -145,7 +152,7 @@ def _segments(seg: pydicom.Dataset, labels: Mapping[str, tuple[Structure, Side]]
         for region in item.get("AnatomicRegionSequence", []):
             modifiers += [*region.get("AnatomicRegionModifierSequence", [])]
         side = next((sides[key] for m in modifiers if (key := (str(m.CodeValue), str(m.CodingSchemeDesignator))) in sides), None)
-        identified = (structure, side) if structure is not None and side is not None else labels.get(label)
+        identified = (structure, side) if structure is not None and side is not None else named.get(label.strip().lower())
         if identified is None:
             why = f"segment {item.SegmentNumber} ({label or 'no label'}, {kind.get('CodeMeaning', kind.CodeValue)})"
             raise CorrectionError(Refusal.SEGMENTS, f"{why} is not a renal structure with a side, and no label mapping names it")
