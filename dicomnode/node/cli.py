@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.config import NodeConfig, SettingError, load_config
 from dicomnode.instance import Instance
 from dicomnode.measured import Patient
-from dicomnode.node.export import Format, csv_text, write_table
+from dicomnode.node.export import MIN_KEY_LENGTH, Format, csv_text, write_table
 from dicomnode.node.shadow_report import agreement_of, record_on_card, shadow_lines
 from dicomnode.node.site_cases import delete_site_case
 from dicomnode.options import Role
@@ -173,8 +173,9 @@ def cmd_export(config: NodeConfig, args: argparse.Namespace) -> int:
     key = None
     if args.pseudonymise:
         secret = os.environ.get(config.history.pseudonym_key_env, "")
-        if len(secret) < 16:
-            print(f"--pseudonymise: set {config.history.pseudonym_key_env} to a key of 16 characters or more (history.pseudonym_key_env)", file=sys.stderr)
+        if len(secret) < MIN_KEY_LENGTH:
+            variable = config.history.pseudonym_key_env
+            print(f"--pseudonymise: set {variable} to a key of {MIN_KEY_LENGTH} characters or more (history.pseudonym_key_env)", file=sys.stderr)
             return 2
         key = secret.encode()
     store = Store(open_database(config))

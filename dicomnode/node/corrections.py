@@ -21,7 +21,8 @@ from dicomnode.imaging.load import LoadedSeries, SeriesError, load_series
 from dicomnode.intake.receive import Taken
 from dicomnode.measured import HistoryEntry, Patient, Source
 from dicomnode.net.data_set import Identity, Refusal
-from dicomnode.node.site_cases import MIN_KEY_LENGTH, Provenance, write_site_case
+from dicomnode.node.export import MIN_KEY_LENGTH
+from dicomnode.node.site_cases import Provenance, write_site_case
 from dicomnode.options import OutputFormat
 from dicomnode.outbound.save import Saved
 from dicomnode.renal import SIDES, STRUCTURES, Side, Structure

@@ -61,6 +61,10 @@ class Format(str, enum.Enum):
     PARQUET = "parquet"
 
 
+#: The shortest key that pseudonymises (``history.pseudonym_key_env``).
+MIN_KEY_LENGTH = 16
+
+
 def pseudonym(key: bytes, value: str) -> str:
     """``value`` as a keyed hash (HMAC-SHA-256, hexadecimal, 32 characters); "" stays "" (nothing to hide)."""
     if not value:
@@ -68,13 +72,19 @@ def pseudonym(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def pseudonymised(identifiers: dict[str, str], key: bytes) -> dict[str, str]:
+    """Each of ``identifiers`` (``patient_id`` and ``issuer`` among them) as its pseudonym under ``key``; the patient's
+    hashes issuer and ID together: one ID in two issuers is two patients."""
+    hashed = {name: pseudonym(key, value) for name, value in identifiers.items()}
+    hashed["patient_id"] = pseudonym(key, f"{identifiers['issuer']}\\{identifiers['patient_id']}")
+    return hashed
+
+
 def row(entry: HistoryEntry, key: bytes | None = None) -> dict[str, Any]:
     """One result as the table's columns; with ``key`` its identifiers pseudonymised under it."""
     identifiers = {"patient_id": entry.patient.patient_id, "issuer": entry.patient.issuer, "study_uid": entry.study_uid, "series_uid": entry.series_uid}
     if key is not None:
-        # the patient's pseudonym hashes issuer and ID together: one ID in two issuers is two patients
-        identifiers = {name: pseudonym(key, value) for name, value in identifiers.items()}
-        identifiers["patient_id"] = pseudonym(key, f"{entry.patient.issuer}\\{entry.patient.patient_id}")
+        identifiers = pseudonymised(identifiers, key)
     parenchyma = [entry.volumes[k] for k in VOLUME_KEYS if k[0] == Structure.PARENCHYMA and k in entry.volumes]
     made_by = {structure: entry.algorithms.get(structure, ("", "")) for structure in (Structure.PARENCHYMA, Structure.CORTEX)}
     return {

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from dicomnode.base.files import fsync_folder, write_atomically
 from dicomnode.imaging.load import LoadedSeries
-from dicomnode.node.export import pseudonym
+from dicomnode.node.export import pseudonymised
 from dicomnode.renal import SIDES, Side, Structure
 
 
@@ -40,10 +40,6 @@ class Provenance:
     volumes_ml: dict[str, dict[str, float]]  # "node" and "reader": "<structure>_<side>" -> ml
     arterial: bool  # the series was measured as arterial (cortex and medulla reported)
     node_sides: tuple[Side, ...]  # the sides on which the node's model found a kidney
-
-
-#: The shortest key that pseudonymises (as ``dicomnode export --pseudonymise`` asks); a shorter one counts as none.
-MIN_KEY_LENGTH = 16
 
 
 def write_site_case(
@@ -109,9 +105,7 @@ def _identifiers(identifiers: dict[str, str], key: bytes | None, pseudonymise: b
         return dict(identifiers)
     if key is None:
         return {"left_out": "corrections.pseudonymise is on and no key is set (history.pseudonym_key_env)"}
-    hashed = {name: pseudonym(key, value) for name, value in identifiers.items()}
-    hashed["patient_id"] = pseudonym(key, f"{identifiers.get('issuer', '')}\\{identifiers.get('patient_id', '')}")  # as the export hashes it
-    return hashed
+    return pseudonymised(identifiers, key)  # as the export does
 
 
 def _mask(masks: dict[tuple[Structure, Side], np.ndarray], structure: Structure, side: Side, shape: tuple[int, ...]) -> np.ndarray:

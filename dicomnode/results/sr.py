@@ -106,17 +106,14 @@ def write_sr(
             uid=generate_uid(entropy_srcs=[MANUFACTURER, model.name]), name=MANUFACTURER, model_name=model.name
         ),
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups,
-    )
-    document = hd.sr.Comprehensive3DSR(
-        evidence=[*series.datasets, seg],
-        content=report[0],
-        series_description=SR_DESCRIPTION + (QC_REVIEW_SUFFIX if plan.review else ""),
+    document = _measurement_report(
+        series,
+        seg,
+        hd.sr.ObservationContext(observer_device_context=observer),
+        groups,
+        SR_DESCRIPTION + (QC_REVIEW_SUFFIX if plan.review else ""),
+        _new_sr_instance(uids, "sr"),
         contributing_equipment=contributing_equipment(measurements),
-        **_new_sr_instance(uids, "sr"),
     )
     return _with_image_library(document, [ds for ds, on in zip(series.datasets, slices) if on])
 
@@ -290,18 +287,24 @@ def write_corrected_sr(series: LoadedSeries, correction: Correction, seg: pydico
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=correction.reader or "Unknown^Reader"),
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_person_context=reader),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups,
+    context = hd.sr.ObservationContext(observer_person_context=reader)
+    return _measurement_report(series, seg, context, groups, CORRECTED_SR_DESCRIPTION, _new_sr_instance(uids, f"corrected-sr/{correction.sop_uid}"))
+
+
+def _measurement_report(
+    series: LoadedSeries,
+    seg: pydicom.Dataset,
+    context: hd.sr.ObservationContext,
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+    description: str,
+    identity: _SrIdentity,
+    contributing_equipment: list[hd.ContributingEquipment] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of ``groups`` as observed in ``context``, with the series and the SEG as its evidence."""
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*series.datasets, seg], content=report[0], series_description=description, contributing_equipment=contributing_equipment, **identity
     )
-    document = hd.sr.Comprehensive3DSR(
-        evidence=[*series.datasets, seg],
-        content=report[0],
-        series_description=CORRECTED_SR_DESCRIPTION,
-        **_new_sr_instance(uids, f"corrected-sr/{correction.sop_uid}"),
-    )
-    return document
 
 
 def write_no_result_sr(source: pydicom.Dataset, verdict: str, reasons: list[str], uids: ResultUids = RANDOM_UIDS) -> pydicom.Dataset:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dicomnode.measured import Patient
 from dicomnode.store.database import Database, Row
+from dicomnode.store.instances import INSERT_INSTANCE
 from dicomnode.store.records import Job, job_from
 from dicomnode.store.states import JobKind, JobState, Outcome
 
@@ -106,9 +107,7 @@ class Corrections:
             if busy:
                 raise StudyBusy(f"study {new.study_uid} is being received or processed again; its new result is the one to correct")
             added = tx.query(
-                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING RETURNING seq",
-                (new.sop_uid, new.study_uid, new.seg_series_uid, new.sop_class_uid, str(new.path), new.calling_ae),
+                INSERT_INSTANCE + " RETURNING seq", (new.sop_uid, new.study_uid, new.seg_series_uid, new.sop_class_uid, str(new.path), new.calling_ae)
             )
             if not added:
                 return None

@@ -7,6 +7,13 @@ from pathlib import Path
 from dicomnode.instance import Instance
 from dicomnode.store.database import Database, Row, Session
 
+#: Index one stored instance (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae) with the database's
+#: clock; nothing where its SOP Instance UID is indexed already.
+INSERT_INSTANCE = (
+    "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING"
+)
+
 
 class Intake:
     """Received instances, refusals, the receivers and their open associations, and the studies waiting to complete."""
@@ -18,14 +25,7 @@ class Intake:
 
     def add_instance(self, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str, path: Path, calling_ae: str) -> bool:
         """Index a stored instance with the database's clock; False if its SOP Instance UID was already indexed."""
-        return (
-            self.db.execute(
-                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, calling_ae, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING",
-                (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_ae),
-            )
-            == 1
-        )
+        return self.db.execute(INSERT_INSTANCE, (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_ae)) == 1
 
     def is_own_result(self, sop_uid: str) -> bool:
         """Whether ``sop_uid`` is one of the node's own results (a PACS that routes them back)."""
