@@ -57,6 +57,9 @@ ACCEPTED_SOP_CLASSES = (
     XRayRadiationDoseSRStorage,
 )
 
+#: The classes the node processes, never one of its results.
+SOURCE_CLASSES = (CTImageStorage, EnhancedCTImageStorage)
+
 #: What the receiver accepts, abstract syntax -> its transfer syntaxes (``docs/conformance.md`` lists them; its test
 #: proposes each to the receiver): storage classes in every transfer syntax pynetdicom knows, Verification and
 #: Storage Commitment in the two uncompressed little-endian ones.
@@ -239,7 +242,7 @@ class Receiver:
         if self.store.has_instance(sop_uid):
             log.info("duplicate instance %s acknowledged, not stored again", sop_uid)
             return StoreStatus.SUCCESS, ""
-        if self.store.is_own_result(sop_uid):  # stored, it would start a new run of its study, whose result it is
+        if identity.sop_class not in SOURCE_CLASSES and self.store.is_own_result(sop_uid):  # stored, it would start a new run of its study
             log.info("instance %s acknowledged, not stored: the node's own result, sent back", sop_uid)
             return StoreStatus.SUCCESS, ""
         free = free_mb(self.storage)

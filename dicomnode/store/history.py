@@ -110,7 +110,8 @@ class History:
         """Which of ``study_uids`` have a row in the history."""
         if not study_uids:
             return set()
-        return {e.study_uid for e in self._rows(f"WHERE study_uid IN ({', '.join('?' for _ in study_uids)})", study_uids)}
+        where = f"WHERE study_uid IN ({', '.join('?' for _ in study_uids)})"
+        return {r["study_uid"] for table in TABLES.values() for r in self.db.query(f"SELECT study_uid FROM {table} {where}", study_uids)}
 
     def entries(self, since: str = "", qc_passed: bool = False) -> list[HistoryEntry]:
         """Every result, the node's and the readers', by study date then when it was recorded: those of studies on or
